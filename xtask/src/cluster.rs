@@ -1,0 +1,308 @@
+//! The local Kubernetes cluster: a real control plane (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler) run by kwokctl's `binary` runtime from the
+//! pinned builds, with KWOK fake nodes that make pods Running and Ready without containers.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{paths, process, toolchain::Tools};
+
+/// Fake nodes in every cluster.
+const NODES: u32 = 3;
+/// The control-plane processes kwokctl runs, in start order.
+const COMPONENTS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok-controller",
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Port for kube-apiserver on 127.0.0.1 (default: a free port chosen at creation).
+    #[arg(long, env = "PIXEL_APISERVER_PORT")]
+    pub port: Option<u16>,
+}
+
+/// One named local cluster. The developer's (`cargo xtask cluster up`) and the test run's
+/// are separate, so running the tests never disturbs a cluster someone is using.
+#[derive(Debug)]
+pub struct Cluster {
+    name: &'static str,
+}
+
+impl Cluster {
+    /// The cluster `cargo xtask up` and `cargo xtask cluster up` manage.
+    pub const DEV: Cluster = Cluster {
+        name: "pixel-playground",
+    };
+    /// The cluster `cargo xtask test` starts and removes.
+    pub const TEST: Cluster = Cluster {
+        name: "pixel-playground-test",
+    };
+
+    fn workdir() -> PathBuf {
+        paths::cache_dir().join("kwok")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        Self::workdir().join("clusters").join(self.name)
+    }
+
+    /// Where the cluster's kubeconfig is written.
+    pub fn kubeconfig(&self) -> PathBuf {
+        paths::cache_dir().join(format!("{}.kubeconfig", self.name))
+    }
+
+    fn kwokctl(&self, tools: &Tools) -> Command {
+        let mut cmd = Command::new(&tools.kwokctl);
+        cmd.env("KWOK_WORKDIR", Self::workdir())
+            .env("KWOK_KUBE_VERSION", &tools.kubernetes_version)
+            .env("KWOK_KUBECTL_BINARY", &tools.kubectl)
+            .args(["--name", self.name]);
+        cmd
+    }
+
+    /// `kubectl` pointed at this cluster.
+    pub fn kubectl(&self, tools: &Tools) -> Command {
+        let mut cmd = Command::new(&tools.kubectl);
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
+    fn exists(&self) -> bool {
+        self.state_dir().exists()
+    }
+
+    /// The API server answers `/readyz`.
+    pub fn is_healthy(&self, tools: &Tools) -> bool {
+        self.kubeconfig().exists()
+            && process::output(
+                self.kubectl(tools).args(["get", "--raw", "/readyz"]),
+                Duration::from_secs(15),
+            )
+            .is_ok_and(|body| body.trim() == "ok")
+    }
+
+    /// Creates the cluster (or keeps a healthy one), gives it its nodes and waits for them.
+    pub fn up(&self, tools: &Tools, args: &UpArgs) -> Result<()> {
+        if self.exists() {
+            if self.is_healthy(tools) {
+                println!("Cluster {:?} is already running.", self.name);
+                return self.finish_up(tools);
+            }
+            println!(
+                "Cluster {:?} exists but does not answer (stopped or broken): recreating it.",
+                self.name
+            );
+            self.down(tools)?;
+        }
+        if let Some(port) = args.port {
+            ensure_port_free(port)?;
+        }
+        self.create(tools, args.port)?;
+        self.finish_up(tools)
+    }
+
+    fn create(&self, tools: &Tools, port: Option<u16>) -> Result<()> {
+        println!(
+            "Creating cluster {:?} (Kubernetes {})...",
+            self.name, tools.kubernetes_version
+        );
+        let _ = fs::remove_file(self.kubeconfig());
+        let config = paths::repo_root().join("e2e/kwokctl.yaml");
+        let mut cmd = self.kwokctl(tools);
+        cmd.args(["create", "cluster", "--runtime", "binary", "--wait", "3m"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--kube-apiserver-binary")
+            .arg(&tools.kube_apiserver)
+            .arg("--kube-controller-manager-binary")
+            .arg(&tools.kube_controller_manager)
+            .arg("--kube-scheduler-binary")
+            .arg(&tools.kube_scheduler)
+            .arg("--etcd-binary")
+            .arg(&tools.etcd)
+            .arg("--kwok-controller-binary")
+            .arg(&tools.kwok);
+        if let Some(port) = port {
+            cmd.args(["--kube-apiserver-port", &port.to_string()]);
+        }
+        let created = process::output(&mut cmd, Duration::from_secs(300));
+        if let Err(error) = created {
+            let logs = self.component_logs(tools);
+            // Leave nothing half-started behind.
+            let _ = self.down(tools);
+            bail!(
+                "{error:#}\n\n{logs}\nThe cluster was removed. Fix the cause above, then run `cargo xtask cluster up` again."
+            );
+        }
+        Ok(())
+    }
+
+    /// The tail of each component's log, to explain a failed start.
+    fn component_logs(&self, tools: &Tools) -> String {
+        let mut report = String::from("Control-plane logs (last lines of each):\n");
+        for component in COMPONENTS {
+            let out = process::output_unchecked(
+                self.kwokctl(tools).args(["logs", component]),
+                Duration::from_secs(15),
+            );
+            let text = match out {
+                Ok(out) => {
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                        + &String::from_utf8_lossy(&out.stderr)
+                }
+                Err(error) => format!("(no log: {error})"),
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            report.push_str(&format!(
+                "--- {component}\n{}\n",
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ));
+        }
+        report
+    }
+
+    /// Nodes, readiness, version check and usage.
+    fn finish_up(&self, tools: &Tools) -> Result<()> {
+        process::output(
+            self.kwokctl(tools)
+                .args(["scale", "node", "--replicas", &NODES.to_string()]),
+            Duration::from_secs(120),
+        )
+        .context("creating the fake nodes")?;
+        self.wait_for_nodes(tools)?;
+        let server = self.server_version(tools)?;
+        if server != tools.kubernetes_version {
+            bail!(
+                "the API server reports {server}, but the pinned control plane is {}",
+                tools.kubernetes_version
+            );
+        }
+        println!(
+            "Cluster {:?} is up: Kubernetes {server}, {NODES} Ready KWOK nodes, API server on 127.0.0.1.\n\
+             Use it with:\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # kubectl {server}\n  kubectl get nodes",
+            self.name,
+            self.kubeconfig().display(),
+            tools.kubectl.parent().unwrap_or(Path::new(".")).display(),
+        );
+        Ok(())
+    }
+
+    fn wait_for_nodes(&self, tools: &Tools) -> Result<()> {
+        // Nodes appear asynchronously after `scale`; `kubectl wait` fails on an empty list.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = process::output(
+                self.kubectl(tools).args([
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                ]),
+                Duration::from_secs(15),
+            )
+            .map(|out| out.lines().filter(|status| *status == "True").count())
+            .unwrap_or(0);
+            if ready >= NODES as usize {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let logs = self.component_logs(tools);
+                bail!("only {ready} of {NODES} nodes became Ready within 2 minutes\n\n{logs}");
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn server_version(&self, tools: &Tools) -> Result<String> {
+        let out = process::output(
+            self.kubectl(tools).args(["version", "-o", "json"]),
+            Duration::from_secs(15),
+        )?;
+        let json: serde_json::Value =
+            serde_json::from_str(&out).context("parsing `kubectl version -o json`")?;
+        json.pointer("/serverVersion/gitVersion")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .context("`kubectl version` printed no server version")
+    }
+
+    /// Removes the cluster, its processes and data. Does nothing when there is none.
+    pub fn down(&self, tools: &Tools) -> Result<()> {
+        if self.exists() {
+            process::output(
+                self.kwokctl(tools).args(["delete", "cluster"]),
+                Duration::from_secs(120),
+            )
+            .with_context(|| format!("deleting cluster {:?}", self.name))?;
+            println!("Cluster {:?} removed.", self.name);
+        } else {
+            println!("No cluster {:?} to remove.", self.name);
+        }
+        let _ = fs::remove_file(self.kubeconfig());
+        Ok(())
+    }
+}
+
+fn ensure_port_free(port: u16) -> Result<()> {
+    TcpListener::bind(("127.0.0.1", port)).map(drop).with_context(|| {
+        format!(
+            "port {port} on 127.0.0.1 is taken: choose another with --port (or PIXEL_APISERVER_PORT), \
+             or stop the process listening on it (`ss -ltnp 'sport = :{port}'` shows which)"
+        )
+    })
+}
+
+/// `cargo xtask up` / `cargo xtask cluster up`.
+pub fn up(args: &UpArgs) -> Result<()> {
+    let tools = crate::toolchain::ensure()?;
+    Cluster::DEV.up(&tools, args)
+}
+
+/// `cargo xtask cluster down`.
+pub fn down() -> Result<()> {
+    if !Cluster::DEV.exists() {
+        println!("No cluster {:?} to remove.", Cluster::DEV.name);
+        return Ok(());
+    }
+    let tools = crate::toolchain::ensure()?;
+    Cluster::DEV.down(&tools)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_port_names_the_fix() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let message = format!("{:#}", ensure_port_free(port).expect_err("taken"));
+        assert!(
+            message.contains(&format!("port {port} on 127.0.0.1 is taken")),
+            "{message}"
+        );
+        assert!(message.contains("--port"), "{message}");
+        drop(taken);
+        ensure_port_free(port).expect("free again");
+    }
+
+    #[test]
+    fn dev_and_test_clusters_do_not_share_state() {
+        assert_ne!(Cluster::DEV.kubeconfig(), Cluster::TEST.kubeconfig());
+        assert_ne!(Cluster::DEV.state_dir(), Cluster::TEST.state_dir());
+    }
+}

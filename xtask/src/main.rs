@@ -1,0 +1,63 @@
+//! `cargo xtask`: everything beyond `cargo build`, in Rust so it runs wherever cargo does.
+
+mod cluster;
+mod e2e;
+mod invariants;
+mod paths;
+mod process;
+mod toolchain;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Pixel Playground project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The main job: bring up the local cluster (more of the stack as the project grows).
+    Up(cluster::UpArgs),
+    /// Every test: `cargo test --workspace`, then the end-to-end suites on a cluster that is
+    /// started for the run and removed after it.
+    Test(e2e::TestArgs),
+    /// The end-to-end suites alone, against the running local cluster.
+    E2e,
+    /// The local Kubernetes cluster (kube-apiserver, etcd, controller-manager, scheduler,
+    /// KWOK fake nodes).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Build the pinned Go tools (control plane, KWOK, chainsaw) into the cache, or print
+    /// where they are.
+    Toolchain,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Create the cluster, or keep the one that is already healthy.
+    Up(cluster::UpArgs),
+    /// Remove the cluster and its data. Does nothing when there is none.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) | Command::Cluster(ClusterCommand::Up(args)) => cluster::up(&args),
+        Command::Cluster(ClusterCommand::Down) => cluster::down(),
+        Command::Test(args) => e2e::test_all(&args),
+        Command::E2e => e2e::run_suites(),
+        Command::Toolchain => toolchain::ensure().map(|tools| tools.print()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

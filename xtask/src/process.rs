@@ -1,0 +1,162 @@
+//! Running external programs with clear errors and bounded waits: never a silent hang.
+
+use std::{
+    io::ErrorKind,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Describes a command for messages: the program and its arguments.
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs with inherited stdio, failing if the command fails or outlives `timeout`.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<()> {
+    let status = wait_bounded(cmd, timeout)?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs with captured output and returns stdout; the error carries stderr.
+pub fn output(cmd: &mut Command, timeout: Duration) -> Result<String> {
+    let out = output_unchecked(cmd, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", describe(cmd)))
+}
+
+/// Runs with captured output, whatever its exit status.
+pub fn output_unchecked(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn(cmd)?;
+    // Drain pipes on threads so a chatty child cannot block on a full pipe while we wait.
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let status = wait_child(cmd, &mut child, timeout)?;
+    let collect =
+        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    })
+}
+
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn wait_bounded(cmd: &mut Command, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let mut child = spawn(cmd)?;
+    wait_child(cmd, &mut child, timeout)
+}
+
+/// Starts `cmd`, turning "not found" into a message that names the missing program.
+pub fn spawn(cmd: &mut Command) -> Result<std::process::Child> {
+    cmd.spawn().map_err(|error| {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        if error.kind() == ErrorKind::NotFound {
+            anyhow::anyhow!("`{program}` was not found: install it or put it on PATH")
+        } else {
+            anyhow::anyhow!("cannot start `{}`: {error}", describe(cmd))
+        }
+    })
+}
+
+fn wait_child(
+    cmd: &Command,
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{}` did not finish within {}s and was stopped",
+                describe(cmd),
+                timeout.as_secs()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_stdout() {
+        let out = output(
+            Command::new("sh").args(["-c", "echo hello"]),
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.expect("runs").trim(), "hello");
+    }
+
+    #[test]
+    fn failure_carries_stderr() {
+        let error = output(
+            Command::new("sh").args(["-c", "echo broken >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .expect_err("fails");
+        let message = error.to_string();
+        assert!(
+            message.contains("broken") && message.contains("exit status: 3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let error = run(
+            &mut Command::new("no-such-program-pixel"),
+            Duration::from_secs(10),
+        )
+        .expect_err("missing");
+        assert!(
+            error
+                .to_string()
+                .contains("`no-such-program-pixel` was not found"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn overrunning_command_is_stopped() {
+        let error = run(Command::new("sleep").arg("30"), Duration::from_millis(300))
+            .expect_err("times out");
+        assert!(
+            error.to_string().contains("did not finish within"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! The pinned Go tools: the Kubernetes control plane, etcd, KWOK and chainsaw.
+//!
+//! Each lives in its own Go module under `e2e/toolchain/`, whose go.mod/go.sum are the pins.
+//! Binaries are built with the Go toolchain and module proxy only, into the machine cache
+//! under a key derived from the pins and the build recipe, so they are rebuilt exactly when
+//! a pin changes and a fresh clone reuses them.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::{paths, process};
+
+/// Bump when the way binaries are built changes, to invalidate every cached build.
+const RECIPE: &str = "2";
+
+/// Oldest Go that builds the pins (the `go` line of their go.mod files).
+const MIN_GO: (u32, u32) = (1, 26);
+
+/// One Go module under `e2e/toolchain/` and the binaries built from it.
+#[derive(Debug)]
+struct Component {
+    /// Directory under `e2e/toolchain/`.
+    name: &'static str,
+    /// The module whose version is the component's version.
+    pinned_module: &'static str,
+    /// (Go package, binary name).
+    binaries: &'static [(&'static str, &'static str)],
+}
+
+const KUBERNETES: Component = Component {
+    name: "kubernetes",
+    pinned_module: "k8s.io/kubernetes",
+    binaries: &[
+        ("k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
+        (
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-controller-manager",
+        ),
+        ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
+        ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+    ],
+};
+const ETCD: Component = Component {
+    name: "etcd",
+    pinned_module: "go.etcd.io/etcd/server/v3",
+    binaries: &[("go.etcd.io/etcd/server/v3", "etcd")],
+};
+const KWOK: Component = Component {
+    name: "kwok",
+    pinned_module: "sigs.k8s.io/kwok",
+    binaries: &[
+        ("sigs.k8s.io/kwok/cmd/kwok", "kwok"),
+        ("sigs.k8s.io/kwok/cmd/kwokctl", "kwokctl"),
+    ],
+};
+const CHAINSAW: Component = Component {
+    name: "chainsaw",
+    pinned_module: "github.com/kyverno/chainsaw",
+    binaries: &[("github.com/kyverno/chainsaw", "chainsaw")],
+};
+const COMPONENTS: [&Component; 4] = [&KUBERNETES, &ETCD, &KWOK, &CHAINSAW];
+
+/// Paths of the built tools.
+#[derive(Debug)]
+pub struct Tools {
+    pub kubernetes_version: String,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubectl: PathBuf,
+    pub etcd: PathBuf,
+    pub kwok: PathBuf,
+    pub kwokctl: PathBuf,
+    pub chainsaw: PathBuf,
+}
+
+impl Tools {
+    pub fn print(&self) {
+        println!("Kubernetes {} tools:", self.kubernetes_version);
+        for path in [
+            &self.kube_apiserver,
+            &self.kube_controller_manager,
+            &self.kube_scheduler,
+            &self.kubectl,
+            &self.etcd,
+            &self.kwok,
+            &self.kwokctl,
+            &self.chainsaw,
+        ] {
+            println!("  {}", path.display());
+        }
+    }
+}
+
+/// Builds whatever is missing from the cache and returns every tool's path.
+pub fn ensure() -> Result<Tools> {
+    check_go()?;
+    let mut dirs = Vec::new();
+    for component in COMPONENTS {
+        dirs.push(ensure_component(component)?);
+    }
+    let [kubernetes, etcd, kwok, chainsaw] =
+        <[PathBuf; 4]>::try_from(dirs).expect("one dir per component");
+    Ok(Tools {
+        kubernetes_version: pinned_version(&KUBERNETES)?,
+        kube_apiserver: kubernetes.join("kube-apiserver"),
+        kube_controller_manager: kubernetes.join("kube-controller-manager"),
+        kube_scheduler: kubernetes.join("kube-scheduler"),
+        kubectl: kubernetes.join("kubectl"),
+        etcd: etcd.join("etcd"),
+        kwok: kwok.join("kwok"),
+        kwokctl: kwok.join("kwokctl"),
+        chainsaw: chainsaw.join("chainsaw"),
+    })
+}
+
+fn module_dir(component: &Component) -> PathBuf {
+    paths::repo_root()
+        .join("e2e/toolchain")
+        .join(component.name)
+}
+
+/// The version `go.mod` pins for the component's main module.
+fn pinned_version(component: &Component) -> Result<String> {
+    let go_mod = read(&module_dir(component).join("go.mod"))?;
+    find_require(&go_mod, component.pinned_module).with_context(|| {
+        format!(
+            "{}/go.mod does not require {}",
+            component.name, component.pinned_module
+        )
+    })
+}
+
+/// Finds `module vX.Y.Z` in a go.mod `require` line or block.
+fn find_require(go_mod: &str, module: &str) -> Option<String> {
+    go_mod.lines().find_map(|line| {
+        let line = line.trim().trim_start_matches("require").trim();
+        let mut words = line.split_whitespace();
+        (words.next()? == module).then(|| words.next().map(str::to_owned))?
+    })
+}
+
+/// `-ldflags` for a component: Kubernetes binaries report their real version on `/version`.
+fn ldflags(component: &Component, version: &str) -> String {
+    let mut flags = vec!["-s".to_owned(), "-w".to_owned()];
+    if component.name == KUBERNETES.name {
+        let mut parts = version.trim_start_matches('v').split('.');
+        let (major, minor) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
+        for package in [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ] {
+            for (var, value) in [
+                ("gitVersion", version),
+                ("gitMajor", major),
+                ("gitMinor", minor),
+                ("gitTreeState", "clean"),
+            ] {
+                flags.push(format!("-X {package}.{var}={value}"));
+            }
+        }
+    }
+    flags.join(" ")
+}
+
+/// The cache key: a digest of the pins, the recipe and the Go version that builds them.
+fn cache_key(component: &Component, version: &str, go_version: &str) -> Result<String> {
+    let dir = module_dir(component);
+    let mut hasher = Sha256::new();
+    for part in [
+        RECIPE.to_owned(),
+        go_version.to_owned(),
+        ldflags(component, version),
+        read(&dir.join("go.mod"))?,
+        read(&dir.join("go.sum"))?,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn go_version() -> Result<String> {
+    let out = process::output(
+        Command::new("go").args(["env", "GOVERSION"]),
+        Duration::from_secs(60),
+    )
+    .context("the Go toolchain is needed to build the local control plane")?;
+    Ok(out.trim().to_owned())
+}
+
+fn check_go() -> Result<()> {
+    let version = go_version()?;
+    match parse_go_version(&version) {
+        Some(found) if found >= MIN_GO => Ok(()),
+        _ => bail!(
+            "{version} is too old to build the pinned control plane: install Go {}.{} or newer",
+            MIN_GO.0,
+            MIN_GO.1
+        ),
+    }
+}
+
+fn parse_go_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.strip_prefix("go")?.split(['.', 'r', 'b']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Returns the component's binary directory, building it first when the cache lacks it.
+fn ensure_component(component: &Component) -> Result<PathBuf> {
+    let version = pinned_version(component)?;
+    let go = go_version()?;
+    let key = cache_key(component, &version, &go)?;
+    let root = paths::cache_dir().join("toolchain");
+    let final_dir = root.join(format!("{}-{version}-{key}", component.name));
+    if final_dir.join(".complete").exists() {
+        return Ok(final_dir);
+    }
+
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let staging = root.join(format!(".{}-{key}.{}", component.name, std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+
+    println!(
+        "Building {} {version} with {go} into {} (once per pin and machine)",
+        component.name,
+        final_dir.display()
+    );
+    let started = Instant::now();
+    for (package, binary) in component.binaries {
+        build_binary(component, &version, package, &staging.join(binary))?;
+    }
+    fs::write(staging.join(".complete"), format!("{version}\n"))?;
+    // Another build may have finished first; its result is equivalent, so keep that one.
+    if fs::rename(&staging, &final_dir).is_err() {
+        let _ = fs::remove_dir_all(&staging);
+        if !final_dir.join(".complete").exists() {
+            bail!(
+                "cannot move the build of {} into {}",
+                component.name,
+                final_dir.display()
+            );
+        }
+    }
+    println!(
+        "Built {} {version} in {}s",
+        component.name,
+        started.elapsed().as_secs()
+    );
+    Ok(final_dir)
+}
+
+/// `go build -v`, printing a progress line every 20 seconds (package count and elapsed time).
+fn build_binary(component: &Component, version: &str, package: &str, output: &Path) -> Result<()> {
+    let mut cmd = Command::new("go");
+    cmd.current_dir(module_dir(component))
+        .args([
+            "build",
+            "-v",
+            "-trimpath",
+            "-ldflags",
+            &ldflags(component, version),
+            "-o",
+        ])
+        .arg(output)
+        .arg(package)
+        .env("CGO_ENABLED", "0")
+        // The pins are exact: fail rather than resolve anything go.sum does not list.
+        .env(
+            "GOFLAGS",
+            format!(
+                "{} -mod=readonly",
+                std::env::var("GOFLAGS").unwrap_or_default()
+            ),
+        )
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped());
+    let binary = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = process::spawn(&mut cmd)?;
+    let stderr = child.stderr.take().context("go build stderr")?;
+
+    let compiled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&compiled);
+    // go build -v prints one package per line; anything else is an error worth showing.
+    let reader = thread::spawn(move || {
+        let mut other = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(' ') || line.starts_with('#') {
+                other.push(line);
+            } else {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        other
+    });
+    let started = Instant::now();
+    let mut next_report = Duration::from_secs(20);
+    // A cold Kubernetes build on two cores takes tens of minutes; an hour means it is stuck.
+    let limit = Duration::from_secs(3600);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= limit {
+            let _ = child.kill();
+            bail!(
+                "building {binary} did not finish within {} minutes",
+                limit.as_secs() / 60
+            );
+        }
+        if elapsed >= next_report {
+            println!(
+                "  {binary}: {} packages compiled, {}s",
+                compiled.load(Ordering::Relaxed),
+                elapsed.as_secs()
+            );
+            next_report += Duration::from_secs(20);
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let errors = reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "building {binary} from {package} failed ({status}):\n{}",
+            errors.join("\n")
+        );
+    }
+    println!(
+        "  {binary}: done ({} packages, {}s)",
+        compiled.load(Ordering::Relaxed),
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_pins_its_module() {
+        for component in COMPONENTS {
+            let version = pinned_version(component).expect("pinned");
+            assert!(version.starts_with('v'), "{}: {version}", component.name);
+        }
+        assert!(
+            pinned_version(&KUBERNETES)
+                .expect("pinned")
+                .starts_with("v1.36.")
+        );
+        assert!(pinned_version(&ETCD).expect("pinned").starts_with("v3.6."));
+        assert!(pinned_version(&KWOK).expect("pinned").starts_with("v0.8."));
+    }
+
+    #[test]
+    fn staging_modules_match_the_kubernetes_release() {
+        let go_mod = read(&module_dir(&KUBERNETES).join("go.mod")).expect("go.mod");
+        let minor = pinned_version(&KUBERNETES)
+            .expect("pinned")
+            .replacen("v1.", "v0.", 1);
+        let replaces: Vec<&str> = go_mod
+            .lines()
+            .filter(|l| l.contains("=> k8s.io/"))
+            .collect();
+        assert!(
+            replaces.len() > 25,
+            "every staging module is replaced: {replaces:?}"
+        );
+        for line in replaces {
+            assert!(
+                line.trim_end().ends_with(&minor),
+                "{line} should pin {minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn finds_requires_in_lines_and_blocks() {
+        let go_mod =
+            "module x\n\nrequire a.io/b v1.2.3\n\nrequire (\n\tc.io/d v0.1.0 // indirect\n)\n";
+        assert_eq!(find_require(go_mod, "a.io/b").as_deref(), Some("v1.2.3"));
+        assert_eq!(find_require(go_mod, "c.io/d").as_deref(), Some("v0.1.0"));
+        assert_eq!(find_require(go_mod, "e.io/f"), None);
+    }
+
+    #[test]
+    fn kubernetes_ldflags_set_the_reported_version() {
+        let flags = ldflags(&KUBERNETES, "v1.36.3");
+        assert!(flags.contains("-X k8s.io/component-base/version.gitVersion=v1.36.3"));
+        assert!(flags.contains("-X k8s.io/component-base/version.gitMinor=36"));
+        assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMajor=1"));
+        assert!(!ldflags(&ETCD, "v3.6.16").contains("-X"));
+    }
+
+    #[test]
+    fn cache_key_follows_the_go_version() {
+        let a = cache_key(&ETCD, "v3.6.16", "go1.26.8").expect("key");
+        assert_eq!(a, cache_key(&ETCD, "v3.6.16", "go1.26.8").expect("key"));
+        assert_ne!(a, cache_key(&ETCD, "v3.6.16", "go1.26.9").expect("key"));
+    }
+
+    #[test]
+    fn parses_go_versions() {
+        assert_eq!(parse_go_version("go1.26.8"), Some((1, 26)));
+        assert_eq!(parse_go_version("go1.27rc1"), Some((1, 27)));
+        assert_eq!(parse_go_version("devel"), None);
+    }
+}
