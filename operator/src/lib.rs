@@ -3,6 +3,11 @@
 //! At this stage it connects to the API server and serves its probes; reconciliation
 //! arrives with the PixelCanvas API.
 
+pub mod api;
+pub mod children;
+pub mod crd;
+pub mod status;
+
 use std::net::SocketAddr;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};

@@ -296,8 +296,6 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("--port"), "{message}");
-        drop(taken);
-        ensure_port_free(port).expect("free again");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct TestArgs {
 
 /// `cargo xtask test`: everything, on a cluster started for the run and removed after it.
 pub fn test_all(args: &TestArgs) -> Result<()> {
+    // The services' tests start a real redis-server.
+    crate::deps::ensure_debian_packages(&["redis-server"])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("== cargo test --workspace");
     process::run(
@@ -34,7 +36,7 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     let tools = toolchain::ensure()?;
     let cluster = Cluster::TEST;
     cluster.up(&tools, &crate::cluster::UpArgs { port: None })?;
-    let result = chainsaw(&tools, &cluster);
+    let outcome = chainsaw(&tools, &cluster);
     if args.keep_cluster {
         println!(
             "Keeping the test cluster: KUBECONFIG={}",
@@ -43,7 +45,8 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     } else if let Err(error) = cluster.down(&tools) {
         eprintln!("warning: could not remove the test cluster: {error:#}");
     }
-    result
+    // The summary is the run's last line.
+    outcome?.report()
 }
 
 /// `cargo xtask e2e`: the suites alone, against the running developer cluster.
@@ -57,15 +60,17 @@ pub fn run_suites() -> Result<()> {
             cluster.kubeconfig().display()
         );
     }
-    chainsaw(&tools, &cluster)
+    chainsaw(&tools, &cluster)?.report()
 }
 
-fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<()> {
+/// Runs the suites; the summary says whether they passed.
+fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
     let suites = paths::repo_root().join(SUITES_DIR);
     let count = count_tests(&suites)?;
     if count == 0 {
         bail!("no chainsaw tests found under {}", suites.display());
     }
+    install_crds(tools, cluster)?;
     let report_dir = paths::repo_root().join("target/e2e");
     std::fs::create_dir_all(&report_dir)?;
     let path = prepend_path(tools.kubectl.parent().context("kubectl has a directory")?);
@@ -98,16 +103,35 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<()> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    let summary = parse_summary(&stdout)
+    let mut summary = parse_summary(&stdout)
         .with_context(|| format!("chainsaw ({}) printed no test summary", out.status))?;
-    println!("e2e: {} passed, {} failed", summary.passed, summary.failed);
-    if !out.status.success() || summary.failed > 0 || summary.passed != count {
-        bail!(
-            "end-to-end suites failed: {} of {count} tests passed (report: {})",
-            summary.passed,
-            report_dir.join("chainsaw-report.json").display()
-        );
-    }
+    summary.expected = count;
+    summary.runner_succeeded = out.status.success();
+    summary.report_path = report_dir.join("chainsaw-report.json");
+    Ok(summary)
+}
+
+/// Installs the project's CRDs, as users do, and waits until the API serves them.
+fn install_crds(tools: &toolchain::Tools, cluster: &Cluster) -> Result<()> {
+    let crd = paths::repo_root().join(crate::crd::CRD_PATH);
+    process::output(
+        cluster
+            .kubectl(tools)
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(&crd),
+        Duration::from_secs(60),
+    )
+    .context("installing the PixelCanvas CRD")?;
+    process::output(
+        cluster.kubectl(tools).args([
+            "wait",
+            "--for=condition=Established",
+            "crd/pixelcanvases.pixel-playground.dev",
+            "--timeout=60s",
+        ]),
+        Duration::from_secs(90),
+    )
+    .context("waiting for the PixelCanvas CRD to be served")?;
     Ok(())
 }
 
@@ -144,10 +168,30 @@ fn count_tests(dir: &std::path::Path) -> Result<usize> {
     Ok(count)
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Summary {
     passed: usize,
     failed: usize,
+    /// Tests found in the suites: each must pass.
+    expected: usize,
+    runner_succeeded: bool,
+    report_path: PathBuf,
+}
+
+impl Summary {
+    /// Prints the closing line and fails unless every expected test passed.
+    fn report(self) -> Result<()> {
+        println!("e2e: {} passed, {} failed", self.passed, self.failed);
+        if !self.runner_succeeded || self.failed > 0 || self.passed != self.expected {
+            bail!(
+                "end-to-end suites failed: {} of {} tests passed (report: {})",
+                self.passed,
+                self.expected,
+                self.report_path.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Reads chainsaw's closing summary (`- Passed  tests N`, `- Failed  tests N`).
@@ -166,6 +210,7 @@ fn parse_summary(stdout: &str) -> Option<Summary> {
     Some(Summary {
         passed: count("Passed")?,
         failed: count("Failed")?,
+        ..Summary::default()
     })
 }
 
@@ -177,14 +222,33 @@ mod tests {
     fn reads_the_chainsaw_summary() {
         let out =
             "Tests Summary...\n- Passed  tests 4\n- Failed  tests 1\n- Skipped tests 0\nDone.\n";
-        assert_eq!(
-            parse_summary(out),
-            Some(Summary {
-                passed: 4,
-                failed: 1
-            })
-        );
+        let summary = parse_summary(out).expect("summary");
+        assert_eq!((summary.passed, summary.failed), (4, 1));
         assert_eq!(parse_summary("Loading...\nerror: boom\n"), None);
+    }
+
+    #[test]
+    fn a_run_passes_only_when_every_expected_test_passed() {
+        let run = |passed, failed, expected, runner_succeeded| {
+            Summary {
+                passed,
+                failed,
+                expected,
+                runner_succeeded,
+                ..Summary::default()
+            }
+            .report()
+        };
+        assert!(run(4, 0, 4, true).is_ok());
+        assert!(run(3, 1, 4, false).is_err());
+        assert!(
+            run(3, 0, 4, true).is_err(),
+            "a test that did not run is a failure"
+        );
+        assert!(
+            run(4, 0, 4, false).is_err(),
+            "so is a runner that exited non-zero"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `cargo xtask`: everything beyond `cargo build`, in Rust so it runs wherever cargo does.
 
 mod cluster;
+mod crd;
+mod deps;
 mod e2e;
 mod invariants;
 mod paths;
@@ -31,6 +33,8 @@ enum Command {
     /// KWOK fake nodes).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Regenerate the PixelCanvas CRD in crds/ from the operator's types.
+    Crd,
     /// Build the pinned Go tools (control plane, KWOK, chainsaw) into the cache, or print
     /// where they are.
     Toolchain,
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Down) => cluster::down(),
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e => e2e::run_suites(),
+        Command::Crd => crd::generate(),
         Command::Toolchain => toolchain::ensure().map(|tools| tools.print()),
     };
     match result {

@@ -1,34 +1,250 @@
-//! canvas-api: The canvas REST API, on Redis.
+//! canvas-api: the canvas REST API, on Redis.
+//!
+//! Reads are served from an in-process snapshot cache ([`cache`]); every placement is one
+//! atomic Lua script in Redis ([`store`]); handlers and the OpenAPI document come from one
+//! source ([`api`], through `utoipa-axum`).
 
-use std::net::SocketAddr;
+pub mod api;
+pub mod cache;
+pub mod error;
+pub mod store;
 
-use axum::Router;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Extension, Router, extract::DefaultBodyLimit};
+use bytes::Bytes;
 use clap::Parser;
 use pixel_common::{
-    health, ports,
+    canvas::{CanvasSize, DEFAULT_PALETTE, GeometryError, MAX_SIDE, Palette},
+    health,
+    metrics::{self, HttpMetrics},
+    ports,
     serve::{ServeError, serve},
     shutdown,
     telemetry::LogArgs,
 };
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use tower_http::compression::CompressionLayer;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    cache::SnapshotCache,
+    store::{RedisConfig, Store, StoreError},
+};
 
 /// Configuration, from flags or the environment the operator sets on the pod.
-#[derive(Debug, Parser)]
-#[command(name = "canvas-api", version, about = "The canvas REST API, on Redis.")]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "canvas-api",
+    version,
+    about = "The canvas REST API, on Redis.",
+    args_override_self = true
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::CANVAS_API)))]
     pub listen_addr: SocketAddr,
 
+    /// Redis URL, without the password.
+    #[arg(long, env = ports::ENV_REDIS_URL, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Redis password.
+    #[arg(long, env = ports::ENV_REDIS_PASSWORD, hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// How long one Redis command may take before the request fails with 503, in ms.
+    #[arg(long, env = ports::ENV_REDIS_TIMEOUT_MS, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
+
+    /// Canvas width in pixels.
+    #[arg(long, env = ports::ENV_CANVAS_WIDTH, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
+    pub canvas_width: u32,
+
+    /// Canvas height in pixels.
+    #[arg(long, env = ports::ENV_CANVAS_HEIGHT, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
+    pub canvas_height: u32,
+
+    /// Palette: 2 to 32 comma-separated #RRGGBB colours.
+    #[arg(long, env = ports::ENV_CANVAS_PALETTE, default_value = DEFAULT_PALETTE)]
+    pub canvas_palette: Palette,
+
+    /// Seconds a client waits between placements; 0 disables the cooldown.
+    #[arg(long, env = ports::ENV_CANVAS_COOLDOWN_SECONDS, default_value_t = 0)]
+    pub canvas_cooldown_seconds: u32,
+
+    /// How many placements the history stream keeps.
+    #[arg(long, env = ports::ENV_HISTORY_MAX_LEN, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub history_max_len: u32,
+
+    /// The most placements one history answer carries.
+    #[arg(long, env = ports::ENV_HISTORY_PAGE_MAX, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub history_page_max: u32,
+
+    /// How long a cached snapshot is served before Redis's version is checked, in ms.
+    #[arg(long, env = ports::ENV_SNAPSHOT_MAX_AGE_MS, default_value_t = 1000)]
+    pub snapshot_max_age_ms: u64,
+
+    /// The largest request body read, in bytes.
+    #[arg(long, env = ports::ENV_MAX_BODY_BYTES, default_value_t = 1024)]
+    pub max_body_bytes: usize,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
 
-/// The HTTP application.
-pub fn app() -> Router {
-    health::router()
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid canvas size")]
+    Size(#[from] GeometryError),
+    #[error("cannot set up the Redis client")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// The canvas's settings, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub size: CanvasSize,
+    pub palette: Palette,
+    pub cooldown_seconds: u32,
+    pub cooldown: Duration,
+    pub history_max_len: u32,
+    pub history_page_max: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacementLabels {
+    result: &'static str,
+}
+
+/// Metrics beyond the HTTP ones every service has.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    http: HttpMetrics,
+    placements: Family<PlacementLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry);
+        let placements = Family::<PlacementLabels, Counter>::default();
+        registry.register(
+            "pixel_placements",
+            "Placement requests, by result (accepted, cooldown, rejected, unavailable)",
+            placements.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            http,
+            placements,
+        }
+    }
+
+    /// Counts one placement request with its result.
+    pub fn placed(&self, result: &'static str) {
+        self.placements
+            .get_or_create(&PlacementLabels { result })
+            .inc();
+    }
+}
+
+/// What the handlers share; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub cache: Arc<SnapshotCache>,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Checks the configuration and sets up the (lazily connecting) Redis client. Must be
+    /// called inside a Tokio runtime.
+    pub fn new(args: &Args) -> Result<Self, RunError> {
+        let settings = Settings {
+            size: CanvasSize::new(args.canvas_width, args.canvas_height)?,
+            palette: args.canvas_palette.clone(),
+            cooldown_seconds: args.canvas_cooldown_seconds,
+            cooldown: Duration::from_secs(args.canvas_cooldown_seconds.into()),
+            history_max_len: args.history_max_len,
+            history_page_max: args.history_page_max,
+        };
+        let store = Store::new(&RedisConfig {
+            url: args.redis_url.clone(),
+            password: args.redis_password.clone(),
+            timeout: Duration::from_millis(args.redis_timeout_ms),
+        })?;
+        let cache = SnapshotCache::new(
+            settings.size,
+            &settings.palette,
+            Duration::from_millis(args.snapshot_max_age_ms),
+        );
+        Ok(Self {
+            settings: Arc::new(settings),
+            store,
+            cache: Arc::new(cache),
+            metrics: Metrics::new(),
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Pixel Playground canvas API",
+    description = "Read the canvas, place pixels. See docs/protocol.md."
+))]
+struct ApiDoc;
+
+/// The API routes and their OpenAPI document, from the same annotated handlers.
+pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::info))
+        .routes(routes!(api::canvas))
+        .routes(routes!(api::canvas_png))
+        .routes(routes!(api::place))
+        .routes(routes!(api::pixel))
+        .routes(routes!(api::history))
+        .routes(routes!(api::openapi_json))
+        .routes(routes!(api::readyz))
+        .split_for_parts()
+}
+
+/// The HTTP application: the API, `/openapi.json`, probes and `/metrics`, compressed when
+/// the client accepts it, with bodies limited to `max_body_bytes`.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    let (api, doc) = api_router();
+    let doc = serde_json::to_vec(&doc)
+        .map(Bytes::from)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot serialize the OpenAPI document");
+            Bytes::new()
+        });
+    let metrics = state.metrics.clone();
+    metrics
+        .http
+        .instrument(api.with_state(state))
+        .layer(Extension(api::OpenApiJson(doc)))
+        .merge(health::router())
+        .merge(metrics::router(metrics.registry))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CompressionLayer::new())
 }
 
 /// Serves until SIGTERM.
-pub async fn run(args: Args) -> Result<(), ServeError> {
-    serve(args.listen_addr, app(), shutdown::signal_received()).await
+pub async fn run(args: Args) -> Result<(), RunError> {
+    let state = AppState::new(&args)?;
+    let router = app(state, args.max_body_bytes);
+    serve(args.listen_addr, router, shutdown::signal_received()).await?;
+    Ok(())
 }

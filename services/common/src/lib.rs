@@ -3,11 +3,15 @@
 //! Ports, environment variable names and probe paths live here so the services and the
 //! operator (which writes the pods that run them) cannot disagree about them.
 
+pub mod canvas;
 pub mod health;
+pub mod metrics;
 pub mod ports;
+pub mod redis_schema;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

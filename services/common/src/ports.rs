@@ -18,3 +18,52 @@ pub const READYZ_PATH: &str = "/readyz";
 pub const ENV_LISTEN_ADDR: &str = "PIXEL_LISTEN_ADDR";
 /// Log format: `text` for people, `json` for log pipelines.
 pub const ENV_LOG_FORMAT: &str = "PIXEL_LOG_FORMAT";
+/// Prometheus metrics path, served by every service.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Redis's port (the `<canvas>-redis` StatefulSet).
+pub const REDIS: u16 = 6379;
+
+// What the operator sets on the canvas-api and gateway pods (docs/protocol.md, Environment).
+
+/// Redis URL, `redis://host:port[/db]`, without the password.
+pub const ENV_REDIS_URL: &str = "PIXEL_REDIS_URL";
+/// Redis password (from the canvas's Secret); unset when Redis has none.
+pub const ENV_REDIS_PASSWORD: &str = "PIXEL_REDIS_PASSWORD";
+/// How long one Redis command may take before the request fails with 503, in milliseconds.
+pub const ENV_REDIS_TIMEOUT_MS: &str = "PIXEL_REDIS_TIMEOUT_MS";
+/// Canvas width in pixels (`spec.canvas.width`).
+pub const ENV_CANVAS_WIDTH: &str = "PIXEL_CANVAS_WIDTH";
+/// Canvas height in pixels (`spec.canvas.height`).
+pub const ENV_CANVAS_HEIGHT: &str = "PIXEL_CANVAS_HEIGHT";
+/// Palette, comma-separated `#RRGGBB` (`spec.canvas.palette`).
+pub const ENV_CANVAS_PALETTE: &str = "PIXEL_CANVAS_PALETTE";
+/// Seconds a client waits between placements (`spec.canvas.cooldownSeconds`); 0 disables.
+pub const ENV_CANVAS_COOLDOWN_SECONDS: &str = "PIXEL_CANVAS_COOLDOWN_SECONDS";
+/// How many placements the history stream keeps.
+pub const ENV_HISTORY_MAX_LEN: &str = "PIXEL_HISTORY_MAX_LEN";
+/// The most placements one `GET /api/v1/history` answer carries.
+pub const ENV_HISTORY_PAGE_MAX: &str = "PIXEL_HISTORY_PAGE_MAX";
+/// How long canvas-api serves a cached snapshot before checking Redis's version, in ms.
+pub const ENV_SNAPSHOT_MAX_AGE_MS: &str = "PIXEL_SNAPSHOT_MAX_AGE_MS";
+/// The largest HTTP request body canvas-api reads, in bytes.
+pub const ENV_MAX_BODY_BYTES: &str = "PIXEL_MAX_BODY_BYTES";
+
+/// The header carrying the placing client's id (set by the gateway).
+pub const CLIENT_ID_HEADER: &str = "x-client-id";
+/// The header carrying the canvas version of a snapshot.
+pub const CANVAS_VERSION_HEADER: &str = "x-canvas-version";
+
+/// canvas-api's placement endpoint (`POST`), which the gateway calls.
+pub const API_PIXELS_PATH: &str = "/api/v1/pixels";
+/// canvas-api's history endpoint (`GET ?since=<version>`), which the gateway calls to resync.
+pub const API_HISTORY_PATH: &str = "/api/v1/history";
+/// canvas-api's info endpoint (`GET`).
+pub const API_INFO_PATH: &str = "/api/v1/info";
+/// canvas-api's snapshot endpoint (`GET`).
+pub const API_CANVAS_PATH: &str = "/api/v1/canvas";
+
+/// canvas-api's base URL as the gateway reaches it (`http://host:port`).
+pub const ENV_API_URL: &str = "PIXEL_API_URL";
+/// WebSocket connections one gateway accepts (`spec.gateway.maxConnections`).
+pub const ENV_MAX_CONNECTIONS: &str = "PIXEL_MAX_CONNECTIONS";

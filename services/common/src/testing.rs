@@ -109,6 +109,147 @@ pub async fn assert_serves_health_and_stops_on_sigterm(
     );
 }
 
+/// A real `redis-server` for a test: its own temporary directory, a free loopback port,
+/// no RDB snapshots, append-only file on. Killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    appendfsync: &'static str,
+}
+
+impl RedisServer {
+    /// Starts one with `appendfsync always`, so every acknowledged write survives a kill.
+    pub async fn start() -> Self {
+        Self::start_with_appendfsync("always").await
+    }
+
+    /// Starts one with the given `appendfsync` policy (`always`, `everysec` or `no`).
+    pub async fn start_with_appendfsync(appendfsync: &'static str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pixel-redis-")
+            .tempdir()
+            .expect("create a temporary directory for redis-server");
+        let port = free_port();
+        let mut server = Self {
+            child: None,
+            dir,
+            port,
+            appendfsync,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory (where the append-only files are).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+
+    /// Starts the server again on the same port, from the same directory (so from its
+    /// append-only file), after [`kill`](Self::kill).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open and nothing answers, like a
+    /// hung Redis. Undo with [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a paused server run again.
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is running");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, signal).expect("signal redis-server");
+    }
+
+    async fn spawn(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(["--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", self.appendfsync])
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `redis-server` ({e}): the tests need a real Redis; \
+                     install the Debian package `redis-server` (apt-get install redis-server)"
+                )
+            });
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll redis-server") {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("redis-server exited ({status}) before it answered PING; its log:\n{log}");
+            }
+            if ping(self.port).await {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "redis-server did not answer PING on port {} in time",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+    }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+/// True when a Redis server answers PING on the port (and has finished loading its data).
+async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply)).await;
+    matches!(read, Ok(Ok(_))) && &reply == b"+PONG\r\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::listening_addr;

@@ -1,0 +1,405 @@
+//! The `PixelCanvas` API (`pixel-playground.dev/v1alpha1`): the spec users write and the
+//! status the operator reports. The CRD in `crds/` is generated from these types.
+//!
+//! Validation lives in the schema so the API server enforces it: bounds and patterns through
+//! `schemars` attributes, cross-field and transition rules as CEL (`x-kubernetes-validations`).
+//! Every field has a default, so a `PixelCanvas` with only a name is complete.
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The r/place 2017 palette: 16 colours.
+pub const DEFAULT_PALETTE: [&str; 16] = [
+    "#FFFFFF", "#E4E4E4", "#888888", "#222222", "#FFA7D1", "#E50000", "#E59500", "#A06A42",
+    "#E5D900", "#94E044", "#02BE01", "#00D3DD", "#0083C7", "#0000EA", "#CF6EE4", "#820080",
+];
+
+/// A collaborative pixel canvas: Redis for state, canvas-api, gateway and frontend
+/// Deployments, and an Ingress.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pixel-playground.dev",
+    version = "v1alpha1",
+    kind = "PixelCanvas",
+    plural = "pixelcanvases",
+    shortname = "pxc",
+    shortname = "canvas",
+    category = "pixel-playground",
+    namespaced,
+    status = "PixelCanvasStatus",
+    derive = "PartialEq",
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: it prefixes the names of the canvas's Services and pods"),
+    doc = "A collaborative pixel canvas: Redis for state, canvas-api, gateway and frontend Deployments, and an Ingress.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "API", type_ = "string", json_path = ".status.components.api.summary"),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.components.gateway.summary"),
+    printcolumn(name = "Frontend", type_ = "string", json_path = ".status.components.frontend.summary"),
+    printcolumn(name = "Redis", type_ = "string", json_path = ".status.components.redis.summary"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PixelCanvasSpec {
+    /// The canvas itself: size, palette and how often one client may place a pixel.
+    #[serde(default)]
+    pub canvas: CanvasSpec,
+
+    /// The container image holding all Pixel Playground binaries.
+    #[serde(default)]
+    pub image: ImageSpec,
+
+    /// canvas-api, the REST API in front of Redis.
+    #[serde(default)]
+    pub api: ComponentSpec,
+
+    /// The WebSocket gateway that fans pixel updates out to browsers.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+
+    /// The frontend serving the canvas page.
+    #[serde(default)]
+    pub frontend: ComponentSpec,
+
+    /// Redis, which stores the canvas.
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// How the canvas is exposed outside the cluster.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+
+    /// When true, the operator stops changing the canvas's children (status stays current).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Size, palette and pacing of the canvas.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanvasSpec {
+    /// Width in pixels (1 to 4096). Fixed at creation: pixels are stored by position.
+    #[serde(default = "default_side")]
+    #[schemars(range(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("canvas.width is immutable: create a new PixelCanvas for another size"))]
+    pub width: i32,
+
+    /// Height in pixels (1 to 4096). Fixed at creation: pixels are stored by position.
+    #[serde(default = "default_side")]
+    #[schemars(range(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("canvas.height is immutable: create a new PixelCanvas for another size"))]
+    pub height: i32,
+
+    /// Colours clients may place, as `#RRGGBB`, 2 to 32 distinct entries. Pixels refer to
+    /// colours by position, so entries may be changed or appended but never removed.
+    #[serde(default = "default_palette")]
+    #[schemars(
+        length(min = 2, max = 32),
+        inner(length(max = 7), regex(pattern = r"^#[0-9A-Fa-f]{6}$"))
+    )]
+    #[x_kube(
+        merge_strategy = ListMerge::Atomic,
+        validation = Rule::new("self.all(c, self.exists_one(d, d.lowerAscii() == c.lowerAscii()))").message("canvas.palette entries must be distinct colours"),
+        validation = Rule::new("size(self) >= size(oldSelf)").message("canvas.palette may gain colours but never lose them: existing pixels refer to colours by position")
+    )]
+    pub palette: Vec<String>,
+
+    /// Seconds a client must wait between two placements (0 to 86400; 0 disables the cooldown).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_seconds: i32,
+}
+
+/// The image for every Pixel Playground container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image repository, without tag.
+    #[serde(default = "default_repository")]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
+    )]
+    pub repository: String,
+
+    /// Image tag. Defaults to the operator's own version.
+    #[serde(default = "default_tag")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    )]
+    pub tag: String,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// Replicas and resources of a stateless component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    /// Number of pods (0 to 50).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 50))]
+    pub replicas: i32,
+
+    /// CPU and memory requests and limits of the component's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Replicas, resources and connection limit of the gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Number of pods (0 to 50).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 50))]
+    pub replicas: i32,
+
+    /// CPU and memory requests and limits of the gateway container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// WebSocket connections one gateway pod accepts before refusing more (1 to 1000000).
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: i32,
+}
+
+/// Redis, the canvas's store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// The persistent volume holding Redis's append-only file.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// How often Redis fsyncs its append-only file (Redis's `appendfsync`): `Always` (no
+    /// acknowledged placement is lost), `EverySecond` (at most about one second lost), or
+    /// `Never` (Redis leaves flushing to the operating system, typically within 30 seconds).
+    #[serde(default)]
+    pub append_fsync: AppendFsync,
+
+    /// The Redis server image.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+
+    /// CPU and memory requests and limits of the Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// An existing Secret holding the Redis password. When unset, the operator generates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Redis's persistent volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("redis.storage.storageClassName is immutable").field_path(".storageClassName"))]
+pub struct StorageSpec {
+    /// Volume size, as a quantity (for example `1Gi`), from 64Mi to 1Ti. May grow, never shrink.
+    #[serde(default = "default_storage_size")]
+    #[schemars(schema_with = "quantity_schema")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('64Mi')) >= 0 && quantity(self).compareTo(quantity('1Ti')) <= 0").message("redis.storage.size must be a quantity from 64Mi to 1Ti, for example 1Gi"),
+        validation = Rule::new("!isQuantity(oldSelf) || !isQuantity(self) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("redis.storage.size may grow but never shrink")
+    )]
+    pub size: Quantity,
+
+    /// StorageClass of the volume; unset uses the cluster default. Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+
+    /// Keep the volume (and so the canvas) when the PixelCanvas is deleted.
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+}
+
+/// Redis `appendfsync` policy. (Redis spells them `always`, `everysec` and `no`; the API uses
+/// Kubernetes-style names, which YAML cannot mistake for booleans.)
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppendFsync {
+    Always,
+    #[default]
+    EverySecond,
+    Never,
+}
+
+/// A key of a Secret in the canvas's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+
+    /// Key within the Secret holding the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// Exposure through an Ingress: `/` to the frontend, `/api` to canvas-api, `/ws` to the gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tlsSecretName) || has(self.host)").message("ingress.tlsSecretName needs ingress.host: a certificate is for a host name").field_path(".tlsSecretName"))]
+pub struct IngressSpec {
+    /// Create the Ingress.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Host name to route (a DNS name); unset routes every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: Option<String>,
+
+    /// IngressClass to use; unset uses the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// Secret holding the TLS certificate for `host`; unset serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub tls_secret_name: Option<String>,
+}
+
+/// What the operator observed, written only when it changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PixelCanvasStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing`, `Degraded` and `Paused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Desired and ready replicas per component.
+    #[serde(default)]
+    pub components: ComponentsStatus,
+
+    /// Where users open the canvas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Replica counts of each component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentsStatus {
+    /// The Redis StatefulSet.
+    #[serde(default)]
+    pub redis: ReplicaStatus,
+    /// The canvas-api Deployment.
+    #[serde(default)]
+    pub api: ReplicaStatus,
+    /// The gateway Deployment.
+    #[serde(default)]
+    pub gateway: ReplicaStatus,
+    /// The frontend Deployment.
+    #[serde(default)]
+    pub frontend: ReplicaStatus,
+}
+
+/// Desired and ready replicas of one component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replicas the spec asks for.
+    #[serde(default)]
+    pub desired: i32,
+    /// Replicas that are ready and run the current pod template.
+    #[serde(default)]
+    pub ready: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default)]
+    pub summary: String,
+}
+
+fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 64,
+    })
+}
+
+fn default_side() -> i32 {
+    1000
+}
+fn default_palette() -> Vec<String> {
+    DEFAULT_PALETTE.iter().map(|c| (*c).to_owned()).collect()
+}
+fn default_repository() -> String {
+    "pixel-playground".to_owned()
+}
+fn default_tag() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+fn default_redis_image() -> String {
+    "redis:7.2-alpine".to_owned()
+}
+fn default_replicas() -> i32 {
+    2
+}
+fn default_max_connections() -> i32 {
+    10_000
+}
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_owned())
+}
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+
+macro_rules! default_from_serde {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            /// The defaults the schema declares (an empty object deserializes to them).
+            fn default() -> Self {
+                serde_json::from_value(serde_json::json!({})).expect("every field has a serde default")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    CanvasSpec,
+    ImageSpec,
+    ComponentSpec,
+    GatewaySpec,
+    RedisSpec,
+    StorageSpec,
+    IngressSpec
+);

@@ -1,0 +1,83 @@
+//! The ConfigMap with the canvas settings, the generated Redis password Secret, and the
+//! hash that rolls pods when either changes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+};
+use pixel_common::ports;
+use sha2::{Digest, Sha256};
+
+use super::{Context, naming::Component};
+
+/// Key of the password in the generated Secret.
+pub const PASSWORD_KEY: &str = "password";
+
+/// The canvas settings, as the environment the services read (`envFrom`).
+pub fn config_data(ctx: &Context) -> BTreeMap<String, String> {
+    let canvas = &ctx.canvas.spec.canvas;
+    BTreeMap::from([
+        (ports::ENV_CANVAS_WIDTH.to_owned(), canvas.width.to_string()),
+        (
+            ports::ENV_CANVAS_HEIGHT.to_owned(),
+            canvas.height.to_string(),
+        ),
+        (
+            ports::ENV_CANVAS_PALETTE.to_owned(),
+            canvas.palette.join(","),
+        ),
+        (
+            ports::ENV_CANVAS_COOLDOWN_SECONDS.to_owned(),
+            canvas.cooldown_seconds.to_string(),
+        ),
+    ])
+}
+
+pub fn config_map(ctx: &Context) -> ConfigMap {
+    ConfigMap {
+        metadata: ctx.metadata(ctx.names.config(), None),
+        data: Some(config_data(ctx)),
+        ..Default::default()
+    }
+}
+
+/// The generated password Secret, unless the spec references an existing one.
+pub fn redis_secret(ctx: &Context) -> Option<Secret> {
+    if ctx.canvas.spec.redis.password_secret_ref.is_some() {
+        return None;
+    }
+    Some(Secret {
+        metadata: ctx.metadata(ctx.names.redis_secret(), Some(Component::Redis)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            PASSWORD_KEY.to_owned(),
+            ByteString(ctx.password.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    })
+}
+
+/// What a component's pods consume from the ConfigMap and the Secret, digested. Put in the
+/// pod template, so a change rolls exactly the pods that use it.
+pub fn consumed_hash(ctx: &Context, component: Component) -> String {
+    let mut hasher = Sha256::new();
+    let mut feed = |part: &str| {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    };
+    match component {
+        Component::Api | Component::Gateway => {
+            for (key, value) in config_data(ctx) {
+                feed(&key);
+                feed(&value);
+            }
+            feed(&ctx.password);
+        }
+        Component::Redis => feed(&ctx.password),
+        Component::Frontend => {}
+    }
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}

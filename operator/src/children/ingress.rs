@@ -1,0 +1,66 @@
+//! The Ingress: `/api` to canvas-api, `/ws` to the gateway, everything else to the frontend.
+
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+
+use super::{Context, naming::Component};
+
+/// The Ingress, when the spec enables it.
+pub fn ingress(ctx: &Context) -> Option<Ingress> {
+    let spec = &ctx.canvas.spec.ingress;
+    if !spec.enabled {
+        return None;
+    }
+    let path = |prefix: &str, component: Component| HTTPIngressPath {
+        path: Some(prefix.to_owned()),
+        path_type: "Prefix".to_owned(),
+        backend: IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: ctx.names.component(component),
+                port: Some(ServiceBackendPort {
+                    name: Some("http".to_owned()),
+                    number: None,
+                }),
+            }),
+            resource: None,
+        },
+    };
+    Some(Ingress {
+        metadata: ctx.metadata(ctx.names.ingress(), None),
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: spec.host.clone(),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![
+                        path("/api", Component::Api),
+                        path("/ws", Component::Gateway),
+                        path("/", Component::Frontend),
+                    ],
+                }),
+            }]),
+            tls: spec.tls_secret_name.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: spec.host.clone().map(|h| vec![h]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Where users open the canvas: the Ingress host, or `None` without a host or an Ingress.
+pub fn url(ctx: &Context) -> Option<String> {
+    let spec = &ctx.canvas.spec.ingress;
+    let host = spec.host.as_ref().filter(|_| spec.enabled)?;
+    let scheme = if spec.tls_secret_name.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{host}/"))
+}

@@ -1,0 +1,197 @@
+//! The desired state: every child object of a canvas, as a pure function of the canvas and
+//! the Redis password. `reconcile` applies what this returns and removes what it rules out.
+
+mod config;
+mod ingress;
+pub mod naming;
+mod redis;
+mod security;
+mod workloads;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Secret, Service},
+        networking::v1::{Ingress, NetworkPolicy},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{Resource, ResourceExt};
+
+pub use self::{config::PASSWORD_KEY, ingress::url, naming::Component, naming::Names};
+use crate::api::{PixelCanvas, PullPolicy};
+
+/// Pod template annotation: digest of what the pods consume from the ConfigMap and Secret.
+pub const CONFIG_HASH_ANNOTATION: &str = "pixel-playground.dev/config-hash";
+
+/// Why the desired state cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    #[error("the PixelCanvas has no namespace")]
+    NoNamespace,
+    #[error("the PixelCanvas has no uid yet, so children cannot reference it")]
+    NoUid,
+}
+
+/// Everything the desired state depends on.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub canvas: &'a PixelCanvas,
+    pub names: Names,
+    namespace: String,
+    owner: OwnerReference,
+    /// The Redis password: from the referenced Secret, the generated one, or freshly generated.
+    pub password: String,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(canvas: &'a PixelCanvas, password: String) -> Result<Self, DesiredError> {
+        Ok(Self {
+            names: Names::new(&canvas.name_any()),
+            namespace: canvas.namespace().ok_or(DesiredError::NoNamespace)?,
+            owner: canvas
+                .controller_owner_ref(&())
+                .ok_or(DesiredError::NoUid)?,
+            canvas,
+            password,
+        })
+    }
+
+    /// Name, namespace, labels and the controller owner reference of a child.
+    fn metadata(&self, name: String, component: Option<Component>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+
+    fn labels(&self, component: Option<Component>) -> BTreeMap<String, String> {
+        self.names.labels(component, &self.canvas.spec.image.tag)
+    }
+
+    fn image(&self) -> String {
+        let image = &self.canvas.spec.image;
+        format!("{}:{}", image.repository, image.tag)
+    }
+
+    fn pull_policy(&self) -> &'static str {
+        match self.canvas.spec.image.pull_policy {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// One child object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Child {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    StatefulSet(StatefulSet),
+    Service(Service),
+    Deployment(Deployment),
+    PodDisruptionBudget(PodDisruptionBudget),
+    NetworkPolicy(NetworkPolicy),
+    Ingress(Ingress),
+}
+
+/// The kinds of child, to name objects that must not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKind {
+    Secret,
+    PodDisruptionBudget,
+    Ingress,
+}
+
+impl Child {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Child::ConfigMap(o) => o.meta(),
+            Child::Secret(o) => o.meta(),
+            Child::StatefulSet(o) => o.meta(),
+            Child::Service(o) => o.meta(),
+            Child::Deployment(o) => o.meta(),
+            Child::PodDisruptionBudget(o) => o.meta(),
+            Child::NetworkPolicy(o) => o.meta(),
+            Child::Ingress(o) => o.meta(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Child::ConfigMap(_) => "ConfigMap",
+            Child::Secret(_) => "Secret",
+            Child::StatefulSet(_) => "StatefulSet",
+            Child::Service(_) => "Service",
+            Child::Deployment(_) => "Deployment",
+            Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
+            Child::NetworkPolicy(_) => "NetworkPolicy",
+            Child::Ingress(_) => "Ingress",
+        }
+    }
+}
+
+/// The desired state of a canvas's children.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// Objects to create or update, in the order to apply them (config before its users).
+    pub apply: Vec<Child>,
+    /// Objects this canvas may once have had and must not have now.
+    pub absent: Vec<(ChildKind, String)>,
+}
+
+/// Computes the desired children. Pure: same inputs, same output.
+pub fn desired(ctx: &Context) -> Desired {
+    let mut apply = vec![Child::ConfigMap(config::config_map(ctx))];
+    let mut absent = Vec::new();
+    match config::redis_secret(ctx) {
+        Some(secret) => apply.push(Child::Secret(secret)),
+        None => absent.push((ChildKind::Secret, ctx.names.redis_secret())),
+    }
+    apply.push(Child::Service(redis::service(ctx)));
+    apply.push(Child::StatefulSet(redis::stateful_set(ctx)));
+    apply.push(Child::NetworkPolicy(redis::network_policy(ctx)));
+    for component in workloads::STATELESS {
+        let Some((deployment, service, budget)) = workloads::objects(ctx, component) else {
+            continue;
+        };
+        apply.push(Child::Service(service));
+        apply.push(Child::Deployment(deployment));
+        match budget {
+            Some(budget) => apply.push(Child::PodDisruptionBudget(budget)),
+            None => absent.push((
+                ChildKind::PodDisruptionBudget,
+                ctx.names.component(component),
+            )),
+        }
+    }
+    match ingress::ingress(ctx) {
+        Some(ingress) => apply.push(Child::Ingress(ingress)),
+        None => absent.push((ChildKind::Ingress, ctx.names.ingress())),
+    }
+    Desired { apply, absent }
+}
+
+/// Desired replicas of each component.
+pub fn desired_replicas(canvas: &PixelCanvas, component: Component) -> i32 {
+    match component {
+        Component::Redis => 1,
+        Component::Api => canvas.spec.api.replicas,
+        Component::Gateway => canvas.spec.gateway.replicas,
+        Component::Frontend => canvas.spec.frontend.replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Names and labels of a canvas's children, derived from the canvas's name.
+
+use std::collections::BTreeMap;
+
+/// The parts of a canvas, each a set of pods with its own label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Redis,
+    Api,
+    Gateway,
+    Frontend,
+}
+
+impl Component {
+    /// Every component, in the order they are brought up.
+    pub const ALL: [Component; 4] = [
+        Component::Redis,
+        Component::Api,
+        Component::Gateway,
+        Component::Frontend,
+    ];
+
+    /// The `app.kubernetes.io/component` label and the suffix of the component's objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Redis => "redis",
+            Component::Api => "api",
+            Component::Gateway => "gateway",
+            Component::Frontend => "frontend",
+        }
+    }
+}
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+
+/// `app.kubernetes.io/name` and `part-of` of everything the operator creates.
+pub const APP: &str = "pixel-playground";
+/// `app.kubernetes.io/managed-by`, and the server-side apply field manager.
+pub const MANAGER: &str = "pixel-operator";
+
+/// Names of one canvas's children.
+#[derive(Debug, Clone)]
+pub struct Names {
+    canvas: String,
+}
+
+impl Names {
+    pub fn new(canvas: &str) -> Self {
+        Self {
+            canvas: canvas.to_owned(),
+        }
+    }
+
+    pub fn canvas(&self) -> &str {
+        &self.canvas
+    }
+
+    /// Workload and Service of a component: `<canvas>-<component>`.
+    pub fn component(&self, component: Component) -> String {
+        format!("{}-{}", self.canvas, component.as_str())
+    }
+
+    /// The generated Redis password Secret.
+    pub fn redis_secret(&self) -> String {
+        format!("{}-redis-auth", self.canvas)
+    }
+
+    /// The ConfigMap with the canvas settings.
+    pub fn config(&self) -> String {
+        format!("{}-config", self.canvas)
+    }
+
+    /// The Ingress.
+    pub fn ingress(&self) -> String {
+        self.canvas.clone()
+    }
+
+    /// Labels that select a component's pods. Never change: selectors are immutable.
+    pub fn selector(&self, component: Component) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_owned(), APP.to_owned()),
+            (LABEL_INSTANCE.to_owned(), self.canvas.clone()),
+            (LABEL_COMPONENT.to_owned(), component.as_str().to_owned()),
+        ])
+    }
+
+    /// Every label of a component's objects and pods.
+    pub fn labels(&self, component: Option<Component>, version: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::from([
+            (LABEL_NAME.to_owned(), APP.to_owned()),
+            (LABEL_INSTANCE.to_owned(), self.canvas.clone()),
+            (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
+            (LABEL_PART_OF.to_owned(), APP.to_owned()),
+            (LABEL_VERSION.to_owned(), version.to_owned()),
+        ]);
+        if let Some(component) = component {
+            labels.insert(LABEL_COMPONENT.to_owned(), component.as_str().to_owned());
+        }
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_named_after_the_canvas() {
+        let names = Names::new("demo");
+        assert_eq!(names.component(Component::Api), "demo-api");
+        assert_eq!(names.component(Component::Redis), "demo-redis");
+        assert_eq!(names.redis_secret(), "demo-redis-auth");
+        assert_eq!(names.config(), "demo-config");
+        assert_eq!(names.ingress(), "demo");
+    }
+
+    #[test]
+    fn selectors_are_a_stable_subset_of_labels() {
+        let names = Names::new("demo");
+        for component in Component::ALL {
+            let selector = names.selector(component);
+            let labels = names.labels(Some(component), "1.2.3");
+            assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            assert!(
+                !selector.contains_key(LABEL_VERSION),
+                "a version in a selector would block upgrades"
+            );
+        }
+        assert_ne!(
+            names.selector(Component::Api),
+            names.selector(Component::Gateway)
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Redis: a one-replica StatefulSet with its append-only file on a PVC, a headless Service,
+//! and a NetworkPolicy that lets only canvas-api and gateway pods reach it.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
+        core::v1::{
+            Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort,
+            ServiceSpec, TCPSocketAction, VolumeMount, VolumeResourceRequirements,
+        },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use pixel_common::ports;
+
+use super::{
+    CONFIG_HASH_ANNOTATION, Context, config,
+    naming::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
+    security, workloads,
+};
+use crate::api::AppendFsync;
+
+/// Redis's data volume (and volumeClaimTemplate) name.
+pub const DATA_VOLUME: &str = "data";
+/// Where the password reaches the Redis container.
+const PASSWORD_ENV: &str = "REDIS_PASSWORD";
+/// Commands no client of the canvas needs and an attacker would love.
+const DISABLED_COMMANDS: [&str; 4] = ["FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG"];
+
+fn appendfsync(policy: AppendFsync) -> &'static str {
+    match policy {
+        AppendFsync::Always => "always",
+        AppendFsync::EverySecond => "everysec",
+        AppendFsync::Never => "no",
+    }
+}
+
+fn args(ctx: &Context) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &ports::REDIS.to_string(),
+        "--dir",
+        "/data",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync(ctx.canvas.spec.redis.append_fsync),
+        // AOF only: RDB snapshots would fork a copy of the dataset for no extra safety.
+        "--save",
+        "",
+        // Kubernetes substitutes $(VAR) from the container's environment.
+        "--requirepass",
+        &format!("$({PASSWORD_ENV})"),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for command in DISABLED_COMMANDS {
+        args.extend([
+            "--rename-command".to_owned(),
+            command.to_owned(),
+            String::new(),
+        ]);
+    }
+    args
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [("cpu", "100m"), ("memory", "128Mi")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
+                .collect(),
+        ),
+        limits: Some(
+            [("memory".to_owned(), Quantity("512Mi".to_owned()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+pub fn stateful_set(ctx: &Context) -> StatefulSet {
+    let names = &ctx.names;
+    let redis = &ctx.canvas.spec.redis;
+    let (tmp_volume, tmp_mount) = security::tmp_volume();
+    let ping = Probe {
+        exec: Some(ExecAction {
+            command: Some(
+                [
+                    "sh",
+                    "-c",
+                    "redis-cli --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(2),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "redis".to_owned(),
+        image: Some(redis.image.clone()),
+        image_pull_policy: Some(ctx.pull_policy().to_owned()),
+        command: Some(vec!["redis-server".to_owned()]),
+        args: Some(args(ctx)),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".to_owned()),
+            container_port: i32::from(ports::REDIS),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        env: Some(vec![workloads::password_env(ctx, PASSWORD_ENV)]),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".to_owned()),
+                host: None,
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        readiness_probe: Some(ping),
+        resources: Some(redis.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(security::container_security_context()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.to_owned(),
+                mount_path: "/data".to_owned(),
+                ..Default::default()
+            },
+            tmp_mount,
+        ]),
+        ..Default::default()
+    };
+    let when_deleted = if redis.storage.retain_on_delete {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    StatefulSet {
+        metadata: ctx.metadata(names.component(Component::Redis), Some(Component::Redis)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names.component(Component::Redis)),
+            selector: LabelSelector {
+                match_labels: Some(names.selector(Component::Redis)),
+                ..Default::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(when_deleted.to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(Some(Component::Redis))),
+                    annotations: Some(
+                        [(
+                            CONFIG_HASH_ANNOTATION.to_owned(),
+                            config::consumed_hash(ctx, Component::Redis),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![tmp_volume]),
+                    security_context: Some(security::pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(DATA_VOLUME.to_owned()),
+                    labels: Some(ctx.labels(Some(Component::Redis))),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: redis.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some([("storage".to_owned(), redis.storage.size.clone())].into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The headless Service giving the Redis pod its stable DNS name.
+pub fn service(ctx: &Context) -> Service {
+    Service {
+        metadata: ctx.metadata(
+            ctx.names.component(Component::Redis),
+            Some(Component::Redis),
+        ),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(ctx.names.selector(Component::Redis)),
+            ports: Some(vec![ServicePort {
+                name: Some("redis".to_owned()),
+                port: i32::from(ports::REDIS),
+                target_port: Some(IntOrString::String("redis".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Only this canvas's canvas-api and gateway pods may connect to its Redis, on its port.
+pub fn network_policy(ctx: &Context) -> NetworkPolicy {
+    let clients = LabelSelector {
+        match_labels: Some(
+            [
+                (LABEL_NAME.to_owned(), super::naming::APP.to_owned()),
+                (LABEL_INSTANCE.to_owned(), ctx.names.canvas().to_owned()),
+            ]
+            .into(),
+        ),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: LABEL_COMPONENT.to_owned(),
+            operator: "In".to_owned(),
+            values: Some(vec![
+                Component::Api.as_str().to_owned(),
+                Component::Gateway.as_str().to_owned(),
+            ]),
+        }]),
+    };
+    NetworkPolicy {
+        metadata: ctx.metadata(
+            ctx.names.component(Component::Redis),
+            Some(Component::Redis),
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(ctx.names.selector(Component::Redis)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(clients),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(ports::REDIS))),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}

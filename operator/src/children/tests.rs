@@ -1,0 +1,555 @@
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use kube::Resource;
+use serde_json::json;
+
+use super::*;
+use crate::api::{PixelCanvasSpec, SecretKeyRef};
+
+fn canvas(spec: serde_json::Value) -> PixelCanvas {
+    let mut canvas = PixelCanvas::new(
+        "demo",
+        serde_json::from_value::<PixelCanvasSpec>(spec).expect("valid spec"),
+    );
+    canvas.meta_mut().namespace = Some("art".to_owned());
+    canvas.meta_mut().uid = Some("0000-uid".to_owned());
+    canvas
+}
+
+fn desired_for(canvas: &PixelCanvas) -> Desired {
+    desired(&Context::new(canvas, "s3cret".to_owned()).expect("context"))
+}
+
+fn find<'a>(desired: &'a Desired, kind: &str, name: &str) -> &'a Child {
+    desired
+        .apply
+        .iter()
+        .find(|c| c.kind() == kind && c.name() == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} {name} in {:?}",
+                desired
+                    .apply
+                    .iter()
+                    .map(|c| (c.kind(), c.name()))
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+fn deployment<'a>(desired: &'a Desired, name: &str) -> &'a Deployment {
+    match find(desired, "Deployment", name) {
+        Child::Deployment(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn stateful_set(desired: &Desired) -> &StatefulSet {
+    match find(desired, "StatefulSet", "demo-redis") {
+        Child::StatefulSet(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn pod_specs(desired: &Desired) -> Vec<(&str, &PodSpec)> {
+    desired
+        .apply
+        .iter()
+        .filter_map(|child| match child {
+            Child::Deployment(d) => Some((child.name(), d.spec.as_ref()?.template.spec.as_ref()?)),
+            Child::StatefulSet(s) => Some((child.name(), s.spec.as_ref()?.template.spec.as_ref()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pod_annotation(desired: &Desired, name: &str) -> String {
+    let template = match find(
+        desired,
+        if name.ends_with("-redis") {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        },
+        name,
+    ) {
+        Child::Deployment(d) => d.spec.clone().expect("spec").template,
+        Child::StatefulSet(s) => s.spec.clone().expect("spec").template,
+        other => panic!("{other:?}"),
+    };
+    template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+        .expect("hash")
+}
+
+fn container(spec: &PodSpec) -> &Container {
+    assert_eq!(spec.containers.len(), 1);
+    &spec.containers[0]
+}
+
+#[test]
+fn a_default_canvas_has_the_whole_stack() {
+    let d = desired_for(&canvas(json!({})));
+    let mut kinds: Vec<(&str, &str)> = d.apply.iter().map(|c| (c.kind(), c.name())).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            ("ConfigMap", "demo-config"),
+            ("Deployment", "demo-api"),
+            ("Deployment", "demo-frontend"),
+            ("Deployment", "demo-gateway"),
+            ("Ingress", "demo"),
+            ("NetworkPolicy", "demo-redis"),
+            ("PodDisruptionBudget", "demo-api"),
+            ("PodDisruptionBudget", "demo-frontend"),
+            ("PodDisruptionBudget", "demo-gateway"),
+            ("Secret", "demo-redis-auth"),
+            ("Service", "demo-api"),
+            ("Service", "demo-frontend"),
+            ("Service", "demo-gateway"),
+            ("Service", "demo-redis"),
+            ("StatefulSet", "demo-redis"),
+        ]
+    );
+    assert!(d.absent.is_empty());
+}
+
+#[test]
+fn the_config_map_comes_before_its_users() {
+    let d = desired_for(&canvas(json!({})));
+    assert_eq!(d.apply[0].kind(), "ConfigMap");
+    assert_eq!(d.apply[1].kind(), "Secret");
+}
+
+#[test]
+fn every_child_is_owned_by_the_canvas_and_labelled() {
+    let c = canvas(json!({}));
+    for child in desired_for(&c).apply {
+        let meta = child.meta();
+        assert_eq!(meta.namespace.as_deref(), Some("art"));
+        let owners = meta.owner_references.as_ref().expect("owner references");
+        assert_eq!(owners.len(), 1, "{}", child.name());
+        assert_eq!(owners[0].uid, "0000-uid");
+        assert_eq!(owners[0].kind, "PixelCanvas");
+        assert_eq!(owners[0].controller, Some(true));
+        let labels = meta.labels.as_ref().expect("labels");
+        for key in [
+            naming::LABEL_NAME,
+            naming::LABEL_INSTANCE,
+            naming::LABEL_MANAGED_BY,
+            naming::LABEL_PART_OF,
+            naming::LABEL_VERSION,
+        ] {
+            assert!(
+                labels.contains_key(key),
+                "{} {} lacks {key}",
+                child.kind(),
+                child.name()
+            );
+        }
+        assert_eq!(labels[naming::LABEL_INSTANCE], "demo");
+    }
+}
+
+#[test]
+fn every_pod_meets_the_restricted_profile_with_a_read_only_root() {
+    let d = desired_for(&canvas(json!({})));
+    let pods = pod_specs(&d);
+    assert_eq!(pods.len(), 4);
+    for (name, spec) in pods {
+        let pod = spec
+            .security_context
+            .as_ref()
+            .expect("pod security context");
+        assert_eq!(pod.run_as_non_root, Some(true), "{name}");
+        assert_eq!(
+            pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        assert_eq!(spec.automount_service_account_token, Some(false), "{name}");
+        for c in &spec.containers {
+            let sc = c
+                .security_context
+                .as_ref()
+                .expect("container security context");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}");
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}");
+            assert_eq!(sc.privileged, None, "{name}");
+            let drop = sc
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.drop.clone())
+                .unwrap_or_default();
+            assert_eq!(drop, vec!["ALL".to_owned()], "{name}");
+            assert!(
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.limits.as_ref())
+                    .is_some(),
+                "{name} has limits"
+            );
+            assert!(
+                c.liveness_probe.is_some() && c.readiness_probe.is_some(),
+                "{name} has probes"
+            );
+        }
+    }
+}
+
+#[test]
+fn services_listen_on_the_shared_ports() {
+    let d = desired_for(&canvas(json!({})));
+    for (name, port) in [
+        ("demo-api", 3001),
+        ("demo-gateway", 3002),
+        ("demo-frontend", 3000),
+        ("demo-redis", 6379),
+    ] {
+        let Child::Service(service) = find(&d, "Service", name) else {
+            panic!()
+        };
+        let ports = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .expect("ports");
+        assert_eq!(ports[0].port, port, "{name}");
+    }
+    let Child::Service(redis) = find(&d, "Service", "demo-redis") else {
+        panic!()
+    };
+    assert_eq!(
+        redis.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("None"),
+        "headless"
+    );
+}
+
+#[test]
+fn replicas_and_resources_follow_the_spec() {
+    let d = desired_for(&canvas(json!({
+        "api": {"replicas": 5, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+        "gateway": {"replicas": 3},
+        "frontend": {"replicas": 1}
+    })));
+    let replicas = |name| deployment(&d, name).spec.as_ref().and_then(|s| s.replicas);
+    assert_eq!(
+        (
+            replicas("demo-api"),
+            replicas("demo-gateway"),
+            replicas("demo-frontend")
+        ),
+        (Some(5), Some(3), Some(1))
+    );
+    let api = deployment(&d, "demo-api")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let limits = container(api)
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(limits["memory"].0, "1Gi");
+}
+
+#[test]
+fn disruption_budgets_exist_only_above_one_replica() {
+    let d = desired_for(&canvas(
+        json!({"api": {"replicas": 1}, "frontend": {"replicas": 0}}),
+    ));
+    assert!(
+        !d.apply
+            .iter()
+            .any(|c| c.kind() == "PodDisruptionBudget" && c.name() != "demo-gateway")
+    );
+    find(&d, "PodDisruptionBudget", "demo-gateway");
+    assert!(
+        d.absent
+            .contains(&(ChildKind::PodDisruptionBudget, "demo-api".to_owned()))
+    );
+    assert!(
+        d.absent
+            .contains(&(ChildKind::PodDisruptionBudget, "demo-frontend".to_owned()))
+    );
+}
+
+#[test]
+fn redis_persists_its_append_only_file_as_the_spec_says() {
+    let d = desired_for(&canvas(
+        json!({"redis": {"appendFsync": "Always", "storage": {"size": "5Gi", "storageClassName": "fast", "retainOnDelete": false}}}),
+    ));
+    let sts = stateful_set(&d);
+    let spec = sts.spec.as_ref().expect("spec");
+    let args = container(spec.template.spec.as_ref().expect("pod"))
+        .args
+        .clone()
+        .expect("args");
+    let joined = args.join(" ");
+    assert!(joined.contains("--appendonly yes"), "{joined}");
+    assert!(joined.contains("--appendfsync always"), "{joined}");
+    for command in ["FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG"] {
+        assert!(
+            args.windows(3)
+                .any(|w| w[0] == "--rename-command" && w[1] == command && w[2].is_empty()),
+            "{command}"
+        );
+    }
+    let claim = &spec.volume_claim_templates.as_ref().expect("claims")[0];
+    let claim_spec = claim.spec.as_ref().expect("claim spec");
+    assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests")["storage"]
+            .0,
+        "5Gi"
+    );
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .expect("retention");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+
+    let kept = desired_for(&canvas(json!({})));
+    let retention = stateful_set(&kept)
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.clone());
+    assert_eq!(
+        retention.and_then(|r| r.when_deleted).as_deref(),
+        Some("Retain")
+    );
+}
+
+#[test]
+fn the_generated_secret_holds_the_password_unless_one_is_referenced() {
+    let d = desired_for(&canvas(json!({})));
+    let Child::Secret(secret) = find(&d, "Secret", "demo-redis-auth") else {
+        panic!()
+    };
+    assert_eq!(
+        secret.data.as_ref().expect("data")[PASSWORD_KEY].0,
+        b"s3cret"
+    );
+
+    let c = canvas(json!({"redis": {"passwordSecretRef": {"name": "mine", "key": "pw"}}}));
+    let d = desired_for(&c);
+    assert!(!d.apply.iter().any(|child| child.kind() == "Secret"));
+    assert!(
+        d.absent
+            .contains(&(ChildKind::Secret, "demo-redis-auth".to_owned()))
+    );
+    assert_eq!(
+        c.spec.redis.password_secret_ref,
+        Some(SecretKeyRef {
+            name: "mine".into(),
+            key: "pw".into()
+        })
+    );
+    for (name, spec) in pod_specs(&d) {
+        for env in container(spec)
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.value_from.is_some())
+        {
+            let r = env
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .expect("secret ref");
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("mine", "pw"), "{name}");
+        }
+    }
+}
+
+#[test]
+fn only_the_pods_that_consume_a_change_roll() {
+    let base = desired_for(&canvas(json!({})));
+    let recoloured = desired_for(&canvas(
+        json!({"canvas": {"palette": ["#000000", "#FFFFFF"]}}),
+    ));
+    for (name, rolls) in [
+        ("demo-api", true),
+        ("demo-gateway", true),
+        ("demo-frontend", false),
+        ("demo-redis", false),
+    ] {
+        assert_eq!(
+            pod_annotation(&base, name) != pod_annotation(&recoloured, name),
+            rolls,
+            "palette change, {name}"
+        );
+    }
+    let c = canvas(json!({}));
+    let rotated = desired(&Context::new(&c, "another".to_owned()).expect("context"));
+    for (name, rolls) in [
+        ("demo-api", true),
+        ("demo-gateway", true),
+        ("demo-frontend", false),
+        ("demo-redis", true),
+    ] {
+        assert_eq!(
+            pod_annotation(&base, name) != pod_annotation(&rotated, name),
+            rolls,
+            "password change, {name}"
+        );
+    }
+    let scaled = desired_for(&canvas(json!({"api": {"replicas": 7}})));
+    for name in ["demo-api", "demo-gateway", "demo-frontend", "demo-redis"] {
+        assert_eq!(
+            pod_annotation(&base, name),
+            pod_annotation(&scaled, name),
+            "scaling rolls nothing, {name}"
+        );
+    }
+}
+
+#[test]
+fn only_api_and_gateway_pods_reach_redis() {
+    let d = desired_for(&canvas(json!({})));
+    let Child::NetworkPolicy(policy) = find(&d, "NetworkPolicy", "demo-redis") else {
+        panic!()
+    };
+    let spec = policy.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(Names::new("demo").selector(Component::Redis))
+    );
+    let rules = spec.ingress.as_ref().expect("ingress rules");
+    assert_eq!(rules.len(), 1);
+    let peer = rules[0].from.as_ref().expect("from")[0]
+        .pod_selector
+        .as_ref()
+        .expect("pod selector");
+    assert_eq!(
+        peer.match_labels.as_ref().expect("labels")[naming::LABEL_INSTANCE],
+        "demo"
+    );
+    let expr = &peer.match_expressions.as_ref().expect("expressions")[0];
+    assert_eq!(
+        (expr.key.as_str(), expr.operator.as_str()),
+        (naming::LABEL_COMPONENT, "In")
+    );
+    assert_eq!(
+        expr.values.clone().expect("values"),
+        vec!["api".to_owned(), "gateway".to_owned()]
+    );
+    let ports = rules[0].ports.as_ref().expect("ports");
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6379))
+    );
+}
+
+#[test]
+fn the_ingress_routes_api_ws_and_the_page() {
+    let d = desired_for(&canvas(
+        json!({"ingress": {"host": "canvas.example.com", "className": "nginx", "tlsSecretName": "tls"}}),
+    ));
+    let Child::Ingress(ingress) = find(&d, "Ingress", "demo") else {
+        panic!()
+    };
+    let spec = ingress.spec.as_ref().expect("spec");
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let rule = &spec.rules.as_ref().expect("rules")[0];
+    assert_eq!(rule.host.as_deref(), Some("canvas.example.com"));
+    let routes: Vec<(String, String)> = rule
+        .http
+        .as_ref()
+        .expect("http")
+        .paths
+        .iter()
+        .map(|p| {
+            (
+                p.path.clone().unwrap_or_default(),
+                p.backend
+                    .service
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            ("/api".to_owned(), "demo-api".to_owned()),
+            ("/ws".to_owned(), "demo-gateway".to_owned()),
+            ("/".to_owned(), "demo-frontend".to_owned()),
+        ]
+    );
+    assert_eq!(
+        spec.tls.as_ref().expect("tls")[0].secret_name.as_deref(),
+        Some("tls")
+    );
+
+    let ctx_canvas =
+        canvas(json!({"ingress": {"host": "canvas.example.com", "tlsSecretName": "tls"}}));
+    assert_eq!(
+        url(&Context::new(&ctx_canvas, String::new()).expect("ctx")).as_deref(),
+        Some("https://canvas.example.com/")
+    );
+
+    let off = desired_for(&canvas(json!({"ingress": {"enabled": false}})));
+    assert!(!off.apply.iter().any(|c| c.kind() == "Ingress"));
+    assert!(
+        off.absent
+            .contains(&(ChildKind::Ingress, "demo".to_owned()))
+    );
+}
+
+#[test]
+fn the_gateway_finds_canvas_api_and_redis_by_service_name() {
+    let d = desired_for(&canvas(json!({"gateway": {"maxConnections": 123}})));
+    let pod = deployment(&d, "demo-gateway")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let env: BTreeMap<String, String> = container(pod)
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert_eq!(
+        env[pixel_common::ports::ENV_API_URL],
+        "http://demo-api:3001"
+    );
+    assert_eq!(
+        env[pixel_common::ports::ENV_REDIS_URL],
+        "redis://demo-redis:6379"
+    );
+    assert_eq!(env[pixel_common::ports::ENV_MAX_CONNECTIONS], "123");
+}
+
+#[test]
+fn desired_state_is_deterministic() {
+    let c = canvas(json!({"canvas": {"cooldownSeconds": 3}}));
+    assert_eq!(desired_for(&c), desired_for(&c));
+}
+
+#[test]
+fn a_canvas_without_namespace_or_uid_is_an_error() {
+    let mut c = canvas(json!({}));
+    c.meta_mut().uid = None;
+    assert!(matches!(
+        Context::new(&c, String::new()),
+        Err(DesiredError::NoUid)
+    ));
+    c.meta_mut().namespace = None;
+    assert!(matches!(
+        Context::new(&c, String::new()),
+        Err(DesiredError::NoNamespace)
+    ));
+}

@@ -1,0 +1,280 @@
+//! canvas-api, gateway and frontend: a Deployment, a Service and (above one replica) a
+//! PodDisruptionBudget each.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+            HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SecretKeySelector, Service, ServicePort, ServiceSpec,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use pixel_common::ports;
+
+use super::{CONFIG_HASH_ANNOTATION, Context, config, naming::Component, security};
+
+/// A stateless component: what differs between canvas-api, gateway and frontend.
+struct Stateless {
+    component: Component,
+    binary: &'static str,
+    port: u16,
+    replicas: i32,
+    resources: Option<ResourceRequirements>,
+    /// Reads Redis (and so the password and canvas settings).
+    uses_redis: bool,
+}
+
+fn stateless(ctx: &Context, component: Component) -> Option<Stateless> {
+    let spec = &ctx.canvas.spec;
+    Some(match component {
+        Component::Redis => return None,
+        Component::Api => Stateless {
+            component,
+            binary: "canvas-api",
+            port: ports::CANVAS_API,
+            replicas: spec.api.replicas,
+            resources: spec.api.resources.clone(),
+            uses_redis: true,
+        },
+        Component::Gateway => Stateless {
+            component,
+            binary: "gateway",
+            port: ports::GATEWAY,
+            replicas: spec.gateway.replicas,
+            resources: spec.gateway.resources.clone(),
+            uses_redis: true,
+        },
+        Component::Frontend => Stateless {
+            component,
+            binary: "frontend",
+            port: ports::FRONTEND,
+            replicas: spec.frontend.replicas,
+            resources: spec.frontend.resources.clone(),
+            uses_redis: false,
+        },
+    })
+}
+
+/// The stateless components, in order.
+pub const STATELESS: [Component; 3] = [Component::Api, Component::Gateway, Component::Frontend];
+
+/// Requests and limits when the spec sets none: small, and bounded.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [("cpu", "50m"), ("memory", "64Mi")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
+                .collect(),
+        ),
+        limits: Some(
+            [("memory".to_owned(), Quantity("256Mi".to_owned()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn env(ctx: &Context, s: &Stateless) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let mut env = vec![
+        value(ports::ENV_LISTEN_ADDR, format!("0.0.0.0:{}", s.port)),
+        value(ports::ENV_LOG_FORMAT, "json".to_owned()),
+    ];
+    if s.uses_redis {
+        env.push(value(
+            ports::ENV_REDIS_URL,
+            format!(
+                "redis://{}:{}",
+                ctx.names.component(Component::Redis),
+                ports::REDIS
+            ),
+        ));
+        env.push(password_env(ctx, ports::ENV_REDIS_PASSWORD));
+    }
+    if s.component == Component::Gateway {
+        env.push(value(
+            ports::ENV_API_URL,
+            format!(
+                "http://{}:{}",
+                ctx.names.component(Component::Api),
+                ports::CANVAS_API
+            ),
+        ));
+        env.push(value(
+            ports::ENV_MAX_CONNECTIONS,
+            ctx.canvas.spec.gateway.max_connections.to_string(),
+        ));
+    }
+    env
+}
+
+/// An environment variable holding the Redis password, from whichever Secret holds it.
+pub fn password_env(ctx: &Context, name: &str) -> EnvVar {
+    let (secret, key) = match &ctx.canvas.spec.redis.password_secret_ref {
+        Some(r) => (r.name.clone(), r.key.clone()),
+        None => (ctx.names.redis_secret(), config::PASSWORD_KEY.to_owned()),
+    };
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key,
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
+    let names = &ctx.names;
+    let (tmp_volume, tmp_mount) = security::tmp_volume();
+    let container = Container {
+        name: s.binary.to_owned(),
+        image: Some(ctx.image()),
+        image_pull_policy: Some(ctx.pull_policy().to_owned()),
+        command: Some(vec![format!("/usr/local/bin/{}", s.binary)]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: i32::from(s.port),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        env: Some(env(ctx, s)),
+        env_from: s.uses_redis.then(|| {
+            vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: names.config(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        liveness_probe: Some(http_probe(ports::HEALTHZ_PATH, 10, 3)),
+        readiness_probe: Some(http_probe(ports::READYZ_PATH, 5, 2)),
+        resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(security::container_security_context()),
+        volume_mounts: Some(vec![tmp_mount]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: ctx.metadata(names.component(s.component), Some(s.component)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(s.replicas),
+            selector: LabelSelector {
+                match_labels: Some(names.selector(s.component)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(Some(s.component))),
+                    annotations: Some(
+                        [(
+                            CONFIG_HASH_ANNOTATION.to_owned(),
+                            config::consumed_hash(ctx, s.component),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![tmp_volume]),
+                    security_context: Some(security::pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(ctx: &Context, s: &Stateless) -> Service {
+    Service {
+        metadata: ctx.metadata(ctx.names.component(s.component), Some(s.component)),
+        spec: Some(ServiceSpec {
+            selector: Some(ctx.names.selector(s.component)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: i32::from(s.port),
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Voluntary disruptions (node drains) take at most one pod at a time, when there is more
+/// than one to take.
+fn disruption_budget(ctx: &Context, s: &Stateless) -> Option<PodDisruptionBudget> {
+    (s.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: ctx.metadata(ctx.names.component(s.component), Some(s.component)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(ctx.names.selector(s.component)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The Deployment, Service and (maybe) PodDisruptionBudget of a stateless component
+/// (`None` for Redis, which is stateful).
+pub fn objects(
+    ctx: &Context,
+    component: Component,
+) -> Option<(Deployment, Service, Option<PodDisruptionBudget>)> {
+    let s = stateless(ctx, component)?;
+    Some((
+        deployment(ctx, &s),
+        service(ctx, &s),
+        disruption_budget(ctx, &s),
+    ))
+}

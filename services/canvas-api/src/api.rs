@@ -1,0 +1,453 @@
+//! The REST handlers under `/api/v1`, each annotated for the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{
+        HeaderMap, HeaderValue, StatusCode,
+        header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH},
+    },
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use pixel_common::{
+    canvas::{Palette, Point},
+    ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
+    wire::{SNAPSHOT_CONTENT_TYPE, Snapshot},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    cache::CachedSnapshot,
+    error::{ApiError, ErrorBody},
+    store::{HistoryEntry, Placed, Placement},
+};
+
+/// The canvas's settings and current version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InfoResponse {
+    pub width: u16,
+    pub height: u16,
+    /// `#RRGGBB` colours; a pixel's colour is an index into this list.
+    pub palette: Vec<String>,
+    pub cooldown_seconds: u32,
+    /// Bumped by one per placement; 0 before the first.
+    pub version: u64,
+}
+
+/// A placement.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlaceRequest {
+    pub x: i64,
+    pub y: i64,
+    /// Palette index.
+    pub color: i64,
+}
+
+/// An accepted placement.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceResponse {
+    /// The canvas version this placement produced.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch, by Redis's clock.
+    pub placed_at_ms: u64,
+}
+
+/// One pixel and who placed it last.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PixelResponse {
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
+    /// The version of the last placement here; null when nobody placed this pixel.
+    pub version: Option<u64>,
+    pub placed_at_ms: Option<u64>,
+    pub client_id: Option<String>,
+}
+
+/// Query of `GET /api/v1/history`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Return placements with versions above this one.
+    pub since: u64,
+    /// The most placements to return; at most the configured page size (the default).
+    pub limit: Option<u32>,
+}
+
+/// Placements after `since`, oldest first, versions contiguous.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryResponse {
+    pub since: u64,
+    /// The canvas version when this page was read.
+    pub current_version: u64,
+    pub updates: Vec<HistoryEntry>,
+    /// True when placements after the last one here exist: ask again with its version.
+    pub more: bool,
+}
+
+/// Binary body (OpenAPI `string`, format `binary`).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct BinaryBody(pub Vec<u8>);
+
+/// The OpenAPI document as served, built once from the router.
+#[derive(Debug, Clone)]
+pub struct OpenApiJson(pub Bytes);
+
+#[utoipa::path(get, path = "/api/v1/info", tag = "canvas",
+    responses(
+        (status = 200, description = "Canvas settings and current version", body = InfoResponse),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
+    let settings = &state.settings;
+    Ok(Json(InfoResponse {
+        width: settings.size.width(),
+        height: settings.size.height(),
+        palette: settings.palette.to_strings(),
+        cooldown_seconds: settings.cooldown_seconds,
+        version: state.store.version().await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/canvas", tag = "canvas",
+    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "The snapshot (layout in docs/protocol.md); gzip or br when accepted",
+            content_type = "application/vnd.pixel-playground.snapshot", body = BinaryBody,
+            headers(("ETag" = String, description = "W/\"<version>\""),
+                    ("X-Canvas-Version" = u64, description = "The snapshot's version"))),
+        (status = 304, description = "The snapshot has not changed since the ETag given"),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn canvas(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cached = state.cache.get(&state.store).await?;
+    let body = cached.encoded.clone();
+    versioned(
+        &headers,
+        cached.version(),
+        SNAPSHOT_CONTENT_TYPE,
+        || async { Ok(body) },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/canvas.png", tag = "canvas",
+    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "The canvas as an indexed-colour PNG, one image pixel per canvas pixel",
+            content_type = "image/png", body = BinaryBody,
+            headers(("ETag" = String, description = "W/\"<version>\""),
+                    ("X-Canvas-Version" = u64, description = "The image's version"))),
+        (status = 304, description = "The image has not changed since the ETag given"),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn canvas_png(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cached = state.cache.get(&state.store).await?;
+    let palette = state.settings.palette.clone();
+    versioned(&headers, cached.version(), "image/png", || async move {
+        let png = cached
+            .png
+            .get_or_try_init(|| render_png(Arc::clone(&cached), palette))
+            .await?;
+        Ok(png.clone())
+    })
+    .await
+}
+
+async fn render_png(cached: Arc<CachedSnapshot>, palette: Palette) -> Result<Bytes, ApiError> {
+    tokio::task::spawn_blocking(move || encode_png(&cached.snapshot, &palette))
+        .await
+        .map_err(|error| ApiError::Internal(Box::new(error)))?
+        .map(Bytes::from)
+        .map_err(|error| ApiError::Internal(Box::new(error)))
+}
+
+/// An indexed-colour PNG of the snapshot: its palette is the canvas palette.
+pub fn encode_png(snapshot: &Snapshot, palette: &Palette) -> Result<Vec<u8>, png::EncodingError> {
+    let size = snapshot.size();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, size.width().into(), size.height().into());
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette(
+        palette
+            .colors()
+            .iter()
+            .flat_map(|c| c.0)
+            .collect::<Vec<u8>>(),
+    );
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(snapshot.pixels())?;
+    writer.finish()?;
+    Ok(out)
+}
+
+/// Answers 304 when `If-None-Match` names this version, else the body `make` produces, with
+/// the version as ETag and header. Clients must revalidate (`no-cache`): the canvas changes.
+async fn versioned<F>(
+    headers: &HeaderMap,
+    version: u64,
+    content_type: &'static str,
+    make: impl FnOnce() -> F,
+) -> Result<Response, ApiError>
+where
+    F: Future<Output = Result<Bytes, ApiError>>,
+{
+    let etag = format!("W/\"{version}\"");
+    let meta = [
+        (
+            ETAG,
+            HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(Box::new(e)))?,
+        ),
+        (
+            CANVAS_VERSION_HEADER
+                .parse()
+                .map_err(|e| ApiError::Internal(Box::new(e)))?,
+            HeaderValue::from(version),
+        ),
+        (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
+    if matches_etag(headers, version) {
+        return Ok((StatusCode::NOT_MODIFIED, meta).into_response());
+    }
+    let body = make().await?;
+    Ok((
+        meta,
+        [(CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response())
+}
+
+/// `If-None-Match` uses the weak comparison: `W/"7"` and `"7"` both match version 7.
+fn matches_etag(headers: &HeaderMap, version: u64) -> bool {
+    let wanted = format!("\"{version}\"");
+    headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == wanted)
+}
+
+/// The client id header: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(CLIENT_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .ok_or(ApiError::ClientId)
+}
+
+#[utoipa::path(post, path = "/api/v1/pixels", tag = "canvas",
+    params(("X-Client-Id" = String, Header, description = "The placing client: 1 to 64 of A-Z a-z 0-9 . _ -")),
+    request_body = PlaceRequest,
+    responses(
+        (status = 200, description = "Placed; the new canvas version", body = PlaceResponse),
+        (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large or invalid_client_id", body = ErrorBody),
+        (status = 429, description = "The client is in its cooldown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the client may place again"))),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn place(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PlaceRequest>, JsonRejection>,
+) -> Result<Json<PlaceResponse>, ApiError> {
+    let result = place_checked(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(ApiError::Cooldown { .. }) => "cooldown",
+        Err(ApiError::Store(_)) => "unavailable",
+        Err(_) => "rejected",
+    };
+    state.metrics.placed(outcome);
+    result.map(Json)
+}
+
+async fn place_checked(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<PlaceRequest>, JsonRejection>,
+) -> Result<PlaceResponse, ApiError> {
+    let Json(request) = body.map_err(ApiError::Body)?;
+    let client_id = client_id(headers)?;
+    let settings = &state.settings;
+    let point = settings.size.point(request.x, request.y)?;
+    let color = settings.palette.index(request.color)?;
+    let placed = state
+        .store
+        .place(&Placement {
+            index: settings.size.index(point),
+            x: point.x,
+            y: point.y,
+            color,
+            client_id,
+            cooldown: settings.cooldown,
+            history_max_len: settings.history_max_len,
+        })
+        .await?;
+    match placed {
+        Placed::Accepted {
+            version,
+            placed_at_ms,
+        } => Ok(PlaceResponse {
+            version,
+            placed_at_ms,
+        }),
+        Placed::InCooldown { retry_after_ms } => Err(ApiError::Cooldown { retry_after_ms }),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/pixels/{x}/{y}", tag = "canvas",
+    params(("x" = u16, Path, description = "Column, from 0"), ("y" = u16, Path, description = "Row, from 0")),
+    responses(
+        (status = 200, description = "The pixel's colour and its last placement", body = PixelResponse),
+        (status = 400, description = "out_of_bounds or invalid_path", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn pixel(
+    State(state): State<AppState>,
+    path: Result<Path<(i64, i64)>, PathRejection>,
+) -> Result<Json<PixelResponse>, ApiError> {
+    let Path((x, y)) = path.map_err(ApiError::Path)?;
+    let Point { x, y } = state.settings.size.point(x, y)?;
+    let index = state.settings.size.index(Point { x, y });
+    let (color, record) = state.store.pixel(index).await?;
+    let color = if state.settings.palette.color(color).is_some() {
+        color
+    } else {
+        0
+    };
+    Ok(Json(PixelResponse {
+        x,
+        y,
+        color,
+        version: record.as_ref().map(|r| r.version),
+        placed_at_ms: record.as_ref().map(|r| r.placed_at_ms),
+        client_id: record.map(|r| r.client_id),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/history", tag = "canvas",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "Placements after `since`, oldest first", body = HistoryResponse),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 410, description = "history_gone: the placements right after `since` are no longer kept, or `since` is ahead of the canvas; refetch the snapshot", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn history(
+    State(state): State<AppState>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let Query(query) = query.map_err(ApiError::Query)?;
+    let page_max = state.settings.history_page_max.max(1);
+    let limit = query.limit.unwrap_or(page_max).clamp(1, page_max);
+    let since = query.since;
+    let (current_version, entries) = state.store.history(since, limit as usize).await?;
+    let gone = since > current_version
+        || (since < current_version && entries.first().map(|e| e.version) != since.checked_add(1));
+    if gone {
+        return Err(ApiError::HistoryGone { since });
+    }
+    let last = entries.last().map_or(since, |e| e.version);
+    Ok(Json(HistoryResponse {
+        since,
+        current_version,
+        more: last < current_version,
+        updates: entries,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        doc.0,
+    )
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Redis answers PING", body = String),
+        (status = 503, description = "Redis does not answer", body = String),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(error) => {
+            tracing::warn!(error = %pixel_common::telemetry::ErrorChain(&error), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
+        }
+    }
+}
+
+/// Unknown paths: a JSON 404 like every other error.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IF_NONE_MATCH, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(matches_etag(&with("W/\"7\""), 7));
+        assert!(matches_etag(&with("\"7\""), 7));
+        assert!(matches_etag(&with("\"3\", W/\"7\""), 7));
+        assert!(matches_etag(&with("*"), 7));
+        assert!(!matches_etag(&with("W/\"6\""), 7));
+        assert!(!matches_etag(&with("7"), 7));
+        assert!(!matches_etag(&HeaderMap::new(), 7));
+    }
+
+    #[test]
+    fn client_ids_are_checked() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CLIENT_ID_HEADER,
+                HeaderValue::from_str(value).expect("header"),
+            );
+            headers
+        };
+        assert_eq!(client_id(&with("abc-1.2_3")).ok(), Some("abc-1.2_3"));
+        for bad in ["", "a b", "ä", &"x".repeat(65), "a\tb"] {
+            assert!(client_id(&with(bad)).is_err(), "{bad:?}");
+        }
+        assert!(client_id(&HeaderMap::new()).is_err());
+    }
+}

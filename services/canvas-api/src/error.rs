@@ -1,0 +1,125 @@
+//! Errors a client sees: a status, a stable code and a message about its request. Internal
+//! causes are logged, never sent.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+};
+use pixel_common::{
+    canvas::{GeometryError, PaletteError},
+    telemetry::ErrorChain,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
+    /// `body_too_large`, `invalid_client_id`, `invalid_path`, `invalid_query`, `cooldown`,
+    /// `history_gone`, `not_found`, `unavailable`, `internal`.
+    pub code: &'static str,
+    /// For people; may change.
+    pub message: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    OutOfBounds(#[from] GeometryError),
+    #[error(transparent)]
+    UnknownColor(#[from] PaletteError),
+    #[error("invalid request body")]
+    Body(#[source] JsonRejection),
+    #[error("invalid path")]
+    Path(#[source] PathRejection),
+    #[error("invalid query")]
+    Query(#[source] QueryRejection),
+    #[error(
+        "the {} header must be 1 to 64 of A-Z a-z 0-9 . _ -",
+        pixel_common::ports::CLIENT_ID_HEADER
+    )]
+    ClientId,
+    #[error("this client placed a pixel recently; retry in {retry_after_ms} ms")]
+    Cooldown { retry_after_ms: u64 },
+    #[error(
+        "history after version {since} is no longer kept (or the canvas is behind it); refetch the snapshot"
+    )]
+    HistoryGone { since: u64 },
+    #[error("no such resource")]
+    NotFound,
+    #[error("the canvas store is unavailable")]
+    Store(#[from] StoreError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::OutOfBounds(_) => (StatusCode::BAD_REQUEST, "out_of_bounds"),
+            Self::UnknownColor(_) => (StatusCode::BAD_REQUEST, "unknown_color"),
+            Self::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::BAD_REQUEST, "body_too_large")
+            }
+            Self::Body(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            Self::Query(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
+            Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
+            Self::HistoryGone { .. } => (StatusCode::GONE, "history_gone"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// What the client may read: rejections describe the client's own input.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                "request body is too large".to_owned()
+            }
+            Self::Body(rejection) => rejection.body_text(),
+            Self::Path(rejection) => rejection.body_text(),
+            Self::Query(rejection) => rejection.body_text(),
+            Self::Store(_) => "the canvas store is unavailable; try again shortly".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %ErrorChain(&self), code, "request failed");
+        } else {
+            tracing::debug!(error = %self, code, "request rejected");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.public_message(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Cooldown { retry_after_ms } = self {
+            let seconds = retry_after_ms.div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

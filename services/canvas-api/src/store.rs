@@ -1,0 +1,308 @@
+//! The canvas in Redis. Every placement is one Lua script, so it is atomic: cooldown check,
+//! pixel, version, per-pixel record, history entry and publication happen together or not
+//! at all, whichever API replica runs it. Every command is bounded by a timeout.
+
+use std::{future::Future, time::Duration};
+
+use pixel_common::redis_schema::{
+    COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UPDATES_CHANNEL, VERSION_KEY,
+};
+use redis::{
+    AsyncCommands, Client, IntoConnectionInfo, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    streams::{StreamId, StreamRangeReply},
+};
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid Redis configuration")]
+    Config(#[source] RedisError),
+    #[error("Redis command failed")]
+    Redis(#[from] RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis holds unexpected data: {0}")]
+    Corrupt(String),
+}
+
+/// Sets the pixel, bumps the version, records who placed it, appends to the history stream
+/// and publishes the update; first enforces the client's cooldown with `SET NX PX`.
+/// Returns `{1, version, placed_at_ms}` or `{0, retry_after_ms}`.
+const PLACE_SCRIPT: &str = r"
+local cooldown = tonumber(ARGV[4])
+if cooldown > 0 and not redis.call('SET', KEYS[5], '1', 'NX', 'PX', cooldown) then
+  local left = redis.call('PTTL', KEYS[5])
+  if left < 1 then left = 1 end
+  return {0, left}
+end
+redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])
+local version = string.format('%d', redis.call('INCR', KEYS[2]))
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
+  'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms)
+redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
+return {1, tonumber(version), tonumber(ms)}
+";
+
+/// Where Redis is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+/// A placement to apply: already checked against the canvas and palette.
+#[derive(Debug, Clone)]
+pub struct Placement<'a> {
+    pub index: usize,
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
+    pub client_id: &'a str,
+    pub cooldown: Duration,
+    pub history_max_len: u32,
+}
+
+/// What Redis decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Accepted { version: u64, placed_at_ms: u64 },
+    InCooldown { retry_after_ms: u64 },
+}
+
+/// Who last placed a pixel, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedRecord {
+    pub version: u64,
+    pub placed_at_ms: u64,
+    pub client_id: String,
+}
+
+/// A placement in the history (also its JSON form in `GET /api/v1/history`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
+    pub client_id: String,
+    pub placed_at_ms: u64,
+}
+
+/// A handle on the canvas in Redis; cheap to clone. Connects lazily and reconnects by
+/// itself, so the service starts (unready) while Redis is down.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    timeout: Duration,
+    place: Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Must be called inside a Tokio runtime. Does not connect yet.
+    pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(StoreError::Config)?;
+        if let Some(password) = &config.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info).map_err(StoreError::Config)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(config.timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(StoreError::Config)?;
+        Ok(Self {
+            conn,
+            timeout: config.timeout,
+            place: Script::new(PLACE_SCRIPT),
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        // Two round trips at most (EVALSHA, then EVAL when the script is not cached yet).
+        match tokio::time::timeout(self.timeout * 2, command).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout * 2)),
+        }
+    }
+
+    /// PING: is Redis there and answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
+    /// The current canvas version (0 before the first placement).
+    pub async fn version(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let version: Option<u64> = self.bounded(conn.get(VERSION_KEY)).await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// The version and the raw pixel string, read atomically.
+    pub async fn read_canvas(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        let mut conn = self.conn.clone();
+        let (version, pixels): (Option<u64>, Option<Vec<u8>>) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .get(VERSION_KEY)
+                    .get(PIXELS_KEY)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok((version.unwrap_or(0), pixels.unwrap_or_default()))
+    }
+
+    /// Applies a placement atomically (see [`PLACE_SCRIPT`]).
+    pub async fn place(&self, placement: &Placement<'_>) -> Result<Placed, StoreError> {
+        let mut conn = self.conn.clone();
+        let cooldown_ms = u64::try_from(placement.cooldown.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.place.prepare_invoke();
+        invocation
+            .key(PIXELS_KEY)
+            .key(VERSION_KEY)
+            .key(PLACED_KEY)
+            .key(HISTORY_KEY)
+            .key(format!("{COOLDOWN_KEY_PREFIX}{}", placement.client_id))
+            .arg(placement.index)
+            .arg(placement.color)
+            .arg(placement.client_id)
+            .arg(cooldown_ms)
+            .arg(placement.history_max_len)
+            .arg(placement.x)
+            .arg(placement.y)
+            .arg(UPDATES_CHANNEL);
+        let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        match reply.as_slice() {
+            [1, version, placed_at_ms] => Ok(Placed::Accepted {
+                version: *version,
+                placed_at_ms: *placed_at_ms,
+            }),
+            [0, retry_after_ms] => Ok(Placed::InCooldown {
+                retry_after_ms: *retry_after_ms,
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "placement script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The colour at a pixel index and the record of its last placement, read atomically.
+    pub async fn pixel(&self, index: usize) -> Result<(u8, Option<PlacedRecord>), StoreError> {
+        let mut conn = self.conn.clone();
+        let offset = isize::try_from(index).unwrap_or(isize::MAX);
+        let (color, record): (Vec<u8>, Option<String>) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .getrange(PIXELS_KEY, offset, offset)
+                    .hget(PLACED_KEY, index)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let record = record.map(|r| parse_record(&r)).transpose()?;
+        Ok((color.first().copied().unwrap_or(0), record))
+    }
+
+    /// The current version and up to `limit` history entries with versions above `since`,
+    /// read atomically.
+    pub async fn history(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<HistoryEntry>), StoreError> {
+        let mut conn = self.conn.clone();
+        let start = since
+            .checked_add(1)
+            .map_or_else(|| "+".to_owned(), |v| format!("{v}-0"));
+        let (version, range): (Option<u64>, StreamRangeReply) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .get(VERSION_KEY)
+                    .xrange_count(HISTORY_KEY, start, "+", limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let entries = range
+            .ids
+            .iter()
+            .map(parse_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((version.unwrap_or(0), entries))
+    }
+}
+
+fn parse_record(record: &str) -> Result<PlacedRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("pixel record {record:?}"));
+    let mut parts = record.splitn(3, ' ');
+    let mut next = || parts.next().ok_or_else(corrupt);
+    Ok(PlacedRecord {
+        version: next()?.parse().map_err(|_| corrupt())?,
+        placed_at_ms: next()?.parse().map_err(|_| corrupt())?,
+        client_id: next()?.to_owned(),
+    })
+}
+
+fn parse_entry(entry: &StreamId) -> Result<HistoryEntry, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("history entry {}", entry.id));
+    let version = entry
+        .id
+        .strip_suffix("-0")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(corrupt)?;
+    Ok(HistoryEntry {
+        version,
+        x: entry.get("x").ok_or_else(corrupt)?,
+        y: entry.get("y").ok_or_else(corrupt)?,
+        color: entry.get("c").ok_or_else(corrupt)?,
+        client_id: entry.get("id").ok_or_else(corrupt)?,
+        placed_at_ms: entry.get("t").ok_or_else(corrupt)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_records_parse() {
+        assert_eq!(
+            parse_record("7 1700000000000 client-1").expect("valid"),
+            PlacedRecord {
+                version: 7,
+                placed_at_ms: 1_700_000_000_000,
+                client_id: "client-1".to_owned()
+            }
+        );
+        for bad in ["", "7", "7 x c", "x 1 c", "7 1"] {
+            assert!(parse_record(bad).is_err(), "{bad:?}");
+        }
+    }
+}

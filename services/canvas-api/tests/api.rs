@@ -1,0 +1,621 @@
+//! canvas-api's router against a real redis-server, through `tower::ServiceExt::oneshot`.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Request, StatusCode, header},
+};
+use canvas_api::{AppState, Args, app};
+use clap::Parser;
+use futures_util::StreamExt;
+use pixel_common::{
+    ports::CLIENT_ID_HEADER,
+    redis_schema::{UPDATES_CHANNEL, parse_update_message},
+    testing::RedisServer,
+    wire::{PixelUpdate, Snapshot},
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// Generous bound for a request against a killed or frozen Redis (whose timeout in these
+/// tests is 200 ms): reached only when the service hangs.
+const HANG: Duration = Duration::from_secs(10);
+
+struct Api {
+    router: Router,
+}
+
+/// An app on `redis` with a 16x8 canvas, 4 colours, no snapshot caching, plus `extra` flags.
+fn api(redis: &RedisServer, extra: &[&str]) -> Api {
+    let url = redis.url();
+    let mut argv = vec![
+        "canvas-api",
+        "--redis-url",
+        &url,
+        "--redis-timeout-ms",
+        "200",
+        "--canvas-width",
+        "16",
+        "--canvas-height",
+        "8",
+        "--canvas-palette",
+        "#FFFFFF,#000000,#FF0000,#0000FF",
+        "--snapshot-max-age-ms",
+        "0",
+    ];
+    argv.extend_from_slice(extra);
+    let args = Args::try_parse_from(argv).expect("valid flags");
+    let state = AppState::new(&args).expect("state");
+    Api {
+        router: app(state, args.max_body_bytes),
+    }
+}
+
+/// A fresh redis-server and an app on it.
+async fn started(extra: &[&str]) -> (RedisServer, Api) {
+    let redis = RedisServer::start().await;
+    let api = api(&redis, extra);
+    (redis, api)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an error answer: the status and `{"error": {"code", "message"}}`.
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+}
+
+impl Api {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = tokio::time::timeout(HANG, self.router.clone().oneshot(request))
+            .await
+            .expect("the API answers instead of hanging")
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 64 << 20)
+            .await
+            .expect("body")
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.send(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn get_with(&self, path: &str, name: &str, value: &str) -> Answer {
+        self.send(
+            Request::get(path)
+                .header(name, value)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn post_raw(&self, client: Option<&str>, content_type: &str, body: Vec<u8>) -> Answer {
+        let mut request =
+            Request::post("/api/v1/pixels").header(header::CONTENT_TYPE, content_type);
+        if let Some(client) = client {
+            request = request.header(CLIENT_ID_HEADER, client);
+        }
+        self.send(request.body(Body::from(body)).expect("request"))
+            .await
+    }
+
+    async fn place(&self, client: &str, x: i64, y: i64, color: i64) -> Answer {
+        let body = json!({"x": x, "y": y, "color": color}).to_string();
+        self.post_raw(Some(client), "application/json", body.into_bytes())
+            .await
+    }
+
+    /// Places and expects 200; returns the new version.
+    async fn placed(&self, client: &str, x: i64, y: i64, color: i64) -> u64 {
+        let answer = self.place(client, x, y, color).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json());
+        answer.json()["version"].as_u64().expect("version")
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let answer = self.get("/api/v1/canvas").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        Snapshot::decode(&answer.body).expect("a valid snapshot")
+    }
+
+    /// Polls `/readyz` until it answers `want`, within a bound.
+    async fn wait_ready(&self, want: StatusCode) {
+        for _ in 0..200 {
+            if self.get("/readyz").await.status == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("/readyz never answered {want}");
+    }
+}
+
+#[tokio::test]
+async fn info_reports_the_settings_and_the_version() {
+    let (_redis, api) = started(&["--canvas-cooldown-seconds", "5"]).await;
+    let info = api.get("/api/v1/info").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(
+        info.json(),
+        json!({"width": 16, "height": 8, "palette": ["#FFFFFF", "#000000", "#FF0000", "#0000FF"],
+               "cooldownSeconds": 5, "version": 0})
+    );
+    api.placed("a", 1, 1, 1).await;
+    assert_eq!(api.get("/api/v1/info").await.json()["version"], 1);
+}
+
+#[tokio::test]
+async fn a_placement_shows_in_every_read() {
+    let (_redis, api) = started(&[]).await;
+    assert_eq!(api.placed("alice", 3, 2, 2).await, 1);
+    assert_eq!(api.placed("bob", 15, 7, 3).await, 2);
+
+    let pixel = api.get("/api/v1/pixels/3/2").await;
+    assert_eq!(pixel.status, StatusCode::OK);
+    let pixel = pixel.json();
+    assert_eq!(
+        (pixel["x"].clone(), pixel["y"].clone()),
+        (json!(3), json!(2))
+    );
+    assert_eq!(pixel["color"], 2);
+    assert_eq!(pixel["version"], 1);
+    assert_eq!(pixel["clientId"], "alice");
+    assert!(
+        pixel["placedAtMs"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000),
+        "{pixel}"
+    );
+
+    let untouched = api.get("/api/v1/pixels/0/0").await.json();
+    assert_eq!(
+        untouched,
+        json!({"x": 0, "y": 0, "color": 0, "version": null, "placedAtMs": null, "clientId": null})
+    );
+
+    let snapshot = api.snapshot().await;
+    assert_eq!(snapshot.version(), 2);
+    assert_eq!((snapshot.size().width(), snapshot.size().height()), (16, 8));
+    assert_eq!(snapshot.palette_len(), 4);
+    let painted: Vec<(usize, u8)> = snapshot
+        .pixels()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != 0)
+        .map(|(i, c)| (i, *c))
+        .collect();
+    assert_eq!(painted, [(2 * 16 + 3, 2), (7 * 16 + 15, 3)]);
+
+    let history = api.get("/api/v1/history?since=0").await;
+    assert_eq!(history.status, StatusCode::OK);
+    let history = history.json();
+    assert_eq!(history["currentVersion"], 2);
+    assert_eq!(history["more"], false);
+    let updates = history["updates"].as_array().expect("updates");
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[0]["version"], 1);
+    assert_eq!(updates[0]["clientId"], "alice");
+    assert_eq!(
+        (
+            updates[1]["x"].clone(),
+            updates[1]["y"].clone(),
+            updates[1]["color"].clone()
+        ),
+        (json!(15), json!(7), json!(3))
+    );
+}
+
+#[tokio::test]
+async fn each_placement_is_published_in_the_shared_message_format() {
+    let (redis, api) = started(&[]).await;
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(UPDATES_CHANNEL).await.expect("subscribe");
+    api.placed("c", 5, 6, 3).await;
+    let mut messages = pubsub.on_message();
+    let message = tokio::time::timeout(HANG, messages.next())
+        .await
+        .expect("a message arrives")
+        .expect("the subscription stays open");
+    let payload: Vec<u8> = message.get_payload().expect("payload");
+    assert_eq!(
+        parse_update_message(&payload),
+        Ok(PixelUpdate {
+            version: 1,
+            x: 5,
+            y: 6,
+            color: 3
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_snapshot_has_a_version_etag_and_answers_304() {
+    let (_redis, api) = started(&[]).await;
+    api.placed("a", 0, 0, 1).await;
+    let first = api.get("/api/v1/canvas").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-canvas-version"], "1");
+    assert_eq!(first.headers[header::ETAG], "W/\"1\"");
+    assert_eq!(first.headers[header::CACHE_CONTROL], "no-cache");
+    assert_eq!(
+        first.headers[header::CONTENT_TYPE],
+        "application/vnd.pixel-playground.snapshot"
+    );
+    assert_eq!(first.body.len(), 18 + 16 * 8);
+
+    let same = api
+        .get_with("/api/v1/canvas", "if-none-match", "W/\"1\"")
+        .await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert!(same.body.is_empty());
+    assert_eq!(same.headers[header::ETAG], "W/\"1\"");
+
+    api.placed("b", 1, 0, 1).await;
+    let changed = api
+        .get_with("/api/v1/canvas", "if-none-match", "W/\"1\"")
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.headers[header::ETAG], "W/\"2\"");
+}
+
+#[tokio::test]
+async fn the_snapshot_is_compressed_when_accepted() {
+    let (_redis, api) = started(&["--canvas-width", "256", "--canvas-height", "256"]).await;
+    let plain = api.get("/api/v1/canvas").await;
+    assert!(plain.headers.get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(plain.body.len(), 18 + 256 * 256);
+    let gzip = api
+        .get_with("/api/v1/canvas", "accept-encoding", "gzip")
+        .await;
+    assert_eq!(gzip.status, StatusCode::OK);
+    assert_eq!(gzip.headers[header::CONTENT_ENCODING], "gzip");
+    assert!(
+        gzip.body.len() < plain.body.len() / 10,
+        "{} bytes",
+        gzip.body.len()
+    );
+    assert_eq!(&gzip.body[..2], [0x1f, 0x8b], "gzip magic");
+}
+
+#[tokio::test]
+async fn the_snapshot_is_served_from_the_cache_while_it_is_fresh() {
+    let (mut redis, api) = started(&["--snapshot-max-age-ms", "600000"]).await;
+    api.placed("a", 0, 0, 1).await;
+    assert_eq!(api.snapshot().await.version(), 1);
+    api.placed("b", 1, 0, 1).await;
+    // Within the max age the cached version is served: no Redis read at all...
+    assert_eq!(api.snapshot().await.version(), 1);
+    // ...so it is served even with Redis gone.
+    redis.kill().await;
+    assert_eq!(api.snapshot().await.version(), 1);
+}
+
+#[tokio::test]
+async fn the_png_shows_the_canvas_in_palette_colours() {
+    let (_redis, api) = started(&[]).await;
+    api.placed("a", 4, 3, 2).await;
+    let answer = api.get("/api/v1/canvas.png").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers[header::CONTENT_TYPE], "image/png");
+    assert_eq!(answer.headers[header::ETAG], "W/\"1\"");
+    let decoder = png::Decoder::new(std::io::Cursor::new(answer.body));
+    let mut reader = decoder.read_info().expect("png header");
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (16, 8));
+    assert_eq!(info.color_type, png::ColorType::Indexed);
+    let palette = info.palette.clone().expect("palette").to_vec();
+    assert_eq!(palette, [255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 0, 255]);
+    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+    reader.next_frame(&mut pixels).expect("frame");
+    assert_eq!(pixels[3 * 16 + 4], 2);
+    assert_eq!(pixels.iter().filter(|p| **p != 0).count(), 1);
+
+    let same = api
+        .get_with("/api/v1/canvas.png", "if-none-match", "W/\"1\"")
+        .await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn bad_placements_are_400_with_a_code() {
+    let (_redis, api) = started(&["--max-body-bytes", "64"]).await;
+    for (x, y) in [(16, 0), (0, 8), (-1, 0), (0, -1), (70_000, 0)] {
+        api.place("a", x, y, 1)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "out_of_bounds");
+    }
+    for color in [4, -1, 256] {
+        api.place("a", 0, 0, color)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "unknown_color");
+    }
+    for body in [
+        &b"{"[..],
+        b"[]",
+        b"{\"x\":1,\"y\":1}",
+        b"{\"x\":\"1\",\"y\":1,\"color\":1}",
+        b"\xff",
+    ] {
+        api.post_raw(Some("a"), "application/json", body.to_vec())
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    }
+    api.post_raw(
+        Some("a"),
+        "text/plain",
+        b"{\"x\":1,\"y\":1,\"color\":1}".to_vec(),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    let oversized = format!(
+        "{{\"x\":1,\"y\":1,\"color\":1,\"pad\":\"{}\"}}",
+        "x".repeat(100)
+    );
+    api.post_raw(Some("a"), "application/json", oversized.into_bytes())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "body_too_large");
+    let ok = json!({"x": 1, "y": 1, "color": 1}).to_string().into_bytes();
+    api.post_raw(None, "application/json", ok.clone())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_client_id");
+    api.post_raw(Some("has space"), "application/json", ok)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_client_id");
+    // Nothing above reached the canvas.
+    assert_eq!(api.get("/api/v1/info").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn bad_reads_are_400_404_or_410_with_a_code() {
+    let redis = RedisServer::start().await;
+    let api = api(
+        &redis,
+        &["--history-max-len", "3", "--history-page-max", "2"],
+    );
+    api.get("/api/v1/pixels/16/0")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "out_of_bounds");
+    api.get("/api/v1/pixels/a/0")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_path");
+    for query in ["", "?since=-1", "?since=x", "?since=0&limit=x"] {
+        api.get(&format!("/api/v1/history{query}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    api.get("/api/v1/nothing")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    // Ahead of the canvas: refetch.
+    api.get("/api/v1/history?since=1")
+        .await
+        .assert_error(StatusCode::GONE, "history_gone");
+    for i in 0..6 {
+        api.placed("a", i, 0, 1).await;
+    }
+    // Versions 1..=3 were trimmed (the stream keeps 3): since=0 and since=2 cannot resync.
+    for since in [0, 2] {
+        api.get(&format!("/api/v1/history?since={since}"))
+            .await
+            .assert_error(StatusCode::GONE, "history_gone");
+    }
+    // since=3 can, in pages of at most 2.
+    let page = api.get("/api/v1/history?since=3&limit=50").await.json();
+    let versions: Vec<_> = page["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .map(|u| u["version"].clone())
+        .collect();
+    assert_eq!(versions, [json!(4), json!(5)]);
+    assert_eq!(page["more"], true);
+    let rest = api.get("/api/v1/history?since=5").await.json();
+    assert_eq!(rest["updates"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["more"], false);
+    let current = api.get("/api/v1/history?since=6").await.json();
+    assert_eq!(current["updates"], json!([]));
+    assert_eq!(current["more"], false);
+}
+
+#[tokio::test]
+async fn cooldown_is_429_with_retry_after_per_client() {
+    let (_redis, api) = started(&["--canvas-cooldown-seconds", "60"]).await;
+    api.placed("a", 0, 0, 1).await;
+    let again = api.place("a", 1, 0, 1).await;
+    again.assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+    let retry: u64 = again.headers[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    // Another client is not affected, and a rejected placement does not change the canvas.
+    assert_eq!(api.placed("b", 1, 0, 2).await, 2);
+    assert_eq!(api.get("/api/v1/pixels/1/0").await.json()["color"], 2);
+}
+
+#[tokio::test]
+async fn a_client_may_place_again_after_its_cooldown() {
+    let (_redis, api) = started(&["--canvas-cooldown-seconds", "1"]).await;
+    api.placed("a", 0, 0, 1).await;
+    api.place("a", 0, 0, 2)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+    for _ in 0..100 {
+        let answer = api.place("a", 0, 0, 2).await;
+        if answer.status == StatusCode::OK {
+            return;
+        }
+        answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the cooldown of 1 s never ended");
+}
+
+#[tokio::test]
+async fn one_client_racing_two_app_instances_is_admitted_once() {
+    let redis = RedisServer::start().await;
+    let flags = ["--canvas-cooldown-seconds", "60"];
+    let (one, two) = (api(&redis, &flags), api(&redis, &flags));
+    for round in 0..20 {
+        let client = format!("racer-{round}");
+        let (a, b) = tokio::join!(one.place(&client, 0, 0, 1), two.place(&client, 1, 1, 2));
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+            "round {round}"
+        );
+    }
+    assert_eq!(one.get("/api/v1/info").await.json()["version"], 20);
+}
+
+#[tokio::test]
+async fn redis_down_is_503_promptly_and_readiness_follows_it() {
+    let (mut redis, api) = started(&[]).await;
+    api.wait_ready(StatusCode::OK).await;
+    assert_eq!(api.get("/readyz").await.body, b"ready");
+    api.placed("a", 0, 0, 1).await;
+
+    redis.kill().await;
+    api.place("a", 1, 0, 1)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    for path in [
+        "/api/v1/info",
+        "/api/v1/canvas",
+        "/api/v1/canvas.png",
+        "/api/v1/pixels/0/0",
+        "/api/v1/history?since=0",
+    ] {
+        api.get(path)
+            .await
+            .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    }
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The client is told nothing about the cause.
+    let placed = api.place("a", 1, 0, 1).await;
+    let message = placed.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!message.to_lowercase().contains("refused"), "{message}");
+    assert_eq!(
+        api.get("/healthz").await.status,
+        StatusCode::OK,
+        "liveness ignores Redis"
+    );
+
+    redis.restart().await;
+    api.wait_ready(StatusCode::OK).await;
+    assert_eq!(api.placed("a", 1, 0, 1).await, 2);
+}
+
+#[tokio::test]
+async fn a_frozen_redis_is_503_not_a_hang() {
+    let (redis, api) = started(&[]).await;
+    api.placed("a", 0, 0, 1).await;
+    redis.pause();
+    api.place("a", 1, 0, 1)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    api.get("/api/v1/canvas")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(
+        api.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    redis.resume();
+    api.wait_ready(StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn acknowledged_placements_survive_a_redis_crash() {
+    let (mut redis, api) = started(&[]).await;
+    let mut expected = vec![0u8; 16 * 8];
+    for i in 0..40u8 {
+        let (x, y) = (i64::from(i % 16), i64::from(i / 16));
+        let color = 1 + i % 3;
+        assert_eq!(
+            api.placed(&format!("c{i}"), x, y, color.into()).await,
+            u64::from(i) + 1
+        );
+        expected[usize::from(i)] = color;
+    }
+    // SIGKILL: no shutdown save. With appendfsync always, every acknowledged write is in the AOF.
+    redis.kill().await;
+    redis.restart().await;
+    api.wait_ready(StatusCode::OK).await;
+    let snapshot = api.snapshot().await;
+    assert_eq!(snapshot.version(), 40);
+    assert_eq!(snapshot.pixels(), expected);
+    assert_eq!(
+        api.get("/api/v1/pixels/7/1").await.json()["clientId"],
+        "c23"
+    );
+    let history = api.get("/api/v1/history?since=0").await.json();
+    assert_eq!(history["updates"].as_array().map(Vec::len), Some(40));
+    assert_eq!(api.placed("after", 0, 5, 1).await, 41);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_placements() {
+    let (_redis, api) = started(&["--canvas-cooldown-seconds", "60"]).await;
+    api.placed("a", 0, 0, 1).await;
+    api.place("a", 0, 0, 1).await;
+    api.place("a", 99, 0, 1).await;
+    let metrics = api.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        r#"pixel_placements_total{result="accepted"} 1"#,
+        r#"pixel_placements_total{result="cooldown"} 1"#,
+        r#"pixel_placements_total{result="rejected"} 1"#,
+        r#"http_requests_total{method="POST",route="/api/v1/pixels",status="200"} 1"#,
+        r#"http_requests_total{method="POST",route="/api/v1/pixels",status="429"} 1"#,
+        r#"http_request_duration_seconds_count{method="POST",route="/api/v1/pixels"} 3"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The OpenAPI document is true to the router, and docs/protocol.md names every route.
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use canvas_api::{AppState, Args, api_router, app};
+use clap::Parser;
+use pixel_common::{ports, testing::RedisServer};
+use tower::ServiceExt;
+
+/// Every (method, path) the document lists.
+fn documented() -> Vec<(Method, String)> {
+    let (_, doc) = api_router();
+    let mut routes = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let operations = [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
+        ];
+        for (method, operation) in operations {
+            if operation.is_some() {
+                routes.push((method, path.clone()));
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_issue_s_endpoints_and_the_shared_paths_are_documented() {
+    let routes = documented();
+    for (method, path) in [
+        (Method::GET, ports::API_INFO_PATH),
+        (Method::GET, ports::API_CANVAS_PATH),
+        (Method::GET, "/api/v1/canvas.png"),
+        (Method::POST, ports::API_PIXELS_PATH),
+        (Method::GET, "/api/v1/pixels/{x}/{y}"),
+        (Method::GET, ports::API_HISTORY_PATH),
+        (Method::GET, "/api/v1/openapi.json"),
+        (Method::GET, ports::READYZ_PATH),
+    ] {
+        assert!(
+            routes.iter().any(|(m, p)| *m == method && p == path),
+            "{method} {path} is not in the OpenAPI document: {routes:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_the_served_document_is_this_one() {
+    let redis = RedisServer::start().await;
+    let args = Args::try_parse_from(["canvas-api", "--redis-url", &redis.url()]).expect("flags");
+    let router = app(AppState::new(&args).expect("state"), args.max_body_bytes);
+    for (method, path) in documented() {
+        let uri = path.replace("{x}", "0").replace("{y}", "0") + "?since=0";
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .header(ports::CLIENT_ID_HEADER, "openapi-test")
+            .body(Body::from(r#"{"x":0,"y":0,"color":0}"#))
+            .expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        assert!(
+            response.status().is_success(),
+            "{method} {uri} is documented but answered {}",
+            response.status()
+        );
+    }
+
+    let response = router
+        .oneshot(
+            Request::get("/api/v1/openapi.json")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let served: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let (_, doc) = api_router();
+    assert_eq!(served, serde_json::to_value(&doc).expect("serializes"));
+    assert_eq!(
+        served["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+}
+
+#[test]
+fn the_protocol_doc_names_every_documented_route() {
+    let protocol = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/protocol.md"
+    ))
+    .expect("docs/protocol.md");
+    for (method, path) in documented() {
+        let line = format!("`{method} {path}");
+        assert!(
+            protocol.contains(&line),
+            "docs/protocol.md does not describe {line}`"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! How the canvas lives in Redis: key names, the update channel and its message format.
+//! canvas-api writes them (one Lua script per placement); the gateway subscribes and reads
+//! the history. Documented in `docs/protocol.md`.
+
+use crate::wire::PixelUpdate;
+
+/// String: one byte per pixel (a palette index), row-major; shorter than the canvas when
+/// the last pixels were never placed (missing bytes are colour 0).
+pub const PIXELS_KEY: &str = "canvas:pixels";
+/// Integer: the canvas version, bumped by one per placement. Absent means 0.
+pub const VERSION_KEY: &str = "canvas:version";
+/// Hash: pixel index → `"<version> <placed-at ms> <client id>"` of the last placement there.
+pub const PLACED_KEY: &str = "canvas:placed";
+/// Stream: one entry per placement, with ID `<version>-0` and fields `x y c id t`, trimmed
+/// to a configured length.
+pub const HISTORY_KEY: &str = "canvas:history";
+/// Prefix of per-client cooldown keys (`SET NX PX`), followed by the client id.
+pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
+/// Pub/sub channel where each placement is published as [`update_message`].
+pub const UPDATES_CHANNEL: &str = "canvas:updates";
+
+/// Why a pub/sub message is not an update.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("update message {message:?} is not \"<version> <x> <y> <colour>\"")]
+pub struct MessageError {
+    message: String,
+}
+
+/// The text published per placement: `"<version> <x> <y> <colour>"` in decimal.
+pub fn update_message(update: &PixelUpdate) -> String {
+    format!(
+        "{} {} {} {}",
+        update.version, update.x, update.y, update.color
+    )
+}
+
+/// Reads a message published on [`UPDATES_CHANNEL`].
+pub fn parse_update_message(message: &[u8]) -> Result<PixelUpdate, MessageError> {
+    let error = || MessageError {
+        message: String::from_utf8_lossy(message).into_owned(),
+    };
+    let text = std::str::from_utf8(message).map_err(|_| error())?;
+    let mut parts = text.split(' ');
+    let mut next = || parts.next().ok_or_else(error);
+    let update = PixelUpdate {
+        version: next()?.parse().map_err(|_| error())?,
+        x: next()?.parse().map_err(|_| error())?,
+        y: next()?.parse().map_err(|_| error())?,
+        color: next()?.parse().map_err(|_| error())?,
+    };
+    if parts.next().is_some() {
+        return Err(error());
+    }
+    Ok(update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_are_four_decimal_numbers() {
+        let update = PixelUpdate {
+            version: 42,
+            x: 3,
+            y: 999,
+            color: 15,
+        };
+        assert_eq!(update_message(&update), "42 3 999 15");
+        for bad in ["", "1 2 3", "1 2 3 4 5", "1 2 3 256", "a 2 3 4", "1  2 3 4"] {
+            assert!(parse_update_message(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(parse_update_message(&[0xff, b' ']).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(version in any::<u64>(), x in any::<u16>(), y in any::<u16>(), color in any::<u8>()) {
+            let update = PixelUpdate { version, x, y, color };
+            prop_assert_eq!(parse_update_message(update_message(&update).as_bytes()), Ok(update));
+        }
+    }
+}
