@@ -1,18 +1,36 @@
 //! pixel-operator: reconciles `PixelCanvas` resources into running canvases.
 //!
-//! At this stage it connects to the API server and serves its probes; reconciliation
-//! arrives with the PixelCanvas API.
+//! `api` defines the resource; `children` and `status` compute what should exist and what to
+//! report, as pure functions; `reconcile` applies them; `controller` drives `reconcile` from
+//! watches.
 
 pub mod api;
 pub mod children;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
 pub mod status;
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{Router, extract::State as AxumState, http::StatusCode, routing::get};
 use clap::Parser;
 use pixel_common::{health, ports, serve, shutdown, telemetry::LogArgs};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::leader::Leadership;
+
+/// How long in-flight reconciles may run after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Configuration, from flags or the environment of the operator's pod.
 #[derive(Debug, Parser)]
@@ -26,6 +44,13 @@ pub struct Args {
     #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::OPERATOR_HEALTH)))]
     pub listen_addr: SocketAddr,
 
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "PIXEL_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub leader: leader::LeaderArgs,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -37,35 +62,158 @@ pub enum Error {
     Config(#[source] kube::Error),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
+    #[error("lost the leader lease")]
+    LostLeadership,
 }
 
-/// Probes: liveness is the process itself; readiness needs the API server to answer.
-pub fn app(client: kube::Client) -> Router {
+/// Probes and metrics: liveness is the process itself; readiness waits for the caches.
+pub fn app(state: Arc<State>, registry: Arc<Registry>) -> Router {
     Router::new()
         .route(ports::READYZ_PATH, get(readyz))
-        .with_state(client)
+        .with_state(state)
         .merge(health::router())
+        .merge(pixel_common::metrics::router(registry))
 }
 
-async fn readyz(State(client): State<kube::Client>) -> (StatusCode, String) {
-    match client.apiserver_version().await {
-        Ok(version) => (
-            StatusCode::OK,
-            format!("ok: API server {}", version.git_version),
+/// What readiness reports: a standby replica is ready (it is doing its job, waiting); the
+/// leader is ready once its caches have synced.
+#[derive(Debug, Default)]
+pub struct State {
+    /// In the leader election (or running without one).
+    pub joined: AtomicBool,
+    pub leading: AtomicBool,
+    pub synced: AtomicBool,
+}
+
+async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, &'static str) {
+    let flag = |f: &AtomicBool| f.load(Ordering::Acquire);
+    match (
+        flag(&state.joined),
+        flag(&state.leading),
+        flag(&state.synced),
+    ) {
+        (false, _, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "joining the leader election",
         ),
-        Err(error) => {
-            tracing::warn!(%error, "API server unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "API server unreachable".to_owned(),
-            )
-        }
+        (true, false, _) => (StatusCode::OK, "standby"),
+        (true, true, true) => (StatusCode::OK, "ok"),
+        (true, true, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the PixelCanvas cache to sync",
+        ),
     }
 }
 
-/// Connects and serves until SIGTERM.
+/// Connects, waits for leadership, runs the controller and serves probes and metrics until
+/// SIGTERM (or until leadership is lost, which ends the process so it can rejoin).
 pub async fn run(args: Args) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(Error::Config)?;
-    serve::serve(args.listen_addr, app(client), shutdown::signal_received()).await?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let state = Arc::new(State::default());
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        // Installed now, before the port opens.
+        let signal = shutdown::signal_received();
+        async move {
+            signal.await;
+            stop.cancel();
+        }
+    });
+    let server = tokio::spawn(serve::serve(
+        args.listen_addr,
+        app(state.clone(), Arc::new(registry)),
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+    ));
+
+    let Some(mut leadership) = join_election(&client, &args.leader, &stop).await else {
+        return finish(server, false).await;
+    };
+    state.joined.store(true, Ordering::Release);
+    let mut lost_leadership = false;
+    tokio::select! {
+        () = leadership.acquired() => {
+            tracing::info!("leading");
+            state.leading.store(true, Ordering::Release);
+            metrics.set_leader(true);
+            let lost = leadership.lost();
+            let controller = tokio::spawn(controller::run(
+                client,
+                args.watch_namespace.clone(),
+                metrics.clone(),
+                state.clone(),
+                {
+                    let stop = stop.clone();
+                    async move { stop.cancelled().await }
+                },
+            ));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = lost => {
+                    tracing::error!("lost the leader lease; stopping so another replica leads");
+                    lost_leadership = true;
+                    stop.cancel();
+                }
+            }
+            // In-flight reconciles get a bounded grace period (a controller whose watches
+            // cannot reach the API server may not notice the signal on its own).
+            match tokio::time::timeout(SHUTDOWN_GRACE, controller).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "controller task failed"),
+                Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controller did not stop within the grace period"),
+            }
+            metrics.set_leader(false);
+        }
+        () = stop.cancelled() => {}
+    }
+    leadership.resign().await;
+    stop.cancel();
+    finish(server, lost_leadership).await
+}
+
+/// Joins the leader election (or, without one, leads alone), retrying while the API server
+/// cannot be reached. `None` when asked to stop first.
+async fn join_election(
+    client: &kube::Client,
+    args: &leader::LeaderArgs,
+    stop: &CancellationToken,
+) -> Option<Leadership> {
+    if !args.leader_elect {
+        return Some(Leadership::sole());
+    }
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            joined = Leadership::elect(client.clone(), args) => match joined {
+                Ok(leadership) => return Some(leadership),
+                Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot join the leader election"),
+            },
+            () = stop.cancelled() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return None,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Waits for the server to drain and turns the way the operator ended into its result.
+async fn finish(
+    server: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
+    lost_leadership: bool,
+) -> Result<(), Error> {
+    match server.await {
+        Ok(result) => result?,
+        Err(error) => tracing::error!(%error, "server task failed"),
+    }
+    if lost_leadership {
+        return Err(Error::LostLeadership);
+    }
     Ok(())
 }

@@ -32,7 +32,26 @@ async fn unready_while_the_api_server_is_unreachable() {
     let path = kubeconfig.path().to_str().expect("utf-8 path");
     let operator = RunningBinary::start(EXE, &[], &[("KUBECONFIG", path)]).await;
     let (status, body) = operator.get("/readyz").await;
-    assert_eq!((status, body.as_str()), (503, "API server unreachable"));
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "joining the leader election")
+    );
+    operator.terminate().await;
+
+    // Without an election it leads at once, and waits for its caches.
+    let operator =
+        RunningBinary::start(EXE, &["--leader-elect=false"], &[("KUBECONFIG", path)]).await;
+    let (status, body) = operator.get("/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "waiting for the PixelCanvas cache to sync")
+    );
+    let (status, metrics) = operator.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("pixel_operator_reconcile_duration_seconds"),
+        "{metrics}"
+    );
     operator.terminate().await;
 }
 

@@ -15,8 +15,14 @@ use anyhow::{Context, Result, bail};
 
 use crate::{paths, process, toolchain::Tools};
 
+/// The namespace and ServiceAccount `config/default` installs the operator with.
+pub const OPERATOR_NAMESPACE: &str = "pixel-playground-system";
+pub const OPERATOR_ACCOUNT: &str = "pixel-operator";
+
 /// Fake nodes in every cluster.
 const NODES: u32 = 3;
+/// Pre-created PersistentVolumes: KWOK runs no storage provisioner, so claims bind to these.
+const VOLUMES: u32 = 24;
 /// The control-plane processes kwokctl runs, in start order.
 const COMPONENTS: [&str; 5] = [
     "etcd",
@@ -184,6 +190,7 @@ impl Cluster {
         )
         .context("creating the fake nodes")?;
         self.wait_for_nodes(tools)?;
+        self.ensure_storage(tools)?;
         let server = self.server_version(tools)?;
         if server != tools.kubernetes_version {
             bail!(
@@ -227,6 +234,47 @@ impl Cluster {
         }
     }
 
+    /// A default StorageClass, `standard`, and a pool of volumes in it: what a cloud
+    /// provisioner would create on demand, made ahead of time because nothing provisions here.
+    pub fn ensure_storage(&self, tools: &Tools) -> Result<()> {
+        let path = paths::cache_dir().join(format!("{}-storage.yaml", self.name));
+        fs::write(&path, storage_manifest(VOLUMES))?;
+        process::output(
+            self.kubectl(tools)
+                .args(["apply", "--server-side", "-f"])
+                .arg(&path),
+            Duration::from_secs(60),
+        )
+        .context("creating the StorageClass and volumes")?;
+        // Volumes whose claims are gone (tests delete their namespaces) return to the pool,
+        // as a recycler would: forget the old claim so the volume is Available again.
+        let released = process::output(
+            self.kubectl(tools).args([
+                "get",
+                "pv",
+                "-o",
+                "jsonpath={range .items[?(@.status.phase==\"Released\")]}{.metadata.name}{\"\\n\"}{end}",
+            ]),
+            Duration::from_secs(30),
+        )?;
+        for volume in released.lines().filter(|l| !l.is_empty()) {
+            process::output(
+                self.kubectl(tools).args([
+                    "patch",
+                    "pv",
+                    volume,
+                    "--type",
+                    "json",
+                    "-p",
+                    r#"[{"op":"remove","path":"/spec/claimRef"}]"#,
+                ]),
+                Duration::from_secs(30),
+            )
+            .with_context(|| format!("returning volume {volume} to the pool"))?;
+        }
+        Ok(())
+    }
+
     fn server_version(&self, tools: &Tools) -> Result<String> {
         let out = process::output(
             self.kubectl(tools).args(["version", "-o", "json"]),
@@ -238,6 +286,70 @@ impl Cluster {
             .and_then(|v| v.as_str())
             .map(str::to_owned)
             .context("`kubectl version` printed no server version")
+    }
+
+    /// Installs the operator's manifests (`config/default`: CRD, RBAC, Deployment) as users do,
+    /// and waits until the API serves the CRD.
+    pub fn install_operator_config(&self, tools: &Tools) -> Result<()> {
+        process::output(
+            self.kubectl(tools)
+                .args(["apply", "--server-side", "--force-conflicts", "-k"])
+                .arg(paths::repo_root().join("config/default")),
+            Duration::from_secs(60),
+        )
+        .context("installing config/default")?;
+        process::output(
+            self.kubectl(tools).args([
+                "wait",
+                "--for=condition=Established",
+                "crd/pixelcanvases.pixel-playground.dev",
+                "--timeout=60s",
+            ]),
+            Duration::from_secs(90),
+        )
+        .context("waiting for the PixelCanvas CRD to be served")?;
+        Ok(())
+    }
+
+    /// A kubeconfig that authenticates as the operator's ServiceAccount, so the operator under
+    /// test holds exactly the permissions `config/rbac` grants.
+    pub fn write_operator_kubeconfig(&self, tools: &Tools, path: &Path) -> Result<()> {
+        let token = process::output(
+            self.kubectl(tools).args([
+                "create",
+                "token",
+                OPERATOR_ACCOUNT,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--duration=4h",
+            ]),
+            Duration::from_secs(30),
+        )
+        .context("creating a token for the operator's ServiceAccount")?;
+        fs::copy(self.kubeconfig(), path)?;
+        let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}");
+        let kubectl = |args: &[&str]| {
+            process::output(
+                Command::new(&tools.kubectl)
+                    .arg("--kubeconfig")
+                    .arg(path)
+                    .args(args),
+                Duration::from_secs(30),
+            )
+        };
+        kubectl(&[
+            "config",
+            "set-credentials",
+            &user,
+            &format!("--token={}", token.trim()),
+        ])?;
+        kubectl(&[
+            "config",
+            "set-context",
+            "--current",
+            &format!("--user={user}"),
+        ])?;
+        Ok(())
     }
 
     /// Removes the cluster, its processes and data. Does nothing when there is none.
@@ -255,6 +367,25 @@ impl Cluster {
         let _ = fs::remove_file(self.kubeconfig());
         Ok(())
     }
+}
+
+/// The default StorageClass and `count` 100Gi volumes in it (host paths no pod ever mounts:
+/// KWOK runs no containers).
+fn storage_manifest(count: u32) -> String {
+    let mut yaml = String::from(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: standard\n  annotations:\n    \
+         storageclass.kubernetes.io/is-default-class: \"true\"\nprovisioner: kubernetes.io/no-provisioner\n\
+         reclaimPolicy: Retain\nvolumeBindingMode: Immediate\nallowVolumeExpansion: true\n",
+    );
+    for i in 0..count {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: local-{i:03}\nspec:\n  \
+             capacity: {{storage: 100Gi}}\n  accessModes: [ReadWriteOnce]\n  \
+             persistentVolumeReclaimPolicy: Retain\n  storageClassName: standard\n  \
+             hostPath: {{path: /var/lib/kwok-volumes/local-{i:03}}}\n"
+        ));
+    }
+    yaml
 }
 
 fn ensure_port_free(port: u16) -> Result<()> {
@@ -296,6 +427,14 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("--port"), "{message}");
+    }
+
+    #[test]
+    fn storage_is_a_default_class_and_a_pool_of_volumes() {
+        let yaml = storage_manifest(3);
+        assert_eq!(yaml.matches("kind: PersistentVolume\n").count(), 3);
+        assert!(yaml.contains("storageclass.kubernetes.io/is-default-class: \"true\""));
+        assert!(yaml.contains("name: local-002"));
     }
 
     #[test]

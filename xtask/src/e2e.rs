@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cluster::Cluster, paths, process, toolchain};
+use crate::{cluster::Cluster, operator::Operator, paths, process, toolchain};
 
 /// Directory of chainsaw suites; each sub-directory holding a `chainsaw-test.yaml` is a test.
 const SUITES_DIR: &str = "e2e/suites";
@@ -19,8 +19,8 @@ pub struct TestArgs {
 
 /// `cargo xtask test`: everything, on a cluster started for the run and removed after it.
 pub fn test_all(args: &TestArgs) -> Result<()> {
-    // The services' tests start a real redis-server.
-    crate::deps::ensure_debian_packages(&["redis-server"])?;
+    // The services' tests start a real redis-server; the frontend's drives headless Chromium.
+    crate::deps::ensure_debian_packages(&["redis-server", "chromium"])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("== cargo test --workspace");
     process::run(
@@ -70,15 +70,27 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
     if count == 0 {
         bail!("no chainsaw tests found under {}", suites.display());
     }
-    install_crds(tools, cluster)?;
+    cluster.install_operator_config(tools)?;
+    cluster.ensure_storage(tools)?;
     let report_dir = paths::repo_root().join("target/e2e");
     std::fs::create_dir_all(&report_dir)?;
+    let operator_kubeconfig = report_dir.join("operator.kubeconfig");
+    cluster.write_operator_kubeconfig(tools, &operator_kubeconfig)?;
+    let operator = Operator::start(&operator_kubeconfig, &report_dir.join("operator.log"), &[])?;
     let path = prepend_path(tools.kubectl.parent().context("kubectl has a directory")?);
-    let out = process::output_unchecked(
+    let run = process::output_unchecked(
         Command::new(&tools.chainsaw)
             .env("KUBECONFIG", cluster.kubeconfig())
             // Scripts in the suites run the pinned kubectl.
             .env("PATH", path)
+            // The operator's metrics, for suites that count its API writes.
+            .env(
+                "OPERATOR_METRICS_URL",
+                format!("http://{}/metrics", operator.addr),
+            )
+            // Suites that start an operator of their own (for example, a restart).
+            .env("OPERATOR_BIN", &operator.binary)
+            .env("OPERATOR_KUBECONFIG", &operator_kubeconfig)
             .args(["test", "--no-color", "--parallel", "4"])
             .args([
                 "--assert-timeout",
@@ -99,39 +111,109 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
             .arg("--test-dir")
             .arg(&suites),
         Duration::from_secs(1800),
-    )?;
+    );
+    // Stopped whatever chainsaw did.
+    if let Err(error) = operator.stop() {
+        eprintln!("warning: {error:#}");
+    }
+    let out = run?;
+    let failover = leader_failover(tools, cluster, &operator_kubeconfig, &report_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let mut summary = parse_summary(&stdout)
         .with_context(|| format!("chainsaw ({}) printed no test summary", out.status))?;
-    summary.expected = count;
+    summary.expected = count + 1;
     summary.runner_succeeded = out.status.success();
+    match failover {
+        Ok(()) => {
+            println!("PASS leader-failover: the standby took over and reconciled a change");
+            summary.passed += 1;
+        }
+        Err(error) => {
+            println!("FAIL leader-failover: {error:#}");
+            summary.failed += 1;
+        }
+    }
     summary.report_path = report_dir.join("chainsaw-report.json");
     Ok(summary)
 }
 
-/// Installs the project's CRDs, as users do, and waits until the API serves them.
-fn install_crds(tools: &toolchain::Tools, cluster: &Cluster) -> Result<()> {
-    let crd = paths::repo_root().join(crate::crd::CRD_PATH);
-    process::output(
-        cluster
-            .kubectl(tools)
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(&crd),
+/// Two operators with the real RBAC: one leads; it crashes (SIGKILL, so its lease must
+/// expire); the standby takes over and reconciles a change made after the crash.
+fn leader_failover(
+    tools: &toolchain::Tools,
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    report_dir: &std::path::Path,
+) -> Result<()> {
+    const NAMESPACE: &str = "leader-failover";
+    let lease = ["--lease-duration-seconds", "4"];
+    let kubectl = |args: &[&str]| {
+        process::output(cluster.kubectl(tools).args(args), Duration::from_secs(150))
+    };
+    let leader = Operator::start(kubeconfig, &report_dir.join("operator-a.log"), &lease)?;
+    wait_for(
+        "the first operator to lead",
         Duration::from_secs(60),
-    )
-    .context("installing the PixelCanvas CRD")?;
-    process::output(
-        cluster.kubectl(tools).args([
-            "wait",
-            "--for=condition=Established",
-            "crd/pixelcanvases.pixel-playground.dev",
-            "--timeout=60s",
-        ]),
-        Duration::from_secs(90),
-    )
-    .context("waiting for the PixelCanvas CRD to be served")?;
+        || Ok(leader.metric("pixel_operator_leader")? == Some(1.0)),
+    )?;
+    let standby = Operator::start(kubeconfig, &report_dir.join("operator-b.log"), &lease)?;
+    anyhow::ensure!(
+        standby.metric("pixel_operator_leader")? == Some(0.0),
+        "a second operator leads while the first holds the lease"
+    );
+    kubectl(&["create", "namespace", NAMESPACE])?;
+    let canvas = "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata: {name: fail}\nspec: {api: {replicas: 1}}\n";
+    let manifest = report_dir.join("leader-failover.yaml");
+    std::fs::write(&manifest, canvas)?;
+    kubectl(&["apply", "-n", NAMESPACE, "-f", &manifest.to_string_lossy()])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pxc/fail",
+        "-n",
+        NAMESPACE,
+        "--timeout=120s",
+    ])?;
+    leader.kill()?;
+    kubectl(&[
+        "patch",
+        "pxc",
+        "fail",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"api":{"replicas":2}}}"#,
+    ])?;
+    kubectl(&[
+        "wait",
+        "--for=jsonpath={.spec.replicas}=2",
+        "deployment/fail-api",
+        "-n",
+        NAMESPACE,
+        "--timeout=120s",
+    ])
+    .context("the standby did not take over and apply the change")?;
+    anyhow::ensure!(
+        standby.metric("pixel_operator_leader")? == Some(1.0),
+        "the standby does not report leading"
+    );
+    standby.stop()?;
+    kubectl(&["delete", "namespace", NAMESPACE, "--wait=false"])?;
+    Ok(())
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !done()? {
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out after {}s waiting for {what}", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     Ok(())
 }
 

@@ -5,9 +5,11 @@ mod crd;
 mod deps;
 mod e2e;
 mod invariants;
+mod operator;
 mod paths;
 mod process;
 mod toolchain;
+mod up;
 
 use std::process::ExitCode;
 
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The main job: bring up the local cluster (more of the stack as the project grows).
+    /// The main job: the local cluster, the operator, and the example canvas, Ready.
     Up(cluster::UpArgs),
     /// Every test: `cargo test --workspace`, then the end-to-end suites on a cluster that is
     /// started for the run and removed after it.
@@ -44,15 +46,19 @@ enum Command {
 enum ClusterCommand {
     /// Create the cluster, or keep the one that is already healthy.
     Up(cluster::UpArgs),
-    /// Remove the cluster and its data. Does nothing when there is none.
+    /// Stop the operator `up` started, and remove the cluster and its data. Does nothing
+    /// when there is none.
     Down,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up(args) | Command::Cluster(ClusterCommand::Up(args)) => cluster::up(&args),
-        Command::Cluster(ClusterCommand::Down) => cluster::down(),
+        Command::Up(args) => up::up(&args),
+        Command::Cluster(ClusterCommand::Up(args)) => cluster::up(&args),
+        Command::Cluster(ClusterCommand::Down) => {
+            up::stop_operator().and_then(|()| cluster::down())
+        }
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e => e2e::run_suites(),
         Command::Crd => crd::generate(),

@@ -15,7 +15,8 @@ use axum::{Extension, Router, extract::DefaultBodyLimit};
 use bytes::Bytes;
 use clap::Parser;
 use pixel_common::{
-    canvas::{CanvasSize, DEFAULT_PALETTE, GeometryError, MAX_SIDE, Palette},
+    canvas::{CanvasSize, GeometryError, Palette},
+    config::{CanvasArgs, RedisArgs},
     health,
     metrics::{self, HttpMetrics},
     ports,
@@ -50,33 +51,11 @@ pub struct Args {
     #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::CANVAS_API)))]
     pub listen_addr: SocketAddr,
 
-    /// Redis URL, without the password.
-    #[arg(long, env = ports::ENV_REDIS_URL, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
-    /// Redis password.
-    #[arg(long, env = ports::ENV_REDIS_PASSWORD, hide_env_values = true)]
-    pub redis_password: Option<String>,
-
-    /// How long one Redis command may take before the request fails with 503, in ms.
-    #[arg(long, env = ports::ENV_REDIS_TIMEOUT_MS, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub redis_timeout_ms: u64,
-
-    /// Canvas width in pixels.
-    #[arg(long, env = ports::ENV_CANVAS_WIDTH, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
-    pub canvas_width: u32,
-
-    /// Canvas height in pixels.
-    #[arg(long, env = ports::ENV_CANVAS_HEIGHT, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
-    pub canvas_height: u32,
-
-    /// Palette: 2 to 32 comma-separated #RRGGBB colours.
-    #[arg(long, env = ports::ENV_CANVAS_PALETTE, default_value = DEFAULT_PALETTE)]
-    pub canvas_palette: Palette,
-
-    /// Seconds a client waits between placements; 0 disables the cooldown.
-    #[arg(long, env = ports::ENV_CANVAS_COOLDOWN_SECONDS, default_value_t = 0)]
-    pub canvas_cooldown_seconds: u32,
+    #[command(flatten)]
+    pub canvas: CanvasArgs,
 
     /// How many placements the history stream keeps.
     #[arg(long, env = ports::ENV_HISTORY_MAX_LEN, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -172,17 +151,17 @@ impl AppState {
     /// called inside a Tokio runtime.
     pub fn new(args: &Args) -> Result<Self, RunError> {
         let settings = Settings {
-            size: CanvasSize::new(args.canvas_width, args.canvas_height)?,
-            palette: args.canvas_palette.clone(),
-            cooldown_seconds: args.canvas_cooldown_seconds,
-            cooldown: Duration::from_secs(args.canvas_cooldown_seconds.into()),
+            size: args.canvas.size()?,
+            palette: args.canvas.canvas_palette.clone(),
+            cooldown_seconds: args.canvas.canvas_cooldown_seconds,
+            cooldown: Duration::from_secs(args.canvas.canvas_cooldown_seconds.into()),
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
         };
         let store = Store::new(&RedisConfig {
-            url: args.redis_url.clone(),
-            password: args.redis_password.clone(),
-            timeout: Duration::from_millis(args.redis_timeout_ms),
+            url: args.redis.redis_url.clone(),
+            password: args.redis.redis_password.clone(),
+            timeout: args.redis.timeout(),
         })?;
         let cache = SnapshotCache::new(
             settings.size,

@@ -4,6 +4,7 @@
 //! operator (which writes the pods that run them) cannot disagree about them.
 
 pub mod canvas;
+pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod ports;

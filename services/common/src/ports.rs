@@ -67,3 +67,47 @@ pub const API_CANVAS_PATH: &str = "/api/v1/canvas";
 pub const ENV_API_URL: &str = "PIXEL_API_URL";
 /// WebSocket connections one gateway accepts (`spec.gateway.maxConnections`).
 pub const ENV_MAX_CONNECTIONS: &str = "PIXEL_MAX_CONNECTIONS";
+
+// The gateway (docs/protocol.md, WebSocket protocol). It also reads the Redis and canvas
+// variables above, and ENV_API_URL and ENV_MAX_CONNECTIONS.
+
+/// The gateway's WebSocket path.
+pub const WS_PATH: &str = "/ws";
+/// How long one gateway call to canvas-api may take, in milliseconds.
+pub const ENV_API_TIMEOUT_MS: &str = "PIXEL_API_TIMEOUT_MS";
+/// The largest WebSocket message (and frame) a client may send, in bytes.
+pub const ENV_WS_MAX_MESSAGE_BYTES: &str = "PIXEL_WS_MAX_MESSAGE_BYTES";
+/// Placements per second one connection may sustain (a token bucket's refill rate).
+pub const ENV_WS_PLACEMENT_RATE: &str = "PIXEL_WS_PLACEMENT_RATE";
+/// Placements one connection may send at once (the token bucket's size).
+pub const ENV_WS_PLACEMENT_BURST: &str = "PIXEL_WS_PLACEMENT_BURST";
+/// Rejected messages in a row (rate-limited or invalid) after which a connection is closed.
+pub const ENV_WS_FLOOD_LIMIT: &str = "PIXEL_WS_FLOOD_LIMIT";
+/// Origins allowed to open a WebSocket besides the gateway's own host; `*` allows any.
+pub const ENV_WS_ALLOWED_ORIGINS: &str = "PIXEL_WS_ALLOWED_ORIGINS";
+/// How often the gateway pings each client, in milliseconds.
+pub const ENV_WS_PING_INTERVAL_MS: &str = "PIXEL_WS_PING_INTERVAL_MS";
+/// How long a client may stay silent (no message, no pong) before it is closed, in ms.
+pub const ENV_WS_IDLE_TIMEOUT_MS: &str = "PIXEL_WS_IDLE_TIMEOUT_MS";
+/// How long one write to a client may block before the connection is dropped, in ms.
+pub const ENV_WS_SEND_TIMEOUT_MS: &str = "PIXEL_WS_SEND_TIMEOUT_MS";
+/// How many update batches a client may fall behind before it is closed (4008).
+pub const ENV_WS_CLIENT_QUEUE: &str = "PIXEL_WS_CLIENT_QUEUE";
+/// How long the gateway gathers updates into one frame, in milliseconds (1..=50).
+pub const ENV_WS_BATCH_MS: &str = "PIXEL_WS_BATCH_MS";
+/// The most missed updates a reconnecting client is sent from history before it is told
+/// to refetch the snapshot instead.
+pub const ENV_WS_RESYNC_MAX: &str = "PIXEL_WS_RESYNC_MAX";
+/// How often a gateway reports its connection count to Redis, in milliseconds.
+pub const ENV_ONLINE_INTERVAL_MS: &str = "PIXEL_ONLINE_INTERVAL_MS";
+/// How long a stopping gateway waits for its connections to close, in milliseconds.
+pub const ENV_SHUTDOWN_GRACE_MS: &str = "PIXEL_SHUTDOWN_GRACE_MS";
+
+// The frontend (docs/protocol.md, Frontend): where the page finds the API and the gateway.
+
+/// The API base URL the page uses: a path on the page's own origin (`/api/v1`, behind the
+/// Ingress) or an absolute `http(s)://` URL.
+pub const ENV_PUBLIC_API_URL: &str = "PIXEL_PUBLIC_API_URL";
+/// The WebSocket URL the page opens: a path on the page's own origin (`/ws`) or an absolute
+/// `ws(s)://` URL.
+pub const ENV_PUBLIC_WS_URL: &str = "PIXEL_PUBLIC_WS_URL";

@@ -18,6 +18,9 @@ pub const HISTORY_KEY: &str = "canvas:history";
 pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
 /// Pub/sub channel where each placement is published as [`update_message`].
 pub const UPDATES_CHANNEL: &str = "canvas:updates";
+/// Hash: gateway id → `"<connections> <expires-at ms>"`, refreshed by each gateway; the
+/// cluster-wide online count is the sum of the entries not yet expired (by Redis's clock).
+pub const ONLINE_KEY: &str = "canvas:online";
 
 /// Why a pub/sub message is not an update.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

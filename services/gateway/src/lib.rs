@@ -1,38 +1,335 @@
-//! gateway: The WebSocket gateway that fans pixel updates out to browsers.
+//! gateway: the WebSocket gateway that fans pixel updates out to browsers.
+//!
+//! One Redis subscription per process ([`subscriber`]) feeds a bounded broadcast
+//! ([`fanout`]) that every connection ([`socket`], behind `GET /ws` in [`ws`]) reads;
+//! placements are forwarded to canvas-api ([`api`]). The protocol is in
+//! `docs/protocol.md` ([`protocol`]).
 
-use std::net::SocketAddr;
+pub mod api;
+pub mod fanout;
+pub mod metrics;
+pub mod protocol;
+pub mod redis_link;
+pub mod socket;
+pub mod subscriber;
+pub mod ws;
 
-use axum::Router;
-use clap::Parser;
-use pixel_common::{
-    health, ports,
-    serve::{ServeError, serve},
-    shutdown,
-    telemetry::LogArgs,
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use clap::Parser;
+use pixel_common::{
+    canvas::GeometryError,
+    config::{CanvasArgs, RedisArgs},
+    health, metrics as common_metrics, ports,
+    serve::{ServeError, serve_listener},
+    shutdown,
+    telemetry::{ErrorChain, LogArgs},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    api::{ApiClient, ApiError},
+    fanout::Fanout,
+    metrics::Metrics,
+    redis_link::{LinkError, RedisLink},
+    socket::{CanvasInfo, Limits, Shared},
+    subscriber::Subscriber,
+    ws::Origins,
+};
+
+fn positive_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{value:?} is not a positive number")),
+    }
+}
+
 /// Configuration, from flags or the environment the operator sets on the pod.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "gateway",
     version,
-    about = "The WebSocket gateway that fans pixel updates out to browsers."
+    about = "The WebSocket gateway that fans pixel updates out to browsers.",
+    args_override_self = true
 )]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::GATEWAY)))]
     pub listen_addr: SocketAddr,
 
+    /// canvas-api's base URL.
+    #[arg(long, env = ports::ENV_API_URL, default_value = "http://127.0.0.1:3001")]
+    pub api_url: String,
+
+    /// How long one call to canvas-api may take, in ms.
+    #[arg(long, env = ports::ENV_API_TIMEOUT_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub api_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub canvas: CanvasArgs,
+
+    /// WebSocket connections this gateway accepts; more are closed with 1013.
+    #[arg(long, env = ports::ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// The largest message (and frame) a client may send, in bytes; larger closes with 1009.
+    #[arg(long, env = ports::ENV_WS_MAX_MESSAGE_BYTES, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_message_bytes: u32,
+
+    /// Placements per second one connection may sustain.
+    #[arg(long, env = ports::ENV_WS_PLACEMENT_RATE, default_value_t = 5.0, value_parser = positive_rate)]
+    pub placement_rate: f64,
+
+    /// Placements one connection may send at once.
+    #[arg(long, env = ports::ENV_WS_PLACEMENT_BURST, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub placement_burst: u32,
+
+    /// Refused messages in a row after which a connection is closed with 1008.
+    #[arg(long, env = ports::ENV_WS_FLOOD_LIMIT, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flood_limit: u32,
+
+    /// Origins allowed besides the gateway's own host, comma-separated; `*` allows any.
+    #[arg(long, env = ports::ENV_WS_ALLOWED_ORIGINS, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How often each client is pinged, in ms.
+    #[arg(long, env = ports::ENV_WS_PING_INTERVAL_MS, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+
+    /// How long a client may stay silent (no message, no pong) before it is closed with
+    /// 4000, in ms.
+    #[arg(long, env = ports::ENV_WS_IDLE_TIMEOUT_MS, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub idle_timeout_ms: u64,
+
+    /// How long one write to a client may block before the connection is dropped, in ms.
+    #[arg(long, env = ports::ENV_WS_SEND_TIMEOUT_MS, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub send_timeout_ms: u64,
+
+    /// Update batches a client may fall behind before it is closed with 4008.
+    #[arg(long, env = ports::ENV_WS_CLIENT_QUEUE, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub client_queue: u32,
+
+    /// How long updates are gathered into one frame, in ms.
+    #[arg(long, env = ports::ENV_WS_BATCH_MS, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub batch_ms: u64,
+
+    /// The most missed updates sent from history to a reconnecting client (and filled
+    /// after a lost subscription); past it, the client is told to refetch the snapshot.
+    #[arg(long, env = ports::ENV_WS_RESYNC_MAX, default_value_t = 10_000)]
+    pub resync_max: u64,
+
+    /// How often this gateway reports its connection count to Redis, in ms.
+    #[arg(long, env = ports::ENV_ONLINE_INTERVAL_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub online_interval_ms: u64,
+
+    /// How long a stopping gateway waits for its connections to close, in ms.
+    #[arg(long, env = ports::ENV_SHUTDOWN_GRACE_MS, default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
 
-/// The HTTP application.
-pub fn app() -> Router {
-    health::router()
+/// Why the gateway cannot start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid canvas size")]
+    Size(#[from] GeometryError),
+    #[error("cannot set up the Redis client")]
+    Redis(#[from] LinkError),
+    #[error("cannot set up the canvas-api client")]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("the server task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// What the routes share; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub shared: Shared,
+    pub redis: RedisLink,
+    /// True while the Redis subscription is live.
+    pub live: Arc<AtomicBool>,
+    /// Connections holding a slot.
+    pub connections: Arc<AtomicUsize>,
+    pub max_connections: usize,
+    pub origins: Arc<Origins>,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// The subscription and online-count tasks.
+    background: TaskTracker,
+}
+
+impl Gateway {
+    /// Checks the configuration and starts the subscription and online-count tasks.
+    /// Must be called inside a Tokio runtime; Redis and canvas-api may still be down.
+    pub fn start(args: &Args) -> Result<Self, RunError> {
+        let size = args.canvas.size()?;
+        let redis = RedisLink::new(&args.redis)?;
+        let api = ApiClient::new(&args.api_url, Duration::from_millis(args.api_timeout_ms))?;
+        let metrics = Metrics::new();
+        let fanout = Arc::new(Fanout::new(args.client_queue as usize));
+        let (online_tx, online) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let live = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let shared = Shared {
+            limits: Arc::new(Limits {
+                max_message_bytes: args.max_message_bytes as usize,
+                placement_rate: args.placement_rate,
+                placement_burst: args.placement_burst,
+                flood_limit: args.flood_limit,
+                ping_interval: Duration::from_millis(args.ping_interval_ms),
+                idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+                send_timeout: Duration::from_millis(args.send_timeout_ms),
+                resync_max: args.resync_max,
+            }),
+            canvas: Arc::new(CanvasInfo {
+                width: size.width(),
+                height: size.height(),
+                palette: args.canvas.canvas_palette.to_strings(),
+                cooldown_seconds: args.canvas.canvas_cooldown_seconds,
+            }),
+            fanout: Arc::clone(&fanout),
+            api: api.clone(),
+            online,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        let background = TaskTracker::new();
+        let subscriber = Subscriber {
+            redis: redis.clone(),
+            api,
+            fanout,
+            metrics,
+            live: Arc::clone(&live),
+            batch: Duration::from_millis(args.batch_ms),
+            ping_every: Duration::from_millis(args.online_interval_ms),
+            resync_max: args.resync_max,
+        };
+        background.spawn(subscriber.run(stop.clone()));
+        let gateway_id = format!("gw-{:016x}", rand::random::<u64>());
+        tracing::info!(gateway = %gateway_id, "gateway id for the online count");
+        background.spawn(subscriber::report_online(
+            redis.clone(),
+            gateway_id,
+            Arc::clone(&connections),
+            online_tx,
+            Duration::from_millis(args.online_interval_ms),
+            stop,
+        ));
+        background.close();
+        Ok(Self {
+            shared,
+            redis,
+            live,
+            connections,
+            max_connections: args.max_connections,
+            origins: Arc::new(Origins::new(&args.allowed_origins)),
+            tracker: TaskTracker::new(),
+            background,
+        })
+    }
+
+    /// Stops accepting, closes every socket with 1001 and waits for the connection and
+    /// background tasks, at most `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        self.shared.stop.cancel();
+        self.tracker.close();
+        let drained = tokio::time::timeout(grace, async {
+            self.tracker.wait().await;
+            self.background.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = self.tracker.len(),
+                "connections still open after the grace period; dropping them"
+            );
+        }
+    }
+}
+
+/// `/readyz`: ready when the subscription is live and Redis answers PING.
+async fn readyz(State(gateway): State<Gateway>) -> (StatusCode, &'static str) {
+    if !gateway.live.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not subscribed to updates");
+    }
+    match gateway.redis.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
+        }
+    }
+}
+
+/// The HTTP application: `/ws`, probes and `/metrics`.
+pub fn app(gateway: Gateway) -> Router {
+    let metrics = gateway.shared.metrics.clone();
+    let routes = Router::new()
+        .route(ports::WS_PATH, get(ws::upgrade))
+        .route(ports::READYZ_PATH, get(readyz))
+        .with_state(gateway);
+    metrics
+        .http
+        .instrument(routes)
+        .merge(health::router())
+        .merge(common_metrics::router(metrics.registry))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every socket with 1001 and
+/// returns within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    args: &Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let gateway = Gateway::start(args)?;
+    let stop = gateway.shared.stop.clone();
+    let mut server = tokio::spawn(serve_listener(
+        listener,
+        app(gateway.clone()),
+        stop.clone().cancelled_owned(),
+    ));
+    let early = tokio::select! {
+        () = shutdown => None,
+        served = &mut server => Some(served),
+    };
+    gateway
+        .stop(Duration::from_millis(args.shutdown_grace_ms))
+        .await;
+    let served = match early {
+        Some(served) => served,
+        None => server.await,
+    };
+    served.map_err(RunError::Task)??;
+    Ok(())
 }
 
 /// Serves until SIGTERM.
-pub async fn run(args: Args) -> Result<(), ServeError> {
-    serve(args.listen_addr, app(), shutdown::signal_received()).await
+pub async fn run(args: Args) -> Result<(), RunError> {
+    let shutdown = shutdown::signal_received();
+    let listener = TcpListener::bind(args.listen_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen_addr,
+            source,
+        })?;
+    serve(listener, &args, shutdown).await
 }

@@ -1,0 +1,141 @@
+//! Wires the reconciler to watches: every PixelCanvas, and the children the operator
+//! labels as its own, so a change to either triggers a reconcile of the owning canvas.
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Secret, Service},
+    networking::v1::{Ingress, NetworkPolicy},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+
+use crate::{
+    api::PixelCanvas,
+    children::naming::{LABEL_MANAGED_BY, MANAGER},
+    metrics::Metrics,
+    reconcile::{Ctx, error_policy, reconcile},
+};
+
+/// Runs the controller until `shutdown` resolves, over every namespace or just
+/// `namespace`. Sets `ready` once the PixelCanvas cache has synced.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Metrics,
+    state: Arc<crate::State>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let scope = Scope {
+        client: client.clone(),
+        namespace,
+    };
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Ctx::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics,
+    ));
+    // Only the operator's own children: a cluster's other objects never reach it.
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let controller = Controller::new(scope.api::<PixelCanvas>(), watcher::Config::default());
+    let canvases = controller.store();
+    let controller = controller
+        .owns(scope.api::<StatefulSet>(), owned.clone())
+        .owns(scope.api::<Deployment>(), owned.clone())
+        .owns(scope.api::<Service>(), owned.clone())
+        .owns(scope.api::<ConfigMap>(), owned.clone())
+        .owns(scope.api::<Secret>(), owned.clone())
+        .owns(scope.api::<PodDisruptionBudget>(), owned.clone())
+        .owns(scope.api::<NetworkPolicy>(), owned.clone())
+        .owns(scope.api::<Ingress>(), owned)
+        // A Secret named by spec.redis.passwordSecretRef is the user's, not labelled as
+        // ours: its appearance or rotation must reach the canvases that use it.
+        .watches(
+            scope.api::<Secret>(),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                canvases
+                    .state()
+                    .into_iter()
+                    .filter(|canvas| {
+                        canvas.namespace() == namespace
+                            && canvas
+                                .spec
+                                .redis
+                                .password_secret_ref
+                                .as_ref()
+                                .is_some_and(|r| r.name == name)
+                    })
+                    .map(|canvas| ObjectRef::from_obj(&*canvas))
+                    .collect::<Vec<_>>()
+            },
+        );
+
+    let store = controller.store();
+    tokio::spawn(async move {
+        // The controller also waits on this store and a waiter's wake-up can be lost, so
+        // ask again each second: a fresh wait returns at once once the store is ready.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    state.synced.store(true, Ordering::Release);
+                    tracing::info!("PixelCanvas cache synced; ready");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
+        }
+    });
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(canvas = %object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+}
+
+/// Where the controller looks: the whole cluster, or one namespace.
+struct Scope {
+    client: Client,
+    namespace: Option<String>,
+}
+
+impl Scope {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Flag groups that more than one service reads, with the environment names the operator
+//! sets on their pods. A service takes them with `#[command(flatten)]`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::{
+    canvas::{CanvasSize, DEFAULT_PALETTE, GeometryError, MAX_SIDE, Palette},
+    ports,
+};
+
+/// Where Redis is and how long to wait for it.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL, without the password.
+    #[arg(long, env = ports::ENV_REDIS_URL, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Redis password.
+    #[arg(long, env = ports::ENV_REDIS_PASSWORD, hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// How long one Redis command may take, in ms.
+    #[arg(long, env = ports::ENV_REDIS_TIMEOUT_MS, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+/// The canvas's settings (`spec.canvas` of the `PixelCanvas`).
+#[derive(Debug, Clone, Args)]
+pub struct CanvasArgs {
+    /// Canvas width in pixels.
+    #[arg(long, env = ports::ENV_CANVAS_WIDTH, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
+    pub canvas_width: u32,
+
+    /// Canvas height in pixels.
+    #[arg(long, env = ports::ENV_CANVAS_HEIGHT, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
+    pub canvas_height: u32,
+
+    /// Palette: 2 to 32 comma-separated #RRGGBB colours.
+    #[arg(long, env = ports::ENV_CANVAS_PALETTE, default_value = DEFAULT_PALETTE)]
+    pub canvas_palette: Palette,
+
+    /// Seconds a client waits between placements; 0 disables the cooldown.
+    #[arg(long, env = ports::ENV_CANVAS_COOLDOWN_SECONDS, default_value_t = 0)]
+    pub canvas_cooldown_seconds: u32,
+}
+
+impl CanvasArgs {
+    /// The checked canvas size.
+    pub fn size(&self) -> Result<CanvasSize, GeometryError> {
+        CanvasSize::new(self.canvas_width, self.canvas_height)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Both {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        canvas: CanvasArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let both = Both::try_parse_from(["x"]).expect("defaults parse");
+        assert_eq!(both.redis.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(both.redis.timeout(), Duration::from_millis(500));
+        assert_eq!(both.canvas.size().map(|s| s.pixel_count()), Ok(1_000_000));
+        assert_eq!(both.canvas.canvas_palette, Palette::default());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for bad in [
+            ["x", "--canvas-width", "0"],
+            ["x", "--canvas-height", "4097"],
+            ["x", "--canvas-palette", "#FFFFFF"],
+            ["x", "--redis-timeout-ms", "0"],
+        ] {
+            assert!(Both::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

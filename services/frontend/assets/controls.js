@@ -1,0 +1,159 @@
+// The page around the board: palette, cooldown countdown, connection state, online count
+// and the pixel-info box. Each is a small function of the DOM it owns.
+
+const $ = (id) => document.getElementById(id);
+
+/** Colour buttons from the hello's palette; `selected()` is the chosen index. */
+export function palette(onPick) {
+  const root = $("palette");
+  let chosen = 1; // index 0 is the colour of an untouched pixel: start with the next one
+  let colours = [];
+
+  const render = () => {
+    root.replaceChildren(
+      ...colours.map((hex, index) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "swatch";
+        button.dataset.index = String(index);
+        button.setAttribute("role", "radio");
+        button.setAttribute("aria-checked", String(index === chosen));
+        button.setAttribute("aria-label", `colour ${hex}`);
+        button.title = hex;
+        button.style.backgroundColor = hex;
+        button.addEventListener("click", () => {
+          chosen = index;
+          render();
+          onPick?.(index);
+        });
+        return button;
+      }),
+    );
+  };
+
+  return {
+    set(list) {
+      if (list.join() === colours.join()) return;
+      colours = list;
+      if (chosen >= colours.length) chosen = colours.length > 1 ? 1 : 0;
+      render();
+    },
+    selected: () => chosen,
+  };
+}
+
+/** The countdown until the next placement is allowed. */
+export function cooldown() {
+  const label = $("cooldown");
+  let until = 0;
+  let timer = null;
+  let note = "";
+
+  const tick = () => {
+    const left = until - performance.now();
+    if (left > 0) {
+      label.textContent = `wait ${Math.ceil(left / 1000)} s`;
+      label.classList.add("active");
+      timer = setTimeout(tick, Math.min(250, left));
+    } else {
+      label.textContent = note;
+      label.classList.remove("active");
+      timer = null;
+    }
+  };
+
+  return {
+    /** Blocks placing for `ms` (from `cooldownSeconds` or an error's `retryAfterMs`). */
+    start(ms) {
+      until = Math.max(until, performance.now() + ms);
+      note = "";
+      if (timer === null) tick();
+    },
+    active: () => until > performance.now(),
+    /** A short message shown where the countdown is, when there is none. */
+    say(text) {
+      note = text;
+      if (timer === null) tick();
+    },
+  };
+}
+
+/** The connection indicator: a state for the colour and a text for people. */
+export function status() {
+  const label = $("status");
+  return (state, text) => {
+    label.dataset.state = state;
+    label.textContent = text;
+  };
+}
+
+export function online() {
+  const label = $("online");
+  return (count) => {
+    label.textContent = `${count} online`;
+  };
+}
+
+/** How long ago a Unix-epoch millisecond time was, in words. */
+function ago(ms) {
+  const seconds = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (seconds < 60) return `${seconds} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return new Date(ms).toLocaleString();
+}
+
+/** The box naming the hovered pixel; asks canvas-api who placed it, at most every 300 ms. */
+export function pixelInfo(api) {
+  const box = $("pixel-info");
+  const THROTTLE_MS = 300;
+  let current = null; // the hovered pixel
+  let lastAsked = 0;
+  let timer = null;
+  let inFlight = null; // AbortController of the request for a pixel no longer hovered
+
+  const ask = async () => {
+    timer = null;
+    const pixel = current;
+    if (!pixel) return;
+    lastAsked = performance.now();
+    inFlight?.abort();
+    inFlight = new AbortController();
+    try {
+      const info = await api.pixel(pixel.x, pixel.y, inFlight.signal);
+      if (current !== pixel) return;
+      box.textContent =
+        info.clientId === null
+          ? `(${pixel.x}, ${pixel.y}) · never painted`
+          : `(${pixel.x}, ${pixel.y}) · ${info.clientId} · ${ago(info.placedAtMs)}`;
+    } catch (error) {
+      if (error.name !== "AbortError" && current === pixel) box.textContent = `(${pixel.x}, ${pixel.y})`;
+    }
+  };
+
+  const schedule = () => {
+    // Throttle with a trailing call: the pixel the pointer rests on is always looked up.
+    if (timer === null) {
+      const wait = Math.max(0, lastAsked + THROTTLE_MS - performance.now());
+      timer = setTimeout(ask, wait);
+    }
+  };
+
+  return {
+    /** The pointer is over `pixel` (null: over nothing). */
+    show(pixel) {
+      const same = pixel && current && pixel.x === current.x && pixel.y === current.y;
+      if (same) return;
+      current = pixel;
+      box.hidden = !pixel;
+      if (!pixel) return;
+      box.textContent = `(${pixel.x}, ${pixel.y})`;
+      schedule();
+    },
+    /** The hovered pixel was painted again: look it up anew. */
+    refresh() {
+      if (current) schedule();
+    },
+    hovered: () => current,
+  };
+}

@@ -1,0 +1,140 @@
+// What part of the board is on screen, and drawing it there. The transform is
+// screen = offset + scale * board (CSS pixels); drawing happens at most once per animation
+// frame, however many updates or gestures asked for it.
+
+const MAX_SCALE = 64; // CSS pixels per board pixel
+const BACKGROUND = "#3a3d40";
+
+export class View {
+  constructor(canvas) {
+    this.canvas = canvas;
+    this.context = canvas.getContext("2d", { alpha: false });
+    this.board = null;
+    this.scale = 1;
+    this.offsetX = 0;
+    this.offsetY = 0;
+    // Until the user zooms or pans, the board keeps fitting the stage (a phone rotating,
+    // a window resized); afterwards their view is left alone.
+    this.autoFit = true;
+    this.scheduled = false;
+    this.hover = null;
+    // The canvas's backing store follows its CSS size times the device pixel ratio, so
+    // pixels stay sharp on high-density phone screens.
+    new ResizeObserver(() => this.resize()).observe(canvas);
+  }
+
+  resize() {
+    const ratio = window.devicePixelRatio || 1;
+    this.canvas.width = Math.max(1, Math.round(this.canvas.clientWidth * ratio));
+    this.canvas.height = Math.max(1, Math.round(this.canvas.clientHeight * ratio));
+    if (this.autoFit) this.fit();
+    this.requestDraw();
+  }
+
+  setBoard(board) {
+    const sizeChanged = !this.board || this.board.width !== board.width || this.board.height !== board.height;
+    this.board = board;
+    if (sizeChanged) this.fit();
+    this.requestDraw();
+  }
+
+  /** The scale at which the whole board fits the stage, with a small margin. */
+  fitScale() {
+    if (!this.board) return 1;
+    const { clientWidth: w, clientHeight: h } = this.canvas;
+    return Math.max(0.01, 0.95 * Math.min(w / this.board.width, h / this.board.height));
+  }
+
+  fit() {
+    if (!this.board || this.canvas.clientWidth === 0) return;
+    this.scale = this.fitScale();
+    this.offsetX = (this.canvas.clientWidth - this.scale * this.board.width) / 2;
+    this.offsetY = (this.canvas.clientHeight - this.scale * this.board.height) / 2;
+    this.autoFit = true;
+    this.requestDraw();
+  }
+
+  /** Zooms by `factor` keeping the board point under (clientX, clientY) where it is. */
+  zoomAt(factor, clientX, clientY) {
+    const { x, y } = this.local(clientX, clientY);
+    const scale = Math.min(MAX_SCALE, Math.max(this.fitScale() / 4, this.scale * factor));
+    this.offsetX = x - ((x - this.offsetX) * scale) / this.scale;
+    this.offsetY = y - ((y - this.offsetY) * scale) / this.scale;
+    this.scale = scale;
+    this.autoFit = false;
+    this.requestDraw();
+  }
+
+  /** Zooms around the middle of the stage (the buttons). */
+  zoomCentre(factor) {
+    const rect = this.canvas.getBoundingClientRect();
+    this.zoomAt(factor, rect.left + rect.width / 2, rect.top + rect.height / 2);
+  }
+
+  panBy(dx, dy) {
+    this.offsetX += dx;
+    this.offsetY += dy;
+    this.autoFit = false;
+    this.requestDraw();
+  }
+
+  local(clientX, clientY) {
+    const rect = this.canvas.getBoundingClientRect();
+    return { x: clientX - rect.left, y: clientY - rect.top };
+  }
+
+  /** The board pixel under a client point, or null off the board. */
+  pixelAt(clientX, clientY) {
+    if (!this.board) return null;
+    const { x, y } = this.local(clientX, clientY);
+    const px = Math.floor((x - this.offsetX) / this.scale);
+    const py = Math.floor((y - this.offsetY) / this.scale);
+    return this.board.contains(px, py) ? { x: px, y: py } : null;
+  }
+
+  /** The client point at the centre of board pixel (x, y). */
+  centreOf(x, y) {
+    const rect = this.canvas.getBoundingClientRect();
+    return {
+      x: rect.left + this.offsetX + (x + 0.5) * this.scale,
+      y: rect.top + this.offsetY + (y + 0.5) * this.scale,
+    };
+  }
+
+  setHover(pixel) {
+    const same = pixel && this.hover && pixel.x === this.hover.x && pixel.y === this.hover.y;
+    if (same || (!pixel && !this.hover)) return;
+    this.hover = pixel;
+    this.requestDraw();
+  }
+
+  requestDraw() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    requestAnimationFrame(() => {
+      this.scheduled = false;
+      this.draw();
+    });
+  }
+
+  draw() {
+    const ctx = this.context;
+    const ratio = window.devicePixelRatio || 1;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = BACKGROUND;
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    if (!this.board) return;
+    this.board.flush();
+    // Nearest-neighbour: a board pixel is a sharp square at every zoom.
+    ctx.imageSmoothingEnabled = false;
+    const s = ratio * this.scale;
+    ctx.setTransform(s, 0, 0, s, ratio * this.offsetX, ratio * this.offsetY);
+    ctx.drawImage(this.board.surface, 0, 0);
+    if (this.hover && this.scale >= 4) {
+      // Outline the pixel a click would paint; only when pixels are big enough to see it.
+      ctx.lineWidth = 1 / this.scale;
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.6)";
+      ctx.strokeRect(this.hover.x, this.hover.y, 1, 1);
+    }
+  }
+}

@@ -1,0 +1,441 @@
+//! Headless Chromium (Debian's `chromium`) drives two pages of the real frontend against
+//! real servers: a redis-server, canvas-api and a gateway, all in this process on port 0.
+//!
+//! Same origin, like production: one test server routes `/api/…` to canvas-api, `/ws` to
+//! the gateway and everything else to the frontend, the rules the Ingress has. The page
+//! runs with its default `/config.json` (relative locations), so canvas-api needs no CORS
+//! and the gateway's own-host Origin check passes as it does behind the Ingress.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use axum::{Router, extract::Request};
+use chromiumoxide::{
+    Browser, BrowserConfig, Page,
+    cdp::{
+        browser_protocol::{
+            emulation::{SetDeviceMetricsOverrideParams, SetTouchEmulationEnabledParams},
+            input::{GestureSourceType, SynthesizeTapGestureParams},
+            page::CaptureScreenshotFormat,
+            target::CreateTargetParams,
+        },
+        js_protocol::runtime::{EvaluateParams, EventExceptionThrown},
+    },
+    layout::Point,
+    page::ScreenshotParams,
+};
+use clap::Parser;
+use futures_util::StreamExt;
+use pixel_common::testing::RedisServer;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Bound on any single wait; reached only when something is broken.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How often a bounded wait looks again.
+const POLL: Duration = Duration::from_millis(50);
+const CANVAS: [&str; 6] = [
+    "--canvas-width",
+    "16",
+    "--canvas-height",
+    "8",
+    "--canvas-palette",
+    "#FFFFFF,#000000,#FF0000,#0000FF",
+];
+/// The pixel the test paints, and with which palette entry.
+const PIXEL: (u32, u32) = (5, 3);
+const RED: (usize, &str) = (2, "#FF0000");
+/// The pixel the phone-sized page taps, and its colour.
+const PHONE_PIXEL: (u32, u32) = (6, 3);
+const BLUE: (usize, &str) = (3, "#0000FF");
+/// A phone's layout viewport (CSS pixels) and pixel density.
+const PHONE: (i64, i64, f64) = (390, 740, 2.0);
+
+/// Serves `router` on a loopback port; the task ends with the test's runtime.
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// canvas-api, the gateway and the frontend behind one address, routed like the Ingress.
+struct Site {
+    addr: SocketAddr,
+    gateway: gateway::Gateway,
+    _redis: RedisServer,
+}
+
+async fn start_site() -> Site {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+
+    let mut api_argv = vec!["canvas-api", "--redis-url", &redis_url];
+    api_argv.extend_from_slice(&CANVAS);
+    let api_args = canvas_api::Args::try_parse_from(api_argv).expect("canvas-api flags");
+    let api = canvas_api::app(
+        canvas_api::AppState::new(&api_args).expect("canvas-api state"),
+        api_args.max_body_bytes,
+    );
+    // The gateway reaches canvas-api directly, as it does through its Service in a cluster.
+    let api_addr = serve(api.clone()).await;
+
+    let api_url = format!("http://{api_addr}");
+    let mut gateway_argv = vec![
+        "gateway",
+        "--redis-url",
+        &redis_url,
+        "--api-url",
+        &api_url,
+        "--batch-ms",
+        "5",
+        "--online-interval-ms",
+        "100",
+    ];
+    gateway_argv.extend_from_slice(&CANVAS);
+    let gateway_args = gateway::Args::try_parse_from(gateway_argv).expect("gateway flags");
+    let gateway = gateway::Gateway::start(&gateway_args).expect("gateway starts");
+    let ws = gateway::app(gateway.clone());
+
+    let frontend = frontend::app(&frontend::Args::try_parse_from(["frontend"]).expect("flags"));
+
+    let ingress = Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let path = request.uri().path();
+        let backend = if path.starts_with("/api/") {
+            api.clone()
+        } else if path == pixel_common::ports::WS_PATH {
+            ws.clone()
+        } else {
+            frontend.clone()
+        };
+        backend.oneshot(request)
+    }));
+    let addr = serve(ingress).await;
+
+    let live = Arc::clone(&gateway.live);
+    poll("the gateway to subscribe to Redis", || {
+        let live = Arc::clone(&live);
+        async move { live.load(Ordering::Acquire).then_some(()) }
+    })
+    .await;
+    Site {
+        addr,
+        gateway,
+        _redis: redis,
+    }
+}
+
+/// Calls `probe` until it gives `Some`, at most [`PATIENCE`].
+async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Debian's Chromium, or a failure that says what to install. Never a skip.
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("chromium"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the browser test needs Chromium and found no `chromium` on PATH: install the \
+                 Debian package `chromium` (apt-get install -y chromium)"
+            )
+        })
+}
+
+async fn launch(chromium: &Path, profile: &Path) -> (Browser, tokio::task::JoinHandle<()>) {
+    let config = BrowserConfig::builder()
+        .chrome_executable(chromium)
+        // A fresh profile per run: nothing cached or remembered from another test.
+        .user_data_dir(profile)
+        .no_sandbox()
+        .window_size(800, 600)
+        // The machine has no network: no background fetches, no QUIC probes, no GPU.
+        .args([
+            "disable-gpu",
+            "disable-quic",
+            "no-first-run",
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+        ])
+        .launch_timeout(PATIENCE)
+        .request_timeout(PATIENCE)
+        .build()
+        .unwrap_or_else(|e| panic!("browser config: {e}"));
+    let (browser, mut handler) = Browser::launch(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot launch {}: {e}", chromium.display()));
+    // The DevTools connection makes progress only while its handler is polled.
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, events)
+}
+
+/// A page in its own window, so it is visible and draws (a background tab in the same
+/// window would not run requestAnimationFrame). Uncaught exceptions are collected.
+async fn open(browser: &Browser, url: &str, errors: &Arc<Mutex<Vec<String>>>) -> Page {
+    let target = CreateTargetParams::builder()
+        .url("about:blank")
+        .new_window(true)
+        .build()
+        .expect("target params");
+    let page = browser.new_page(target).await.expect("new page");
+    let mut exceptions = page
+        .event_listener::<EventExceptionThrown>()
+        .await
+        .expect("listen for exceptions");
+    let errors = Arc::clone(errors);
+    tokio::spawn(async move {
+        while let Some(event) = exceptions.next().await {
+            let details = &event.exception_details;
+            let text = details
+                .exception
+                .as_ref()
+                .and_then(|e| e.description.clone())
+                .unwrap_or_else(|| details.text.clone());
+            errors.lock().expect("lock").push(text);
+        }
+    });
+    page.goto(url).await.expect("navigate");
+    page
+}
+
+/// Evaluates a JavaScript expression and returns its JSON value.
+async fn eval(page: &Page, expression: &str) -> Value {
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .return_by_value(true)
+        .await_promise(true)
+        .build()
+        .expect("evaluate params");
+    page.evaluate_expression(params)
+        .await
+        .unwrap_or_else(|e| panic!("evaluating `{expression}`: {e}"))
+        .value()
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the page is connected and its board equals the server's version.
+async fn wait_live(page: &Page) -> u64 {
+    poll("the page to connect and sync", || async {
+        let state = eval(page, "window.pixelPlayground?.state() ?? null").await;
+        let live = state["connected"] == true && state["synced"] == true;
+        live.then(|| state["version"].as_u64()).flatten()
+    })
+    .await
+}
+
+/// The colour drawn on the visible canvas at the centre of board pixel (x, y), as #RRGGBB.
+async fn drawn_colour(page: &Page, (x, y): (u32, u32)) -> String {
+    let js = format!(
+        "(() => {{
+            const canvas = document.getElementById('board');
+            const rect = canvas.getBoundingClientRect();
+            const at = window.pixelPlayground.centreOf({x}, {y});
+            const k = window.devicePixelRatio || 1;
+            const d = canvas.getContext('2d')
+                .getImageData(Math.floor((at.x - rect.left) * k), Math.floor((at.y - rect.top) * k), 1, 1)
+                .data;
+            return '#' + [d[0], d[1], d[2]].map((v) => v.toString(16).padStart(2, '0')).join('').toUpperCase();
+        }})()"
+    );
+    eval(page, &js)
+        .await
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+async fn wait_colour(page: &Page, which: &str, pixel: (u32, u32), colour: &str) {
+    poll(
+        &format!("{which} to draw {pixel:?} as {colour}"),
+        || async { (drawn_colour(page, pixel).await == colour).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until the text of element `#id` satisfies `wanted`, and returns it.
+async fn wait_text(page: &Page, id: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let js = format!("document.getElementById('{id}').textContent");
+    poll(&format!("the text of #{id}"), || async {
+        let text = eval(page, &js).await;
+        text.as_str().filter(|t| wanted(t)).map(str::to_owned)
+    })
+    .await
+}
+
+async fn centre_of(page: &Page, (x, y): (u32, u32)) -> Point {
+    let at = eval(page, &format!("window.pixelPlayground.centreOf({x}, {y})")).await;
+    Point {
+        x: at["x"].as_f64().expect("x"),
+        y: at["y"].as_f64().expect("y"),
+    }
+}
+
+async fn save_screenshot(page: &Page, name: &str) -> PathBuf {
+    let path = screenshot_dir().join(name);
+    let params = ScreenshotParams::builder()
+        .format(CaptureScreenshotFormat::Png)
+        .build();
+    page.save_screenshot(params, &path)
+        .await
+        .expect("screenshot");
+    println!("screenshot: {}", path.display());
+    path
+}
+
+/// Turns `page` into a phone (small viewport, high density, touch) and taps `pixel` in
+/// `colour` with a finger: touch events, not mouse clicks.
+async fn tap_as_phone(page: &Page, pixel: (u32, u32), colour: usize) {
+    let (width, height, density) = PHONE;
+    page.execute(SetDeviceMetricsOverrideParams::new(
+        width, height, density, true,
+    ))
+    .await
+    .expect("phone metrics");
+    page.execute(SetTouchEmulationEnabledParams::new(true))
+        .await
+        .expect("touch emulation");
+    // The board refits the smaller stage on its next resize; nothing overflows sideways.
+    let fits = format!(
+        "(() => {{
+            const c = document.getElementById('board');
+            return document.documentElement.clientWidth === {width}
+                && document.documentElement.scrollWidth <= {width}
+                && c.width === Math.round(c.clientWidth * devicePixelRatio);
+        }})()"
+    );
+    poll("the page to lay out at phone size", || async {
+        (eval(page, &fits).await == true).then_some(())
+    })
+    .await;
+    page.find_element(format!("button.swatch[data-index='{colour}']"))
+        .await
+        .expect("swatch")
+        .click()
+        .await
+        .expect("choose the colour");
+    let at = centre_of(page, pixel).await;
+    // A tap synthesized from a touch source: the page sees pointer events of type "touch".
+    let tap = SynthesizeTapGestureParams::builder()
+        .x(at.x)
+        .y(at.y)
+        .gesture_source_type(GestureSourceType::Touch)
+        .build()
+        .expect("tap params");
+    page.execute(tap).await.expect("tap");
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            // services/frontend → the workspace root.
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2);
+            root.expect("workspace root").join("target")
+        },
+        PathBuf::from,
+    );
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir).expect("create target/screenshots");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_in_one_page_shows_in_the_other() {
+    // First, so a machine without the package fails with the message that says so.
+    let chromium = chromium();
+    let site = start_site().await;
+    let url = format!("http://{}/", site.addr);
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (mut browser, events) = launch(&chromium, profile.path()).await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+
+    let painter = open(&browser, &url, &errors).await;
+    let watcher = open(&browser, &url, &errors).await;
+    let start_version = wait_live(&painter).await;
+    wait_live(&watcher).await;
+    // The pixel starts white in both, so red later can only come from the click.
+    wait_colour(&watcher, "the watching page", PIXEL, "#FFFFFF").await;
+
+    // Choose red in the palette, then click the pixel, both with real mouse events.
+    painter
+        .find_element(format!("button.swatch[data-index='{}']", RED.0))
+        .await
+        .expect("red swatch")
+        .click()
+        .await
+        .expect("click the swatch");
+    let target = centre_of(&painter, PIXEL).await;
+    painter.click(target).await.expect("click the pixel");
+
+    wait_colour(&watcher, "the watching page", PIXEL, RED.1).await;
+    wait_colour(&painter, "the painting page", PIXEL, RED.1).await;
+    let version = wait_live(&watcher).await;
+    assert_eq!(version, start_version + 1, "one placement, one version");
+
+    // Hovering asks canvas-api who placed the pixel: the painter's connection.
+    let placer = eval(&painter, "window.pixelPlayground.state().clientId").await;
+    let placer = placer
+        .as_str()
+        .expect("the painter has a client id")
+        .to_owned();
+    assert!(placer.starts_with("gw-"), "{placer}");
+    let hover = centre_of(&watcher, PIXEL).await;
+    watcher.move_mouse(hover).await.expect("hover");
+    let info = wait_text(&watcher, "pixel-info", |t| t.contains(&placer)).await;
+    assert!(info.starts_with("(5, 3) · "), "{info}");
+
+    // A reload starts from the snapshot (plus history) and still shows it.
+    watcher.reload().await.expect("reload");
+    wait_live(&watcher).await;
+    wait_colour(&watcher, "the reloaded page", PIXEL, RED.1).await;
+
+    // Both pages count in the cluster-wide online number.
+    wait_text(&painter, "online", |t| t == "2 online").await;
+    // The painter's pointer still rests on the pixel (it looked it up before the click):
+    // its info follows the placement.
+    wait_text(&painter, "pixel-info", |t| t.contains(&placer)).await;
+
+    save_screenshot(&painter, "frontend-two-pages.png").await;
+
+    // The other way round, from a phone: a tap paints, the desktop page shows it.
+    tap_as_phone(&watcher, PHONE_PIXEL, BLUE.0).await;
+    wait_colour(&painter, "the desktop page", PHONE_PIXEL, BLUE.1).await;
+    wait_colour(&watcher, "the phone page", PHONE_PIXEL, BLUE.1).await;
+    save_screenshot(&watcher, "frontend-phone.png").await;
+
+    let errors = errors.lock().expect("lock").clone();
+    assert!(
+        errors.is_empty(),
+        "uncaught exceptions in the page: {errors:?}"
+    );
+
+    browser.close().await.expect("close the browser");
+    browser.wait().await.expect("browser exits");
+    events.abort();
+    site.gateway.stop(Duration::from_secs(5)).await;
+}

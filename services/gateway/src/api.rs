@@ -1,0 +1,203 @@
+//! canvas-api as the gateway calls it: placements and history, over one keep-alive HTTP
+//! connection pool, every call bounded by a timeout.
+
+use std::time::Duration;
+
+use pixel_common::{
+    ports::{API_HISTORY_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER},
+    wire::PixelUpdate,
+};
+use reqwest::{StatusCode, header::RETRY_AFTER};
+use serde::Deserialize;
+
+/// Why canvas-api gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("canvas-api did not answer")]
+    Request(#[source] reqwest::Error),
+    #[error("canvas-api answered {status} with a body that is not its documented one")]
+    Unexpected {
+        status: StatusCode,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+}
+
+/// Why missed updates cannot be read from the history.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history no longer reaches back to version {since}")]
+    Gone { since: u64 },
+    #[error("history after version {since} is not contiguous")]
+    NotContiguous { since: u64 },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// canvas-api's answer to a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceOutcome {
+    Placed {
+        version: u64,
+        placed_at_ms: u64,
+    },
+    /// canvas-api refused it: its error code and message (both meant for the client).
+    Refused {
+        code: String,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlaceAnswer {
+    version: u64,
+    placed_at_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorAnswer {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryAnswer {
+    updates: Vec<PixelUpdate>,
+    more: bool,
+}
+
+/// A handle on canvas-api; cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ApiClient {
+    /// `base` is `http://host:port`; `timeout` bounds each call.
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(ApiError::Client)?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `POST /api/v1/pixels` on behalf of `client_id`.
+    pub async fn place(
+        &self,
+        client_id: &str,
+        x: i64,
+        y: i64,
+        color: i64,
+    ) -> Result<PlaceOutcome, ApiError> {
+        let response = self
+            .http
+            .post(format!("{}{API_PIXELS_PATH}", self.base))
+            .header(CLIENT_ID_HEADER, client_id)
+            .json(&serde_json::json!({"x": x, "y": y, "color": color}))
+            .send()
+            .await
+            .map_err(ApiError::Request)?;
+        let status = response.status();
+        if status.is_success() {
+            let answer: PlaceAnswer = response
+                .json()
+                .await
+                .map_err(|source| unexpected(status, source))?;
+            return Ok(PlaceOutcome::Placed {
+                version: answer.version,
+                placed_at_ms: answer.placed_at_ms,
+            });
+        }
+        if status.is_server_error() {
+            return Err(ApiError::Unexpected {
+                status,
+                source: None,
+            });
+        }
+        let retry_after_ms = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+            .map(|seconds| seconds.saturating_mul(1000));
+        let answer: ErrorAnswer = response
+            .json()
+            .await
+            .map_err(|source| unexpected(status, source))?;
+        Ok(PlaceOutcome::Refused {
+            code: answer.error.code,
+            message: answer.error.message,
+            retry_after_ms,
+        })
+    }
+
+    /// The updates with versions `after + 1 ..= upto`, oldest first, read page by page from
+    /// `GET /api/v1/history`.
+    pub async fn history(&self, after: u64, upto: u64) -> Result<Vec<PixelUpdate>, HistoryError> {
+        let mut updates: Vec<PixelUpdate> = Vec::new();
+        let mut since = after;
+        while since < upto {
+            let before = since;
+            let response = self
+                .http
+                .get(format!("{}{API_HISTORY_PATH}?since={since}", self.base))
+                .send()
+                .await
+                .map_err(ApiError::Request)?;
+            let status = response.status();
+            if status == StatusCode::GONE {
+                return Err(HistoryError::Gone { since });
+            }
+            if !status.is_success() {
+                return Err(ApiError::Unexpected {
+                    status,
+                    source: None,
+                }
+                .into());
+            }
+            let page: HistoryAnswer = response
+                .json()
+                .await
+                .map_err(|source| unexpected(status, source))?;
+            for update in page.updates.into_iter().take_while(|u| u.version <= upto) {
+                if update.version != since + 1 {
+                    return Err(HistoryError::NotContiguous { since });
+                }
+                since = update.version;
+                updates.push(update);
+            }
+            if !page.more || since == before {
+                break;
+            }
+        }
+        if since < upto {
+            // The canvas is behind the version asked for: it was reset.
+            return Err(HistoryError::Gone { since });
+        }
+        Ok(updates)
+    }
+}
+
+fn unexpected(status: StatusCode, source: reqwest::Error) -> ApiError {
+    ApiError::Unexpected {
+        status,
+        source: Some(source),
+    }
+}

@@ -1,0 +1,210 @@
+//! The WebSocket protocol's JSON messages and close codes (docs/protocol.md, WebSocket
+//! protocol). Pixel updates travel as binary update frames (`pixel_common::wire`).
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version the hello announces.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Close codes the gateway sends.
+pub mod close {
+    /// The gateway is shutting down: reconnect (to another replica).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client sent a binary message; clients send JSON text only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// The client kept sending after being told to slow down (rate limit or invalid
+    /// messages, `PIXEL_WS_FLOOD_LIMIT` rejections in a row).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message or frame over `PIXEL_WS_MAX_MESSAGE_BYTES`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The gateway has `PIXEL_MAX_CONNECTIONS` connections already: reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Nothing (no message, no pong) arrived within `PIXEL_WS_IDLE_TIMEOUT_MS`.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The client read too slowly and fell `PIXEL_WS_CLIENT_QUEUE` batches behind:
+    /// reconnect with `?since=<last applied version>`.
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+/// Error codes the gateway itself answers with; canvas-api's codes are relayed as they are.
+pub mod code {
+    /// The text was not a known client message.
+    pub const INVALID_MESSAGE: &str = "invalid_message";
+    /// The connection's placement rate was exceeded; see `retryAfterMs`.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// canvas-api did not answer (in time, or at all).
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// What a client sends, as a JSON text message. Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ClientMessage {
+    /// Place a pixel: `color` is a palette index. `id`, when given, is echoed in the answer.
+    Place {
+        x: i64,
+        y: i64,
+        color: i64,
+        #[serde(default)]
+        id: Option<u64>,
+    },
+}
+
+/// Why a client must refetch the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefetchReason {
+    /// It asked for more missed updates than `PIXEL_WS_RESYNC_MAX`.
+    TooFarBehind,
+    /// History no longer reaches back to its version (or the canvas is behind it).
+    HistoryGone,
+    /// The history could not be read.
+    HistoryUnavailable,
+    /// The gateway itself lost updates it could not recover.
+    Gap,
+}
+
+/// What the gateway sends as JSON text messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerMessage {
+    /// The first message of every connection.
+    Hello {
+        protocol: u32,
+        client_id: String,
+        version: u64,
+        width: u16,
+        height: u16,
+        palette: Vec<String>,
+        cooldown_seconds: u32,
+        online: u64,
+    },
+    /// A placement was accepted: the canvas version it produced.
+    Placed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        version: u64,
+        placed_at_ms: u64,
+    },
+    /// A message was refused.
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: String,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// The cluster-wide number of connected clients.
+    Online { count: u64 },
+    /// Fetch the snapshot again; update frames continue after `version`.
+    Refetch { version: u64, reason: RefetchReason },
+}
+
+impl ServerMessage {
+    /// An error answer to the message with `id`.
+    pub fn error(id: Option<u64>, code: &str, message: impl Into<String>) -> Self {
+        Self::Error {
+            id,
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail; the fallback keeps the type total.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn json_of(message: &ServerMessage) -> Value {
+        serde_json::from_str(&message.to_json()).expect("JSON")
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let hello = ServerMessage::Hello {
+            protocol: 1,
+            client_id: "gw-1".into(),
+            version: 7,
+            width: 3,
+            height: 2,
+            palette: vec!["#FFFFFF".into(), "#000000".into()],
+            cooldown_seconds: 5,
+            online: 9,
+        };
+        assert_eq!(
+            json_of(&hello),
+            json!({"type": "hello", "protocol": 1, "clientId": "gw-1", "version": 7, "width": 3,
+                   "height": 2, "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 5, "online": 9})
+        );
+        assert_eq!(
+            json_of(&ServerMessage::Placed {
+                id: Some(4),
+                version: 8,
+                placed_at_ms: 1
+            }),
+            json!({"type": "placed", "id": 4, "version": 8, "placedAtMs": 1})
+        );
+        assert_eq!(
+            json_of(&ServerMessage::Error {
+                id: None,
+                code: "cooldown".into(),
+                message: "wait".into(),
+                retry_after_ms: Some(3000)
+            }),
+            json!({"type": "error", "code": "cooldown", "message": "wait", "retryAfterMs": 3000})
+        );
+        assert_eq!(
+            json_of(&ServerMessage::Online { count: 3 }),
+            json!({"type": "online", "count": 3})
+        );
+        assert_eq!(
+            json_of(&ServerMessage::Refetch {
+                version: 12,
+                reason: RefetchReason::TooFarBehind
+            }),
+            json!({"type": "refetch", "version": 12, "reason": "too_far_behind"})
+        );
+    }
+
+    #[test]
+    fn client_messages_parse_or_fail() {
+        let place: ClientMessage =
+            serde_json::from_str(r#"{"type":"place","x":1,"y":2,"color":3,"id":9,"extra":0}"#)
+                .expect("valid");
+        assert_eq!(
+            place,
+            ClientMessage::Place {
+                x: 1,
+                y: 2,
+                color: 3,
+                id: Some(9)
+            }
+        );
+        for bad in [
+            "",
+            "{}",
+            r#"{"type":"place","x":1,"y":2}"#,
+            r#"{"type":"place","x":1.5,"y":2,"color":0}"#,
+            r#"{"type":"erase","x":1,"y":2,"color":0}"#,
+            "[1,2,3]",
+        ] {
+            assert!(
+                serde_json::from_str::<ClientMessage>(bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

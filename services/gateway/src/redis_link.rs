@@ -1,0 +1,163 @@
+//! The gateway's Redis: one connection for commands (readiness, the canvas version, the
+//! online count) and, per subscription attempt, one pub/sub connection. Every call is
+//! bounded by the configured timeout.
+
+use std::{future::Future, time::Duration};
+
+use pixel_common::{
+    config::RedisArgs,
+    redis_schema::{ONLINE_KEY, UPDATES_CHANNEL, VERSION_KEY},
+};
+use redis::{
+    AsyncCommands, Client, IntoConnectionInfo, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream},
+};
+
+/// Why Redis gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("invalid Redis configuration")]
+    Config(#[source] RedisError),
+    #[error("Redis command failed")]
+    Command(#[from] RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Records this gateway's connection count with an expiry (by Redis's clock), drops
+/// expired entries and returns the sum of the live ones: the cluster-wide online count.
+const ONLINE_SCRIPT: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', ms + tonumber(ARGV[3])))
+local total = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local count, expires = string.match(all[i + 1], '^(%d+) (%d+)$')
+  if count and tonumber(expires) >= ms then
+    total = total + tonumber(count)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return total
+";
+
+/// A handle on Redis; cheap to clone. Connects lazily and reconnects by itself.
+#[derive(Clone)]
+pub struct RedisLink {
+    client: Client,
+    conn: ConnectionManager,
+    timeout: Duration,
+    online: Script,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLink {
+    /// Must be called inside a Tokio runtime. Does not connect yet.
+    pub fn new(args: &RedisArgs) -> Result<Self, LinkError> {
+        let timeout = args.timeout();
+        let mut info = args
+            .redis_url
+            .as_str()
+            .into_connection_info()
+            .map_err(LinkError::Config)?;
+        if let Some(password) = &args.redis_password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info).map_err(LinkError::Config)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(LinkError::Config)?;
+        Ok(Self {
+            client,
+            conn,
+            timeout,
+            online: Script::new(ONLINE_SCRIPT),
+        })
+    }
+
+    /// The bound on one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs a Redis call within twice the timeout (a script may take two round trips).
+    pub async fn bounded<T, E>(
+        &self,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, LinkError>
+    where
+        LinkError: From<E>,
+    {
+        let limit = self.timeout * 2;
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(LinkError::Timeout(limit)),
+        }
+    }
+
+    /// PING on the command connection.
+    pub async fn ping(&self) -> Result<(), LinkError> {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
+    /// The canvas version (0 before the first placement).
+    pub async fn version(&self) -> Result<u64, LinkError> {
+        let mut conn = self.conn.clone();
+        let version: Option<u64> = self.bounded(conn.get(VERSION_KEY)).await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Reports `count` connections for `gateway` (valid for `ttl`) and returns the
+    /// cluster-wide count.
+    pub async fn report_online(
+        &self,
+        gateway: &str,
+        count: usize,
+        ttl: Duration,
+    ) -> Result<u64, LinkError> {
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.online.prepare_invoke();
+        invocation
+            .key(ONLINE_KEY)
+            .arg(gateway)
+            .arg(count)
+            .arg(ttl_ms);
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Removes this gateway's entry from the online count.
+    pub async fn forget_online(&self, gateway: &str) -> Result<(), LinkError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hdel::<_, _, ()>(ONLINE_KEY, gateway))
+            .await
+    }
+
+    /// A new pub/sub connection subscribed to the update channel.
+    pub async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), LinkError> {
+        self.bounded(async {
+            let pubsub = self.client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(UPDATES_CHANNEL).await?;
+            Ok::<_, RedisError>((sink, stream))
+        })
+        .await
+    }
+}

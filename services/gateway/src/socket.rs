@@ -1,0 +1,843 @@
+//! One WebSocket connection, generic over its two halves so tests drive it through
+//! channels: a `Sink` of messages to the client and a `Stream` of what the client sent.
+//!
+//! The connection sends the hello, then (with `?since=`) the missed updates from history,
+//! then live update frames from the [`Fanout`], online counts when they change, and the
+//! answers to the client's placements, which are forwarded to canvas-api concurrently.
+//! Every write is bounded by the send timeout; every limit ends in a documented close code.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{
+    FutureExt, Sink, SinkExt, Stream, StreamExt, future::BoxFuture, stream::FuturesUnordered,
+};
+use pixel_common::telemetry::ErrorChain;
+use tokio::{
+    sync::{broadcast::error::RecvError, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{ApiClient, HistoryError, PlaceOutcome},
+    fanout::{Broadcast, Fanout, frames},
+    metrics::Metrics,
+    protocol::{ClientMessage, PROTOCOL_VERSION, RefetchReason, ServerMessage, close, code},
+};
+
+/// How long a closing connection waits for the client's close reply (so unread client
+/// data does not reset the connection before our close frame arrives).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What the client could not send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// A message or frame over the size limit.
+    TooLarge,
+    /// Anything else: a protocol violation or a broken connection.
+    Broken,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    /// Placements per second (token refill rate).
+    pub placement_rate: f64,
+    /// Placements at once (token bucket size).
+    pub placement_burst: u32,
+    /// Rejected messages in a row that close the connection (1008).
+    pub flood_limit: u32,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    /// The most missed updates sent from history on `?since=`.
+    pub resync_max: u64,
+}
+
+/// The canvas's settings, as the hello carries them.
+#[derive(Debug, Clone)]
+pub struct CanvasInfo {
+    pub width: u16,
+    pub height: u16,
+    pub palette: Vec<String>,
+    pub cooldown_seconds: u32,
+}
+
+/// What every connection of a gateway shares; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub limits: Arc<Limits>,
+    pub canvas: Arc<CanvasInfo>,
+    pub fanout: Arc<Fanout>,
+    pub api: ApiClient,
+    pub online: watch::Receiver<u64>,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: connections close with 1001.
+    pub stop: CancellationToken,
+}
+
+/// Why a connection ended (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    ClientClosed,
+    ClientGone,
+    ReadFailed,
+    SendFailed,
+    SendTimedOut,
+    Shutdown,
+    Unavailable,
+    TooBig,
+    Binary,
+    Flood,
+    Idle,
+    TooSlow,
+}
+
+impl Ended {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ClientGone => "client_gone",
+            Self::ReadFailed => "read_failed",
+            Self::SendFailed => "send_failed",
+            Self::SendTimedOut => "send_timed_out",
+            Self::Shutdown => "shutdown",
+            Self::Unavailable => "unavailable",
+            Self::TooBig => "too_big",
+            Self::Binary => "binary",
+            Self::Flood => "flood",
+            Self::Idle => "idle",
+            Self::TooSlow => "too_slow",
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            burst,
+            rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                ((1.0 - self.tokens) / self.rate).min(86_400.0),
+            ))
+        }
+    }
+}
+
+type Answer = BoxFuture<'static, ServerMessage>;
+
+struct Connection<S> {
+    sink: S,
+    shared: Shared,
+    client_id: String,
+    bucket: Bucket,
+    strikes: u32,
+    last_heard: Instant,
+}
+
+/// Serves one client until it leaves, breaks a limit, or the gateway stops; returns why
+/// it ended. `since` is the client's last applied version, when it reconnects.
+pub async fn serve<S, R>(
+    sink: S,
+    mut stream: R,
+    shared: Shared,
+    client_id: String,
+    since: Option<u64>,
+) -> Ended
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin,
+{
+    let limits = Arc::clone(&shared.limits);
+    let mut connection = Connection {
+        sink,
+        bucket: Bucket::new(limits.placement_rate, limits.placement_burst),
+        shared,
+        client_id,
+        strikes: 0,
+        last_heard: Instant::now(),
+    };
+    let ended = connection.run(&mut stream, since).await;
+    connection.linger(&mut stream).await;
+    ended
+}
+
+impl<S> Connection<S>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    async fn run<R>(&mut self, stream: &mut R, since: Option<u64>) -> Ended
+    where
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
+        let Some((version, mut updates)) = self.shared.fanout.subscribe() else {
+            return self
+                .close(
+                    close::TRY_AGAIN_LATER,
+                    "not subscribed to updates yet",
+                    Ended::Unavailable,
+                )
+                .await;
+        };
+        let mut online = self.shared.online.clone();
+        let hello = self.hello(version, *online.borrow_and_update());
+        let started = match self.send_json(&hello).await {
+            Ok(()) => self.resync(since, version).await,
+            Err(ended) => Err(ended),
+        };
+        if let Err(ended) = started {
+            return ended;
+        }
+        let limits = Arc::clone(&self.shared.limits);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        let mut answers: FuturesUnordered<Answer> = FuturesUnordered::new();
+        let stop = self.shared.stop.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = stop.cancelled() => Err(self.close(close::GOING_AWAY, "server shutting down", Ended::Shutdown).await),
+                incoming = stream.next() => self.incoming(incoming, &mut answers).await,
+                Some(answer) = answers.next(), if !answers.is_empty() => self.send_json(&answer).await,
+                broadcast = updates.recv() => self.broadcast(broadcast).await,
+                Ok(()) = online.changed() => {
+                    let count = *online.borrow_and_update();
+                    self.send_json(&ServerMessage::Online { count }).await
+                }
+                _ = ping.tick() => self.ping().await,
+            };
+            if let Err(ended) = step {
+                return ended;
+            }
+        }
+    }
+
+    fn hello(&self, version: u64, online: u64) -> ServerMessage {
+        let canvas = &self.shared.canvas;
+        ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            client_id: self.client_id.clone(),
+            version,
+            width: canvas.width,
+            height: canvas.height,
+            palette: canvas.palette.clone(),
+            cooldown_seconds: canvas.cooldown_seconds,
+            online,
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        match tokio::time::timeout(self.shared.limits.send_timeout, self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::debug!(error = %ErrorChain(&error), client = %self.client_id, "cannot write to the client");
+                Err(Ended::SendFailed)
+            }
+            Err(_) => {
+                tracing::info!(client = %self.client_id, "a write to the client timed out; dropping it");
+                Err(Ended::SendTimedOut)
+            }
+        }
+    }
+
+    async fn send_json(&mut self, message: &ServerMessage) -> Result<(), Ended> {
+        self.send(Message::Text(message.to_json().into())).await?;
+        self.shared.metrics.sent("json");
+        Ok(())
+    }
+
+    /// Sends a close frame (best effort) and returns why the connection ends.
+    async fn close(&mut self, code: u16, reason: &'static str, ended: Ended) -> Ended {
+        tracing::debug!(client = %self.client_id, code, reason, "closing the connection");
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+        ended
+    }
+
+    /// After a close: reads until the client's close reply or the end, within a bound.
+    async fn linger<R>(&mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
+        let drain = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.sink.close()).await;
+    }
+
+    /// Sends versions `since + 1 ..= version` from history, or tells the client to refetch.
+    async fn resync(&mut self, since: Option<u64>, version: u64) -> Result<(), Ended> {
+        // A `since` at or ahead of this gateway's version needs nothing: the client ignores
+        // the versions it already has.
+        let Some(since) = since.filter(|since| *since < version) else {
+            return Ok(());
+        };
+        let reason = if version - since > self.shared.limits.resync_max {
+            RefetchReason::TooFarBehind
+        } else {
+            match self.shared.api.history(since, version).await {
+                Ok(updates) => {
+                    for frame in frames(&updates) {
+                        self.send(Message::Binary(frame.encode().into())).await?;
+                        self.shared.metrics.sent("frame");
+                    }
+                    return Ok(());
+                }
+                Err(HistoryError::Gone { .. }) => RefetchReason::HistoryGone,
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), since, "cannot read the history for a resync");
+                    RefetchReason::HistoryUnavailable
+                }
+            }
+        };
+        self.send_json(&ServerMessage::Refetch { version, reason })
+            .await
+    }
+
+    async fn incoming(
+        &mut self,
+        incoming: Option<Result<Message, ReadError>>,
+        answers: &mut FuturesUnordered<Answer>,
+    ) -> Result<(), Ended> {
+        let message = match incoming {
+            None => return Err(Ended::ClientGone),
+            Some(Err(ReadError::TooLarge)) => return Err(self.too_big().await),
+            Some(Err(ReadError::Broken)) => return Err(Ended::ReadFailed),
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => {
+                self.shared.metrics.received();
+                if text.len() > self.shared.limits.max_message_bytes {
+                    return Err(self.too_big().await);
+                }
+                self.text(&text, answers).await
+            }
+            Message::Binary(_) => {
+                self.shared.metrics.received();
+                Err(self
+                    .close(
+                        close::UNSUPPORTED_DATA,
+                        "send JSON text messages",
+                        Ended::Binary,
+                    )
+                    .await)
+            }
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(Ended::ClientClosed),
+        }
+    }
+
+    async fn too_big(&mut self) -> Ended {
+        self.close(close::MESSAGE_TOO_BIG, "message too big", Ended::TooBig)
+            .await
+    }
+
+    async fn text(
+        &mut self,
+        text: &str,
+        answers: &mut FuturesUnordered<Answer>,
+    ) -> Result<(), Ended> {
+        let Ok(ClientMessage::Place { x, y, color, id }) = serde_json::from_str(text) else {
+            let message = r#"expected {"type":"place","x":<int>,"y":<int>,"color":<int>}"#;
+            return self
+                .reject(id_of(text), code::INVALID_MESSAGE, message, None)
+                .await;
+        };
+        if let Err(wait) = self.bucket.take(Instant::now()) {
+            self.shared.metrics.placement("rate_limited");
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let message = "too many placements on this connection; slow down";
+            return self
+                .reject(id, code::RATE_LIMITED, message, Some(wait_ms))
+                .await;
+        }
+        self.strikes = 0;
+        let api = self.shared.api.clone();
+        let metrics = self.shared.metrics.clone();
+        let client_id = self.client_id.clone();
+        answers.push(
+            async move { place(&api, &metrics, &client_id, id, (x, y, color)).await }.boxed(),
+        );
+        Ok(())
+    }
+
+    /// Answers a refused message, or closes with 1008 when the refusals in a row reach the
+    /// flood limit.
+    async fn reject(
+        &mut self,
+        id: Option<u64>,
+        code: &str,
+        message: &str,
+        retry_after_ms: Option<u64>,
+    ) -> Result<(), Ended> {
+        self.strikes += 1;
+        if self.strikes >= self.shared.limits.flood_limit {
+            return Err(self
+                .close(
+                    close::POLICY_VIOLATION,
+                    "too many refused messages",
+                    Ended::Flood,
+                )
+                .await);
+        }
+        self.send_json(&ServerMessage::Error {
+            id,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            retry_after_ms,
+        })
+        .await
+    }
+
+    async fn broadcast(
+        &mut self,
+        broadcast: Result<Arc<Broadcast>, RecvError>,
+    ) -> Result<(), Ended> {
+        match broadcast.as_deref() {
+            Ok(Broadcast::Frame {
+                bytes, received, ..
+            }) => {
+                self.send(Message::Binary(bytes.clone())).await?;
+                self.shared.metrics.sent("frame");
+                self.shared.metrics.fanout_lag(received.elapsed());
+                Ok(())
+            }
+            Ok(Broadcast::Refetch { version }) => {
+                let refetch = ServerMessage::Refetch {
+                    version: *version,
+                    reason: RefetchReason::Gap,
+                };
+                self.send_json(&refetch).await
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::info!(client = %self.client_id, missed, "client fell behind; closing it");
+                Err(self
+                    .close(
+                        close::TOO_SLOW,
+                        "too slow; reconnect with since",
+                        Ended::TooSlow,
+                    )
+                    .await)
+            }
+            Err(RecvError::Closed) => Err(self
+                .close(close::GOING_AWAY, "server shutting down", Ended::Shutdown)
+                .await),
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), Ended> {
+        if self.last_heard.elapsed() >= self.shared.limits.idle_timeout {
+            return Err(self
+                .close(close::IDLE_TIMEOUT, "idle timeout", Ended::Idle)
+                .await);
+        }
+        self.send(Message::Ping(bytes::Bytes::new())).await
+    }
+}
+
+/// The `id` of a message that did not parse as a whole, when it has one.
+fn id_of(text: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()?
+        .get("id")?
+        .as_u64()
+}
+
+/// Forwards a placement to canvas-api and turns its answer into the client's.
+async fn place(
+    api: &ApiClient,
+    metrics: &Metrics,
+    client_id: &str,
+    id: Option<u64>,
+    (x, y, color): (i64, i64, i64),
+) -> ServerMessage {
+    match api.place(client_id, x, y, color).await {
+        Ok(PlaceOutcome::Placed {
+            version,
+            placed_at_ms,
+        }) => {
+            metrics.placement("accepted");
+            ServerMessage::Placed {
+                id,
+                version,
+                placed_at_ms,
+            }
+        }
+        Ok(PlaceOutcome::Refused {
+            code,
+            message,
+            retry_after_ms,
+        }) => {
+            metrics.placement("refused");
+            ServerMessage::Error {
+                id,
+                code,
+                message,
+                retry_after_ms,
+            }
+        }
+        Err(error) => {
+            metrics.placement("unavailable");
+            tracing::warn!(error = %ErrorChain(&error), "cannot forward a placement");
+            ServerMessage::error(
+                id,
+                code::UNAVAILABLE,
+                "the canvas is unavailable; try again shortly",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::tests::updates;
+    use futures_util::stream;
+    use pixel_common::wire::UpdateFrame;
+    use serde_json::{Value, json};
+    use tokio::{sync::mpsc, task::JoinHandle};
+    use tokio_util::sync::PollSender;
+
+    /// Bound on waiting for the handler; reached only when it hangs.
+    const HANG: Duration = Duration::from_secs(10);
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_bytes: 256,
+            placement_rate: 100.0,
+            placement_burst: 10,
+            flood_limit: 3,
+            ping_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(5),
+            resync_max: 10,
+        }
+    }
+
+    struct Harness {
+        fanout: Arc<Fanout>,
+        online: watch::Sender<u64>,
+        stop: CancellationToken,
+        to_server: Option<mpsc::Sender<Result<Message, ReadError>>>,
+        from_server: mpsc::Receiver<Message>,
+        task: JoinHandle<Ended>,
+    }
+
+    /// A connection at fanout version `version`, whose sink holds `sink_capacity` messages
+    /// the test has not read. canvas-api is unreachable (a closed port).
+    fn start(
+        limits: Limits,
+        version: u64,
+        queue: usize,
+        sink_capacity: usize,
+        since: Option<u64>,
+    ) -> Harness {
+        let fanout = Arc::new(Fanout::new(queue));
+        fanout.start_at(version);
+        let (online_tx, online) = watch::channel(2);
+        let stop = CancellationToken::new();
+        let shared = Shared {
+            limits: Arc::new(limits),
+            canvas: Arc::new(CanvasInfo {
+                width: 16,
+                height: 8,
+                palette: vec!["#FFFFFF".into(), "#000000".into()],
+                cooldown_seconds: 0,
+            }),
+            fanout: Arc::clone(&fanout),
+            api: ApiClient::new("http://127.0.0.1:1", Duration::from_secs(2)).expect("client"),
+            online,
+            metrics: Metrics::new(),
+            stop: stop.clone(),
+        };
+        let (sink_tx, from_server) = mpsc::channel(sink_capacity);
+        let (to_server, mut incoming) = mpsc::channel(16);
+        let stream = stream::poll_fn(move |cx| incoming.poll_recv(cx));
+        let task = tokio::spawn(serve(
+            PollSender::new(sink_tx),
+            stream,
+            shared,
+            "gw-test".to_owned(),
+            since,
+        ));
+        Harness {
+            fanout,
+            online: online_tx,
+            stop,
+            to_server: Some(to_server),
+            from_server,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn next(&mut self) -> Message {
+            tokio::time::timeout(HANG, self.from_server.recv())
+                .await
+                .expect("the handler sends instead of hanging")
+                .expect("the handler is still sending")
+        }
+
+        async fn json(&mut self) -> Value {
+            match self.next().await {
+                Message::Text(text) => serde_json::from_str(&text).expect("JSON"),
+                other => panic!("expected JSON text, got {other:?}"),
+            }
+        }
+
+        async fn send(&self, message: Message) {
+            let to_server = self.to_server.as_ref().expect("open");
+            to_server.send(Ok(message)).await.expect("handler reads");
+        }
+
+        async fn text(&self, text: &str) {
+            self.send(Message::Text(text.into())).await;
+        }
+
+        /// Reads until the close frame and returns its code, then the handler's result.
+        async fn closed(mut self) -> (u16, Ended) {
+            let code = loop {
+                if let Message::Close(frame) = self.next().await {
+                    break frame.expect("a close frame has a code").code;
+                }
+            };
+            self.to_server = None;
+            let ended = tokio::time::timeout(HANG, self.task)
+                .await
+                .expect("the handler ends")
+                .expect("no panic");
+            (code, ended)
+        }
+    }
+
+    fn frame_versions(message: Message) -> (u64, u64) {
+        match message {
+            Message::Binary(bytes) => UpdateFrame::decode(&bytes).expect("a frame").versions(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hello_then_frames_and_online_counts() {
+        let mut h = start(limits(), 7, 8, 8, None);
+        assert_eq!(
+            h.json().await,
+            json!({"type": "hello", "protocol": 1, "clientId": "gw-test", "version": 7, "width": 16,
+                   "height": 8, "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "online": 2})
+        );
+        h.fanout.publish(&updates(8, 3), std::time::Instant::now());
+        assert_eq!(frame_versions(h.next().await), (8, 10));
+        h.online.send(5).expect("watched");
+        assert_eq!(h.json().await, json!({"type": "online", "count": 5}));
+        h.fanout.refetch(20);
+        assert_eq!(
+            h.json().await,
+            json!({"type": "refetch", "version": 20, "reason": "gap"})
+        );
+        h.stop.cancel();
+        assert_eq!(h.closed().await, (close::GOING_AWAY, Ended::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn invalid_messages_are_answered_and_binary_closes() {
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        h.text("not json").await;
+        let error = h.json().await;
+        assert_eq!(error["code"], code::INVALID_MESSAGE, "{error}");
+        h.text(r#"{"type":"place","x":"one","id":4}"#).await;
+        let error = h.json().await;
+        assert_eq!(
+            (error["code"].clone(), error["id"].clone()),
+            (json!(code::INVALID_MESSAGE), json!(4))
+        );
+        h.send(Message::Binary(vec![1, 2, 3].into())).await;
+        assert_eq!(h.closed().await, (close::UNSUPPORTED_DATA, Ended::Binary));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_is_an_unavailable_answer() {
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        h.text(r#"{"type":"place","x":1,"y":2,"color":1,"id":9}"#)
+            .await;
+        let error = h.json().await;
+        assert_eq!(error["code"], code::UNAVAILABLE, "{error}");
+        assert_eq!(error["id"], 9);
+        assert!(
+            !error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("127.0.0.1"),
+            "no internals: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_close_with_1009() {
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        h.text(&"x".repeat(257)).await;
+        assert_eq!(h.closed().await, (close::MESSAGE_TOO_BIG, Ended::TooBig));
+
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        let to_server = h.to_server.as_ref().expect("open");
+        to_server
+            .send(Err(ReadError::TooLarge))
+            .await
+            .expect("reads");
+        assert_eq!(h.closed().await, (close::MESSAGE_TOO_BIG, Ended::TooBig));
+    }
+
+    #[tokio::test]
+    async fn a_flood_above_the_rate_is_refused_then_closed() {
+        let mut h = start(
+            Limits {
+                placement_rate: 0.001,
+                placement_burst: 1,
+                flood_limit: 3,
+                ..limits()
+            },
+            0,
+            8,
+            8,
+            None,
+        );
+        h.json().await;
+        for id in 0..6 {
+            h.text(&format!(
+                r#"{{"type":"place","x":1,"y":1,"color":1,"id":{id}}}"#
+            ))
+            .await;
+        }
+        let mut limited = Vec::new();
+        let code = loop {
+            match h.next().await {
+                Message::Text(text) => {
+                    let answer: Value = serde_json::from_str(&text).expect("JSON");
+                    if answer["code"] == code::RATE_LIMITED {
+                        assert!(
+                            answer["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0),
+                            "{answer}"
+                        );
+                        limited.push(answer["id"].as_u64().expect("id"));
+                    }
+                }
+                Message::Close(frame) => break frame.expect("code").code,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(code, close::POLICY_VIOLATION);
+        assert_eq!(limited, [1, 2], "two refusals, the third closes");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_closed_with_4008() {
+        // The sink holds one unread message; the fan-out lets a client fall 2 batches behind.
+        let mut h = start(limits(), 0, 2, 1, None);
+        h.json().await;
+        for version in 1..=10 {
+            h.fanout
+                .publish(&updates(version, 1), std::time::Instant::now());
+        }
+        assert_eq!(h.closed().await, (close::TOO_SLOW, Ended::TooSlow));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_closed_with_4000() {
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        assert!(matches!(h.next().await, Message::Ping(_)));
+        h.send(Message::Pong(bytes::Bytes::new())).await;
+        let mut pings = 0;
+        let code = loop {
+            match h.next().await {
+                Message::Ping(_) => pings += 1,
+                Message::Close(frame) => break frame.expect("code").code,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(code, close::IDLE_TIMEOUT);
+        assert!(pings >= 1, "pinged before giving up");
+    }
+
+    #[tokio::test]
+    async fn a_since_beyond_reach_is_told_to_refetch() {
+        let mut h = start(limits(), 100, 8, 8, Some(50));
+        assert_eq!(h.json().await["type"], "hello");
+        assert_eq!(
+            h.json().await,
+            json!({"type": "refetch", "version": 100, "reason": "too_far_behind"})
+        );
+        let mut h = start(limits(), 100, 8, 8, Some(95));
+        h.json().await;
+        assert_eq!(
+            h.json().await,
+            json!({"type": "refetch", "version": 100, "reason": "history_unavailable"})
+        );
+        let mut h = start(limits(), 100, 8, 8, Some(100));
+        h.json().await;
+        h.fanout
+            .publish(&updates(101, 1), std::time::Instant::now());
+        assert_eq!(
+            frame_versions(h.next().await),
+            (101, 101),
+            "nothing to resync"
+        );
+    }
+
+    #[test]
+    fn the_bucket_refills_at_its_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(2.0, 2);
+        assert!(bucket.take(start).is_ok());
+        assert!(bucket.take(start).is_ok());
+        assert_eq!(bucket.take(start), Err(Duration::from_millis(500)));
+        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
+        assert!(bucket.take(start + Duration::from_secs(60)).is_ok());
+        assert!(bucket.take(start + Duration::from_secs(60)).is_ok());
+        assert!(
+            bucket.take(start + Duration::from_secs(60)).is_err(),
+            "capped at the burst"
+        );
+    }
+}

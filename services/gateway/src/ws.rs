@@ -1,0 +1,266 @@
+//! `GET /ws`: the checks before the upgrade (origin, query, readiness, capacity) and the
+//! adapter from axum's WebSocket to the generic [`socket::serve`].
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{
+    extract::{
+        Query, State,
+        rejection::QueryRejection,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::{
+        HeaderMap, StatusCode,
+        header::{HOST, ORIGIN},
+    },
+    response::{IntoResponse, Response},
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite;
+
+use crate::{
+    Gateway,
+    protocol::close,
+    socket::{self, ReadError},
+};
+
+/// Which browser origins may open a socket. Requests without `Origin` (not from a
+/// browser) are always allowed; so is the gateway's own host (same-origin behind the
+/// Ingress).
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    any: bool,
+    allowed: Vec<String>,
+}
+
+impl Origins {
+    /// From the configured list: exact origins (`https://canvas.example.com`), or `*`.
+    pub fn new(configured: &[String]) -> Self {
+        let normalized = |o: &String| o.trim().trim_end_matches('/').to_ascii_lowercase();
+        Self {
+            any: configured.iter().any(|o| o.trim() == "*"),
+            allowed: configured
+                .iter()
+                .map(normalized)
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether a request with these `Origin` and `Host` headers may open a socket.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim().to_ascii_lowercase();
+        let same_host = origin
+            .split_once("://")
+            .zip(host)
+            .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()));
+        self.any || same_host || self.allowed.contains(&origin)
+    }
+}
+
+/// A connection counted against the maximum; released when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A slot, unless `max` connections hold one already.
+    pub fn acquire(active: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(active)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Query of `GET /ws`.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// The last version the client applied, when it reconnects.
+    pub since: Option<u64>,
+}
+
+/// A new client id: `gw-` and 16 random hex digits.
+fn new_client_id() -> String {
+    format!("gw-{:016x}", rand::random::<u64>())
+}
+
+fn refuse(
+    gateway: &Gateway,
+    reason: &'static str,
+    status: StatusCode,
+    text: &'static str,
+) -> Response {
+    gateway.shared.metrics.refused(reason);
+    tracing::debug!(reason, "refused a WebSocket upgrade");
+    (status, text).into_response()
+}
+
+/// `GET /ws`.
+pub async fn upgrade(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !gateway.origins.allows(header(ORIGIN), header(HOST)) {
+        return refuse(
+            &gateway,
+            "origin",
+            StatusCode::FORBIDDEN,
+            "origin not allowed",
+        );
+    }
+    let Ok(Query(query)) = query else {
+        return refuse(
+            &gateway,
+            "invalid_query",
+            StatusCode::BAD_REQUEST,
+            "since must be a non-negative integer",
+        );
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if gateway.shared.stop.is_cancelled() {
+        return refuse(
+            &gateway,
+            "shutting_down",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        );
+    }
+    if gateway.shared.fanout.version().is_none() {
+        return refuse(
+            &gateway,
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not subscribed to updates yet",
+        );
+    }
+    let max = gateway.shared.limits.max_message_bytes;
+    let ws = ws.max_message_size(max).max_frame_size(max);
+    let tracker = gateway.tracker.clone();
+    let Some(slot) = Slot::acquire(&gateway.connections, gateway.max_connections) else {
+        gateway.shared.metrics.refused("capacity");
+        return ws.on_upgrade(move |socket| tracker.track_future(at_capacity(socket, gateway)));
+    };
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(connection(socket, gateway, slot, query.since))
+    })
+}
+
+/// Closes a socket opened over the connection limit with 1013, within the send timeout.
+async fn at_capacity(mut socket: WebSocket, gateway: Gateway) {
+    let frame = CloseFrame {
+        code: close::TRY_AGAIN_LATER,
+        reason: "too many connections; try again later".into(),
+    };
+    let limit = gateway.shared.limits.send_timeout;
+    let _ = tokio::time::timeout(limit, async {
+        socket.send(Message::Close(Some(frame))).await?;
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    })
+    .await;
+}
+
+async fn connection(socket: WebSocket, gateway: Gateway, slot: Slot, since: Option<u64>) {
+    let metrics = gateway.shared.metrics.clone();
+    let client_id = new_client_id();
+    metrics.connected();
+    tracing::debug!(client = %client_id, ?since, "client connected");
+    let (mut sink, stream) = socket.split();
+    let mut stream = stream.map(|read| read.map_err(read_error));
+    let shared = gateway.shared.clone();
+    let ended = socket::serve(&mut sink, &mut stream, shared, client_id.clone(), since).await;
+    // The slot is free before the socket is dropped: a client that sees the end may
+    // reconnect at once.
+    drop(slot);
+    tracing::debug!(client = %client_id, reason = ended.label(), "client disconnected");
+    metrics.disconnected(ended.label());
+}
+
+fn read_error(error: axum::Error) -> ReadError {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(error) if matches!(*error, tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
+        _ => ReadError::Broken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked() {
+        let none = Origins::new(&[]);
+        assert!(
+            none.allows(None, Some("gw:3002")),
+            "no Origin: not a browser"
+        );
+        assert!(none.allows(
+            Some("http://canvas.example.com"),
+            Some("canvas.example.com")
+        ));
+        assert!(none.allows(
+            Some("https://Canvas.Example.com:8443"),
+            Some("canvas.example.com:8443")
+        ));
+        assert!(!none.allows(Some("http://evil.example"), Some("canvas.example.com")));
+        assert!(!none.allows(Some("null"), Some("canvas.example.com")));
+        assert!(!none.allows(Some("http://canvas.example.com"), None));
+
+        let listed = Origins::new(&["https://app.example.com/".to_owned(), " ".to_owned()]);
+        assert!(listed.allows(Some("https://APP.example.com"), Some("gw")));
+        assert!(!listed.allows(Some("http://app.example.com"), Some("gw")));
+
+        let any = Origins::new(&["*".to_owned()]);
+        assert!(any.allows(Some("http://anything"), None));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_released() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let one = Slot::acquire(&active, 2).expect("first");
+        let two = Slot::acquire(&active, 2).expect("second");
+        assert!(Slot::acquire(&active, 2).is_none(), "full");
+        drop(one);
+        let three = Slot::acquire(&active, 2).expect("a released slot");
+        drop((two, three));
+        assert_eq!(active.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn client_ids_are_valid_for_canvas_api() {
+        let id = new_client_id();
+        assert_eq!(id.len(), 19);
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{id}"
+        );
+        assert_ne!(id, new_client_id());
+    }
+}

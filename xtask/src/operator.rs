@@ -1,0 +1,202 @@
+//! Runs the operator binary against a local cluster: for the end-to-end suites (started
+//! before them, stopped with SIGTERM after) and for `cargo xtask up` (left running).
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{paths, process};
+
+/// A running operator.
+#[derive(Debug)]
+pub struct Operator {
+    child: Child,
+    /// Its health and metrics endpoint.
+    pub addr: SocketAddr,
+    /// The binary, for suites that start one of their own.
+    pub binary: std::path::PathBuf,
+}
+
+impl Operator {
+    /// Builds and starts the operator with `kubeconfig` and `args`, and waits until it is
+    /// ready (leading with synced caches, or standing by).
+    pub fn start(kubeconfig: &Path, log_path: &Path, args: &[&str]) -> Result<Self> {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        process::run(
+            Command::new(cargo).current_dir(paths::repo_root()).args([
+                "build",
+                "--quiet",
+                "--package",
+                "pixel-operator",
+                "--bin",
+                "pixel-operator",
+            ]),
+            Duration::from_secs(1800),
+        )?;
+        let binary = paths::repo_root().join("target/debug/pixel-operator");
+        let log = File::create(log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        // The log file, not a pipe, holds its output, so it can outlive this process.
+        let mut child = process::spawn(
+            Command::new(&binary)
+                .args(["--listen-addr", "127.0.0.1:0", "--log-format", "json"])
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", "info,kube=warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let text = std::fs::read_to_string(log_path).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(listening_addr) {
+                break addr;
+            }
+            if Instant::now() >= deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                bail!(
+                    "the operator did not start listening; see {}",
+                    log_path.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        let mut operator = Self {
+            child,
+            addr,
+            binary,
+        };
+        if let Err(error) = operator.wait_ready(log_path) {
+            let _ = operator.child.kill();
+            let _ = operator.child.wait();
+            return Err(error);
+        }
+        println!(
+            "Operator running (metrics at http://{addr}/metrics, log {})",
+            log_path.display()
+        );
+        Ok(operator)
+    }
+
+    fn wait_ready(&self, log_path: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://{}/readyz", self.addr);
+        loop {
+            if ureq::get(&url).call().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the operator did not become ready within 60 s; see {}",
+                    log_path.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Leaves it running after xtask exits, its pid in `pid_file` for `stop_detached`.
+    pub fn detach(self, pid_file: &Path) -> Result<()> {
+        std::fs::write(pid_file, self.child.id().to_string())
+            .with_context(|| format!("cannot write {}", pid_file.display()))
+    }
+
+    /// Stops an operator left running by `detach`, if it still runs.
+    pub fn stop_detached(pid_file: &Path) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(pid_file) else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(pid_file);
+        let Ok(raw) = text.trim().parse::<i32>() else {
+            return Ok(());
+        };
+        // Only if that pid is still an operator (it may have exited and the pid been reused).
+        let cmdline = std::fs::read_to_string(format!("/proc/{raw}/cmdline")).unwrap_or_default();
+        if !cmdline.contains("pixel-operator") {
+            return Ok(());
+        }
+        let pid = nix::unistd::Pid::from_raw(raw);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("signal the operator")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{raw}")).exists() {
+            if Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        println!("Stopped the operator (pid {raw}).");
+        Ok(())
+    }
+
+    /// Reads one sample of its metrics, e.g. `pixel_operator_leader`.
+    pub fn metric(&self, name: &str) -> Result<Option<f64>> {
+        let body = ureq::get(&format!("http://{}/metrics", self.addr))
+            .call()
+            .context("reading the operator's metrics")?
+            .body_mut()
+            .read_to_string()
+            .context("reading the operator's metrics")?;
+        Ok(body.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        }))
+    }
+
+    /// Kills it outright (SIGKILL): a crash, leaving its lease to expire.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill().context("kill the operator")?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Stops it with SIGTERM, as Kubernetes would, and waits for it to exit.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).context("pid")?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("signal the operator")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                bail!("the operator did not exit within 30 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = value.get("fields")?;
+    (fields.get("message")?.as_str()? == "listening").then_some(())?;
+    fields.get("addr")?.as_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_bound_address() {
+        let line = r#"{"fields":{"message":"listening","addr":"127.0.0.1:4000"}}"#;
+        assert_eq!(
+            super::listening_addr(line),
+            Some("127.0.0.1:4000".parse().expect("addr"))
+        );
+        assert_eq!(
+            super::listening_addr(r#"{"fields":{"message":"other"}}"#),
+            None
+        );
+    }
+}

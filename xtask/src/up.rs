@@ -1,0 +1,96 @@
+//! `cargo xtask up`, the main job: the local cluster, the operator installed as users
+//! install it (CRD, RBAC) and running with its ServiceAccount's permissions, and the example
+//! canvas applied and Ready.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    cluster::{Cluster, UpArgs},
+    operator::Operator,
+    paths, process, toolchain,
+};
+
+/// The namespace the example canvas runs in.
+const DEMO_NAMESPACE: &str = "pixel-demo";
+
+fn state_file(suffix: &str) -> PathBuf {
+    paths::cache_dir().join(format!("pixel-playground.operator.{suffix}"))
+}
+
+pub fn up(args: &UpArgs) -> Result<()> {
+    let tools = toolchain::ensure()?;
+    let cluster = Cluster::DEV;
+    cluster.up(&tools, args)?;
+    cluster.install_operator_config(&tools)?;
+
+    // A fresh operator each time, so it runs the code in this checkout.
+    Operator::stop_detached(&state_file("pid"))?;
+    let kubeconfig = state_file("kubeconfig");
+    cluster.write_operator_kubeconfig(&tools, &kubeconfig)?;
+    let log = state_file("log");
+    let operator = Operator::start(&kubeconfig, &log, &[])?;
+    let metrics = format!("http://{}/metrics", operator.addr);
+    operator.detach(&state_file("pid"))?;
+
+    let kubectl = |args: &[&str]| {
+        process::output(cluster.kubectl(&tools).args(args), Duration::from_secs(240))
+    };
+    if kubectl(&["get", "namespace", DEMO_NAMESPACE]).is_err() {
+        kubectl(&["create", "namespace", DEMO_NAMESPACE])?;
+    }
+    let example = paths::repo_root().join("examples/canvas.yaml");
+    let applied = Instant::now();
+    kubectl(&[
+        "apply",
+        "-n",
+        DEMO_NAMESPACE,
+        "-f",
+        &example.to_string_lossy(),
+    ])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pxc/demo",
+        "-n",
+        DEMO_NAMESPACE,
+        "--timeout=180s",
+    ])
+    .with_context(|| {
+        format!(
+            "the example canvas did not become Ready; the operator's log is {}",
+            log.display()
+        )
+    })?;
+    let took = applied.elapsed();
+
+    println!(
+        "\nThe example canvas is Ready ({:.1} s from `kubectl apply` to Ready). Try:\n\
+         \x20 export KUBECONFIG={}\n\
+         \x20 export PATH={}:$PATH\n\
+         \x20 kubectl get pxc -n {DEMO_NAMESPACE}\n\
+         \x20 kubectl describe pxc demo -n {DEMO_NAMESPACE}\n\
+         \x20 kubectl get all,pvc -n {DEMO_NAMESPACE}\n\
+         \x20 kubectl patch pxc demo -n {DEMO_NAMESPACE} --type merge -p '{{\"spec\":{{\"api\":{{\"replicas\":3}}}}}}'\n\
+         The operator runs in the background: log {}, metrics {metrics}.\n\
+         `cargo xtask cluster down` stops it and removes the cluster.",
+        took.as_secs_f64(),
+        cluster.kubeconfig().display(),
+        tools
+            .kubectl
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        log.display(),
+    );
+    Ok(())
+}
+
+/// Stops the operator `up` left running.
+pub fn stop_operator() -> Result<()> {
+    Operator::stop_detached(&state_file("pid"))
+}
