@@ -388,7 +388,7 @@ fn storage_manifest(count: u32) -> String {
     yaml
 }
 
-fn ensure_port_free(port: u16) -> Result<()> {
+pub fn ensure_port_free(port: u16) -> Result<()> {
     TcpListener::bind(("127.0.0.1", port)).map(drop).with_context(|| {
         format!(
             "port {port} on 127.0.0.1 is taken: choose another with --port (or PIXEL_APISERVER_PORT), \

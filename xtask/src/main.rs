@@ -3,6 +3,7 @@
 mod cluster;
 mod crd;
 mod deps;
+mod dev;
 mod e2e;
 mod invariants;
 mod operator;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// The main job: the local cluster, the operator, and the example canvas, Ready.
     Up(cluster::UpArgs),
+    /// The canvas on this machine without Kubernetes: redis-server and the three services;
+    /// prints the URL to open. Runs until Ctrl-C.
+    Dev,
     /// Every test: `cargo test --workspace`, then the end-to-end suites on a cluster that is
     /// started for the run and removed after it.
     Test(e2e::TestArgs),
@@ -55,10 +59,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::up(&args),
+        Command::Dev => dev::dev(),
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(&args),
-        Command::Cluster(ClusterCommand::Down) => {
-            up::stop_operator().and_then(|()| cluster::down())
-        }
+        Command::Cluster(ClusterCommand::Down) => up::stop_operator()
+            .and_then(|()| dev::stop_detached())
+            .and_then(|()| cluster::down()),
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e => e2e::run_suites(),
         Command::Crd => crd::generate(),

@@ -113,31 +113,7 @@ impl Operator {
 
     /// Stops an operator left running by `detach`, if it still runs.
     pub fn stop_detached(pid_file: &Path) -> Result<()> {
-        let Ok(text) = std::fs::read_to_string(pid_file) else {
-            return Ok(());
-        };
-        let _ = std::fs::remove_file(pid_file);
-        let Ok(raw) = text.trim().parse::<i32>() else {
-            return Ok(());
-        };
-        // Only if that pid is still an operator (it may have exited and the pid been reused).
-        let cmdline = std::fs::read_to_string(format!("/proc/{raw}/cmdline")).unwrap_or_default();
-        if !cmdline.contains("pixel-operator") {
-            return Ok(());
-        }
-        let pid = nix::unistd::Pid::from_raw(raw);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-            .context("signal the operator")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{raw}")).exists() {
-            if Instant::now() >= deadline {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        println!("Stopped the operator (pid {raw}).");
-        Ok(())
+        process::stop_detached(pid_file, "pixel-operator").map(drop)
     }
 
     /// Reads one sample of its metrics, e.g. `pixel_operator_leader`.

@@ -108,6 +108,36 @@ fn wait_child(
     }
 }
 
+/// Stops (SIGTERM, then SIGKILL after 30 s) a background process whose pid `pid_file`
+/// holds, if it still runs `program`: the pid may have been reused since. Removes the file.
+/// Returns whether one was stopped.
+pub fn stop_detached(pid_file: &std::path::Path, program: &str) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return Ok(false);
+    };
+    let _ = std::fs::remove_file(pid_file);
+    let Ok(raw) = text.trim().parse::<i32>() else {
+        return Ok(false);
+    };
+    let cmdline = std::fs::read_to_string(format!("/proc/{raw}/cmdline")).unwrap_or_default();
+    if !cmdline.contains(program) {
+        return Ok(false);
+    }
+    let pid = nix::unistd::Pid::from_raw(raw);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("cannot signal {program} (pid {raw})"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{raw}")).exists() {
+        if Instant::now() >= deadline {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!("Stopped {program} (pid {raw}).");
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! `cargo xtask up`, the main job: the local cluster, the operator installed as users
-//! install it (CRD, RBAC) and running with its ServiceAccount's permissions, and the example
-//! canvas applied and Ready.
+//! install it (CRD, RBAC) and running with its ServiceAccount's permissions, the example
+//! canvas applied and Ready, and the canvas's services running beside the cluster, so there
+//! is a page to draw on.
 
 use std::{
     path::PathBuf,
@@ -67,6 +68,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
         )
     })?;
     let took = applied.elapsed();
+    // KWOK pods run no containers, so the canvas itself runs beside the cluster.
+    let local = crate::dev::start(true)?;
 
     println!(
         "\nThe example canvas is Ready ({:.1} s from `kubectl apply` to Ready). Try:\n\
@@ -77,7 +80,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
          \x20 kubectl get all,pvc -n {DEMO_NAMESPACE}\n\
          \x20 kubectl patch pxc demo -n {DEMO_NAMESPACE} --type merge -p '{{\"spec\":{{\"api\":{{\"replicas\":3}}}}}}'\n\
          The operator runs in the background: log {}, metrics {metrics}.\n\
-         `cargo xtask cluster down` stops it and removes the cluster.",
+         Draw at {} (redis-server and the three services, beside the cluster).\n\
+         `cargo xtask cluster down` stops them all and removes the cluster.",
         took.as_secs_f64(),
         cluster.kubeconfig().display(),
         tools
@@ -86,6 +90,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         log.display(),
+        local.url,
     );
     Ok(())
 }

@@ -11,6 +11,10 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::http::{
+    HeaderName, HeaderValue, Method,
+    header::{ETAG, IF_NONE_MATCH},
+};
 use axum::{Extension, Router, extract::DefaultBodyLimit};
 use bytes::Bytes;
 use clap::Parser;
@@ -29,7 +33,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use tower_http::compression::CompressionLayer;
+use tower_http::{
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -73,6 +80,11 @@ pub struct Args {
     #[arg(long, env = ports::ENV_MAX_BODY_BYTES, default_value_t = 1024)]
     pub max_body_bytes: usize,
 
+    /// Origins (`scheme://host:port`, comma-separated) whose pages may call the API from a
+    /// browser (CORS). Empty: same-origin only, as behind the Ingress.
+    #[arg(long, env = ports::ENV_CORS_ALLOWED_ORIGINS, value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -86,6 +98,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("invalid CORS origin {0:?}: expected scheme://host[:port]")]
+    CorsOrigin(String),
 }
 
 /// The canvas's settings, checked.
@@ -220,10 +234,108 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .layer(CompressionLayer::new())
 }
 
+/// CORS for pages served from `origins` (another host or port than the API's): reads only,
+/// and the headers a snapshot client needs. `None` when no origin is allowed.
+pub fn cors(origins: &[String]) -> Result<Option<CorsLayer>, RunError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|origin| cors_origin(origin).ok_or_else(|| RunError::CorsOrigin(origin.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET])
+            .allow_headers([IF_NONE_MATCH])
+            .expose_headers([ETAG, HeaderName::from_static(ports::CANVAS_VERSION_HEADER)]),
+    ))
+}
+
+/// `scheme://host[:port]`, as browsers send it in `Origin`.
+fn cors_origin(value: &str) -> Option<HeaderValue> {
+    let origin = value.trim().trim_end_matches('/');
+    let host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))?;
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return None;
+    }
+    HeaderValue::from_str(origin).ok()
+}
+
 /// Serves until SIGTERM.
 pub async fn run(args: Args) -> Result<(), RunError> {
     let state = AppState::new(&args)?;
-    let router = app(state, args.max_body_bytes);
+    let mut router = app(state, args.max_body_bytes);
+    if let Some(cors) = cors(&args.cors_allowed_origins)? {
+        router = router.layer(cors);
+    }
     serve(args.listen_addr, router, shutdown::signal_received()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn allowed_origin(origins: &[&str], origin: &str) -> Option<String> {
+        let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
+        let layer = cors(&origins)
+            .expect("valid origins")
+            .expect("some origin allowed");
+        let response = Router::new()
+            .route("/x", get(|| async { "ok" }))
+            .layer(layer)
+            .oneshot(
+                Request::get("/x")
+                    .header("origin", origin)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn only_listed_origins_may_read_from_a_browser() {
+        let listed = ["http://127.0.0.1:3000", "https://canvas.example.com/"];
+        assert_eq!(
+            allowed_origin(&listed, "http://127.0.0.1:3000")
+                .await
+                .as_deref(),
+            Some("http://127.0.0.1:3000")
+        );
+        assert_eq!(
+            allowed_origin(&listed, "https://canvas.example.com")
+                .await
+                .as_deref(),
+            Some("https://canvas.example.com")
+        );
+        assert_eq!(allowed_origin(&listed, "http://evil.example").await, None);
+    }
+
+    #[test]
+    fn no_origins_means_no_cors_and_bad_ones_are_refused() {
+        assert!(matches!(cors(&[]), Ok(None)));
+        for bad in [
+            "canvas.example.com",
+            "http://",
+            "http://host/path",
+            "ftp://host",
+        ] {
+            assert!(
+                matches!(cors(&[bad.to_owned()]), Err(RunError::CorsOrigin(_))),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -111,3 +111,6 @@ pub const ENV_PUBLIC_API_URL: &str = "PIXEL_PUBLIC_API_URL";
 /// The WebSocket URL the page opens: a path on the page's own origin (`/ws`) or an absolute
 /// `ws(s)://` URL.
 pub const ENV_PUBLIC_WS_URL: &str = "PIXEL_PUBLIC_WS_URL";
+
+/// Origins whose pages may call canvas-api from a browser (CORS), comma-separated.
+pub const ENV_CORS_ALLOWED_ORIGINS: &str = "PIXEL_CORS_ALLOWED_ORIGINS";

@@ -1,0 +1,249 @@
+//! The canvas on this machine, without Kubernetes: redis-server and the three services on
+//! loopback. `cargo xtask dev` runs them in the foreground; `cargo xtask up` leaves them
+//! running beside the cluster.
+//!
+//! The page is served on :3000 and calls canvas-api (:3001) and the gateway (:3002) on their
+//! own ports, so both allow the page's origin (CORS and the WebSocket Origin check): in a
+//! cluster the Ingress puts all three on one origin instead.
+
+use std::{
+    fs::{self, File},
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cluster::ensure_port_free, deps, paths, process};
+
+const FRONTEND_PORT: u16 = 3000;
+const API_PORT: u16 = 3001;
+const GATEWAY_PORT: u16 = 3002;
+/// The page's origins as a browser on this machine names them.
+const PAGE_ORIGINS: &str = "http://127.0.0.1:3000,http://localhost:3000";
+/// Canvas settings for local play: the example's size, no cooldown.
+const CANVAS_ENV: [(&str, &str); 3] = [
+    ("PIXEL_CANVAS_WIDTH", "500"),
+    ("PIXEL_CANVAS_HEIGHT", "500"),
+    ("PIXEL_CANVAS_COOLDOWN_SECONDS", "0"),
+];
+
+/// The processes, in start order: redis-server first.
+const PROGRAMS: [&str; 4] = ["redis-server", "canvas-api", "gateway", "frontend"];
+
+fn dir() -> PathBuf {
+    paths::cache_dir().join("dev")
+}
+
+fn pid_file(program: &str) -> PathBuf {
+    dir().join(format!("{program}.pid"))
+}
+
+/// The running services.
+#[derive(Debug)]
+pub struct Local {
+    children: Vec<(&'static str, Child)>,
+    pub url: String,
+}
+
+/// Builds and starts everything; `detached` processes outlive xtask (for `up`).
+pub fn start(detached: bool) -> Result<Local> {
+    deps::ensure_debian_packages(&["redis-server"])?;
+    stop_detached()?;
+    for port in [FRONTEND_PORT, API_PORT, GATEWAY_PORT] {
+        ensure_port_free(port)?;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    process::run(
+        Command::new(cargo).current_dir(paths::repo_root()).args([
+            "build",
+            "--quiet",
+            "--package",
+            "canvas-api",
+            "--package",
+            "gateway",
+            "--package",
+            "frontend",
+        ]),
+        Duration::from_secs(1800),
+    )?;
+    let data = dir().join("redis");
+    fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let redis_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let bin = |name: &str| paths::repo_root().join("target/debug").join(name);
+
+    let mut local = Local {
+        children: Vec::new(),
+        url: format!("http://127.0.0.1:{FRONTEND_PORT}/"),
+    };
+    let mut spawn = |name: &'static str, cmd: &mut Command| -> Result<()> {
+        let log = File::create(dir().join(format!("{name}.log")))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if detached {
+            cmd.process_group(0);
+        }
+        let child = process::spawn(cmd)?;
+        if detached {
+            fs::write(pid_file(name), child.id().to_string())?;
+        }
+        local.children.push((name, child));
+        Ok(())
+    };
+    spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &redis_port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&data),
+    )?;
+    wait_for_redis(redis_port)?;
+    spawn(
+        "canvas-api",
+        Command::new(bin("canvas-api"))
+            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{API_PORT}"))
+            .env("PIXEL_REDIS_URL", &redis_url)
+            .env("PIXEL_CORS_ALLOWED_ORIGINS", PAGE_ORIGINS)
+            .envs(CANVAS_ENV),
+    )?;
+    spawn(
+        "gateway",
+        Command::new(bin("gateway"))
+            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{GATEWAY_PORT}"))
+            .env("PIXEL_REDIS_URL", &redis_url)
+            .env("PIXEL_API_URL", format!("http://127.0.0.1:{API_PORT}"))
+            .env("PIXEL_WS_ALLOWED_ORIGINS", PAGE_ORIGINS)
+            .envs(CANVAS_ENV),
+    )?;
+    spawn(
+        "frontend",
+        Command::new(bin("frontend"))
+            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{FRONTEND_PORT}"))
+            .env(
+                "PIXEL_PUBLIC_API_URL",
+                format!("http://127.0.0.1:{API_PORT}/api/v1"),
+            )
+            .env(
+                "PIXEL_PUBLIC_WS_URL",
+                format!("ws://127.0.0.1:{GATEWAY_PORT}/ws"),
+            ),
+    )?;
+    for port in [API_PORT, GATEWAY_PORT, FRONTEND_PORT] {
+        wait_ready(port)?;
+    }
+    Ok(local)
+}
+
+fn wait_for_redis(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pong = process::output(
+            Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]),
+            Duration::from_secs(5),
+        );
+        if pong.is_ok_and(|out| out.trim() == "PONG") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "redis-server did not answer on port {port}; see {}",
+                dir().join("redis-server.log").display()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_ready(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    while ureq::get(&url).call().is_err() {
+        if Instant::now() >= deadline {
+            bail!(
+                "{url} did not become ready; the logs are in {}",
+                dir().display()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Stops services `up` left running.
+pub fn stop_detached() -> Result<()> {
+    for program in PROGRAMS.iter().rev() {
+        process::stop_detached(&pid_file(program), program)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask dev`: runs until Ctrl-C or SIGTERM (then stops every process gracefully)
+/// or until one of them exits (then stops the others).
+pub fn dev() -> Result<()> {
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .context("cannot handle Ctrl-C")?;
+    let mut local = start(false)?;
+    println!(
+        "Open {} to draw. Logs: {}. Stop with Ctrl-C.\n\
+         canvas-api http://127.0.0.1:{API_PORT}/api/v1/info, gateway ws://127.0.0.1:{GATEWAY_PORT}/ws",
+        local.url,
+        dir().display()
+    );
+    let exited = loop {
+        if stopped.recv_timeout(Duration::from_millis(250)).is_ok() {
+            break None;
+        }
+        if let Some((name, status)) = local.children.iter_mut().find_map(|(name, child)| {
+            child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| (*name, status))
+        }) {
+            break Some((name, status));
+        }
+    };
+    // Services first, Redis last, each given time to drain.
+    for (name, child) in local.children.iter_mut().rev() {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or_default());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                eprintln!("{name} did not stop within 15 s; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    match exited {
+        Some((name, status)) => bail!(
+            "{name} exited ({status}); see {}",
+            dir().join(format!("{name}.log")).display()
+        ),
+        None => {
+            println!("Stopped.");
+            Ok(())
+        }
+    }
+}
