@@ -30,6 +30,18 @@ pub struct WorkloadState {
 }
 
 impl WorkloadState {
+    /// While old pods remain, only ready pods of the current template count.
+    fn counting(ready: i32, updated: i32, rolled_out: bool) -> Self {
+        Self {
+            ready: if rolled_out {
+                ready
+            } else {
+                ready.min(updated)
+            },
+            rolled_out,
+        }
+    }
+
     pub fn of_deployment(d: &Deployment) -> Self {
         let status = d.status.clone().unwrap_or_default();
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -39,15 +51,7 @@ impl WorkloadState {
         let rolled_out =
             current_generation && updated == desired && status.replicas.unwrap_or(0) == desired;
         let ready = status.ready_replicas.unwrap_or(0);
-        // While old pods remain, only pods of the current template count.
-        Self {
-            ready: if rolled_out {
-                ready
-            } else {
-                ready.min(updated)
-            },
-            rolled_out,
-        }
+        Self::counting(ready, updated, rolled_out)
     }
 
     pub fn of_stateful_set(s: &StatefulSet) -> Self {
@@ -60,14 +64,7 @@ impl WorkloadState {
         let updated = status.updated_replicas.unwrap_or(0);
         let rolled_out = current_generation && same_revision && updated == desired;
         let ready = status.ready_replicas.unwrap_or(0);
-        Self {
-            ready: if rolled_out {
-                ready
-            } else {
-                ready.min(updated)
-            },
-            rolled_out,
-        }
+        Self::counting(ready, updated, rolled_out)
     }
 }
 

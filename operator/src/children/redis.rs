@@ -6,8 +6,8 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
         core::v1::{
             Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort,
-            ServiceSpec, TCPSocketAction, VolumeMount, VolumeResourceRequirements,
+            PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
+            VolumeMount, VolumeResourceRequirements,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -15,7 +15,6 @@ use k8s_openapi::{
         },
     },
     apimachinery::pkg::{
-        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
         util::intstr::IntOrString,
     },
@@ -74,23 +73,6 @@ fn args(ctx: &Context) -> Vec<String> {
     args
 }
 
-fn default_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(
-            [("cpu", "100m"), ("memory", "128Mi")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
-                .collect(),
-        ),
-        limits: Some(
-            [("memory".to_owned(), Quantity("512Mi".to_owned()))]
-                .into_iter()
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
 pub fn stateful_set(ctx: &Context) -> StatefulSet {
     let names = &ctx.names;
     let redis = &ctx.canvas.spec.redis;
@@ -135,7 +117,12 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
             ..Default::default()
         }),
         readiness_probe: Some(ping),
-        resources: Some(redis.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(
+            redis
+                .resources
+                .clone()
+                .unwrap_or_else(|| security::default_resources("100m", "128Mi", "512Mi")),
+        ),
         security_context: Some(security::container_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {

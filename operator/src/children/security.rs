@@ -1,8 +1,12 @@
-//! The Pod Security "restricted" profile, plus a read-only root filesystem, for every pod.
+//! The Pod Security "restricted" profile, plus a read-only root filesystem, for every pod,
+//! and bounded resources when the spec sets none.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, PodSecurityContext, SeccompProfile, SecurityContext,
-    Volume, VolumeMount,
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, EmptyDirVolumeSource, PodSecurityContext, ResourceRequirements,
+        SeccompProfile, SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::api::resource::Quantity,
 };
 
 /// The unprivileged user every container runs as.
@@ -53,4 +57,21 @@ pub fn tmp_volume() -> (Volume, VolumeMount) {
             ..Default::default()
         },
     )
+}
+
+/// Requests of `cpu` and `memory`, and a memory limit, for containers whose spec sets no
+/// resources: every pod is bounded.
+pub fn default_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), quantity(cpu)),
+                ("memory".to_owned(), quantity(memory)),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_owned(), quantity(memory_limit))].into()),
+        ..Default::default()
+    }
 }

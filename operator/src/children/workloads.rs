@@ -12,7 +12,6 @@ use k8s_openapi::{
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{
-        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
@@ -65,24 +64,6 @@ fn stateless(ctx: &Context, component: Component) -> Option<Stateless> {
 
 /// The stateless components, in order.
 pub const STATELESS: [Component; 3] = [Component::Api, Component::Gateway, Component::Frontend];
-
-/// Requests and limits when the spec sets none: small, and bounded.
-fn default_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(
-            [("cpu", "50m"), ("memory", "64Mi")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
-                .collect(),
-        ),
-        limits: Some(
-            [("memory".to_owned(), Quantity("256Mi".to_owned()))]
-                .into_iter()
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
 
 fn env(ctx: &Context, s: &Stateless) -> Vec<EnvVar> {
     let value = |name: &str, value: String| EnvVar {
@@ -182,7 +163,11 @@ fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
         }),
         liveness_probe: Some(http_probe(ports::HEALTHZ_PATH, 10, 3)),
         readiness_probe: Some(http_probe(ports::READYZ_PATH, 5, 2)),
-        resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(
+            s.resources
+                .clone()
+                .unwrap_or_else(|| security::default_resources("50m", "64Mi", "256Mi")),
+        ),
         security_context: Some(security::container_security_context()),
         volume_mounts: Some(vec![tmp_mount]),
         ..Default::default()
