@@ -55,7 +55,8 @@ pub async fn run(
     ));
     // Only the operator's own children: a cluster's other objects never reach it.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    let controller = Controller::new(scope.api::<PixelCanvas>(), watcher::Config::default());
+    let controller = Controller::new(scope.api::<PixelCanvas>(), watcher::Config::default())
+        .trigger_backoff(watch_backoff());
     let canvases = controller.store();
     let controller = controller
         .owns(scope.api::<StatefulSet>(), owned.clone())
@@ -119,6 +120,19 @@ pub async fn run(
         })
         .await;
     tracing::info!("controller stopped");
+}
+
+/// How soon a broken watch is retried: from half a second, doubling, but never more than
+/// 5 s apart, so the operator is back within seconds of an API server restart (the default
+/// grows to 30 s).
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 /// Where the controller looks: the whole cluster, or one namespace.

@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything beyond `cargo build`, in Rust so it runs wherever cargo does.
 
+mod bench;
 mod cluster;
 mod crd;
 mod deps;
@@ -44,6 +45,12 @@ enum Command {
     /// Build the pinned Go tools (control plane, KWOK, chainsaw) into the cache, or print
     /// where they are.
     Toolchain,
+    /// The benchmarks: each figure beside its peer or limit from the same run, as medians
+    /// of repeated rounds; writes target/bench/results.{json,md}. Not tests.
+    Bench(bench::BenchArgs),
+    /// The HTTP load generator `bench` starts as its own process.
+    #[command(hide = true)]
+    BenchLoad(bench::load::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
         Command::E2e => e2e::run_suites(),
         Command::Crd => crd::generate(),
         Command::Toolchain => toolchain::ensure().map(|tools| tools.print()),
+        Command::Bench(args) => bench::bench(&args),
+        Command::BenchLoad(args) => bench::load::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

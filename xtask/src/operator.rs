@@ -23,6 +23,18 @@ pub struct Operator {
     pub addr: SocketAddr,
     /// The binary, for suites that start one of their own.
     pub binary: std::path::PathBuf,
+    /// Left running on purpose (`detach`); otherwise dropping it kills the process.
+    detached: bool,
+}
+
+impl Drop for Operator {
+    /// An operator that a failed step leaves behind must not outlive xtask.
+    fn drop(&mut self) {
+        if !self.detached {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Operator {
@@ -71,16 +83,14 @@ impl Operator {
             }
             thread::sleep(Duration::from_millis(100));
         };
-        let mut operator = Self {
+        let operator = Self {
             child,
             addr,
             binary,
+            detached: false,
         };
-        if let Err(error) = operator.wait_ready(log_path) {
-            let _ = operator.child.kill();
-            let _ = operator.child.wait();
-            return Err(error);
-        }
+        // On failure, dropping it kills the process.
+        operator.wait_ready(log_path)?;
         println!(
             "Operator running (metrics at http://{addr}/metrics, log {})",
             log_path.display()
@@ -106,7 +116,8 @@ impl Operator {
     }
 
     /// Leaves it running after xtask exits, its pid in `pid_file` for `stop_detached`.
-    pub fn detach(self, pid_file: &Path) -> Result<()> {
+    pub fn detach(mut self, pid_file: &Path) -> Result<()> {
+        self.detached = true;
         std::fs::write(pid_file, self.child.id().to_string())
             .with_context(|| format!("cannot write {}", pid_file.display()))
     }

@@ -1,0 +1,359 @@
+//! The HTTP load generator, run as its own process (`cargo xtask bench-load`, hidden) so it
+//! can be pinned to other cores than the server. N clients, each with its own keep-alive
+//! connection and its own client id, send requests back to back for a fixed time; it prints
+//! one JSON [`LoadSummary`] on stdout.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::stats;
+
+/// What the clients ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `POST /api/v1/pixels` with random valid pixels.
+    Place,
+    /// `GET /api/v1/canvas`, reading the whole body.
+    Snapshot,
+    /// `GET /api/v1/canvas` with `If-None-Match` naming the current ETag (expects 304).
+    Snapshot304,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// canvas-api's base URL, e.g. http://127.0.0.1:3001
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 5000)]
+    pub duration_ms: u64,
+    /// Bound on one request.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// Answers with the expected status (200 for place and snapshot, 304 for snapshot-304).
+    pub ok: u64,
+    /// Everything else: other statuses, transport errors, timeouts.
+    pub errors: u64,
+    /// Answers by status code; `error` for requests that got none.
+    pub statuses: BTreeMap<String, u64>,
+    /// Seconds from the first request to the last answer.
+    pub elapsed_s: f64,
+    /// `ok / elapsed_s`.
+    pub ok_per_s: f64,
+    /// Latencies of the expected answers, in milliseconds (0 when there were none).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// CPU time this process used over its wall time, per core it may use: near 1.0 means
+    /// the load generator itself was the bottleneck.
+    #[serde(default)]
+    pub cpu_share: f64,
+}
+
+impl LoadSummary {
+    /// Parses the load generator's stdout: the last line that is a JSON object.
+    pub fn parse(stdout: &str) -> Result<Self> {
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|line| line.trim_start().starts_with('{'))
+            .context("the load generator printed no JSON summary")?;
+        serde_json::from_str(line).context("cannot parse the load generator's summary")
+    }
+}
+
+/// User plus system CPU seconds from `/proc/self/stat` (fields 14 and 15, counted in the
+/// kernel's USER_HZ of 100 ticks per second).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name may hold spaces and parentheses; the fields after it do not.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so fields 14 and 15 are at 11 and 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(cpu_seconds)
+        .unwrap_or(f64::NAN)
+}
+
+/// A small xorshift generator: random enough for picking pixels, and reproducible.
+#[derive(Debug)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        // The all-zero state would stay zero.
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % bound.max(1)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Info {
+    width: u64,
+    height: u64,
+    palette: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct ClientTally {
+    latencies_us: Vec<u64>,
+    statuses: BTreeMap<String, u64>,
+    ok: u64,
+    errors: u64,
+}
+
+/// `cargo xtask bench-load`: runs the load and prints the summary as one JSON line.
+pub fn main(args: &LoadArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let summary = runtime.block_on(run(args))?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn run(args: &LoadArgs) -> Result<LoadSummary> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let timeout = Duration::from_millis(args.request_timeout_ms);
+    let base = args.url.trim_end_matches('/').to_owned();
+    let setup = reqwest::Client::builder().timeout(timeout).build()?;
+    let info: Info = setup
+        .get(format!("{base}/api/v1/info"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+        .context("cannot read /api/v1/info")?;
+    let etag = if args.mode == Mode::Snapshot304 {
+        let response = setup
+            .get(format!("{base}/api/v1/canvas"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .context("the snapshot carries no ETag")?
+            .to_str()
+            .context("the ETag is not text")?
+            .to_owned();
+        drop(response.bytes().await?);
+        Some(etag)
+    } else {
+        None
+    };
+
+    let duration = Duration::from_millis(args.duration_ms);
+    let cpu_before = own_cpu_seconds();
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..args.clients {
+        // One client per simulated user: its own pool, so its own keep-alive connection.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(1)
+            .build()?;
+        let job = Job {
+            client,
+            base: base.clone(),
+            mode: args.mode,
+            etag: etag.clone(),
+            client_id: format!("bench-{index}"),
+            width: info.width,
+            height: info.height,
+            colors: info.palette.len() as u64,
+            rng: XorShift::new(index as u64 + 1),
+        };
+        tasks.spawn(job.run(deadline));
+    }
+    let mut total = ClientTally::default();
+    // The tasks stop at the deadline, each request bounded by its timeout; this bound
+    // only catches a wedged runtime.
+    let join_bound = duration + timeout + Duration::from_secs(30);
+    let joined = tokio::time::timeout(join_bound, async {
+        while let Some(tally) = tasks.join_next().await {
+            let tally = tally.context("a load client panicked")?;
+            total.ok += tally.ok;
+            total.errors += tally.errors;
+            total.latencies_us.extend(tally.latencies_us);
+            for (status, count) in tally.statuses {
+                *total.statuses.entry(status).or_default() += count;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match joined {
+        Ok(result) => result?,
+        Err(_) => bail!("the load clients did not stop within {join_bound:?}"),
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let cpu_share = (own_cpu_seconds() - cpu_before) / elapsed_s / cores;
+    total.latencies_us.sort_unstable();
+    let ms =
+        |p: f64| stats::percentile_sorted(&total.latencies_us, p).map_or(0.0, |us| us as f64 / 1e3);
+    Ok(LoadSummary {
+        ok: total.ok,
+        errors: total.errors,
+        statuses: total.statuses,
+        elapsed_s,
+        ok_per_s: total.ok as f64 / elapsed_s,
+        p50_ms: ms(50.0),
+        p99_ms: ms(99.0),
+        max_ms: ms(100.0),
+        cpu_share: if cpu_share.is_finite() {
+            cpu_share
+        } else {
+            0.0
+        },
+    })
+}
+
+#[derive(Debug)]
+struct Job {
+    client: reqwest::Client,
+    base: String,
+    mode: Mode,
+    etag: Option<String>,
+    client_id: String,
+    width: u64,
+    height: u64,
+    colors: u64,
+    rng: XorShift,
+}
+
+impl Job {
+    async fn run(mut self, deadline: tokio::time::Instant) -> ClientTally {
+        let mut tally = ClientTally::default();
+        let expected = match self.mode {
+            Mode::Place | Mode::Snapshot => reqwest::StatusCode::OK,
+            Mode::Snapshot304 => reqwest::StatusCode::NOT_MODIFIED,
+        };
+        while tokio::time::Instant::now() < deadline {
+            let sent = Instant::now();
+            let status = self.request().await;
+            let took = sent.elapsed();
+            let key = status.map_or_else(|| "error".to_owned(), |s| s.as_u16().to_string());
+            *tally.statuses.entry(key).or_default() += 1;
+            if status == Some(expected) {
+                tally.ok += 1;
+                tally
+                    .latencies_us
+                    .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+            } else {
+                tally.errors += 1;
+                if status.is_none() {
+                    // Do not spin on a refused connection.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tally
+    }
+
+    /// Sends one request and reads the whole answer; `None` when none came.
+    async fn request(&mut self) -> Option<reqwest::StatusCode> {
+        let request = match self.mode {
+            Mode::Place => {
+                let body = serde_json::json!({
+                    "x": self.rng.below(self.width),
+                    "y": self.rng.below(self.height),
+                    "color": self.rng.below(self.colors),
+                });
+                self.client
+                    .post(format!("{}/api/v1/pixels", self.base))
+                    .header("x-client-id", &self.client_id)
+                    .json(&body)
+            }
+            Mode::Snapshot => self.client.get(format!("{}/api/v1/canvas", self.base)),
+            Mode::Snapshot304 => {
+                let request = self.client.get(format!("{}/api/v1/canvas", self.base));
+                match &self.etag {
+                    Some(etag) => request.header(reqwest::header::IF_NONE_MATCH, etag),
+                    None => request,
+                }
+            }
+        };
+        let response = request.send().await.ok()?;
+        let status = response.status();
+        // Read to the end so the connection is reused.
+        response.bytes().await.ok()?;
+        Some(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_parsed_from_the_last_json_line() {
+        let stdout = "warming up\n\
+            {\"ok\":10,\"errors\":1,\"statuses\":{\"200\":10,\"error\":1},\"elapsed_s\":2.0,\
+             \"ok_per_s\":5.0,\"p50_ms\":1.5,\"p99_ms\":4.0,\"max_ms\":9.0}\n";
+        let summary = LoadSummary::parse(stdout).expect("parses");
+        assert_eq!(summary.ok, 10);
+        assert_eq!(summary.errors, 1);
+        assert_eq!(summary.statuses.get("error"), Some(&1));
+        assert_eq!(summary.ok_per_s, 5.0);
+        assert_eq!(summary.p99_ms, 4.0);
+    }
+
+    #[test]
+    fn summary_without_json_is_an_error() {
+        let error = LoadSummary::parse("nothing here\n").expect_err("no JSON");
+        assert!(error.to_string().contains("no JSON summary"), "{error}");
+        assert!(LoadSummary::parse("{\"ok\": 1}\n").is_err());
+    }
+
+    #[test]
+    fn cpu_seconds_come_from_proc_stat() {
+        let stat = "4242 (tokio (x) rt) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(cpu_seconds("4242 (short) S 1"), None);
+        assert_eq!(cpu_seconds("no parenthesis"), None);
+    }
+
+    #[test]
+    fn rng_stays_below_its_bound() {
+        let mut rng = XorShift::new(0);
+        let picks: Vec<u64> = (0..1000).map(|_| rng.below(7)).collect();
+        assert!(picks.iter().all(|&p| p < 7));
+        assert!((0..7).all(|v| picks.contains(&v)), "{picks:?}");
+        assert_eq!(rng.below(0), 0);
+    }
+}

@@ -1,0 +1,209 @@
+//! The processes under test: redis-server and a release canvas-api on loopback, pinned to
+//! the server cores, always stopped when this value is dropped (also on error).
+
+use std::{
+    fs::File,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{paths, process};
+
+/// The canvas the benchmarks use: 1000x1000, no cooldown.
+pub const CANVAS_SIDE: u32 = 1000;
+/// The Redis key of the pixels (docs/protocol.md, "Redis layout").
+pub const PIXELS_KEY: &str = "canvas:pixels";
+/// The Redis key of the canvas version.
+pub const VERSION_KEY: &str = "canvas:version";
+
+/// Running servers. Dropping stops them (SIGTERM, then SIGKILL) before the data directory
+/// is removed.
+#[derive(Debug)]
+pub struct Servers {
+    children: Vec<(&'static str, Child)>,
+    pub redis_port: u16,
+    pub api_url: String,
+    _data: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Builds canvas-api and xtask (for its load generator) in release mode, so neither side
+/// is measured as a debug build; returns the two binaries.
+pub fn build_release() -> Result<(PathBuf, PathBuf)> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    process::run(
+        Command::new(cargo).current_dir(paths::repo_root()).args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "canvas-api",
+            "--package",
+            "xtask",
+        ]),
+        Duration::from_secs(1800),
+    )?;
+    let release = paths::repo_root().join("target/release");
+    Ok((release.join("canvas-api"), release.join("xtask")))
+}
+
+impl Servers {
+    /// Starts redis-server (AOF on, `appendfsync everysec`, the operator's default, in a
+    /// fresh temporary directory), fills the pixels key to its full 1,000,000 bytes, then
+    /// starts canvas-api; both pinned to `cores`. Logs go to `log_dir`.
+    pub fn start(api_bin: &Path, cores: &str, log_dir: &Path) -> Result<Self> {
+        let data = tempfile::Builder::new()
+            .prefix("pixel-bench-redis")
+            .tempdir()
+            .context("cannot create a temporary directory for Redis")?;
+        let redis_port = free_port()?;
+        let api_port = free_port()?;
+        let mut servers = Self {
+            children: Vec::new(),
+            redis_port,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            _data: data,
+        };
+        let mut redis = Command::new("taskset");
+        redis
+            .args(["-c", cores, "redis-server", "--bind", "127.0.0.1"])
+            .args(["--port", &redis_port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(servers._data.path());
+        servers.spawn("redis-server", &mut redis, log_dir)?;
+        servers.wait_for_redis()?;
+        // The whole canvas exists in Redis, so both sides read and write a full-size value.
+        servers.redis_cli(&[
+            "BITFIELD",
+            PIXELS_KEY,
+            "SET",
+            "u8",
+            &format!("#{}", CANVAS_SIDE * CANVAS_SIDE - 1),
+            "0",
+        ])?;
+        let side = CANVAS_SIDE.to_string();
+        let mut api = Command::new("taskset");
+        api.args(["-c", cores])
+            .arg(api_bin)
+            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{api_port}"))
+            .env("PIXEL_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+            .env("PIXEL_CANVAS_WIDTH", &side)
+            .env("PIXEL_CANVAS_HEIGHT", &side)
+            .env("PIXEL_CANVAS_COOLDOWN_SECONDS", "0")
+            .env("RUST_LOG", "warn");
+        servers.spawn("canvas-api", &mut api, log_dir)?;
+        servers.wait_ready(log_dir)?;
+        Ok(servers)
+    }
+
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<()> {
+        let path = log_dir.join(format!("{name}.log"));
+        let log =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = process::spawn(cmd)?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Runs `redis-cli` against this Redis and returns its answer.
+    pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
+        process::output(
+            Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &self.redis_port.to_string()])
+                .args(args),
+            Duration::from_secs(10),
+        )
+    }
+
+    fn wait_for_redis(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .redis_cli(&["ping"])
+                .is_ok_and(|out| out.trim() == "PONG")
+            {
+                return Ok(());
+            }
+            self.check_running()?;
+            if Instant::now() >= deadline {
+                bail!("redis-server did not answer on port {}", self.redis_port);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_ready(&mut self, log_dir: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/readyz", self.api_url);
+        while ureq::get(&url).call().is_err() {
+            self.check_running()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "{url} did not become ready; see {}",
+                    log_dir.join("canvas-api.log").display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Fails when a server has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during the benchmark ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        // canvas-api first, Redis last.
+        for (name, child) in self.children.iter_mut().rev() {
+            let Ok(raw) = i32::try_from(child.id()) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            };
+            let pid = nix::unistd::Pid::from_raw(raw);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        eprintln!("{name} did not stop within 10 s; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
