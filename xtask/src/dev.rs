@@ -12,8 +12,7 @@ use std::{
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -150,38 +149,26 @@ pub fn start(detached: bool) -> Result<Local> {
 }
 
 fn wait_for_redis(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pong = process::output(
-            Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]),
-            Duration::from_secs(5),
-        );
-        if pong.is_ok_and(|out| out.trim() == "PONG") {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "redis-server did not answer on port {port}; see {}",
-                dir().join("redis-server.log").display()
+    process::wait_until(
+        "redis-server to answer PING",
+        Duration::from_secs(30),
+        || {
+            let pong = process::output(
+                Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]),
+                Duration::from_secs(5),
             );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+            Ok(pong.is_ok_and(|out| out.trim() == "PONG"))
+        },
+    )
+    .with_context(|| format!("see {}", dir().join("redis-server.log").display()))
 }
 
 fn wait_ready(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let url = format!("http://127.0.0.1:{port}/readyz");
-    while ureq::get(&url).call().is_err() {
-        if Instant::now() >= deadline {
-            bail!(
-                "{url} did not become ready; the logs are in {}",
-                dir().display()
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    process::wait_until(&format!("{url} to answer"), Duration::from_secs(30), || {
+        Ok(ureq::get(&url).call().is_ok())
+    })
+    .with_context(|| format!("the logs are in {}", dir().display()))
 }
 
 /// Stops services `up` left running.
@@ -223,17 +210,8 @@ pub fn dev() -> Result<()> {
     };
     // Services first, Redis last, each given time to drain.
     for (name, child) in local.children.iter_mut().rev() {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or_default());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while child.try_wait()?.is_none() {
-            if Instant::now() >= deadline {
-                eprintln!("{name} did not stop within 15 s; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
+        if !process::terminate(child, Duration::from_secs(15))? {
+            eprintln!("{name} did not stop within 15 s; it was killed");
         }
     }
     match exited {

@@ -167,7 +167,7 @@ fn leader_failover(
         process::output(cluster.kubectl(tools).args(args), Duration::from_secs(150))
     };
     let leader = Operator::start(kubeconfig, &report_dir.join("operator-a.log"), &lease)?;
-    wait_for(
+    process::wait_until(
         "the first operator to lead",
         Duration::from_secs(60),
         || Ok(leader.metric("pixel_operator_leader")? == Some(1.0)),
@@ -217,17 +217,6 @@ fn leader_failover(
     );
     standby.stop()?;
     kubectl(&["delete", "namespace", NAMESPACE, "--wait=false"])?;
-    Ok(())
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = std::time::Instant::now() + limit;
-    while !done()? {
-        if std::time::Instant::now() >= deadline {
-            bail!("timed out after {}s waiting for {what}", limit.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
     Ok(())
 }
 

@@ -7,8 +7,7 @@ use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -68,21 +67,22 @@ impl Operator {
                 .stderr(log)
                 .process_group(0),
         )?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            let text = std::fs::read_to_string(log_path).unwrap_or_default();
-            if let Some(addr) = text.lines().find_map(listening_addr) {
-                break addr;
-            }
-            if Instant::now() >= deadline || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                bail!(
-                    "the operator did not start listening; see {}",
-                    log_path.display()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
+        let mut addr = None;
+        let listening =
+            process::wait_until("the operator to listen", Duration::from_secs(60), || {
+                if child.try_wait()?.is_some() {
+                    bail!("the operator exited");
+                }
+                let text = std::fs::read_to_string(log_path).unwrap_or_default();
+                addr = text.lines().find_map(listening_addr);
+                Ok(addr.is_some())
+            });
+        if let Err(error) = listening {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error.context(format!("see {}", log_path.display())));
+        }
+        let addr = addr.context("the operator logged no address")?;
         let operator = Self {
             child,
             addr,
@@ -99,20 +99,13 @@ impl Operator {
     }
 
     fn wait_ready(&self, log_path: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("http://{}/readyz", self.addr);
-        loop {
-            if ureq::get(&url).call().is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the operator did not become ready within 60 s; see {}",
-                    log_path.display()
-                );
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        process::wait_until(
+            "the operator to become ready",
+            Duration::from_secs(60),
+            || Ok(ureq::get(&url).call().is_ok()),
+        )
+        .with_context(|| format!("see {}", log_path.display()))
     }
 
     /// Leaves it running after xtask exits, its pid in `pid_file` for `stop_detached`.
@@ -150,16 +143,8 @@ impl Operator {
 
     /// Stops it with SIGTERM, as Kubernetes would, and waits for it to exit.
     pub fn stop(mut self) -> Result<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).context("pid")?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-            .context("signal the operator")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                bail!("the operator did not exit within 30 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(100));
+        if !process::terminate(&mut self.child, Duration::from_secs(30))? {
+            bail!("the operator did not exit within 30 s of SIGTERM");
         }
         Ok(())
     }

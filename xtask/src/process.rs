@@ -108,6 +108,38 @@ fn wait_child(
     }
 }
 
+/// Polls `done` every 100 ms until it holds; fails after `limit`, saying what it waited for.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done()? {
+        if Instant::now() >= deadline {
+            bail!("timed out after {} s waiting for {what}", limit.as_secs());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Asks a child to stop with SIGTERM and waits up to `grace`; then kills it. Returns
+/// whether it stopped by itself.
+pub fn terminate(child: &mut std::process::Child, grace: Duration) -> Result<bool> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    // It may have exited already; waiting below tells.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let stopped = wait_until("the process to exit", grace, || {
+        Ok(child.try_wait()?.is_some())
+    });
+    if stopped.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(stopped.is_ok())
+}
+
 /// Stops (SIGTERM, then SIGKILL after 30 s) a background process whose pid `pid_file`
 /// holds, if it still runs `program`: the pid may have been reused since. Removes the file.
 /// Returns whether one was stopped.
@@ -126,13 +158,9 @@ pub fn stop_detached(pid_file: &std::path::Path, program: &str) -> Result<bool> 
     let pid = nix::unistd::Pid::from_raw(raw);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .with_context(|| format!("cannot signal {program} (pid {raw})"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{raw}")).exists() {
-        if Instant::now() >= deadline {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
+    let gone = || Ok(!std::path::Path::new(&format!("/proc/{raw}")).exists());
+    if wait_until(&format!("{program} to exit"), Duration::from_secs(30), gone).is_err() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     println!("Stopped {program} (pid {raw}).");
     Ok(true)

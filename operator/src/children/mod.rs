@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Secret, Service},
+        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service, Volume},
         networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
     },
@@ -86,6 +86,38 @@ impl<'a> Context<'a> {
             PullPolicy::IfNotPresent => "IfNotPresent",
             PullPolicy::Never => "Never",
         }
+    }
+}
+
+/// The pod template every component shares: its labels, the hash of what it consumes (so
+/// a change rolls it), the restricted security context, no service-account token, and `/tmp`.
+fn pod_template(
+    ctx: &Context,
+    component: Component,
+    container: Container,
+    tmp: Volume,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(ctx.labels(Some(component))),
+            annotations: Some(
+                [(
+                    CONFIG_HASH_ANNOTATION.to_owned(),
+                    config::consumed_hash(ctx, component),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![tmp]),
+            security_context: Some(security::pod_security_context()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(30),
+            ..Default::default()
+        }),
     }
 }
 

@@ -6,8 +6,8 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
         core::v1::{
             Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
-            VolumeMount, VolumeResourceRequirements,
+            Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, VolumeMount,
+            VolumeResourceRequirements,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -22,9 +22,9 @@ use k8s_openapi::{
 use pixel_common::ports;
 
 use super::{
-    CONFIG_HASH_ANNOTATION, Context, config,
+    Context,
     naming::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
-    security, workloads,
+    pod_template, security, workloads,
 };
 use crate::api::AppendFsync;
 
@@ -154,28 +154,7 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
                     when_scaled: Some("Retain".to_owned()),
                 },
             ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(Some(Component::Redis))),
-                    annotations: Some(
-                        [(
-                            CONFIG_HASH_ANNOTATION.to_owned(),
-                            config::consumed_hash(ctx, Component::Redis),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![tmp_volume]),
-                    security_context: Some(security::pod_security_context()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    ..Default::default()
-                }),
-            },
+            template: pod_template(ctx, Component::Redis, container, tmp_volume),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.to_owned()),

@@ -6,19 +6,16 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-            HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SecretKeySelector, Service, ServicePort, ServiceSpec,
+            HTTPGetAction, Probe, ResourceRequirements, SecretKeySelector, Service, ServicePort,
+            ServiceSpec,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use pixel_common::ports;
 
-use super::{CONFIG_HASH_ANNOTATION, Context, config, naming::Component, security};
+use super::{Context, config, naming::Component, pod_template, security};
 
 /// A stateless component: what differs between canvas-api, gateway and frontend.
 struct Stateless {
@@ -187,28 +184,7 @@ fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(Some(s.component))),
-                    annotations: Some(
-                        [(
-                            CONFIG_HASH_ANNOTATION.to_owned(),
-                            config::consumed_hash(ctx, s.component),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![tmp_volume]),
-                    security_context: Some(security::pod_security_context()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    ..Default::default()
-                }),
-            },
+            template: pod_template(ctx, s.component, container, tmp_volume),
             ..Default::default()
         }),
         ..Default::default()
