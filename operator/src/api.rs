@@ -13,6 +13,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A DNS subdomain name (RFC 1123), as Kubernetes requires of object and host names.
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A Kubernetes resource quantity (`500m`, `1.5`, `256Mi`, `1e3`).
+const QUANTITY: &str = r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
 /// The r/place 2017 palette: 16 colours.
 pub const DEFAULT_PALETTE: [&str; 16] = [
     "#FFFFFF", "#E4E4E4", "#888888", "#222222", "#FFA7D1", "#E50000", "#E59500", "#A06A42",
@@ -159,6 +165,7 @@ pub struct ComponentSpec {
 
     /// CPU and memory requests and limits of the component's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 }
 
@@ -173,6 +180,7 @@ pub struct GatewaySpec {
 
     /// CPU and memory requests and limits of the gateway container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
     /// WebSocket connections one gateway pod accepts before refusing more (1 to 1000000).
@@ -202,6 +210,7 @@ pub struct RedisSpec {
 
     /// CPU and memory requests and limits of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
     /// An existing Secret holding the Redis password. When unset, the operator generates one.
@@ -225,7 +234,7 @@ pub struct StorageSpec {
 
     /// StorageClass of the volume; unset uses the cluster default. Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub storage_class_name: Option<String>,
 
     /// Keep the volume (and so the canvas) when the PixelCanvas is deleted.
@@ -250,7 +259,7 @@ pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub name: String,
 
@@ -273,20 +282,20 @@ pub struct IngressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub host: Option<String>,
 
     /// IngressClass to use; unset uses the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub class_name: Option<String>,
 
     /// Secret holding the TLS certificate for `host`; unset serves plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub tls_secret_name: Option<String>,
 }
@@ -350,6 +359,37 @@ fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
         "maxLength": 64,
+    })
+}
+
+/// The part of a container's `resources` a canvas may set: `requests` and `limits` of
+/// well-formed quantities, requests not above limits. Checked here because the API server
+/// would otherwise accept the canvas and refuse only the Deployment built from it.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let amounts = |what: &str| {
+        serde_json::json!({
+            "type": "object",
+            "description": format!("{what}, by resource name (cpu, memory, ...), as quantities such as 500m or 256Mi."),
+            "maxProperties": 8,
+            "additionalProperties": {
+                "x-kubernetes-int-or-string": true,
+                "pattern": QUANTITY,
+                // Bounds the cost the API server estimates for the CEL rule below.
+                "maxLength": 64,
+            },
+        })
+    };
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "properties": {
+            "requests": amounts("Resources the container is guaranteed"),
+            "limits": amounts("Resources the container may use at most"),
+        },
+        "x-kubernetes-validations": [{
+            "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(name, !(name in self.limits) || quantity(string(self.requests[name])).compareTo(quantity(string(self.limits[name]))) <= 0)",
+            "message": "resources.requests must not exceed resources.limits for the same resource",
+        }],
     })
 }
 

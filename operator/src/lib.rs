@@ -48,6 +48,16 @@ pub struct Args {
     #[arg(long, env = "PIXEL_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// Canvases reconciled at once. Bounds the operator's memory and its burst of API
+    /// requests when many canvases change together (at start, or hundreds applied at once).
+    #[arg(long, env = "PIXEL_MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrent_reconciles: u16,
+
+    /// Milliseconds a canvas's reconcile waits for more changes to it (its children report
+    /// status in bursts while pods start), so one reconcile answers the whole burst.
+    #[arg(long, env = "PIXEL_RECONCILE_DEBOUNCE_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub reconcile_debounce_ms: u64,
+
     #[command(flatten)]
     pub leader: leader::LeaderArgs,
 
@@ -59,6 +69,8 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no Kubernetes client configuration (set KUBECONFIG or run in a pod): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("cannot build the Kubernetes client: {0}")]
     Config(#[source] kube::Error),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
@@ -105,12 +117,26 @@ async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, &'stati
     }
 }
 
+/// A client from the kubeconfig or the pod's ServiceAccount that counts every request it
+/// sends, by verb (`pixel_operator_api_requests_total`).
+async fn client(metrics: metrics::Metrics) -> Result<kube::Client, Error> {
+    let config = kube::Config::infer().await.map_err(Error::Infer)?;
+    let counting = tower::util::MapRequestLayer::new(move |request: http::Request<_>| {
+        metrics.requested(&request);
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(Error::Config)?
+        .with_layer(&counting)
+        .build())
+}
+
 /// Connects, waits for leadership, runs the controller and serves probes and metrics until
 /// SIGTERM (or until leadership is lost, which ends the process so it can rejoin).
 pub async fn run(args: Args) -> Result<(), Error> {
-    let client = kube::Client::try_default().await.map_err(Error::Config)?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let client = client(metrics.clone()).await?;
     let state = Arc::new(State::default());
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -145,6 +171,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let controller = tokio::spawn(controller::run(
                 client,
                 args.watch_namespace.clone(),
+                kube::runtime::controller::Config::default()
+                    .concurrency(args.max_concurrent_reconciles)
+                    .debounce(std::time::Duration::from_millis(args.reconcile_debounce_ms)),
                 metrics.clone(),
                 state.clone(),
                 {

@@ -19,10 +19,6 @@ use crate::{paths, process, toolchain::Tools};
 pub const OPERATOR_NAMESPACE: &str = "pixel-playground-system";
 pub const OPERATOR_ACCOUNT: &str = "pixel-operator";
 
-/// Fake nodes in every cluster.
-const NODES: u32 = 3;
-/// Pre-created PersistentVolumes: KWOK runs no storage provisioner, so claims bind to these.
-const VOLUMES: u32 = 24;
 /// The control-plane processes kwokctl runs, in start order.
 const COMPONENTS: [&str; 5] = [
     "etcd",
@@ -44,16 +40,31 @@ pub struct UpArgs {
 #[derive(Debug)]
 pub struct Cluster {
     name: &'static str,
+    /// Fake nodes (KWOK's node template allows 110 pods each).
+    nodes: u32,
+    /// Pre-created PersistentVolumes: KWOK runs no storage provisioner, so claims bind to these.
+    volumes: u32,
 }
 
 impl Cluster {
     /// The cluster `cargo xtask up` and `cargo xtask cluster up` manage.
     pub const DEV: Cluster = Cluster {
         name: "pixel-playground",
+        nodes: 3,
+        volumes: 24,
     };
     /// The cluster `cargo xtask test` starts and removes.
     pub const TEST: Cluster = Cluster {
         name: "pixel-playground-test",
+        nodes: 3,
+        volumes: 24,
+    };
+    /// The cluster `cargo xtask bench` starts for the operator benchmarks and removes: room
+    /// for 500 canvases (2,000 pods, 500 Redis volumes).
+    pub const BENCH: Cluster = Cluster {
+        name: "pixel-playground-bench",
+        nodes: 24,
+        volumes: 520,
     };
 
     fn workdir() -> PathBuf {
@@ -87,6 +98,57 @@ impl Cluster {
 
     fn exists(&self) -> bool {
         self.state_dir().exists()
+    }
+
+    /// Restarts kube-apiserver alone, as a control-plane upgrade does: SIGTERM (SIGKILL after
+    /// `grace`), then the same command line, environment and directory again, its pid where
+    /// kwokctl keeps it so `down` still stops it. Returns once it answers `/readyz`.
+    pub fn restart_apiserver(&self, tools: &Tools, grace: Duration) -> Result<()> {
+        let pid_file = self.state_dir().join("pids/kube-apiserver.pid");
+        let pid = fs::read_to_string(&pid_file)
+            .with_context(|| format!("cannot read {}", pid_file.display()))?;
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        let nul_separated = |name: &str| -> Result<Vec<String>> {
+            let raw = fs::read(proc_dir.join(name))
+                .with_context(|| format!("kube-apiserver (pid {}) is not running", pid.trim()))?;
+            Ok(raw
+                .split(|byte| *byte == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect())
+        };
+        let argv = nul_separated("cmdline")?;
+        let environment = nul_separated("environ")?;
+        let cwd = fs::read_link(proc_dir.join("cwd"))?;
+        let (program, args) = argv
+            .split_first()
+            .context("kube-apiserver has no command line")?;
+        process::stop_detached_within(&pid_file, "kube-apiserver", grace)?;
+        let log_path = self.state_dir().join("logs/kube-apiserver.log");
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(environment.iter().filter_map(|pair| pair.split_once('=')))
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own process group, as kwokctl starts it, so it outlives xtask.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = process::spawn(&mut command)?;
+        fs::write(&pid_file, child.id().to_string())?;
+        process::wait_until(
+            "the restarted kube-apiserver to be ready",
+            Duration::from_secs(90),
+            || Ok(self.is_healthy(tools)),
+        )
+        .with_context(|| format!("see {}", log_path.display()))
     }
 
     /// The API server answers `/readyz`.
@@ -185,7 +247,7 @@ impl Cluster {
     fn finish_up(&self, tools: &Tools) -> Result<()> {
         process::output(
             self.kwokctl(tools)
-                .args(["scale", "node", "--replicas", &NODES.to_string()]),
+                .args(["scale", "node", "--replicas", &self.nodes.to_string()]),
             Duration::from_secs(120),
         )
         .context("creating the fake nodes")?;
@@ -199,9 +261,10 @@ impl Cluster {
             );
         }
         println!(
-            "Cluster {:?} is up: Kubernetes {server}, {NODES} Ready KWOK nodes, API server on 127.0.0.1.\n\
+            "Cluster {:?} is up: Kubernetes {server}, {} Ready KWOK nodes, API server on 127.0.0.1.\n\
              Use it with:\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # kubectl {server}\n  kubectl get nodes",
             self.name,
+            self.nodes,
             self.kubeconfig().display(),
             tools.kubectl.parent().unwrap_or(Path::new(".")).display(),
         );
@@ -223,12 +286,15 @@ impl Cluster {
             )
             .map(|out| out.lines().filter(|status| *status == "True").count())
             .unwrap_or(0);
-            if ready >= NODES as usize {
+            if ready >= self.nodes as usize {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let logs = self.component_logs(tools);
-                bail!("only {ready} of {NODES} nodes became Ready within 2 minutes\n\n{logs}");
+                bail!(
+                    "only {ready} of {} nodes became Ready within 2 minutes\n\n{logs}",
+                    self.nodes
+                );
             }
             thread::sleep(Duration::from_secs(1));
         }
@@ -238,7 +304,7 @@ impl Cluster {
     /// provisioner would create on demand, made ahead of time because nothing provisions here.
     pub fn ensure_storage(&self, tools: &Tools) -> Result<()> {
         let path = paths::cache_dir().join(format!("{}-storage.yaml", self.name));
-        fs::write(&path, storage_manifest(VOLUMES))?;
+        fs::write(&path, storage_manifest(self.volumes))?;
         process::output(
             self.kubectl(tools)
                 .args(["apply", "--server-side", "-f"])

@@ -67,6 +67,24 @@ fn status_is_installed(status: &str) -> bool {
     status.split_whitespace().nth(2) == Some("installed")
 }
 
+/// Fails early, naming the shortfall, when the filesystem holding `path` has less than
+/// `needed` bytes free: a full disk otherwise surfaces as a linker error minutes into a build.
+pub fn ensure_free_space(path: &std::path::Path, needed: u64, purpose: &str) -> Result<()> {
+    let stats = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("cannot read free space of {}", path.display()))?;
+    let free = stats.blocks_available() * stats.fragment_size();
+    const GIB: u64 = 1 << 30;
+    anyhow::ensure!(
+        free >= needed,
+        "{} has {:.1} GiB free; {purpose} needs about {:.0} GiB: free some space \
+         (for example `cargo clean` in old clones) and run again",
+        path.display(),
+        free as f64 / GIB as f64,
+        needed as f64 / GIB as f64,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,22 +111,4 @@ mod tests {
         assert!(is_installed("dpkg").expect("dpkg-query runs"));
         assert!(!is_installed("no-such-package-pixel-playground").expect("dpkg-query runs"));
     }
-}
-
-/// Fails early, naming the shortfall, when the filesystem holding `path` has less than
-/// `needed` bytes free: a full disk otherwise surfaces as a linker error minutes into a build.
-pub fn ensure_free_space(path: &std::path::Path, needed: u64, purpose: &str) -> Result<()> {
-    let stats = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot read free space of {}", path.display()))?;
-    let free = u64::from(stats.blocks_available()) * u64::from(stats.fragment_size());
-    const GIB: u64 = 1 << 30;
-    anyhow::ensure!(
-        free >= needed,
-        "{} has {:.1} GiB free; {purpose} needs about {:.0} GiB: free some space \
-         (for example `cargo clean` in old clones) and run again",
-        path.display(),
-        free as f64 / GIB as f64,
-        needed as f64 / GIB as f64,
-    );
-    Ok(())
 }

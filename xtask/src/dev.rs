@@ -56,20 +56,7 @@ pub fn start(detached: bool) -> Result<Local> {
     for port in [FRONTEND_PORT, API_PORT, GATEWAY_PORT] {
         ensure_port_free(port)?;
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    process::run(
-        Command::new(cargo).current_dir(paths::repo_root()).args([
-            "build",
-            "--quiet",
-            "--package",
-            "canvas-api",
-            "--package",
-            "gateway",
-            "--package",
-            "frontend",
-        ]),
-        Duration::from_secs(1800),
-    )?;
+    process::cargo_build(false, &["canvas-api", "gateway", "frontend"])?;
     let data = dir().join("redis");
     fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let redis_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cluster::Cluster, operator::Operator, paths, process, toolchain};
+use crate::{cluster::Cluster, operator::Operator, paths, process, scenarios, toolchain};
 
 /// Directory of chainsaw suites; each sub-directory holding a `chainsaw-test.yaml` is a test.
 const SUITES_DIR: &str = "e2e/suites";
@@ -37,6 +37,13 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     }
     process::run(&mut cargo_test, Duration::from_secs(3600))?;
 
+    println!("== fuzzing: the decoders and the client-message parser (cargo-fuzz)");
+    crate::fuzz::run(&crate::fuzz::FuzzArgs::default())?;
+    println!("== fuzzing: canvas-api against its OpenAPI document (schemathesis)");
+    crate::api_fuzz::run()?;
+    println!("== cargo deny: licenses, bans, sources");
+    crate::deny::run()?;
+
     println!("== end-to-end suites");
     let tools = toolchain::ensure()?;
     let cluster = Cluster::TEST;
@@ -54,8 +61,17 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     outcome?.report()
 }
 
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Run only this scenario (leader-failover, apiserver-restart, operator-chaos), not the
+    /// chainsaw suites. Stop an operator `cargo xtask up` left running first: it would hold
+    /// the lease.
+    #[arg(long)]
+    scenario: Option<String>,
+}
+
 /// `cargo xtask e2e`: the suites alone, against the running developer cluster.
-pub fn run_suites() -> Result<()> {
+pub fn run_suites(args: &E2eArgs) -> Result<()> {
     let tools = toolchain::ensure()?;
     let cluster = Cluster::DEV;
     if !cluster.is_healthy(&tools) {
@@ -64,6 +80,23 @@ pub fn run_suites() -> Result<()> {
              run `cargo xtask cluster up` first (or `cargo xtask test`, which starts its own)",
             cluster.kubeconfig().display()
         );
+    }
+    if let Some(name) = &args.scenario {
+        let Some((_, scenario)) = scenarios::ALL.iter().find(|(known, _)| known == name) else {
+            bail!("no scenario `{name}`");
+        };
+        cluster.install_operator_config(&tools)?;
+        cluster.ensure_storage(&tools)?;
+        let report_dir = paths::repo_root().join("target/e2e");
+        std::fs::create_dir_all(&report_dir)?;
+        let operator_kubeconfig = report_dir.join("operator.kubeconfig");
+        cluster.write_operator_kubeconfig(&tools, &operator_kubeconfig)?;
+        return scenario(&scenarios::Stage {
+            tools: &tools,
+            cluster: &cluster,
+            operator_kubeconfig: &operator_kubeconfig,
+            report_dir: &report_dir,
+        });
     }
     chainsaw(&tools, &cluster)?.report()
 }
@@ -123,14 +156,17 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
     }
     let out = run?;
     // Scenarios that control processes and the control plane, which chainsaw cannot.
-    let scenarios: [(&str, Scenario); 1] = [("leader-failover", leader_failover)];
-    let outcomes: Vec<(&str, Result<()>)> = scenarios
+    let stage = scenarios::Stage {
+        tools,
+        cluster,
+        operator_kubeconfig: &operator_kubeconfig,
+        report_dir: &report_dir,
+    };
+    let outcomes: Vec<(&str, Result<()>)> = scenarios::ALL
         .iter()
         .map(|(name, scenario)| {
-            (
-                *name,
-                scenario(tools, cluster, &operator_kubeconfig, &report_dir),
-            )
+            println!("== scenario {name}");
+            (*name, scenario(&stage))
         })
         .collect();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -154,75 +190,6 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
     }
     summary.report_path = report_dir.join("chainsaw-report.json");
     Ok(summary)
-}
-
-type Scenario = fn(&toolchain::Tools, &Cluster, &std::path::Path, &std::path::Path) -> Result<()>;
-
-/// Two operators with the real RBAC: one leads; it crashes (SIGKILL, so its lease must
-/// expire); the standby takes over and reconciles a change made after the crash.
-fn leader_failover(
-    tools: &toolchain::Tools,
-    cluster: &Cluster,
-    kubeconfig: &std::path::Path,
-    report_dir: &std::path::Path,
-) -> Result<()> {
-    const NAMESPACE: &str = "leader-failover";
-    let lease = ["--lease-duration-seconds", "4"];
-    let kubectl = |args: &[&str]| {
-        process::output(cluster.kubectl(tools).args(args), Duration::from_secs(150))
-    };
-    let leader = Operator::start(kubeconfig, &report_dir.join("operator-a.log"), &lease)?;
-    process::wait_until(
-        "the first operator to lead",
-        Duration::from_secs(60),
-        || Ok(leader.metric("pixel_operator_leader")? == Some(1.0)),
-    )?;
-    let standby = Operator::start(kubeconfig, &report_dir.join("operator-b.log"), &lease)?;
-    anyhow::ensure!(
-        standby.metric("pixel_operator_leader")? == Some(0.0),
-        "a second operator leads while the first holds the lease"
-    );
-    kubectl(&["create", "namespace", NAMESPACE])?;
-    let canvas = "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata: {name: fail}\nspec: {api: {replicas: 1}}\n";
-    let manifest = report_dir.join("leader-failover.yaml");
-    std::fs::write(&manifest, canvas)?;
-    kubectl(&["apply", "-n", NAMESPACE, "-f", &manifest.to_string_lossy()])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pxc/fail",
-        "-n",
-        NAMESPACE,
-        "--timeout=120s",
-    ])?;
-    leader.kill()?;
-    kubectl(&[
-        "patch",
-        "pxc",
-        "fail",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"api":{"replicas":2}}}"#,
-    ])?;
-    kubectl(&[
-        "wait",
-        "--for=jsonpath={.spec.replicas}=2",
-        "deployment/fail-api",
-        "-n",
-        NAMESPACE,
-        "--timeout=120s",
-    ])
-    .context("the standby did not take over and apply the change")?;
-    anyhow::ensure!(
-        standby.metric("pixel_operator_leader")? == Some(1.0),
-        "the standby does not report leading"
-    );
-    standby.stop()?;
-    kubectl(&["delete", "namespace", NAMESPACE, "--wait=false"])?;
-    Ok(())
 }
 
 fn prepend_path(dir: &std::path::Path) -> std::ffi::OsString {

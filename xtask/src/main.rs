@@ -1,15 +1,19 @@
 //! `cargo xtask`: everything beyond `cargo build`, in Rust so it runs wherever cargo does.
 
+mod api_fuzz;
 mod bench;
 mod cluster;
 mod crd;
+mod deny;
 mod deps;
 mod dev;
 mod e2e;
+mod fuzz;
 mod invariants;
 mod operator;
 mod paths;
 mod process;
+mod scenarios;
 mod toolchain;
 mod up;
 
@@ -35,13 +39,19 @@ enum Command {
     /// started for the run and removed after it.
     Test(e2e::TestArgs),
     /// The end-to-end suites alone, against the running local cluster.
-    E2e,
+    E2e(e2e::E2eArgs),
     /// The local Kubernetes cluster (kube-apiserver, etcd, controller-manager, scheduler,
     /// KWOK fake nodes).
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Regenerate the PixelCanvas CRD in crds/ from the operator's types.
     Crd,
+    /// cargo-deny's license, ban and source checks of the dependency graph (.ci/deny.toml);
+    /// installs the pinned cargo-deny when missing.
+    Deny,
+    /// Fuzz the snapshot and frame decoders and the gateway's client-message parser
+    /// (services/fuzz) for a bounded time each; fails on any crash, naming its input.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the pinned Go tools (control plane, KWOK, chainsaw) into the cache, or print
     /// where they are.
     Toolchain,
@@ -51,6 +61,12 @@ enum Command {
     /// The HTTP load generator `bench` starts as its own process.
     #[command(hide = true)]
     BenchLoad(bench::load::LoadArgs),
+    /// Fuzz canvas-api with schemathesis against its OpenAPI document, on a real Redis: at
+    /// least 1,000 requests, every check (no 5xx, answers as documented) must pass.
+    ApiFuzz,
+    /// The WebSocket fan-out load generator `bench gateway-fanout` starts as its own process.
+    #[command(hide = true)]
+    BenchFanoutLoad(bench::fanout_load::FanoutLoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,11 +88,15 @@ fn main() -> ExitCode {
             .and_then(|()| dev::stop_detached())
             .and_then(|()| cluster::down()),
         Command::Test(args) => e2e::test_all(&args),
-        Command::E2e => e2e::run_suites(),
+        Command::E2e(args) => e2e::run_suites(&args),
         Command::Crd => crd::generate(),
+        Command::Deny => deny::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Toolchain => toolchain::ensure().map(|tools| tools.print()),
         Command::Bench(args) => bench::bench(&args),
         Command::BenchLoad(args) => bench::load::main(&args),
+        Command::ApiFuzz => api_fuzz::run(),
+        Command::BenchFanoutLoad(args) => bench::fanout_load::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

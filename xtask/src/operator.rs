@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, process};
+use crate::process;
 
 /// A running operator.
 #[derive(Debug)]
@@ -40,19 +40,23 @@ impl Operator {
     /// Builds and starts the operator with `kubeconfig` and `args`, and waits until it is
     /// ready (leading with synced caches, or standing by).
     pub fn start(kubeconfig: &Path, log_path: &Path, args: &[&str]) -> Result<Self> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        process::run(
-            Command::new(cargo).current_dir(paths::repo_root()).args([
-                "build",
-                "--quiet",
-                "--package",
-                "pixel-operator",
-                "--bin",
-                "pixel-operator",
-            ]),
-            Duration::from_secs(1800),
-        )?;
-        let binary = paths::repo_root().join("target/debug/pixel-operator");
+        let binary = Self::build(false)?;
+        Self::start_binary(&binary, kubeconfig, log_path, args)
+    }
+
+    /// Builds the operator binary (debug, or release for benchmarks) and returns its path.
+    pub fn build(release: bool) -> Result<std::path::PathBuf> {
+        Ok(process::cargo_build(release, &["pixel-operator"])?.join("pixel-operator"))
+    }
+
+    /// Starts `binary` as [`Operator::start`] does.
+    pub fn start_binary(
+        binary: &Path,
+        kubeconfig: &Path,
+        log_path: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
+        let binary = binary.to_path_buf();
         let log = File::create(log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         // The log file, not a pipe, holds its output, so it can outlive this process.
@@ -118,6 +122,11 @@ impl Operator {
     /// Stops an operator left running by `detach`, if it still runs.
     pub fn stop_detached(pid_file: &Path) -> Result<()> {
         process::stop_detached(pid_file, "pixel-operator").map(drop)
+    }
+
+    /// Its process id, to read its memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Reads one sample of its metrics, e.g. `pixel_operator_leader`.

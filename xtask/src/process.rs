@@ -124,6 +124,62 @@ pub fn wait_until(
     Ok(())
 }
 
+/// Builds `packages` of this workspace (`--release` or the dev profile) and returns the
+/// directory holding their binaries.
+pub fn cargo_build(release: bool, packages: &[&str]) -> Result<std::path::PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(crate::paths::repo_root())
+        .args(["build", "--quiet"]);
+    if release {
+        build.arg("--release");
+    }
+    for package in packages {
+        build.args(["--package", package]);
+    }
+    run(&mut build, Duration::from_secs(1800))?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(crate::paths::repo_root().join("target").join(profile))
+}
+
+/// Starts `cmd` with its output appended to nothing but the file `log` (created afresh),
+/// and no input.
+pub fn spawn_logged(cmd: &mut Command, log: &std::path::Path) -> Result<std::process::Child> {
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    spawn(cmd)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `probe` every 100 ms until it yields a value; fails after `limit`, saying what it
+/// waited for.
+pub fn wait_until_value<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {} s waiting for {what}", limit.as_secs());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Asks a child to stop with SIGTERM and waits up to `grace`; then kills it. Returns
 /// whether it stopped by itself.
 pub fn terminate(child: &mut std::process::Child, grace: Duration) -> Result<bool> {
@@ -144,6 +200,15 @@ pub fn terminate(child: &mut std::process::Child, grace: Duration) -> Result<boo
 /// holds, if it still runs `program`: the pid may have been reused since. Removes the file.
 /// Returns whether one was stopped.
 pub fn stop_detached(pid_file: &std::path::Path, program: &str) -> Result<bool> {
+    stop_detached_within(pid_file, program, Duration::from_secs(30))
+}
+
+/// [`stop_detached`] with its own grace period before SIGKILL.
+pub fn stop_detached_within(
+    pid_file: &std::path::Path,
+    program: &str,
+    grace: Duration,
+) -> Result<bool> {
     let Ok(text) = std::fs::read_to_string(pid_file) else {
         return Ok(false);
     };
@@ -159,7 +224,7 @@ pub fn stop_detached(pid_file: &std::path::Path, program: &str) -> Result<bool> 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .with_context(|| format!("cannot signal {program} (pid {raw})"))?;
     let gone = || Ok(!std::path::Path::new(&format!("/proc/{raw}")).exists());
-    if wait_until(&format!("{program} to exit"), Duration::from_secs(30), gone).is_err() {
+    if wait_until(&format!("{program} to exit"), grace, gone).is_err() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     println!("Stopped {program} (pid {raw}).");

@@ -1,4 +1,5 @@
-//! The pinned Go tools: the Kubernetes control plane, etcd, KWOK and chainsaw.
+//! The pinned Go tools: the Kubernetes control plane, etcd, KWOK and chainsaw, and
+//! Centrifugo (the peer of the gateway fan-out benchmark, built only when that runs).
 //!
 //! Each lives in its own Go module under `e2e/toolchain/`, whose go.mod/go.sum are the pins.
 //! Binaries are built with the Go toolchain and module proxy only, into the machine cache
@@ -72,6 +73,14 @@ const CHAINSAW: Component = Component {
     binaries: &[("github.com/kyverno/chainsaw", "chainsaw")],
 };
 const COMPONENTS: [&Component; 4] = [&KUBERNETES, &ETCD, &KWOK, &CHAINSAW];
+/// Not in [`COMPONENTS`]: only `cargo xtask bench gateway-fanout` needs it.
+const CENTRIFUGO: Component = Component {
+    name: "centrifugo",
+    pinned_module: "github.com/centrifugal/centrifugo/v6",
+    binaries: &[("github.com/centrifugal/centrifugo/v6", "centrifugo")],
+};
+/// Where Centrifugo's release builds set the version it reports (`centrifugo version`).
+const CENTRIFUGO_VERSION_VAR: &str = "github.com/centrifugal/centrifugo/v6/internal/build.Version";
 
 /// Paths of the built tools.
 #[derive(Debug)]
@@ -127,6 +136,12 @@ pub fn ensure() -> Result<Tools> {
     })
 }
 
+/// Builds Centrifugo when the cache lacks it and returns the binary's path.
+pub fn ensure_centrifugo() -> Result<PathBuf> {
+    check_go()?;
+    Ok(ensure_component(&CENTRIFUGO)?.join("centrifugo"))
+}
+
 fn module_dir(component: &Component) -> PathBuf {
     paths::repo_root()
         .join("e2e/toolchain")
@@ -153,9 +168,16 @@ fn find_require(go_mod: &str, module: &str) -> Option<String> {
     })
 }
 
-/// `-ldflags` for a component: Kubernetes binaries report their real version on `/version`.
+/// `-ldflags` for a component: Kubernetes binaries report their real version on `/version`,
+/// Centrifugo in `centrifugo version` (without the `v`, as its release builds do).
 fn ldflags(component: &Component, version: &str) -> String {
     let mut flags = vec!["-s".to_owned(), "-w".to_owned()];
+    if component.name == CENTRIFUGO.name {
+        flags.push(format!(
+            "-X {CENTRIFUGO_VERSION_VAR}={}",
+            version.trim_start_matches('v')
+        ));
+    }
     if component.name == KUBERNETES.name {
         let mut parts = version.trim_start_matches('v').split('.');
         let (major, minor) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
@@ -373,6 +395,7 @@ mod tests {
         );
         assert!(pinned_version(&ETCD).expect("pinned").starts_with("v3.6."));
         assert!(pinned_version(&KWOK).expect("pinned").starts_with("v0.8."));
+        assert_eq!(pinned_version(&CENTRIFUGO).expect("pinned"), "v6.9.1");
     }
 
     #[test]
@@ -413,6 +436,11 @@ mod tests {
         assert!(flags.contains("-X k8s.io/component-base/version.gitMinor=36"));
         assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMajor=1"));
         assert!(!ldflags(&ETCD, "v3.6.16").contains("-X"));
+        assert!(
+            ldflags(&CENTRIFUGO, "v6.9.1").ends_with("/internal/build.Version=6.9.1"),
+            "{}",
+            ldflags(&CENTRIFUGO, "v6.9.1")
+        );
     }
 
     #[test]

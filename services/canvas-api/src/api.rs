@@ -10,22 +10,25 @@ use axum::{
     },
     http::{
         HeaderMap, HeaderValue, StatusCode,
-        header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH},
+        header::{
+            ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+            VARY,
+        },
     },
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
 use pixel_common::{
-    canvas::{Palette, Point},
+    canvas::{CanvasSize, Palette, Point},
     ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
-    wire::{SNAPSHOT_CONTENT_TYPE, Snapshot},
+    wire::SNAPSHOT_CONTENT_TYPE,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    cache::CachedSnapshot,
+    cache::{CachedSnapshot, Encoding},
     error::{ApiError, ErrorBody},
     store::{HistoryEntry, Placed, Placement},
 };
@@ -43,13 +46,37 @@ pub struct InfoResponse {
     pub version: u64,
 }
 
-/// A placement.
+/// A placement; other fields are refused.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PlaceRequest {
+    #[serde(deserialize_with = "json_integer")]
     pub x: i64,
+    #[serde(deserialize_with = "json_integer")]
     pub y: i64,
     /// Palette index.
+    #[serde(deserialize_with = "json_integer")]
     pub color: i64,
+}
+
+/// A JSON Schema `integer`: any number without a fractional part, so `3.0` too. Integers
+/// beyond `i64` saturate (and are then out of the canvas, like any too large value).
+fn json_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(value) = number.as_i64() {
+        return Ok(value);
+    }
+    if number.as_u64().is_some() {
+        return Ok(i64::MAX);
+    }
+    match number.as_f64() {
+        // Saturating conversion, exact for every integral value in range.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(value) if value.fract() == 0.0 => Ok(value as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not an integer"
+        ))),
+    }
 }
 
 /// An accepted placement.
@@ -75,13 +102,19 @@ pub struct PixelResponse {
     pub client_id: Option<String>,
 }
 
+/// The largest canvas version: Redis counts it with `INCR`, a signed 64-bit integer.
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
 /// Query of `GET /api/v1/history`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Return placements with versions above this one.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub since: u64,
-    /// The most placements to return; at most the configured page size (the default).
+    /// The most placements to return; 0 counts as 1; at most the configured page size (the
+    /// default).
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub limit: Option<u32>,
 }
 
@@ -137,14 +170,60 @@ pub async fn canvas(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cached = state.cache.get(&state.store).await?;
-    let body = cached.encoded.clone();
-    versioned(
+    let encoding = accepted_encoding(&headers);
+    let mut response = versioned(
         &headers,
         cached.version(),
         SNAPSHOT_CONTENT_TYPE,
-        || async { Ok(body) },
+        || async {
+            cached
+                .body(encoding)
+                .await
+                .map_err(|error| ApiError::Internal(Box::new(error)))
+        },
     )
-    .await
+    .await?;
+    // Compressed here once per version; the compression layer leaves an encoded body alone.
+    let modified = response.status() == StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    if let (Some(value), true) = (encoding.header(), modified) {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
+
+/// The encoding to answer with: br, then gzip, when `Accept-Encoding` allows it (a `q` of 0
+/// refuses; `*` allows both), else none.
+pub fn accepted_encoding(headers: &HeaderMap) -> Encoding {
+    let (mut br, mut gzip, mut any) = (None, None, None);
+    for item in headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+    {
+        let mut parts = item.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let allowed = parts
+            .filter_map(|param| param.strip_prefix("q="))
+            .filter_map(|q| q.trim().parse::<f32>().ok())
+            .next_back()
+            .is_none_or(|q| q > 0.0);
+        match name.as_str() {
+            "br" => br = Some(allowed),
+            "gzip" | "x-gzip" => gzip = Some(allowed),
+            "*" => any = Some(allowed),
+            _ => {}
+        }
+    }
+    if br.or(any).unwrap_or(false) {
+        Encoding::Brotli
+    } else if gzip.or(any).unwrap_or(false) {
+        Encoding::Gzip
+    } else {
+        Encoding::Identity
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/canvas.png", tag = "canvas",
@@ -174,16 +253,19 @@ pub async fn canvas_png(
 }
 
 async fn render_png(cached: Arc<CachedSnapshot>, palette: Palette) -> Result<Bytes, ApiError> {
-    tokio::task::spawn_blocking(move || encode_png(&cached.snapshot, &palette))
+    tokio::task::spawn_blocking(move || encode_png(cached.size(), cached.pixels(), &palette))
         .await
         .map_err(|error| ApiError::Internal(Box::new(error)))?
         .map(Bytes::from)
         .map_err(|error| ApiError::Internal(Box::new(error)))
 }
 
-/// An indexed-colour PNG of the snapshot: its palette is the canvas palette.
-pub fn encode_png(snapshot: &Snapshot, palette: &Palette) -> Result<Vec<u8>, png::EncodingError> {
-    let size = snapshot.size();
+/// An indexed-colour PNG of a snapshot's pixels: its palette is the canvas palette.
+pub fn encode_png(
+    size: CanvasSize,
+    pixels: &[u8],
+    palette: &Palette,
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, size.width().into(), size.height().into());
     encoder.set_color(png::ColorType::Indexed);
@@ -196,7 +278,7 @@ pub fn encode_png(snapshot: &Snapshot, palette: &Palette) -> Result<Vec<u8>, png
             .collect::<Vec<u8>>(),
     );
     let mut writer = encoder.write_header()?;
-    writer.write_image_data(snapshot.pixels())?;
+    writer.write_image_data(pixels)?;
     writer.finish()?;
     Ok(out)
 }
@@ -265,7 +347,8 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/pixels", tag = "canvas",
-    params(("X-Client-Id" = String, Header, description = "The placing client: 1 to 64 of A-Z a-z 0-9 . _ -")),
+    params(("X-Client-Id" = String, Header, description = "The placing client: 1 to 64 of A-Z a-z 0-9 . _ -",
+        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = PlaceRequest,
     responses(
         (status = 200, description = "Placed; the new canvas version", body = PlaceResponse),
@@ -316,10 +399,14 @@ async fn place_checked(
         Placed::Accepted {
             version,
             placed_at_ms,
-        } => Ok(PlaceResponse {
-            version,
-            placed_at_ms,
-        }),
+        } => {
+            // Read your writes: no snapshot from this replica is older than this answer.
+            state.cache.acknowledged(version);
+            Ok(PlaceResponse {
+                version,
+                placed_at_ms,
+            })
+        }
         Placed::InCooldown { retry_after_ms } => Err(ApiError::Cooldown { retry_after_ms }),
     }
 }
@@ -367,6 +454,11 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let Query(query) = query.map_err(ApiError::Query)?;
+    if query.since > MAX_VERSION {
+        return Err(ApiError::QueryValue(format!(
+            "since must be at most {MAX_VERSION}, the largest canvas version"
+        )));
+    }
     let page_max = state.settings.history_page_max.max(1);
     let limit = query.limit.unwrap_or(page_max).clamp(1, page_max);
     let since = query.since;
@@ -412,6 +504,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
 /// Unknown paths: a JSON 404 like every other error.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// A known path with another method: a JSON 405 (the router adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
     /// `body_too_large`, `invalid_client_id`, `invalid_path`, `invalid_query`, `cooldown`,
-    /// `history_gone`, `not_found`, `unavailable`, `internal`.
+    /// `history_gone`, `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
     pub message: String,
@@ -45,6 +45,8 @@ pub enum ApiError {
     Path(#[source] PathRejection),
     #[error("invalid query")]
     Query(#[source] QueryRejection),
+    #[error("{0}")]
+    QueryValue(String),
     #[error(
         "the {} header must be 1 to 64 of A-Z a-z 0-9 . _ -",
         pixel_common::ports::CLIENT_ID_HEADER
@@ -58,6 +60,8 @@ pub enum ApiError {
     HistoryGone { since: u64 },
     #[error("no such resource")]
     NotFound,
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     #[error("the canvas store is unavailable")]
     Store(#[from] StoreError),
     #[error("internal error")]
@@ -74,11 +78,12 @@ impl ApiError {
             }
             Self::Body(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
-            Self::Query(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::Query(_) | Self::QueryValue(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
             Self::HistoryGone { .. } => (StatusCode::GONE, "history_gone"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -1,6 +1,7 @@
 //! canvas-api: the canvas REST API, on Redis.
 //!
-//! Reads are served from an in-process snapshot cache ([`cache`]); every placement is one
+//! Reads are served from an in-process snapshot cache that follows the update channel
+//! ([`cache`]); every placement is one
 //! atomic Lua script in Redis ([`store`]); handlers and the OpenAPI document come from one
 //! source ([`api`], through `utoipa-axum`).
 
@@ -72,7 +73,8 @@ pub struct Args {
     #[arg(long, env = ports::ENV_HISTORY_PAGE_MAX, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub history_page_max: u32,
 
-    /// How long a cached snapshot is served before Redis's version is checked, in ms.
+    /// How long a cached snapshot is served without fresh evidence from Redis (a version
+    /// check, or an answered PING on the update subscription) that it is current, in ms.
     #[arg(long, env = ports::ENV_SNAPSHOT_MAX_AGE_MS, default_value_t = 1000)]
     pub snapshot_max_age_ms: u64,
 
@@ -177,15 +179,28 @@ impl AppState {
             password: args.redis.redis_password.clone(),
             timeout: args.redis.timeout(),
         })?;
-        let cache = SnapshotCache::new(
+        let max_age = Duration::from_millis(args.snapshot_max_age_ms);
+        let cache = Arc::new(SnapshotCache::new(
             settings.size,
             &settings.palette,
-            Duration::from_millis(args.snapshot_max_age_ms),
-        );
+            max_age,
+        ));
+        // PINGs at half the max age keep the evidence fresh; with no max age they only
+        // watch the connection.
+        let ping_every = if max_age.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (max_age / 2).clamp(Duration::from_millis(20), Duration::from_secs(1))
+        };
+        tokio::spawn(cache::follow_updates(
+            Arc::downgrade(&cache),
+            store.clone(),
+            ping_every,
+        ));
         Ok(Self {
             settings: Arc::new(settings),
             store,
-            cache: Arc::new(cache),
+            cache,
             metrics: Metrics::new(),
         })
     }
@@ -212,11 +227,40 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// The OpenAPI document of this canvas: [`api_router`]'s, with the bounds the settings put
+/// on coordinates and colours, so that a request the document allows is one the API accepts.
+pub fn openapi_document(settings: &Settings) -> serde_json::Value {
+    let (_, doc) = api_router();
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    let bounds = [
+        ("x", u64::from(settings.size.width()) - 1),
+        ("y", u64::from(settings.size.height()) - 1),
+        ("color", u64::from(settings.palette.len()).saturating_sub(1)),
+    ];
+    for (name, max) in bounds {
+        if let Some(property) = doc.pointer_mut(&format!(
+            "/components/schemas/PlaceRequest/properties/{name}"
+        )) {
+            property["minimum"] = 0.into();
+            property["maximum"] = max.into();
+        }
+        let parameters = doc
+            .pointer_mut("/paths/~1api~1v1~1pixels~1{x}~1{y}/get/parameters")
+            .and_then(serde_json::Value::as_array_mut);
+        for parameter in parameters.into_iter().flatten() {
+            if parameter["name"] == name {
+                parameter["schema"]["maximum"] = max.into();
+            }
+        }
+    }
+    doc
+}
+
 /// The HTTP application: the API, `/openapi.json`, probes and `/metrics`, compressed when
 /// the client accepts it, with bodies limited to `max_body_bytes`.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
-    let (api, doc) = api_router();
-    let doc = serde_json::to_vec(&doc)
+    let (api, _) = api_router();
+    let doc = serde_json::to_vec(&openapi_document(&state.settings))
         .map(Bytes::from)
         .unwrap_or_else(|error| {
             tracing::error!(%error, "cannot serialize the OpenAPI document");
@@ -230,6 +274,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .merge(health::router())
         .merge(metrics::router(metrics.registry))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CompressionLayer::new())
 }

@@ -9,7 +9,7 @@ use pixel_common::redis_schema::{
 };
 use redis::{
     AsyncCommands, Client, IntoConnectionInfo, RedisError, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream},
     streams::{StreamId, StreamRangeReply},
 };
 
@@ -98,6 +98,7 @@ pub struct HistoryEntry {
 /// itself, so the service starts (unready) while Redis is down.
 #[derive(Clone)]
 pub struct Store {
+    client: Client,
     conn: ConnectionManager,
     timeout: Duration,
     place: Script,
@@ -130,9 +131,10 @@ impl Store {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(config.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(StoreError::Config)?;
         Ok(Self {
+            client,
             conn,
             timeout: config.timeout,
             place: Script::new(PLACE_SCRIPT),
@@ -148,6 +150,23 @@ impl Store {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout(self.timeout * 2)),
         }
+    }
+
+    /// A new connection subscribed to the update channel, split into the half that sends
+    /// commands (PING) and the stream of messages.
+    pub async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), StoreError> {
+        self.bounded(async {
+            let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+            sink.subscribe(UPDATES_CHANNEL).await?;
+            Ok((sink, stream))
+        })
+        .await
+    }
+
+    /// PING on a subscribed connection: its answer comes after every message published
+    /// before Redis read the PING.
+    pub async fn ping_subscription(&self, sink: &mut PubSubSink) -> Result<(), StoreError> {
+        self.bounded(sink.ping::<redis::Value>()).await.map(drop)
     }
 
     /// PING: is Redis there and answering?

@@ -4,7 +4,7 @@ use axum::{
     body::Body,
     http::{Method, Request, StatusCode},
 };
-use canvas_api::{AppState, Args, api_router, app};
+use canvas_api::{AppState, Args, api_router, app, openapi_document};
 use clap::Parser;
 use pixel_common::{ports, testing::RedisServer};
 use tower::ServiceExt;
@@ -54,7 +54,9 @@ fn the_issue_s_endpoints_and_the_shared_paths_are_documented() {
 async fn every_documented_route_is_served_and_the_served_document_is_this_one() {
     let redis = RedisServer::start().await;
     let args = Args::try_parse_from(["canvas-api", "--redis-url", &redis.url()]).expect("flags");
-    let router = app(AppState::new(&args).expect("state"), args.max_body_bytes);
+    let state = AppState::new(&args).expect("state");
+    let expected = openapi_document(&state.settings);
+    let router = app(state, args.max_body_bytes);
     for (method, path) in documented() {
         let uri = path.replace("{x}", "0").replace("{y}", "0") + "?since=0";
         let request = Request::builder()
@@ -85,8 +87,7 @@ async fn every_documented_route_is_served_and_the_served_document_is_this_one() 
         .await
         .expect("body");
     let served: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-    let (_, doc) = api_router();
-    assert_eq!(served, serde_json::to_value(&doc).expect("serializes"));
+    assert_eq!(served, expected);
     assert_eq!(
         served["openapi"].as_str().map(|v| v.starts_with("3.")),
         Some(true)
@@ -107,4 +108,47 @@ fn the_protocol_doc_names_every_documented_route() {
             "docs/protocol.md does not describe {line}`"
         );
     }
+}
+
+/// Regression (schemathesis): the document allowed coordinates and colours the canvas
+/// refuses, and client ids the API refuses; a request the document allows must be accepted.
+#[tokio::test]
+async fn the_served_document_carries_this_canvas_s_bounds() {
+    let redis = RedisServer::start().await;
+    let args = Args::try_parse_from([
+        "canvas-api",
+        "--redis-url",
+        &redis.url(),
+        "--canvas-width",
+        "64",
+        "--canvas-height",
+        "32",
+        "--canvas-palette",
+        "#000000,#FFFFFF,#FF0000",
+    ])
+    .expect("flags");
+    let state = AppState::new(&args).expect("state");
+    let doc = openapi_document(&state.settings);
+    let body = &doc["components"]["schemas"]["PlaceRequest"];
+    assert_eq!(body["additionalProperties"], false);
+    for (name, max) in [("x", 63), ("y", 31), ("color", 2)] {
+        assert_eq!(body["properties"][name]["minimum"], 0, "{name}");
+        assert_eq!(body["properties"][name]["maximum"], max, "{name}");
+    }
+    let path = &doc["paths"]["/api/v1/pixels/{x}/{y}"]["get"]["parameters"];
+    assert_eq!(path[0]["schema"]["maximum"], 63);
+    assert_eq!(path[1]["schema"]["maximum"], 31);
+    let client_id = &doc["paths"]["/api/v1/pixels"]["post"]["parameters"][0];
+    assert_eq!(client_id["name"], "X-Client-Id");
+    assert_eq!(client_id["schema"]["pattern"], "^[A-Za-z0-9._-]{1,64}$");
+    let since = &doc["paths"]["/api/v1/history"]["get"]["parameters"][0];
+    assert_eq!(since["schema"]["maximum"], i64::MAX);
+    // The generic document has no canvas, so no bounds.
+    let (_, generic) = api_router();
+    let generic = serde_json::to_value(&generic).expect("serializes");
+    assert!(
+        generic["components"]["schemas"]["PlaceRequest"]["properties"]["x"]
+            .get("maximum")
+            .is_none()
+    );
 }

@@ -91,6 +91,10 @@ pub const ENV_WS_PING_INTERVAL_MS: &str = "PIXEL_WS_PING_INTERVAL_MS";
 pub const ENV_WS_IDLE_TIMEOUT_MS: &str = "PIXEL_WS_IDLE_TIMEOUT_MS";
 /// How long one write to a client may block before the connection is dropped, in ms.
 pub const ENV_WS_SEND_TIMEOUT_MS: &str = "PIXEL_WS_SEND_TIMEOUT_MS";
+/// WebSocket connections one client address may hold at once (0: no limit).
+pub const ENV_WS_MAX_CONNECTIONS_PER_ADDRESS: &str = "PIXEL_WS_MAX_CONNECTIONS_PER_ADDRESS";
+/// Proxies (CIDRs) whose `X-Forwarded-For` names the client's address.
+pub const ENV_WS_TRUSTED_PROXIES: &str = "PIXEL_WS_TRUSTED_PROXIES";
 /// How many update batches a client may fall behind before it is closed (4008).
 pub const ENV_WS_CLIENT_QUEUE: &str = "PIXEL_WS_CLIENT_QUEUE";
 /// How long the gateway gathers updates into one frame, in milliseconds (1..=50).

@@ -31,7 +31,8 @@ pub async fn serve(
     serve_listener(listener, router, shutdown).await
 }
 
-/// Serves on an already bound listener.
+/// Serves on an already bound listener. Handlers may extract the peer's address
+/// (`ConnectInfo<SocketAddr>`), as the gateway's per-address limit does.
 pub async fn serve_listener(
     listener: TcpListener,
     router: Router,
@@ -39,10 +40,13 @@ pub async fn serve_listener(
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(addr = %local, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -50,6 +50,11 @@ impl RunningBinary {
         Self { child, log, addr }
     }
 
+    /// The process id (for /proc/<pid>/status, signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the binary is still running")
+    }
+
     /// GETs `path` and returns the status code and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = reqwest::get(format!("http://{}{path}", self.addr))

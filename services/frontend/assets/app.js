@@ -1,4 +1,4 @@
-// Starts the page: reads /config.json, opens the WebSocket (subscribe first), and wires
+// Starts the page: reads /config.json, opens the WebSocket while fetching the snapshot, and wires
 // the pieces together. The modules beside it each do one thing:
 //   wire.js        binary formats          api.js       canvas-api calls
 //   board.js       the canvas in memory    sync.js      snapshot + frames + history
@@ -44,7 +44,7 @@ async function main() {
     api,
     onBoard: (board) => view.setBoard(board),
     onUpdate: () => {
-      view.requestDraw();
+      view.requestPixels();
       // Someone painted the pixel under the pointer: its info is stale.
       const pixel = info.hovered();
       const colour = pixel && sync.board ? sync.board.colourAt(pixel.x, pixel.y) : undefined;
@@ -72,6 +72,8 @@ async function main() {
     onMessage: (message) => {
       switch (message.type) {
         case "hello":
+          // For benchmarks: the first paint needs both the snapshot and this.
+          performance.mark("gateway-hello");
           cooldownSeconds = message.cooldownSeconds;
           clientId = message.clientId;
           colours.set(message.palette);
@@ -121,10 +123,13 @@ async function main() {
       clientId,
       synced: sync.synced,
       version: sync.board ? sync.board.version : null,
+      drawnVersion: view.drawnVersion,
     }),
     centreOf: (x, y) => view.centreOf(x, y),
   });
 
+  // Both at once: the snapshot does not wait for the hello (sync.js explains why that is safe).
+  sync.prefetch();
   connection.connect();
 }
 

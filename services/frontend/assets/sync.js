@@ -1,8 +1,9 @@
 // Keeps the board equal to the server's canvas: the r/place 2017 recipe.
 //
-// 1. Subscribe first (the WebSocket is open before anything else is read), so no update
-//    can fall between the snapshot and the live stream.
-// 2. Fetch the snapshot. Frames that arrive meanwhile are buffered.
+// 1. Subscribe (open the WebSocket) and fetch the snapshot at the same time, so the first
+//    paint does not wait for the hello. Frames that arrive meanwhile are buffered.
+// 2. A snapshot older than the subscription leaves a gap up to the hello's version, which
+//    the history fills (step 3), so no update falls between snapshot and live stream.
 // 3. Apply the buffered frames newer than the snapshot's version. When something is
 //    missing between the board's version and a frame (the snapshot may be served from a
 //    cache slightly older than the hello), read it from the history; when the history
@@ -37,6 +38,17 @@ export class CanvasSync {
     this.buffer = [];
     this.wantSnapshot = false;
     this.running = false;
+    /** A snapshot request started before the hello (see prefetch). */
+    this.prefetched = null;
+  }
+
+  /** Starts loading the snapshot now; the first hello uses it instead of asking again. */
+  prefetch() {
+    // A failure here only means the hello fetches the snapshot itself.
+    this.prefetched = this.api.snapshot().catch((error) => {
+      console.warn("snapshot prefetch failed; fetching on the hello", error);
+      return null;
+    });
   }
 
   get synced() {
@@ -142,7 +154,9 @@ export class CanvasSync {
   }
 
   async loadSnapshot() {
-    const snapshot = await this.api.snapshot();
+    const prefetched = this.prefetched;
+    this.prefetched = null;
+    const snapshot = (prefetched && (await prefetched)) || (await this.api.snapshot());
     if (!this.palette) return;
     this.wantSnapshot = false;
     this.board = new Board(snapshot, this.palette);

@@ -4,6 +4,7 @@
 //! sees `Lagged` and is closed (4008), so a slow client never grows memory.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
@@ -34,6 +35,40 @@ pub struct Fanout {
     /// The version of the last update published; `None` until the subscription has
     /// learnt the canvas version once.
     version: Mutex<Option<u64>>,
+    /// The last updates published, for reconnecting clients: a gateway restart sends all
+    /// its clients to the others at once, and reading each one's missed updates from
+    /// canvas-api's history made that a burst of history reads (which timed placements out).
+    recent: Mutex<Recent>,
+}
+
+/// The updates `after + 1 ..= after + updates.len()`, at most `capacity` of them.
+#[derive(Debug)]
+struct Recent {
+    after: u64,
+    updates: VecDeque<PixelUpdate>,
+    capacity: usize,
+}
+
+impl Recent {
+    fn reset(&mut self, version: u64) {
+        self.after = version;
+        self.updates.clear();
+    }
+
+    fn push(&mut self, updates: &[PixelUpdate]) {
+        for update in updates {
+            if update.version != self.after + self.updates.len() as u64 + 1 {
+                // Not contiguous (cannot happen: the subscriber publishes runs in order);
+                // start over rather than serve a gap.
+                self.reset(update.version.saturating_sub(1));
+            }
+            if self.updates.len() == self.capacity {
+                self.updates.pop_front();
+                self.after += 1;
+            }
+            self.updates.push_back(*update);
+        }
+    }
 }
 
 /// How a newly received version relates to the last one published.
@@ -74,13 +109,43 @@ pub fn frames(updates: &[PixelUpdate]) -> Vec<UpdateFrame> {
 }
 
 impl Fanout {
-    /// A fan-out whose connections may each fall `capacity` broadcasts behind.
-    pub fn new(capacity: usize) -> Self {
+    /// A fan-out whose connections may each fall `capacity` broadcasts behind, keeping the
+    /// last `recent` updates for reconnecting clients.
+    pub fn new(capacity: usize, recent: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Self {
             tx,
             version: Mutex::new(None),
+            recent: Mutex::new(Recent {
+                after: 0,
+                updates: VecDeque::new(),
+                capacity: recent,
+            }),
         }
+    }
+
+    fn recent_lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The updates `since + 1 ..= upto` when they are all still kept in memory.
+    pub fn recent(&self, since: u64, upto: u64) -> Option<Vec<PixelUpdate>> {
+        let recent = self.recent_lock();
+        let kept_upto = recent.after + recent.updates.len() as u64;
+        if since < recent.after || upto > kept_upto || since > upto {
+            return None;
+        }
+        let skip = usize::try_from(since - recent.after).ok()?;
+        let take = usize::try_from(upto - since).ok()?;
+        Some(
+            recent
+                .updates
+                .iter()
+                .skip(skip)
+                .take(take)
+                .copied()
+                .collect(),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -97,6 +162,7 @@ impl Fanout {
         let mut current = self.lock();
         if current.is_none() {
             *current = Some(version);
+            self.recent_lock().reset(version);
         }
     }
 
@@ -110,6 +176,7 @@ impl Fanout {
     /// Publishes contiguous updates following the current version, as frames.
     pub fn publish(&self, updates: &[PixelUpdate], received: Instant) {
         let mut current = self.lock();
+        self.recent_lock().push(updates);
         for frame in frames(updates) {
             let (first, last) = frame.versions();
             *current = Some(last);
@@ -127,6 +194,7 @@ impl Fanout {
     pub fn refetch(&self, version: u64) {
         let mut current = self.lock();
         *current = Some(version);
+        self.recent_lock().reset(version);
         let _ = self.tx.send(Arc::new(Broadcast::Refetch { version }));
     }
 }
@@ -145,6 +213,29 @@ pub(crate) mod tests {
                 color: 3,
             })
             .collect()
+    }
+
+    #[test]
+    fn recent_updates_are_kept_for_resyncs_until_evicted_or_a_gap() {
+        let fanout = Fanout::new(8, 5);
+        fanout.start_at(10);
+        assert_eq!(fanout.recent(10, 10), Some(vec![]), "nothing missed");
+        assert_eq!(fanout.recent(9, 10), None, "before this gateway started");
+        fanout.publish(&updates(11, 3), Instant::now());
+        assert_eq!(fanout.recent(10, 13), Some(updates(11, 3)));
+        assert_eq!(fanout.recent(11, 12), Some(updates(12, 1)));
+        assert_eq!(fanout.recent(12, 14), None, "not published yet");
+        fanout.publish(&updates(14, 4), Instant::now());
+        assert_eq!(fanout.recent(12, 17), Some(updates(13, 5)), "the last five");
+        assert_eq!(fanout.recent(11, 17), None, "evicted");
+        fanout.refetch(30);
+        assert_eq!(fanout.recent(16, 17), None, "forgotten at a gap");
+        fanout.publish(&updates(31, 1), Instant::now());
+        assert_eq!(fanout.recent(30, 31), Some(updates(31, 1)));
+        let none = Fanout::new(8, 0);
+        none.start_at(0);
+        none.publish(&updates(1, 2), Instant::now());
+        assert_eq!(none.recent(0, 2), None, "keeps nothing");
     }
 
     #[test]
@@ -168,7 +259,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn subscribers_get_what_follows_their_version() {
-        let fanout = Fanout::new(8);
+        let fanout = Fanout::new(8, 16);
         assert!(fanout.subscribe().is_none(), "no version yet");
         fanout.start_at(4);
         fanout.start_at(99);

@@ -5,6 +5,7 @@
 //! placements are forwarded to canvas-api ([`api`]). The protocol is in
 //! `docs/protocol.md` ([`protocol`]).
 
+pub mod address;
 pub mod api;
 pub mod fanout;
 pub mod metrics;
@@ -30,7 +31,7 @@ use pixel_common::{
     canvas::GeometryError,
     config::{CanvasArgs, RedisArgs},
     health, metrics as common_metrics, ports,
-    serve::{ServeError, serve_listener},
+    serve::ServeError,
     shutdown,
     telemetry::{ErrorChain, LogArgs},
 };
@@ -38,6 +39,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    address::{AddressLimits, Cidr},
     api::{ApiClient, ApiError},
     fanout::Fanout,
     metrics::Metrics,
@@ -46,6 +48,10 @@ use crate::{
     subscriber::Subscriber,
     ws::Origins,
 };
+
+/// The most recent updates a gateway keeps in memory for reconnecting clients (16 bytes
+/// each), when `--resync-max` is larger.
+pub const RECENT_MAX: u64 = 10_000;
 
 fn positive_rate(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
@@ -84,6 +90,16 @@ pub struct Args {
     /// WebSocket connections this gateway accepts; more are closed with 1013.
     #[arg(long, env = ports::ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// WebSocket connections one remote address may hold on this gateway (0: no limit);
+    /// more are refused with 429 before the upgrade.
+    #[arg(long, env = ports::ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, default_value_t = 100)]
+    pub max_connections_per_address: usize,
+
+    /// Proxies (addresses or ranges, comma-separated) whose `X-Forwarded-For` names the
+    /// client: the Ingress controller. Empty: the peer address is the client's.
+    #[arg(long, env = ports::ENV_WS_TRUSTED_PROXIES, value_delimiter = ',', default_value = address::DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// The largest message (and frame) a client may send, in bytes; larger closes with 1009.
     #[arg(long, env = ports::ENV_WS_MAX_MESSAGE_BYTES, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
@@ -168,6 +184,10 @@ pub struct Gateway {
     /// Connections holding a slot.
     pub connections: Arc<AtomicUsize>,
     pub max_connections: usize,
+    /// Connections per remote address.
+    pub addresses: Arc<AddressLimits>,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[Cidr]>,
     pub origins: Arc<Origins>,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -183,7 +203,8 @@ impl Gateway {
         let redis = RedisLink::new(&args.redis)?;
         let api = ApiClient::new(&args.api_url, Duration::from_millis(args.api_timeout_ms))?;
         let metrics = Metrics::new();
-        let fanout = Arc::new(Fanout::new(args.client_queue as usize));
+        let recent = usize::try_from(args.resync_max.min(RECENT_MAX)).unwrap_or(0);
+        let fanout = Arc::new(Fanout::new(args.client_queue as usize, recent));
         let (online_tx, online) = watch::channel(0);
         let stop = CancellationToken::new();
         let live = Arc::new(AtomicBool::new(false));
@@ -240,6 +261,8 @@ impl Gateway {
             live,
             connections,
             max_connections: args.max_connections,
+            addresses: Arc::new(AddressLimits::new(args.max_connections_per_address)),
+            trusted_proxies: args.trusted_proxies.clone().into(),
             origins: Arc::new(Origins::new(&args.allowed_origins)),
             tracker: TaskTracker::new(),
             background,
@@ -302,7 +325,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let gateway = Gateway::start(args)?;
     let stop = gateway.shared.stop.clone();
-    let mut server = tokio::spawn(serve_listener(
+    let mut server = tokio::spawn(pixel_common::serve::serve_listener(
         listener,
         app(gateway.clone()),
         stop.clone().cancelled_owned(),

@@ -73,7 +73,7 @@ impl Metrics {
         );
         r.register(
             "gateway_connections_refused",
-            "WebSocket upgrades refused, by reason (origin, capacity, unavailable, shutting_down)",
+            "WebSocket upgrades refused, by reason (origin, invalid_query, address, capacity, unavailable, shutting_down)",
             refused.clone(),
         );
         r.register(

@@ -1,7 +1,12 @@
 //! The WebSocket protocol's JSON messages and close codes (docs/protocol.md, WebSocket
 //! protocol). Pixel updates travel as binary update frames (`pixel_common::wire`).
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{MapAccess, Visitor, value::MapAccessDeserializer},
+};
 
 /// The protocol version the hello announces.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -37,8 +42,11 @@ pub mod code {
 }
 
 /// What a client sends, as a JSON text message. Unknown fields are ignored.
+///
+/// The derive (`remote = "Self"`) makes an inherent `ClientMessage::deserialize`; the
+/// `Deserialize` impl below calls it for JSON objects only.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(remote = "Self", tag = "type", rename_all = "camelCase")]
 pub enum ClientMessage {
     /// Place a pixel: `color` is a palette index. `id`, when given, is echoed in the answer.
     Place {
@@ -48,6 +56,28 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<u64>,
     },
+}
+
+impl<'de> Deserialize<'de> for ClientMessage {
+    /// Only the documented form, a JSON object: serde's tagged enums also read a sequence
+    /// (`["place", x, y, color]`), which the protocol does not define.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = ClientMessage;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object with a \"type\"")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ClientMessage, A::Error> {
+                ClientMessage::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 /// Why a client must refetch the snapshot.
@@ -200,6 +230,10 @@ mod tests {
             r#"{"type":"place","x":1.5,"y":2,"color":0}"#,
             r#"{"type":"erase","x":1,"y":2,"color":0}"#,
             "[1,2,3]",
+            // Serde's tagged enums read this sequence form; the protocol has objects only
+            // (found by the client_message fuzz target).
+            r#"["place",3,1,0,3]"#,
+            r#"["place",3,1,0]"#,
         ] {
             assert!(
                 serde_json::from_str::<ClientMessage>(bad).is_err(),

@@ -311,7 +311,12 @@ where
         let reason = if version - since > self.shared.limits.resync_max {
             RefetchReason::TooFarBehind
         } else {
-            match self.shared.api.history(since, version).await {
+            let kept = self.shared.fanout.recent(since, version);
+            let read = match kept {
+                Some(updates) => Ok(updates),
+                None => self.shared.api.history(since, version).await,
+            };
+            match read {
                 Ok(updates) => {
                     for frame in frames(&updates) {
                         self.send(Message::Binary(frame.encode().into())).await?;
@@ -570,7 +575,7 @@ mod tests {
         sink_capacity: usize,
         since: Option<u64>,
     ) -> Harness {
-        let fanout = Arc::new(Fanout::new(queue));
+        let fanout = Arc::new(Fanout::new(queue, 0));
         fanout.start_at(version);
         let (online_tx, online) = watch::channel(2);
         let stop = CancellationToken::new();

@@ -94,6 +94,17 @@ impl Subscriber {
         match self.fanout.version() {
             None => self.fanout.start_at(current),
             Some(last) if current > last => self.catch_up(last, current, Instant::now()).await,
+            Some(last) if current < last => {
+                // Redis came back without its newest writes (killed between fsyncs, or
+                // restored): those versions will be issued again for other pixels, so what
+                // clients hold past `current` is wrong. Start over from Redis's canvas.
+                tracing::warn!(
+                    last,
+                    current,
+                    "the canvas version went back; clients refetch the snapshot"
+                );
+                self.fanout.refetch(current);
+            }
             Some(_) => {}
         }
         self.set_live(true);

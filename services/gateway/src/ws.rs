@@ -1,14 +1,18 @@
 //! `GET /ws`: the checks before the upgrade (origin, query, readiness, capacity) and the
 //! adapter from axum's WebSocket to the generic [`socket::serve`].
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use axum::{
+    Extension,
     extract::{
-        Query, State,
+        ConnectInfo, Query, State,
         rejection::QueryRejection,
         ws::{
             CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
@@ -26,9 +30,14 @@ use tokio_tungstenite::tungstenite;
 
 use crate::{
     Gateway,
+    address::{AddressSlot, client_address},
     protocol::close,
     socket::{self, ReadError},
 };
+
+/// Each connection's read buffer: a few client messages (at most 1 MiB each, read in
+/// several chunks when larger).
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Which browser origins may open a socket. Requests without `Origin` (not from a
 /// browser) are always allowed; so is the gateway's own host (same-origin behind the
@@ -112,9 +121,15 @@ fn refuse(
     (status, text).into_response()
 }
 
-/// `GET /ws`.
+/// The `X-Forwarded-For` request header.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// `GET /ws`. The peer address is absent only when the router is embedded in a server
+/// without connect info (the frontend's browser test); such connections are not counted
+/// per address.
 pub async fn upgrade(
     State(gateway): State<Gateway>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -157,14 +172,50 @@ pub async fn upgrade(
         );
     }
     let max = gateway.shared.limits.max_message_bytes;
-    let ws = ws.max_message_size(max).max_frame_size(max);
+    let ws = ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        // tungstenite allocates its whole read buffer per connection (128 KiB by default,
+        // 1.3 GB at 10,000 clients); clients send only small messages.
+        .read_buffer_size(READ_BUFFER_BYTES);
+    // Before the global slot, so one address cannot fill the gateway: it is refused
+    // cheaply, without an upgrade.
+    let address_slot = match peer {
+        Some(Extension(ConnectInfo(peer))) => {
+            let forwarded: Vec<&str> = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+            let address = client_address(peer.ip(), forwarded.as_deref(), &gateway.trusted_proxies);
+            match gateway.addresses.acquire(address) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::info!(%address, "too many connections from one address");
+                    return refuse(
+                        &gateway,
+                        "address",
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address",
+                    );
+                }
+            }
+        }
+        None => None,
+    };
     let tracker = gateway.tracker.clone();
     let Some(slot) = Slot::acquire(&gateway.connections, gateway.max_connections) else {
         gateway.shared.metrics.refused("capacity");
         return ws.on_upgrade(move |socket| tracker.track_future(at_capacity(socket, gateway)));
     };
     ws.on_upgrade(move |socket| {
-        tracker.track_future(connection(socket, gateway, slot, query.since))
+        tracker.track_future(connection(
+            socket,
+            gateway,
+            (slot, address_slot),
+            query.since,
+        ))
     })
 }
 
@@ -187,7 +238,12 @@ async fn at_capacity(mut socket: WebSocket, gateway: Gateway) {
     .await;
 }
 
-async fn connection(socket: WebSocket, gateway: Gateway, slot: Slot, since: Option<u64>) {
+async fn connection(
+    socket: WebSocket,
+    gateway: Gateway,
+    slot: (Slot, Option<AddressSlot>),
+    since: Option<u64>,
+) {
     let metrics = gateway.shared.metrics.clone();
     let client_id = new_client_id();
     metrics.connected();
@@ -196,7 +252,7 @@ async fn connection(socket: WebSocket, gateway: Gateway, slot: Slot, since: Opti
     let mut stream = stream.map(|read| read.map_err(read_error));
     let shared = gateway.shared.clone();
     let ended = socket::serve(&mut sink, &mut stream, shared, client_id.clone(), since).await;
-    // The slot is free before the socket is dropped: a client that sees the end may
+    // The slots are free before the socket is dropped: a client that sees the end may
     // reconnect at once.
     drop(slot);
     tracing::debug!(client = %client_id, reason = ended.label(), "client disconnected");

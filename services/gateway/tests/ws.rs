@@ -390,8 +390,16 @@ async fn a_reconnect_beyond_the_history_is_told_to_refetch() {
             seen = frame.versions().1;
         }
     }
+    // The gateway that saw the placements keeps them in memory (since=4 is answered from
+    // there); one started after them must ask canvas-api's history, which no longer has 5.
+    let fresh = start_gateway(&redis, api, &["--resync-max", "5"]).await;
+    let mut kept = connect(&gateway, "since=4").await;
+    match kept.next().await {
+        Incoming::Frame(frame) => assert_eq!(frame.versions(), (5, 8)),
+        other => panic!("expected the kept updates, got {other:?}"),
+    }
     for (since, reason) in [("1", "too_far_behind"), ("4", "history_gone")] {
-        let mut client = connect(&gateway, &format!("since={since}")).await;
+        let mut client = connect(&fresh, &format!("since={since}")).await;
         match client.next().await {
             Incoming::Json(answer) => assert_eq!(
                 answer,
@@ -405,6 +413,91 @@ async fn a_reconnect_beyond_the_history_is_told_to_refetch() {
         Incoming::Frame(frame) => assert_eq!(frame.versions(), (7, 8)),
         other => panic!("expected the missed updates, got {other:?}"),
     }
+    gateway.stop().await;
+    fresh.stop().await;
+}
+
+/// Redis comes back without its newest writes (as after a crash between fsyncs): the
+/// versions it lost will be issued again for other pixels, so clients start over from the
+/// snapshot, and the placements that follow reach them.
+#[tokio::test]
+async fn a_canvas_version_that_went_back_makes_clients_refetch() {
+    let redis = RedisServer::start().await;
+    let api = start_api(&redis, &[]).await;
+    let gateway = start_gateway(&redis, api, &[]).await;
+    let mut client = connect(&gateway, "").await;
+    for k in 0..5 {
+        client.place(k, 2, 2, 1).await;
+    }
+    let mut seen = 0;
+    while seen < 5 {
+        if let Incoming::Frame(frame) = client.next().await {
+            seen = frame.versions().1;
+        }
+    }
+    // What an AOF that lost its last three placements replays to (the version, and the
+    // history stream with its last ID), then a dropped subscription: the gateway
+    // resubscribes and reads version 2.
+    let mut admin = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let history = pixel_common::redis_schema::HISTORY_KEY;
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(pixel_common::redis_schema::VERSION_KEY)
+        .arg(2)
+        .ignore()
+        .cmd("XDEL")
+        .arg(history)
+        .arg(&["3-0", "4-0", "5-0"])
+        .ignore()
+        .cmd("XSETID")
+        .arg(history)
+        .arg("2-0")
+        .ignore()
+        .query_async(&mut admin)
+        .await
+        .expect("the lost tail");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .expect("client kill");
+    assert!(killed >= 1, "the gateway's subscription was not killed");
+    // Online counts may come first; anything else but the refetch is wrong.
+    let refetch = tokio::time::timeout(HANG, async {
+        loop {
+            match client.next().await {
+                Incoming::Json(message) if message["type"] == "online" => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("a refetch after the version went back");
+    match refetch {
+        Incoming::Json(message) => assert_eq!(
+            message,
+            json!({"type": "refetch", "version": 2, "reason": "gap"})
+        ),
+        other => panic!("expected a refetch, got {other:?}"),
+    }
+    // Version 3 again, for another pixel: delivered, not dropped as a duplicate.
+    client.place(9, 5, 5, 2).await;
+    let frame = tokio::time::timeout(HANG, async {
+        loop {
+            if let Incoming::Frame(frame) = client.next().await {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("the placement after the refetch is delivered");
+    assert_eq!(frame.versions(), (3, 3));
     gateway.stop().await;
 }
 

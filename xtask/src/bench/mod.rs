@@ -5,7 +5,13 @@
 //! The servers run pinned to one set of cores and the load generators (ours, and
 //! `redis-benchmark` for the limit) to another, with `taskset`.
 
+mod fanout;
+pub mod fanout_load;
+mod frontend;
+mod histogram;
 pub mod load;
+mod operator;
+mod placer;
 mod redis_bench;
 mod report;
 mod servers;
@@ -28,7 +34,7 @@ use self::{
 use crate::{deps, paths, process};
 
 /// The benchmarks, by the name `cargo xtask bench NAME` takes.
-const BENCHMARKS: [(&str, &str); 2] = [
+const BENCHMARKS: [(&str, &str); 6] = [
     (
         "api-placements",
         "canvas-api POST /api/v1/pixels vs redis-benchmark BITFIELD SET",
@@ -37,11 +43,28 @@ const BENCHMARKS: [(&str, &str); 2] = [
         "api-snapshot",
         "canvas-api GET /api/v1/canvas (200 and 304) vs redis-benchmark GET",
     ),
+    (
+        "gateway-fanout",
+        "gateway WebSocket fan-out to 1,000-10,000 clients vs Centrifugo (Redis engine)",
+    ),
+    (
+        "frontend",
+        "the page in headless Chromium: first full paint of 1000x1000, busy share at 1,000 updates/s",
+    ),
+    (
+        "operator-apply",
+        "kubectl apply of examples/canvas.yaml to every child applied vs server-side apply of them",
+    ),
+    (
+        "operator-scale",
+        "500 canvases at once: time to all Ready, operator peak RSS, writes in a resync",
+    ),
 ];
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Run only this benchmark (api-placements, api-snapshot); all when omitted.
+    /// Run only this benchmark (api-placements, api-snapshot, gateway-fanout, frontend,
+    /// operator-apply, operator-scale); all when omitted.
     pub name: Option<String>,
     /// Rounds per benchmark; the figures are their medians.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
@@ -104,12 +127,27 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         ctx.machine.server_cores, ctx.machine.load_cores, ctx.rounds, args.seconds, ctx.clients
     );
     let mut results = Vec::new();
+    // The operator benchmarks share one cluster, started for the first and removed after
+    // the last.
+    let mut cluster: Option<operator::Stage> = None;
     for name in selected {
+        if name.starts_with("operator-") && cluster.is_none() {
+            cluster = Some(operator::Stage::start(&ctx.log_dir)?);
+        }
         match name {
             "api-placements" => results.push(api_placements(&ctx)?),
             "api-snapshot" => results.extend(api_snapshot(&ctx)?),
+            "gateway-fanout" => results.extend(fanout::gateway_fanout(&ctx)?),
+            "frontend" => results.extend(frontend::frontend(&ctx)?),
+            "operator-apply" => {
+                results.push(operator::operator_apply(&ctx, stage(&cluster)?)?);
+            }
+            "operator-scale" => results.extend(operator::operator_scale(stage(&cluster)?)?),
             other => bail!("benchmark `{other}` is listed but has no runner"),
         }
+    }
+    if let Some(cluster) = cluster {
+        cluster.stop()?;
     }
     let report = Report {
         finished_at_unix: SystemTime::now()
@@ -132,6 +170,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         dir.join("results.md").display()
     );
     Ok(())
+}
+
+fn stage(cluster: &Option<operator::Stage>) -> Result<&operator::Stage> {
+    cluster
+        .as_ref()
+        .context("the operator benchmarks' cluster is not up")
 }
 
 /// Expands a Linux CPU list (`0-3,6`) into core numbers.
@@ -372,6 +416,15 @@ fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
         &["GET", PIXELS_KEY],
         (500, 1_000_000),
     )?;
+    // What a browser asks for: the same snapshot, compressed once per version by the API.
+    let browser = series(
+        ctx,
+        &mut servers,
+        "api-snapshot-br",
+        "snapshot-browser",
+        &["GET", PIXELS_KEY],
+        (500, 1_000_000),
+    )?;
     let not_modified = series(
         ctx,
         &mut servers,
@@ -386,6 +439,12 @@ fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
             "snapshots/s (200, 1000x1000)",
             "redis-benchmark GET canvas:pixels",
             Some(2.0),
+        ),
+        browser.result(
+            "api-snapshot-br",
+            "snapshots/s (200, br, Accept-Encoding of a browser)",
+            "redis-benchmark GET canvas:pixels",
+            None,
         ),
         not_modified.result(
             "api-snapshot-304",

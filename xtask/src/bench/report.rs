@@ -22,8 +22,12 @@ pub struct BenchResult {
     pub peer: f64,
     /// `ours / peer`; `None` when the peer measured nothing.
     pub ratio: Option<f64>,
-    /// The goal as a minimum ratio; `None` for a figure that is reported only.
+    /// The goal as a ratio, a minimum unless `at_most`; `None` for a figure that is
+    /// reported only.
     pub target: Option<f64>,
+    /// The target is a maximum: lower is better (latencies, memory, time against a limit).
+    #[serde(default)]
+    pub at_most: bool,
     /// How many rounds the medians are taken over.
     pub rounds: usize,
     /// Further figures (latencies, error counts), as `label: value` lines.
@@ -49,16 +53,25 @@ impl BenchResult {
             peer,
             ratio: stats::ratio(ours, peer),
             target,
+            at_most: false,
             rounds,
             details: Vec::new(),
         }
+    }
+
+    /// The same row with a maximum ratio as its target: lower is better.
+    pub fn at_most(mut self, target: f64) -> Self {
+        self.target = Some(target);
+        self.at_most = true;
+        self
     }
 
     /// `met`, `MISSED`, or `reported` when there is no target.
     pub fn verdict(&self) -> &'static str {
         match self.target {
             None => "reported",
-            Some(target) if stats::meets(self.ratio, target) => "met",
+            Some(target) if self.at_most && self.ratio.is_some_and(|r| r <= target) => "met",
+            Some(target) if !self.at_most && stats::meets(self.ratio, target) => "met",
             Some(_) => "MISSED",
         }
     }
@@ -120,9 +133,10 @@ pub fn markdown(report: &Report) -> String {
         let ratio = r
             .ratio
             .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x"));
-        let target = r
-            .target
-            .map_or_else(|| "—".to_owned(), |t| format!("≥ {t}x"));
+        let target = r.target.map_or_else(
+            || "—".to_owned(),
+            |t| format!("{} {t}x", if r.at_most { "≤" } else { "≥" }),
+        );
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -148,6 +162,21 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_targets_are_met_from_below() {
+        let row = |ours| BenchResult::new("b", "ms", ours, "limit", 100.0, None, 1).at_most(1.0);
+        assert_eq!(row(80.0).verdict(), "met");
+        assert_eq!(row(100.0).verdict(), "met");
+        assert_eq!(row(120.0).verdict(), "MISSED");
+        assert!(
+            markdown(&Report {
+                results: vec![row(80.0)],
+                ..sample()
+            })
+            .contains("≤ 1x")
+        );
+    }
 
     fn sample() -> Report {
         let mut placements = BenchResult::new(

@@ -2,17 +2,15 @@
 //! the server cores, always stopped when this value is dropped (also on error).
 
 use std::{
-    fs::File,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, process};
+use crate::process;
 
 /// The canvas the benchmarks use: 1000x1000, no cooldown.
 pub const CANVAS_SIDE: u32 = 1000;
@@ -31,27 +29,36 @@ pub struct Servers {
     _data: tempfile::TempDir,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+use crate::process::free_port;
+
+impl Servers {
+    /// A release gateway on `port`, pinned to `cores`, on this Redis and canvas-api, with
+    /// the same canvas settings canvas-api has (1000x1000, the default palette, no
+    /// cooldown). Callers add what their benchmark needs.
+    pub fn gateway_command(&self, gateway_bin: &Path, cores: &str, port: u16) -> Command {
+        let side = CANVAS_SIDE.to_string();
+        let mut gateway = Command::new("taskset");
+        gateway
+            .args(["-c", cores])
+            .arg(gateway_bin)
+            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "PIXEL_REDIS_URL",
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            )
+            .env("PIXEL_API_URL", &self.api_url)
+            .env("PIXEL_CANVAS_WIDTH", &side)
+            .env("PIXEL_CANVAS_HEIGHT", &side)
+            .env("PIXEL_CANVAS_COOLDOWN_SECONDS", "0")
+            .env("RUST_LOG", "warn");
+        gateway
+    }
 }
 
 /// Builds canvas-api and xtask (for its load generator) in release mode, so neither side
 /// is measured as a debug build; returns the two binaries.
 pub fn build_release() -> Result<(PathBuf, PathBuf)> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    process::run(
-        Command::new(cargo).current_dir(paths::repo_root()).args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "canvas-api",
-            "--package",
-            "xtask",
-        ]),
-        Duration::from_secs(1800),
-    )?;
-    let release = paths::repo_root().join("target/release");
+    let release = process::cargo_build(true, &["canvas-api", "xtask"])?;
     Ok((release.join("canvas-api"), release.join("xtask")))
 }
 
@@ -113,13 +120,7 @@ impl Servers {
     }
 
     fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<()> {
-        let path = log_dir.join(format!("{name}.log"));
-        let log =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = process::spawn(cmd)?;
+        let child = process::spawn_logged(cmd, &log_dir.join(format!("{name}.log")))?;
         self.children.push((name, child));
         Ok(())
     }

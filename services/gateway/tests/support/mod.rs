@@ -1,0 +1,137 @@
+//! What the process-level gateway tests share: canvas-api served in-process, gateway
+//! binaries started as real processes, the open-files limit and a process's memory.
+
+#![allow(dead_code)] // Each test file uses its own part.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use pixel_common::testing::{RedisServer, RunningBinary};
+use tokio::net::TcpListener;
+
+/// Bound on one wait; reached only when something hangs.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// canvas-api on `redis` with `canvas` flags, in this process but on its own runtime
+/// thread: the test's clients keep their runtime busy, which must not time canvas-api's
+/// Redis calls out.
+pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
+    let url = redis.url();
+    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    argv.extend_from_slice(canvas);
+    let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("canvas-api runtime");
+        runtime.block_on(async move {
+            let router = canvas_api::app(
+                canvas_api::AppState::new(&args).expect("canvas-api state"),
+                args.max_body_bytes,
+            );
+            let listener = TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, router).await
+        })
+    });
+    addr
+}
+
+/// The gateway binary on `redis` and the canvas-api at `api`, with `extra` flags, once
+/// `/readyz` answers 200. Logs only warnings and the gateway's own info lines (`listening`
+/// among them): nothing reads its stdout after the start, so a chatty log would fill the
+/// pipe and stall it.
+pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> RunningBinary {
+    let url = redis.url();
+    let api_url = format!("http://{api}");
+    let mut args = vec!["--redis-url", &url, "--api-url", &api_url];
+    args.extend_from_slice(extra);
+    let gateway = RunningBinary::start(
+        env!("CARGO_BIN_EXE_gateway"),
+        &args,
+        &[("RUST_LOG", "warn,gateway=info")],
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    while gateway.get("/readyz").await.0 != 200 {
+        assert!(
+            started.elapsed() < HANG,
+            "gateway at {} never became ready",
+            gateway.addr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (the gateways it starts
+/// inherit it); fails when the hard limit is lower.
+pub fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft >= wanted {
+        return;
+    }
+    assert!(
+        hard >= wanted,
+        "this test needs {wanted} open files and the hard limit is {hard}: raise it (ulimit -Hn)"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).expect("setrlimit");
+}
+
+/// A process's resident memory, from /proc/<pid>/status.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// VmRSS, bytes.
+    pub rss: u64,
+    /// VmHWM (peak RSS), bytes.
+    pub hwm: u64,
+}
+
+pub fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    Memory {
+        rss: field("VmRSS:"),
+        hwm: field("VmHWM:"),
+    }
+}
+
+/// Polls `check` every 20 ms until it gives a value, at most `within`; fails with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the metric line starting with `name` (labels included) in `/metrics`.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}

@@ -1,0 +1,474 @@
+//! `gateway-fanout`: one gateway fanning placements out to N WebSocket clients, against
+//! Centrifugo with its Redis engine, on the same server cores, with the same clients,
+//! placement rate and load generator (`cargo xtask bench-fanout-load`, pinned to the load
+//! cores).
+//!
+//! Every run starts fresh servers, so the base and peak memory belong to that run alone:
+//! ours is redis-server + canvas-api + gateway, the peer redis-server + Centrifugo. The
+//! server CPU time and memory are those of every process of the side.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    BenchCtx,
+    fanout_load::{FanoutSummary, Target},
+    med,
+    report::BenchResult,
+    servers::Servers,
+};
+use crate::{process, toolchain};
+
+/// (clients, placements per second), as the issue lists them.
+const SIZES: [(usize, u32); 6] = [
+    (1_000, 200),
+    (1_000, 1_000),
+    (5_000, 200),
+    (5_000, 1_000),
+    (10_000, 200),
+    (10_000, 1_000),
+];
+/// Rounds per size at most: 6 sizes x 2 sides x 3 rounds keeps the benchmark near ten
+/// minutes on two cores.
+const MAX_ROUNDS: usize = 3;
+/// The size the latency target is stated for, and its bound.
+const TARGET_SIZE: (usize, u32) = (10_000, 1_000);
+const TARGET_P99_MS: f64 = 100.0;
+/// Delivered updates per server CPU-second, ours over Centrifugo's.
+const TARGET_EFFICIENCY: f64 = 2.0;
+
+/// The processes of one side, stopped (SIGTERM, then SIGKILL) when dropped, last started
+/// first.
+#[derive(Debug, Default)]
+struct Procs(Vec<(&'static str, Child)>);
+
+impl Procs {
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<i32> {
+        let child = process::spawn_logged(cmd, &log_dir.join(format!("fanout-{name}.log")))?;
+        let pid = i32::try_from(child.id())?;
+        self.0.push((name, child));
+        Ok(pid)
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        for (name, child) in &mut self.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during the benchmark ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (name, child) in self.0.iter_mut().rev() {
+            if !matches!(process::terminate(child, Duration::from_secs(15)), Ok(true)) {
+                eprintln!("{name} did not stop within 15 s; it was killed");
+            }
+        }
+    }
+}
+
+/// Direct children of this process by name (`/proc/<pid>/stat`: pid, (comm), state, ppid).
+fn children_named(name: &str) -> Result<Vec<i32>> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm == name && ppid == Some(me.as_str()) {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+/// Servers::start's two processes, found among this process's children: the ones not
+/// running before it was called.
+fn started_pids(before: &[i32], name: &str) -> Result<i32> {
+    let mut new: Vec<i32> = children_named(name)?
+        .into_iter()
+        .filter(|pid| !before.contains(pid))
+        .collect();
+    match (new.pop(), new.is_empty()) {
+        (Some(pid), true) => Ok(pid),
+        _ => bail!("cannot tell which {name} the benchmark servers started"),
+    }
+}
+
+use crate::process::free_port;
+
+/// Waits until `url` answers 200.
+fn wait_http(url: &str, procs: &mut Procs, what: &str) -> Result<()> {
+    process::wait_until(what, Duration::from_secs(30), || {
+        procs.check_running()?;
+        Ok(ureq::get(url).call().is_ok())
+    })
+}
+
+/// One side's servers, running, and how the load generator reaches them.
+struct Side {
+    /// Dropped first: the gateway before the canvas-api and Redis it uses.
+    procs: Procs,
+    /// Ours: canvas-api and Redis.
+    _servers: Option<Servers>,
+    pids: Vec<i32>,
+    ws_url: String,
+    publish_url: String,
+    api_key: String,
+    _data: Option<tempfile::TempDir>,
+}
+
+fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side> {
+    let before: Vec<i32> = children_named("redis-server")?
+        .into_iter()
+        .chain(children_named("canvas-api")?)
+        .collect();
+    let servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
+    let redis = started_pids(&before, "redis-server")?;
+    let api = started_pids(&before, "canvas-api")?;
+    let port = free_port()?;
+    let mut procs = Procs::default();
+    let gateway = procs.spawn(
+        "gateway",
+        servers
+            .gateway_command(gateway_bin, &ctx.machine.server_cores, port)
+            // Room for every client; the default is exactly the largest size.
+            .env("PIXEL_MAX_CONNECTIONS", (clients + 100).to_string()),
+        &ctx.log_dir,
+    )?;
+    wait_http(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        &mut procs,
+        "the gateway to be ready",
+    )?;
+    Ok(Side {
+        publish_url: servers.api_url.clone(),
+        _servers: Some(servers),
+        procs,
+        pids: vec![gateway, api, redis],
+        ws_url: format!("ws://127.0.0.1:{port}/ws"),
+        api_key: String::new(),
+        _data: None,
+    })
+}
+
+fn start_centrifugo(ctx: &BenchCtx, centrifugo_bin: &Path) -> Result<Side> {
+    let data = tempfile::Builder::new()
+        .prefix("pixel-bench-centrifugo")
+        .tempdir()
+        .context("cannot create a temporary directory for Centrifugo")?;
+    let cores = &ctx.machine.server_cores;
+    let mut procs = Procs::default();
+    let redis_port = free_port()?;
+    // The same Redis settings as ours (Servers::start).
+    let redis = procs.spawn(
+        "redis-server",
+        Command::new("taskset")
+            .args(["-c", cores, "redis-server", "--bind", "127.0.0.1"])
+            .args(["--port", &redis_port.to_string()])
+            .args(["--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "everysec", "--dir"])
+            .arg(data.path()),
+        &ctx.log_dir,
+    )?;
+    process::wait_until("redis-server", Duration::from_secs(30), || {
+        procs.check_running()?;
+        let pong = process::output(
+            Command::new("redis-cli").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &redis_port.to_string(),
+                "ping",
+            ]),
+            Duration::from_secs(10),
+        );
+        Ok(pong.is_ok_and(|out| out.trim() == "PONG"))
+    })?;
+    let port = free_port()?;
+    let api_key = format!("bench-{:016x}", rand_key());
+    let config = serde_json::json!({
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "log": {"level": "warn"},
+        "engine": {"type": "redis", "redis": {"address": [format!("redis://127.0.0.1:{redis_port}")]}},
+        // Anonymous clients may connect and subscribe: our gateway has no auth either.
+        "client": {"insecure": true, "allowed_origins": ["*"]},
+        "http_api": {"key": api_key},
+        "health": {"enabled": true},
+        "usage_stats": {"disabled": true},
+    });
+    let config_path = data.path().join("config.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+    let centrifugo = procs.spawn(
+        "centrifugo",
+        Command::new("taskset")
+            .args(["-c", cores])
+            .arg(centrifugo_bin)
+            .arg("--config")
+            .arg(&config_path),
+        &ctx.log_dir,
+    )?;
+    wait_http(
+        &format!("http://127.0.0.1:{port}/health"),
+        &mut procs,
+        "Centrifugo to be healthy",
+    )?;
+    Ok(Side {
+        _servers: None,
+        procs,
+        pids: vec![centrifugo, redis],
+        ws_url: format!("ws://127.0.0.1:{port}/connection/websocket"),
+        publish_url: format!("http://127.0.0.1:{port}"),
+        api_key,
+        _data: Some(data),
+    })
+}
+
+/// A key nobody else on the machine guesses: Centrifugo's API listens on loopback only.
+fn rand_key() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ (u64::from(std::process::id()) << 32)
+}
+
+fn run_load(
+    ctx: &BenchCtx,
+    side: &mut Side,
+    target: Target,
+    (clients, rate): (usize, u32),
+) -> Result<FanoutSummary> {
+    let duration_ms = u64::try_from(ctx.duration.as_millis())?;
+    let pids = side
+        .pids
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let target_name = match target {
+        Target::Gateway => "gateway",
+        Target::Centrifugo => "centrifugo",
+    };
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &ctx.machine.load_cores])
+        .arg(&ctx.xtask_bin)
+        .args(["bench-fanout-load", "--target", target_name])
+        .args(["--ws-url", &side.ws_url, "--publish-url", &side.publish_url])
+        .args(["--api-key", &side.api_key])
+        .args(["--clients", &clients.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--duration-ms", &duration_ms.to_string()])
+        .args(["--server-pids", &pids]);
+    let out = process::output(&mut cmd, ctx.duration + Duration::from_secs(180))?;
+    side.procs.check_running()?;
+    FanoutSummary::parse(&out)
+}
+
+/// Raises this process's open-file limit to its hard limit: the servers it starts inherit
+/// it and hold one descriptor per client.
+fn raise_open_files() -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(())
+}
+
+fn build_gateway() -> Result<PathBuf> {
+    Ok(process::cargo_build(true, &["gateway"])?.join("gateway"))
+}
+
+fn describe(s: &FanoutSummary) -> String {
+    format!(
+        "{:.0} delivered/s ({} of {} expected, {} clients, {} lost), p50 {:.1} ms, p99 {:.1} ms, \
+         max {:.1} ms, server CPU {:.2} s, peak RSS {} MiB, load CPU {:.0}%",
+        s.delivered_per_s,
+        s.updates_delivered,
+        s.updates_expected,
+        s.clients_connected,
+        s.clients_lost,
+        s.p50_ms,
+        s.p99_ms,
+        s.max_ms,
+        s.server_cpu_s,
+        s.rss_peak_kib / 1024,
+        100.0 * s.load_cpu_share
+    )
+}
+
+/// Delivered updates per server CPU-second (every delivery the CPU time paid for).
+fn efficiency(s: &FanoutSummary) -> f64 {
+    if s.server_cpu_s > 0.0 {
+        s.delivered_during_cpu as f64 / s.server_cpu_s
+    } else {
+        f64::NAN
+    }
+}
+
+/// RSS per idle connection, KiB: (with every client idle - before any) / clients.
+fn idle_kib(s: &FanoutSummary) -> f64 {
+    if s.clients_connected == 0 {
+        return f64::NAN;
+    }
+    (s.rss_idle_kib as f64 - s.rss_base_kib as f64) / s.clients_connected as f64
+}
+
+fn side_details(label: &str, runs: &[FanoutSummary]) -> String {
+    let m = |f: fn(&FanoutSummary) -> f64| med(runs.iter().map(f));
+    format!(
+        "{label}: {:.0} delivered/s ({:.1}% of expected), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         server CPU {:.2} s, peak RSS {:.0} MiB, {:.1} KiB RSS per idle connection; \
+         {:.0} clients connected ({:.1} s), {} lost, {} placement errors; load generator CPU {:.0}%",
+        m(|s| s.delivered_per_s),
+        m(|s| 100.0 * s.updates_delivered as f64 / s.updates_expected.max(1) as f64),
+        m(|s| s.p50_ms),
+        m(|s| s.p99_ms),
+        m(|s| s.max_ms),
+        m(|s| s.server_cpu_s),
+        m(|s| s.rss_peak_kib as f64 / 1024.0),
+        m(idle_kib),
+        m(|s| s.clients_connected as f64),
+        m(|s| s.connect_s),
+        runs.iter().map(|s| s.clients_lost).sum::<usize>(),
+        runs.iter().map(|s| s.placement_errors).sum::<u64>(),
+        100.0 * m(|s| s.load_cpu_share),
+    )
+}
+
+const PEER: &str = "Centrifugo 6.9.1, Redis engine";
+
+/// `cargo xtask bench gateway-fanout`.
+pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
+    println!("\n== gateway-fanout");
+    let centrifugo_bin = toolchain::ensure_centrifugo()?;
+    let gateway_bin = build_gateway()?;
+    raise_open_files()?;
+    let rounds = ctx.rounds.min(MAX_ROUNDS);
+    let mut results = Vec::new();
+    let mut target_row = None;
+    for size @ (clients, rate) in SIZES {
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        for round in 1..=rounds {
+            // Alternate which side goes first, so drift on the machine hits both.
+            let order = if round % 2 == 1 {
+                [Target::Gateway, Target::Centrifugo]
+            } else {
+                [Target::Centrifugo, Target::Gateway]
+            };
+            for target in order {
+                let mut side = match target {
+                    Target::Gateway => start_ours(ctx, &gateway_bin, clients)?,
+                    Target::Centrifugo => start_centrifugo(ctx, &centrifugo_bin)?,
+                };
+                let summary = run_load(ctx, &mut side, target, size)?;
+                drop(side);
+                println!(
+                    "gateway-fanout {clients} clients, {rate}/s, round {round}/{rounds}, {}: {}",
+                    match target {
+                        Target::Gateway => "ours",
+                        Target::Centrifugo => "Centrifugo",
+                    },
+                    describe(&summary)
+                );
+                match target {
+                    Target::Gateway => ours.push(summary),
+                    Target::Centrifugo => peer.push(summary),
+                }
+            }
+        }
+        let name = format!("gateway-fanout {clients}x{rate}/s");
+        let mut row = BenchResult::new(
+            &name,
+            &format!("updates delivered per server CPU-s ({clients} clients, {rate} placements/s)"),
+            med(ours.iter().map(efficiency)),
+            PEER,
+            med(peer.iter().map(efficiency)),
+            Some(TARGET_EFFICIENCY),
+            rounds,
+        );
+        row.details = vec![
+            side_details("ours", &ours),
+            side_details("Centrifugo", &peer),
+            format!(
+                "per round, delivered per CPU-s, ours: {}; peer: {}",
+                super::per_round(ours.iter().map(efficiency)),
+                super::per_round(peer.iter().map(efficiency))
+            ),
+        ];
+        if size == TARGET_SIZE {
+            let p99 = med(ours.iter().map(|s| s.p99_ms));
+            let mut p99_row = BenchResult::new(
+                "gateway-fanout-p99",
+                &format!("p99 placement-to-delivery, ms ({clients} clients, {rate}/s)"),
+                p99,
+                &format!("limit {TARGET_P99_MS} ms"),
+                TARGET_P99_MS,
+                None,
+                rounds,
+            )
+            .at_most(1.0);
+            p99_row.details = vec![format!(
+                "Centrifugo's p99 at the same size: {:.1} ms",
+                med(peer.iter().map(|s| s.p99_ms))
+            )];
+            let mut idle = BenchResult::new(
+                "gateway-fanout-idle",
+                &format!("KiB RSS per idle connection ({clients} clients, all server processes)"),
+                med(ours.iter().map(idle_kib)),
+                PEER,
+                med(peer.iter().map(idle_kib)),
+                None,
+                rounds,
+            );
+            idle.details = vec!["(RSS with every client connected and idle − RSS before any) ÷ clients; lower is better".to_owned()];
+            target_row = Some([p99_row, idle]);
+        }
+        results.push(row);
+    }
+    results.extend(target_row.into_iter().flatten());
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_distinct_and_include_the_target() {
+        let mut sizes = SIZES.to_vec();
+        sizes.sort_unstable();
+        sizes.dedup();
+        assert_eq!(sizes.len(), SIZES.len());
+        assert!(SIZES.contains(&TARGET_SIZE));
+    }
+
+    #[test]
+    fn this_process_has_no_child_named_so() {
+        assert!(
+            children_named("no-such-server")
+                .expect("reads /proc")
+                .is_empty()
+        );
+    }
+}
