@@ -41,9 +41,9 @@ pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
 }
 
 /// The gateway binary on `redis` and the canvas-api at `api`, with `extra` flags, once
-/// `/readyz` answers 200. Logs only warnings and the gateway's own info lines (`listening`
-/// among them): nothing reads its stdout after the start, so a chatty log would fill the
-/// pipe and stall it.
+/// `/readyz` answers 200. Logs only warnings and the info lines of the gateway and its
+/// server (`listening` among them): nothing reads its stdout after the start, so a chatty
+/// log would fill the pipe and stall it.
 pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> RunningBinary {
     let url = redis.url();
     let api_url = format!("http://{api}");
@@ -52,7 +52,7 @@ pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str])
     let gateway = RunningBinary::start(
         env!("CARGO_BIN_EXE_gateway"),
         &args,
-        &[("RUST_LOG", "warn,gateway=info")],
+        &[("RUST_LOG", "warn,gateway=info,pixel_common=info")],
     )
     .await;
     let started = tokio::time::Instant::now();
