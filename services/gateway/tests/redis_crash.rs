@@ -4,8 +4,8 @@
 //! from its append-only file every placement acknowledged outside the policy's loss window
 //! is in the canvas. Each run prints a one-line summary (copied into docs/reliability.md).
 //!
-//! Real redis-server; canvas-api and one gateway in-process on port 0 (glue copied from
-//! ws.rs); real WebSocket clients that follow docs/protocol.md (snapshot, frames, history
+//! Real redis-server; canvas-api and one gateway in-process on port 0 (`support`); real
+//! WebSocket clients that follow docs/protocol.md (snapshot, frames, history
 //! on a gap, snapshot on `refetch`).
 
 use std::{
@@ -22,13 +22,16 @@ use pixel_common::{
 };
 use serde_json::{Value, json};
 use tokio::{
-    net::TcpListener,
-    sync::{oneshot, watch},
-    task::{JoinHandle, JoinSet},
+    sync::watch,
+    task::JoinSet,
     time::{Instant, MissedTickBehavior},
 };
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::ServedGateway;
 
 /// Bound on any single wait; reached only when something hangs.
 const HANG: Duration = Duration::from_secs(10);
@@ -85,67 +88,27 @@ async fn redis_sigkill_with_appendfsync_everysec_loses_only_the_fsync_window() {
     redis_crash("everysec").await;
 }
 
-// ---- canvas-api and gateway in-process (minimal copy of ws.rs's glue) ----
+// ---- canvas-api and gateway in-process ----
 
 async fn start_api(redis: &RedisServer) -> SocketAddr {
+    let mut flags = vec!["--snapshot-max-age-ms", "0"];
+    flags.extend_from_slice(&CANVAS);
     let url = redis.url();
-    let mut argv = vec![
-        "canvas-api",
-        "--redis-url",
-        &url,
-        "--snapshot-max-age-ms",
-        "0",
-    ];
-    argv.extend_from_slice(&CANVAS);
+    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    argv.extend_from_slice(&flags);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid flags");
     assert_eq!(
         args.redis.timeout(),
         REDIS_TIMEOUT,
         "the bound MAX_503 assumes"
     );
-    let router = canvas_api::app(
-        canvas_api::AppState::new(&args).expect("state"),
-        args.max_body_bytes,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
+    support::serve_api(redis, &flags).await
 }
 
-struct Gateway {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), gateway::RunError>>,
-}
-
-async fn start_gateway(redis: &RedisServer, api: SocketAddr) -> Gateway {
-    let url = redis.url();
-    let api_url = format!("http://{api}");
-    let mut argv = vec![
-        "gateway",
-        "--redis-url",
-        &url,
-        "--api-url",
-        &api_url,
-        "--batch-ms",
-        "5",
-        "--online-interval-ms",
-        "100",
-    ];
-    argv.extend_from_slice(&CANVAS);
-    let args = gateway::Args::try_parse_from(argv).expect("valid flags");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        gateway::serve(listener, &args, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    wait_ready(addr).await;
-    Gateway { addr, stop, task }
+async fn start_gateway(redis: &RedisServer, api: SocketAddr) -> ServedGateway {
+    let mut flags = vec!["--batch-ms", "5", "--online-interval-ms", "100"];
+    flags.extend_from_slice(&CANVAS);
+    support::serve_gateway(redis, api, &flags).await
 }
 
 /// Polls `/readyz` until 200; returns how long that took.
@@ -670,14 +633,7 @@ async fn redis_crash(appendfsync: &'static str) {
         refetches += viewer.refetches;
         resyncs += viewer.history_resyncs;
     }
-    tokio::time::timeout(HANG, async {
-        let _ = gateway.stop.send(());
-        gateway.task.await
-    })
-    .await
-    .expect("the gateway stops")
-    .expect("no panic")
-    .expect("a clean stop");
+    gateway.stop().await;
 
     println!(
         "redis-crash {appendfsync}: {} acknowledged, {} lost (window {} ms{}), {} answered 503 \

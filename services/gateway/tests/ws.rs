@@ -3,21 +3,21 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use pixel_common::{
     testing::RedisServer,
     wire::{PixelUpdate, Snapshot, UpdateFrame},
 };
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
 
-/// Bound on any single wait; reached only when something hangs.
-const HANG: Duration = Duration::from_secs(30);
+mod support;
+
+use support::{HANG, ServedGateway};
+
 /// The canvas both services are given: 16x8, 4 colours, no cooldown.
 const CANVAS: [&str; 6] = [
     "--canvas-width",
@@ -30,43 +30,15 @@ const CANVAS: [&str; 6] = [
 
 /// canvas-api on `redis`, with no snapshot caching.
 async fn start_api(redis: &RedisServer, extra: &[&str]) -> SocketAddr {
-    let url = redis.url();
-    let mut argv = vec![
-        "canvas-api",
-        "--redis-url",
-        &url,
-        "--snapshot-max-age-ms",
-        "0",
-    ];
-    argv.extend_from_slice(&CANVAS);
-    argv.extend_from_slice(extra);
-    let args = canvas_api::Args::try_parse_from(argv).expect("valid flags");
-    let router = canvas_api::app(
-        canvas_api::AppState::new(&args).expect("state"),
-        args.max_body_bytes,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
-}
-
-struct Gateway {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), gateway::RunError>>,
+    let mut flags = vec!["--snapshot-max-age-ms", "0"];
+    flags.extend_from_slice(&CANVAS);
+    flags.extend_from_slice(extra);
+    support::serve_api(redis, &flags).await
 }
 
 /// A gateway on `redis` and the canvas-api at `api`, ready (subscribed).
-async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> Gateway {
-    let url = redis.url();
-    let api_url = format!("http://{api}");
-    let mut argv = vec![
-        "gateway",
-        "--redis-url",
-        &url,
-        "--api-url",
-        &api_url,
+async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> ServedGateway {
+    let mut flags = vec![
         "--batch-ms",
         "5",
         "--online-interval-ms",
@@ -76,25 +48,9 @@ async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> 
         "--placement-burst",
         "100",
     ];
-    argv.extend_from_slice(&CANVAS);
-    argv.extend_from_slice(extra);
-    let args = gateway::Args::try_parse_from(argv).expect("valid flags");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        gateway::serve(listener, &args, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let gateway = Gateway {
-        addr,
-        stop: Some(stop),
-        task,
-    };
-    gateway.wait_ready(200).await;
-    gateway
+    flags.extend_from_slice(&CANVAS);
+    flags.extend_from_slice(extra);
+    support::serve_gateway(redis, api, &flags).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -103,28 +59,6 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("GET");
     let status = response.status().as_u16();
     (status, response.text().await.expect("body"))
-}
-
-impl Gateway {
-    /// Polls `/readyz` until it answers `status`, within a bound.
-    async fn wait_ready(&self, status: u16) {
-        let started = tokio::time::Instant::now();
-        while get(self.addr, "/readyz").await.0 != status {
-            assert!(started.elapsed() < HANG, "/readyz never answered {status}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(HANG, self.task)
-            .await
-            .expect("the gateway stops within the bound")
-            .expect("no panic")
-            .expect("a clean stop");
-    }
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -143,7 +77,7 @@ struct Client {
 }
 
 /// Connects to `/ws?<query>`, reading nothing yet.
-async fn upgrade(gateway: &Gateway, query: &str) -> Client {
+async fn upgrade(gateway: &ServedGateway, query: &str) -> Client {
     let (ws, _) = connect_async(format!("ws://{}/ws?{query}", gateway.addr))
         .await
         .expect("upgrade");
@@ -154,7 +88,7 @@ async fn upgrade(gateway: &Gateway, query: &str) -> Client {
 }
 
 /// Connects to `/ws?<query>` and reads the hello.
-async fn connect(gateway: &Gateway, query: &str) -> Client {
+async fn connect(gateway: &ServedGateway, query: &str) -> Client {
     let mut client = upgrade(gateway, query).await;
     match client.next().await {
         Incoming::Json(hello) if hello["type"] == "hello" => client.hello = hello,

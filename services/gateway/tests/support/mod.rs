@@ -1,4 +1,4 @@
-//! What the process-level gateway tests share: canvas-api served in-process, gateway
+//! What the gateway tests share: canvas-api and gateways served in-process, gateway
 //! binaries started as real processes, the open-files limit and a process's memory.
 
 #![allow(dead_code)] // Each test file uses its own part.
@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use pixel_common::testing::{RedisServer, RunningBinary};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// Bound on one wait; reached only when something hangs.
 pub const HANG: Duration = Duration::from_secs(30);
@@ -65,6 +65,83 @@ pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str])
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gateway
+}
+
+/// canvas-api on `redis` with `flags`, served on the calling test's runtime.
+pub async fn serve_api(redis: &RedisServer, flags: &[&str]) -> SocketAddr {
+    let url = redis.url();
+    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    argv.extend_from_slice(flags);
+    let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
+    let router = canvas_api::app(
+        canvas_api::AppState::new(&args).expect("canvas-api state"),
+        args.max_body_bytes,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// A gateway served on the calling test's runtime, stopped by [`ServedGateway::stop`].
+pub struct ServedGateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), gateway::RunError>>,
+}
+
+/// A gateway on `redis` and the canvas-api at `api` with `flags`, once `/readyz` answers 200.
+pub async fn serve_gateway(redis: &RedisServer, api: SocketAddr, flags: &[&str]) -> ServedGateway {
+    let url = redis.url();
+    let api_url = format!("http://{api}");
+    let mut argv = vec!["gateway", "--redis-url", &url, "--api-url", &api_url];
+    argv.extend_from_slice(flags);
+    let args = gateway::Args::try_parse_from(argv).expect("valid gateway flags");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        gateway::serve(listener, &args, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let gateway = ServedGateway {
+        addr,
+        stop: Some(stop),
+        task,
+    };
+    gateway.wait_ready(200).await;
+    gateway
+}
+
+impl ServedGateway {
+    /// Polls `/readyz` until it answers `status`, within [`HANG`].
+    pub async fn wait_ready(&self, status: u16) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let answered = reqwest::get(format!("http://{}/readyz", self.addr))
+                .await
+                .map(|response| response.status().as_u16());
+            if answered.as_ref().is_ok_and(|s| *s == status) {
+                return;
+            }
+            assert!(started.elapsed() < HANG, "/readyz never answered {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it as SIGTERM would and waits for a clean exit, within [`HANG`].
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(HANG, self.task)
+            .await
+            .expect("the gateway stops within the bound")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (the gateways it starts
