@@ -9,7 +9,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -48,7 +48,7 @@ pub fn run() -> Result<()> {
         .prefix("pixel-api-fuzz")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let mut servers = Servers::default();
+    let mut servers = Servers(process::Group::new(Duration::from_secs(10)));
     let redis_port = free_port()?;
     servers.spawn(
         "redis-server",
@@ -107,7 +107,7 @@ pub fn run() -> Result<()> {
     println!("== schemathesis {SCHEMATHESIS_VERSION} against canvas-api at {api_url}");
     let out = process::output_unchecked(&mut cmd, Duration::from_secs(1200))?;
     let report = String::from_utf8_lossy(&out.stdout);
-    servers.check_running()?;
+    servers.0.check_running()?;
     if !out.status.success() {
         bail!(
             "schemathesis found failures ({}); canvas-api's log: {}\n{report}{}",
@@ -206,50 +206,27 @@ fn redis_pong(port: u16) -> bool {
     answer().unwrap_or(false)
 }
 
-/// The processes this run started; stopped (SIGTERM, then SIGKILL) when dropped, also on
-/// error, the last started first.
-#[derive(Debug, Default)]
-struct Servers {
-    children: Vec<(&'static str, Child)>,
-}
+/// The processes this run started (stopped when dropped, also on error).
+struct Servers(process::Group);
 
 impl Servers {
     fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<()> {
-        let child = process::spawn_logged(cmd, &log_dir.join(format!("{name}.log")))?;
-        self.children.push((name, child));
-        Ok(())
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited ({status})");
-            }
-        }
-        Ok(())
+        self.0
+            .spawn(name, cmd, &log_dir.join(format!("{name}.log")))
+            .map(drop)
     }
 
     /// Polls `done` for 30 s at most, failing early when a server exits.
     fn wait(&mut self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done()? {
-            self.check_running()?;
+            self.0.check_running()?;
             if Instant::now() >= deadline {
                 bail!("timed out waiting for {what}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (name, child) in self.children.iter_mut().rev() {
-            if !process::terminate(child, Duration::from_secs(10)).unwrap_or(false) {
-                eprintln!("{name} did not stop within 10 s; it was killed");
-            }
-        }
     }
 }
 

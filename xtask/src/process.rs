@@ -154,6 +154,59 @@ pub fn spawn_logged(cmd: &mut Command, log: &std::path::Path) -> Result<std::pro
     spawn(cmd)
 }
 
+/// Processes started together and stopped together: when the group is dropped (also on
+/// an error), each gets SIGTERM and, after `grace`, SIGKILL, the last started first.
+#[derive(Debug)]
+pub struct Group {
+    children: Vec<(&'static str, std::process::Child)>,
+    grace: Duration,
+}
+
+impl Group {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            children: Vec::new(),
+            grace,
+        }
+    }
+
+    /// Starts `cmd` as `name`, its output in `log`; returns its pid.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        cmd: &mut Command,
+        log: &std::path::Path,
+    ) -> Result<u32> {
+        let child = spawn_logged(cmd, log)?;
+        let pid = child.id();
+        self.children.push((name, child));
+        Ok(pid)
+    }
+
+    /// Fails, naming it, when a process of the group has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for (name, child) in self.children.iter_mut().rev() {
+            if !terminate(child, self.grace).unwrap_or(false) {
+                eprintln!(
+                    "{name} did not stop within {} s; it was killed",
+                    self.grace.as_secs()
+                );
+            }
+        }
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

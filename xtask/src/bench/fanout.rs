@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
@@ -42,36 +42,23 @@ const TARGET_P99_MS: f64 = 100.0;
 /// Delivered updates per server CPU-second, ours over Centrifugo's.
 const TARGET_EFFICIENCY: f64 = 2.0;
 
-/// The processes of one side, stopped (SIGTERM, then SIGKILL) when dropped, last started
-/// first.
-#[derive(Debug, Default)]
-struct Procs(Vec<(&'static str, Child)>);
+/// The processes of one side, stopped when dropped.
+struct Procs(process::Group);
 
 impl Procs {
+    fn new() -> Self {
+        Self(process::Group::new(Duration::from_secs(15)))
+    }
+
     fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<i32> {
-        let child = process::spawn_logged(cmd, &log_dir.join(format!("fanout-{name}.log")))?;
-        let pid = i32::try_from(child.id())?;
-        self.0.push((name, child));
-        Ok(pid)
+        let pid = self
+            .0
+            .spawn(name, cmd, &log_dir.join(format!("fanout-{name}.log")))?;
+        Ok(i32::try_from(pid)?)
     }
 
     fn check_running(&mut self) -> Result<()> {
-        for (name, child) in &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited during the benchmark ({status})");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (name, child) in self.0.iter_mut().rev() {
-            if !matches!(process::terminate(child, Duration::from_secs(15)), Ok(true)) {
-                eprintln!("{name} did not stop within 15 s; it was killed");
-            }
-        }
+        self.0.check_running()
     }
 }
 
@@ -148,7 +135,7 @@ fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side
     let redis = started_pids(&before, "redis-server")?;
     let api = started_pids(&before, "canvas-api")?;
     let port = free_port()?;
-    let mut procs = Procs::default();
+    let mut procs = Procs::new();
     let gateway = procs.spawn(
         "gateway",
         servers
@@ -179,7 +166,7 @@ fn start_centrifugo(ctx: &BenchCtx, centrifugo_bin: &Path) -> Result<Side> {
         .tempdir()
         .context("cannot create a temporary directory for Centrifugo")?;
     let cores = &ctx.machine.server_cores;
-    let mut procs = Procs::default();
+    let mut procs = Procs::new();
     let redis_port = free_port()?;
     // The same Redis settings as ours (Servers::start).
     let redis = procs.spawn(

@@ -17,7 +17,7 @@ use std::{
     net::TcpStream,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -312,10 +312,10 @@ fn fill_canvas(servers: &Servers, colours: usize) -> Result<()> {
 }
 
 /// The gateway and the frontend, started beside [`Servers`] and pinned like them; stopped
-/// (SIGTERM, then SIGKILL) when dropped.
+/// when dropped (the frontend first), before the Servers they use.
 #[derive(Debug)]
 struct Site {
-    children: Vec<(&'static str, Child)>,
+    children: process::Group,
     page_url: String,
     api_url: String,
 }
@@ -333,7 +333,7 @@ impl Site {
         let frontend_port = free_port()?;
         let page_origin = format!("http://127.0.0.1:{frontend_port}");
         let mut site = Self {
-            children: Vec::new(),
+            children: process::Group::new(Duration::from_secs(15)),
             page_url: format!("{page_origin}/"),
             api_url: servers.api_url.clone(),
         };
@@ -369,29 +369,13 @@ impl Site {
     }
 
     fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<()> {
-        let child = process::spawn_logged(cmd, &log_dir.join(format!("{name}.log")))?;
-        self.children.push((name, child));
-        Ok(())
+        self.children
+            .spawn(name, cmd, &log_dir.join(format!("{name}.log")))
+            .map(drop)
     }
 
     fn check_running(&mut self) -> Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited during the benchmark ({status})");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        // The frontend first, then the gateway: both before the Servers they use.
-        for (name, child) in self.children.iter_mut().rev() {
-            if !process::terminate(child, Duration::from_secs(15)).unwrap_or(false) {
-                eprintln!("{name} did not stop within 15 s; it was killed");
-            }
-        }
+        self.children.check_running()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -23,7 +23,8 @@ pub const VERSION_KEY: &str = "canvas:version";
 /// is removed.
 #[derive(Debug)]
 pub struct Servers {
-    children: Vec<(&'static str, Child)>,
+    /// Stopped when dropped: canvas-api first, Redis last.
+    children: process::Group,
     pub redis_port: u16,
     pub api_url: String,
     _data: tempfile::TempDir,
@@ -74,7 +75,7 @@ impl Servers {
         let redis_port = free_port()?;
         let api_port = free_port()?;
         let mut servers = Self {
-            children: Vec::new(),
+            children: process::Group::new(Duration::from_secs(10)),
             redis_port,
             api_url: format!("http://127.0.0.1:{api_port}"),
             _data: data,
@@ -120,9 +121,9 @@ impl Servers {
     }
 
     fn spawn(&mut self, name: &'static str, cmd: &mut Command, log_dir: &Path) -> Result<()> {
-        let child = process::spawn_logged(cmd, &log_dir.join(format!("{name}.log")))?;
-        self.children.push((name, child));
-        Ok(())
+        self.children
+            .spawn(name, cmd, &log_dir.join(format!("{name}.log")))
+            .map(drop)
     }
 
     /// Runs `redis-cli` against this Redis and returns its answer.
@@ -170,41 +171,6 @@ impl Servers {
 
     /// Fails when a server has exited.
     pub fn check_running(&mut self) -> Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited during the benchmark ({status})");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        // canvas-api first, Redis last.
-        for (name, child) in self.children.iter_mut().rev() {
-            let Ok(raw) = i32::try_from(child.id()) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                continue;
-            };
-            let pid = nix::unistd::Pid::from_raw(raw);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        eprintln!("{name} did not stop within 10 s; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
+        self.children.check_running()
     }
 }
