@@ -51,6 +51,9 @@ impl Servers {
             .env("PIXEL_CANVAS_WIDTH", &side)
             .env("PIXEL_CANVAS_HEIGHT", &side)
             .env("PIXEL_CANVAS_COOLDOWN_SECONDS", "0")
+            // Every benchmark client comes from loopback: one address, as far as the
+            // per-address limit can tell.
+            .env("PIXEL_WS_MAX_CONNECTIONS_PER_ADDRESS", "0")
             .env("RUST_LOG", "warn");
         gateway
     }
