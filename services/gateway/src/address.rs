@@ -11,10 +11,7 @@ use std::{
 
 /// An address range, `a.b.c.d/n`, `x::y/n`, or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(ipnet::IpNet);
 
 /// A `--trusted-proxies` entry that is not an address or an address range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,51 +22,24 @@ impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || CidrError(text.to_owned());
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let network: IpAddr = address.parse().map_err(|_| error())?;
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(error)?,
-            None => bits,
-        };
-        Ok(Self { network, prefix })
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| CidrError(text.to_owned()))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        self.0.fmt(f)
     }
 }
 
 impl Cidr {
     /// Whether `address` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, address: IpAddr) -> bool {
-        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - prefix)
-            }
-        }
-        match (self.network, address.to_canonical()) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
-                masked(u32::from(network).into(), self.prefix, 32)
-                    == masked(u32::from(address).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                masked(network.into(), self.prefix, 128) == masked(address.into(), self.prefix, 128)
-            }
-            _ => false,
-        }
+        self.0.contains(&address.to_canonical())
     }
 }
 

@@ -402,11 +402,14 @@ async fn a_canvas_version_that_went_back_makes_clients_refetch() {
         .await
         .expect("client kill");
     assert!(killed >= 1, "the gateway's subscription was not killed");
-    // Online counts may come first; anything else but the refetch is wrong.
+    // Online counts and the placements' acks (`placed`) may come first; anything else but the
+    // refetch is wrong.
     let refetch = tokio::time::timeout(HANG, async {
         loop {
             match client.next().await {
-                Incoming::Json(message) if message["type"] == "online" => {}
+                Incoming::Json(message)
+                    if ["online", "placed"]
+                        .contains(&message["type"].as_str().unwrap_or_default()) => {}
                 other => return other,
             }
         }
