@@ -229,10 +229,16 @@ async fn idle_and_never_reading_clients_keep_memory_bounded() {
     let after = memory(pid);
 
     let (_, metrics) = gateway.get("/metrics").await;
-    let connections = metric(&metrics, "gateway_connections").unwrap_or(0.0);
-    assert!(
-        (IDLE as f64..=(IDLE + SLOW) as f64).contains(&connections),
-        "the idle clients stay; the never-reading ones are gone or still held: {connections}"
+    let count = |name: &str| metric(&metrics, name).unwrap_or(0.0);
+    let connections = count("gateway_connections");
+    let dropped_slow = count("gateway_disconnects_total{reason=\"send_timed_out\"}")
+        + count("gateway_disconnects_total{reason=\"too_slow\"}");
+    // Every client is still held or was dropped for falling behind, the documented answer
+    // (on a loaded machine an idle reader may fall behind too); none is lost otherwise.
+    assert_eq!(
+        connections + dropped_slow,
+        (IDLE + SLOW) as f64,
+        "{connections} connections held, {dropped_slow} dropped as too slow"
     );
     let bound = with_idle.rss
         + QUEUE as u64 * MAX_FRAME_BYTES
