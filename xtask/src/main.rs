@@ -2,6 +2,7 @@
 
 mod api_fuzz;
 mod bench;
+mod children;
 mod cluster;
 mod crd;
 mod deny;

@@ -11,7 +11,13 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{cluster::Cluster, operator::Operator, process, toolchain::Tools};
+use crate::{
+    children::{self, items},
+    cluster::Cluster,
+    operator::Operator,
+    process,
+    toolchain::Tools,
+};
 
 /// Where a scenario runs: the cluster, the operator's kubeconfig (its ServiceAccount's
 /// token, so only the RBAC in `config/` applies) and the directory for logs and manifests.
@@ -30,11 +36,6 @@ pub const ALL: [(&str, Scenario); 3] = [
     ("apiserver-restart", apiserver_restart),
     ("operator-chaos", operator_chaos),
 ];
-
-/// Label every child of a canvas carries.
-const MANAGED: &str = "app.kubernetes.io/managed-by=pixel-operator";
-/// Kinds of the children, for `kubectl get`.
-const CHILD_KINDS: &str = "deployments,statefulsets,services,configmaps,secrets,poddisruptionbudgets,networkpolicies,ingresses";
 
 impl Stage<'_> {
     fn kubectl(&self, args: &[&str]) -> Result<String> {
@@ -287,11 +288,11 @@ fn chaos_violations(stage: &Stage, namespace: &str) -> Result<Vec<String>> {
         .collect();
     let children = stage.kubectl_json(&[
         "get",
-        CHILD_KINDS,
+        children::KINDS,
         "-n",
         namespace,
         "-l",
-        MANAGED,
+        children::MANAGED,
         "-o",
         "json",
     ])?;
@@ -359,7 +360,14 @@ fn record_passwords(
     seen: &mut BTreeMap<(String, String), String>,
 ) -> Result<()> {
     let secrets = stage.kubectl_json(&[
-        "get", "secrets", "-n", namespace, "-l", MANAGED, "-o", "json",
+        "get",
+        "secrets",
+        "-n",
+        namespace,
+        "-l",
+        children::MANAGED,
+        "-o",
+        "json",
     ])?;
     for secret in items(&secrets) {
         let owner = secret["metadata"]["ownerReferences"][0]["uid"].to_string();
@@ -395,10 +403,6 @@ fn wait_ready(stage: &Stage, namespace: &str, object: &str) -> Result<()> {
             "--timeout=120s",
         ])
         .map(drop)
-}
-
-fn items(list: &Value) -> impl Iterator<Item = &Value> {
-    list["items"].as_array().into_iter().flatten()
 }
 
 fn text(value: &Value) -> String {

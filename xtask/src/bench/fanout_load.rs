@@ -125,14 +125,9 @@ pub struct FanoutSummary {
 }
 
 impl FanoutSummary {
-    /// Parses the load generator's stdout: the last line that is a JSON object.
+    /// Parses the load generator's stdout.
     pub fn parse(stdout: &str) -> Result<Self> {
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|line| line.trim_start().starts_with('{'))
-            .context("the fan-out load generator printed no JSON summary")?;
-        serde_json::from_str(line).context("cannot parse the fan-out load generator's summary")
+        super::load::last_json_line(stdout, "the fan-out load generator")
     }
 }
 

@@ -67,15 +67,20 @@ pub struct LoadSummary {
 }
 
 impl LoadSummary {
-    /// Parses the load generator's stdout: the last line that is a JSON object.
+    /// Parses the load generator's stdout.
     pub fn parse(stdout: &str) -> Result<Self> {
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|line| line.trim_start().starts_with('{'))
-            .context("the load generator printed no JSON summary")?;
-        serde_json::from_str(line).context("cannot parse the load generator's summary")
+        last_json_line(stdout, "the load generator")
     }
+}
+
+/// The summary a load generator prints: the last line of its stdout that is a JSON object.
+pub fn last_json_line<T: serde::de::DeserializeOwned>(stdout: &str, who: &str) -> Result<T> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.trim_start().starts_with('{'))
+        .with_context(|| format!("{who} printed no JSON summary"))?;
+    serde_json::from_str(line).with_context(|| format!("cannot parse the summary of {who}"))
 }
 
 /// This process's CPU seconds so far.

@@ -22,11 +22,13 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
 use super::{BenchCtx, report::BenchResult, stats};
-use crate::{cluster::Cluster, operator::Operator, paths, process, toolchain};
+use crate::{
+    children::{self, items},
+    cluster::Cluster,
+    operator::Operator,
+    paths, process, toolchain,
+};
 
-/// Kinds of a canvas's children, for `kubectl get`.
-const CHILD_KINDS: &str = "deployments,statefulsets,services,configmaps,secrets,poddisruptionbudgets,networkpolicies,ingresses";
-const MANAGED: &str = "app.kubernetes.io/managed-by=pixel-operator";
 /// The targets.
 const APPLY_TARGET_RATIO: f64 = 1.5;
 const SCALE_CANVASES: usize = 500;
@@ -347,11 +349,11 @@ fn ready_canvases(stage: &Stage, namespace: &str) -> Result<usize> {
 fn children(stage: &Stage, namespace: &str) -> Result<Vec<Value>> {
     let list: Value = serde_json::from_str(&stage.kubectl(&[
         "get",
-        CHILD_KINDS,
+        children::KINDS,
         "-n",
         namespace,
         "-l",
-        MANAGED,
+        children::MANAGED,
         "-o",
         "json",
     ])?)?;
@@ -482,10 +484,6 @@ fn join(values: &[f64]) -> String {
         .map(|v| format!("{v:.0}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn items(list: &Value) -> impl Iterator<Item = &Value> {
-    list["items"].as_array().into_iter().flatten()
 }
 
 #[cfg(test)]
