@@ -286,16 +286,7 @@ fn chaos_violations(stage: &Stage, namespace: &str) -> Result<Vec<String>> {
         .iter()
         .map(|(name, view)| (view.uid.as_str(), name.as_str()))
         .collect();
-    let children = stage.kubectl_json(&[
-        "get",
-        children::KINDS,
-        "-n",
-        namespace,
-        "-l",
-        children::MANAGED,
-        "-o",
-        "json",
-    ])?;
+    let children = stage.kubectl_json(&children::get_args(children::KINDS, namespace))?;
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     let mut api_replicas = BTreeMap::new();
@@ -359,16 +350,7 @@ fn record_passwords(
     namespace: &str,
     seen: &mut BTreeMap<(String, String), String>,
 ) -> Result<()> {
-    let secrets = stage.kubectl_json(&[
-        "get",
-        "secrets",
-        "-n",
-        namespace,
-        "-l",
-        children::MANAGED,
-        "-o",
-        "json",
-    ])?;
+    let secrets = stage.kubectl_json(&children::get_args("secrets", namespace))?;
     for secret in items(&secrets) {
         let owner = secret["metadata"]["ownerReferences"][0]["uid"].to_string();
         let key = (text(&secret["metadata"]["name"]), owner);

@@ -347,16 +347,8 @@ fn ready_canvases(stage: &Stage, namespace: &str) -> Result<usize> {
 
 /// The children in `namespace`, as the API server holds them.
 fn children(stage: &Stage, namespace: &str) -> Result<Vec<Value>> {
-    let list: Value = serde_json::from_str(&stage.kubectl(&[
-        "get",
-        children::KINDS,
-        "-n",
-        namespace,
-        "-l",
-        children::MANAGED,
-        "-o",
-        "json",
-    ])?)?;
+    let list: Value =
+        serde_json::from_str(&stage.kubectl(&children::get_args(children::KINDS, namespace))?)?;
     Ok(items(&list).cloned().collect())
 }
 
