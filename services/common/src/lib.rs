@@ -5,6 +5,7 @@
 
 pub mod canvas;
 pub mod config;
+pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod ports;
@@ -17,11 +18,11 @@ pub mod wire;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-use std::{fmt::Display, future::Future, process::ExitCode};
+use std::{future::Future, process::ExitCode};
 
-/// The body of every `main`: install logging, run the binary, log a failure and turn it
-/// into a non-zero exit code.
-pub async fn run_main<E: Display>(
+/// The body of every `main`: install logging, run the binary, log a failure with its whole
+/// chain of causes and turn it into a non-zero exit code.
+pub async fn run_main<E: std::error::Error + 'static>(
     name: &str,
     log: &telemetry::LogArgs,
     run: impl Future<Output = Result<(), E>>,
@@ -31,7 +32,7 @@ pub async fn run_main<E: Display>(
     match run.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "{name} failed");
+            tracing::error!(error = %error::ErrorChain(&error), "{name} failed");
             ExitCode::FAILURE
         }
     }
