@@ -495,7 +495,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(error) => {
-            tracing::warn!(error = %pixel_common::telemetry::ErrorChain(&error), "not ready");
+            tracing::warn!(error = %pixel_common::error::ErrorChain(&error), "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
         }
     }

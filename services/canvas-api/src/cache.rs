@@ -24,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use pixel_common::{
     canvas::{CanvasSize, Palette},
     redis_schema::parse_update_message,
-    telemetry::ErrorChain,
+    error::ErrorChain,
     wire::{PixelUpdate, SNAPSHOT_HEADER_LEN, Snapshot},
 };
 use redis::aio::{PubSubSink, PubSubStream};
@@ -515,7 +515,7 @@ fn handle(cache: &SnapshotCache, payload: &[u8]) {
         Ok(update) => cache.deliver(update),
         Err(error) => {
             // An update that cannot be read is a lost update.
-            tracing::warn!(%error, "unreadable update message");
+            tracing::warn!(error = %ErrorChain(&error), "unreadable update message");
             cache.lock().lose_sync("unreadable update", true);
         }
     }

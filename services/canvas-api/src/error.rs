@@ -9,7 +9,7 @@ use axum::{
 };
 use pixel_common::{
     canvas::{GeometryError, PaletteError},
-    telemetry::ErrorChain,
+    error::ErrorChain,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -110,7 +110,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %ErrorChain(&self), code, "request failed");
         } else {
-            tracing::debug!(error = %self, code, "request rejected");
+            tracing::debug!(error = %ErrorChain(&self), code, "request rejected");
         }
         let body = ErrorBody {
             error: ErrorDetail {

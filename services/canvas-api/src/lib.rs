@@ -10,7 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::http::{
     HeaderName, HeaderValue, Method,
@@ -22,11 +22,11 @@ use clap::Parser;
 use pixel_common::{
     canvas::{CanvasSize, GeometryError, Palette},
     config::{CanvasArgs, RedisArgs},
+    error::ErrorChain,
     health,
     metrics::{self, HttpMetrics},
     ports,
     serve::{ServeError, serve},
-    shutdown,
     telemetry::LogArgs,
 };
 use prometheus_client::{
@@ -263,7 +263,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let doc = serde_json::to_vec(&openapi_document(&state.settings))
         .map(Bytes::from)
         .unwrap_or_else(|error| {
-            tracing::error!(%error, "cannot serialize the OpenAPI document");
+            tracing::error!(error = %ErrorChain(&error), "cannot serialize the OpenAPI document");
             Bytes::new()
         });
     let metrics = state.metrics.clone();
@@ -310,14 +310,18 @@ fn cors_origin(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(origin).ok()
 }
 
-/// Serves until SIGTERM.
-pub async fn run(args: Args) -> Result<(), RunError> {
+/// Serves until `shutdown` resolves (`main` passes
+/// [`pixel_common::shutdown::signal_received`]), then drains in-flight requests.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let state = AppState::new(&args)?;
     let mut router = app(state, args.max_body_bytes);
     if let Some(cors) = cors(&args.cors_allowed_origins)? {
         router = router.layer(cors);
     }
-    serve(args.listen_addr, router, shutdown::signal_received()).await?;
+    serve(args.listen_addr, router, shutdown).await?;
     Ok(())
 }
 
@@ -327,6 +331,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// Bound on one wait; reached only when something hangs.
+    const HANG: Duration = Duration::from_secs(30);
 
     async fn allowed_origin(origins: &[&str], origin: &str) -> Option<String> {
         let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
@@ -366,6 +373,73 @@ mod tests {
             Some("https://canvas.example.com")
         );
         assert_eq!(allowed_origin(&listed, "http://evil.example").await, None);
+    }
+
+    /// Flags for a canvas-api on a free loopback port, with a Redis that refuses connections.
+    fn loopback_args() -> Args {
+        Args::try_parse_from([
+            "canvas-api",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:0",
+        ])
+        .expect("valid flags")
+    }
+
+    #[tokio::test]
+    async fn run_serves_until_its_shutdown_resolves() {
+        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(loopback_args(), async move {
+            // Polled only once the port is bound and requests are being served.
+            let _ = serving.send(());
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(HANG, polled)
+            .await
+            .expect("run reaches serving")
+            .expect("shutdown future polled");
+        assert!(!server.is_finished(), "run returned before its shutdown");
+        stop.send(()).expect("run still waits for its shutdown");
+        tokio::time::timeout(HANG, server)
+            .await
+            .expect("run returns once shutdown resolves")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_fails_run_naming_the_address_and_the_cause() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let mut args = loopback_args();
+        args.listen_addr = addr;
+        let error = run(args, std::future::pending())
+            .await
+            .expect_err("the port is taken");
+        assert!(matches!(error, RunError::Serve(ServeError::Bind { .. })));
+        let chain = ErrorChain(&error).to_string();
+        assert!(chain.contains(&addr.to_string()), "{chain}");
+        assert!(
+            chain.len() > error.to_string().len(),
+            "the cause follows: {chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_redis_url_is_reported_with_its_cause() {
+        let mut args = loopback_args();
+        args.redis.redis_url = "not a url".to_owned();
+        let error = AppState::new(&args).expect_err("refused");
+        assert!(matches!(error, RunError::Store(_)));
+        let chain = ErrorChain(&error).to_string();
+        assert!(
+            chain.starts_with("cannot set up the Redis client: invalid Redis configuration: "),
+            "{chain}"
+        );
     }
 
     #[test]

@@ -5,5 +5,12 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = canvas_api::Args::parse();
-    pixel_common::run_main("canvas-api", &args.log.clone(), canvas_api::run(args)).await
+    // Before `run`, so a SIGTERM that arrives as soon as the port is open is caught.
+    let shutdown = pixel_common::shutdown::signal_received();
+    pixel_common::run_main(
+        "canvas-api",
+        &args.log.clone(),
+        canvas_api::run(args, shutdown),
+    )
+    .await
 }

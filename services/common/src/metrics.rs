@@ -122,7 +122,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
                 )
                     .into_response(),
                 Err(error) => {
-                    tracing::warn!(%error, "cannot encode metrics");
+                    tracing::warn!(error = %crate::error::ErrorChain(&error), "cannot encode metrics");
                     StatusCode::INTERNAL_SERVER_ERROR.into_response()
                 }
             }

@@ -8,13 +8,13 @@ use tokio::net::TcpListener;
 /// Errors that stop a server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+    #[error("cannot listen on {addr} (is another process using the port?)")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("server failed: {0}")]
+    #[error("the server failed")]
     Serve(#[source] io::Error),
 }
 
@@ -87,5 +87,9 @@ mod tests {
             .expect_err("port is taken");
         assert!(matches!(error, ServeError::Bind { .. }));
         assert!(error.to_string().contains(&addr.to_string()), "{error}");
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the cause is kept in source(): {error}"
+        );
     }
 }

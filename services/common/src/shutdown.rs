@@ -4,6 +4,8 @@ use std::future::Future;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::error::ErrorChain;
+
 /// Resolves when the process is asked to stop. Passed to servers as a parameter so tests
 /// can substitute their own trigger.
 ///
@@ -20,7 +22,7 @@ pub fn signal_received() -> impl Future<Output = ()> + Send + 'static {
                 _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
             },
             (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "cannot listen for SIGTERM/SIGINT; stopping only when killed");
+                tracing::error!(error = %ErrorChain(&error), "cannot listen for SIGTERM/SIGINT; stopping only when killed");
                 std::future::pending::<()>().await;
             }
         }

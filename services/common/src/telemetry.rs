@@ -31,35 +31,3 @@ pub fn init(args: &LogArgs) {
         LogFormat::Json => builder.json().init(),
     }
 }
-
-/// Displays an error with its whole `source()` chain, `outer: inner: root`, for logs:
-/// `warn!(error = %ErrorChain(&error), "...")`.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ErrorChain;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn error_chain_shows_every_source() {
-        let error = Outer(std::io::Error::other("root cause"));
-        assert_eq!(ErrorChain(&error).to_string(), "outer: root cause");
-    }
-}

@@ -8,7 +8,7 @@
 pub mod assets;
 pub mod config;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
@@ -22,11 +22,11 @@ use axum::{
 };
 use clap::Parser;
 use pixel_common::{
+    error::ErrorChain,
     health,
     metrics::{self, HttpMetrics},
     ports,
     serve::{ServeError, serve},
-    shutdown,
     telemetry::LogArgs,
 };
 use prometheus_client::registry::Registry;
@@ -99,7 +99,7 @@ pub fn app(args: &Args) -> Router {
     ))
     .unwrap_or_else(|error| {
         // PublicUrl refuses every character a header cannot hold; keep a safe policy anyway.
-        tracing::error!(%error, "invalid Content-Security-Policy; using the strictest");
+        tracing::error!(error = %ErrorChain(&error), "invalid Content-Security-Policy; using the strictest");
         HeaderValue::from_static("default-src 'self'")
     });
     http.instrument(routes)
@@ -126,18 +126,56 @@ fn header(name: HeaderName, value: HeaderValue) -> SetResponseHeaderLayer<Header
 fn config_document(args: &Args) -> Static {
     let document = PublicConfig::new(&args.public_api_url, &args.public_ws_url);
     let body = serde_json::to_vec(&document).unwrap_or_else(|error| {
-        tracing::error!(%error, "cannot serialize /config.json; serving the defaults");
+        tracing::error!(error = %ErrorChain(&error), "cannot serialize /config.json; serving the defaults");
         br#"{"apiBase":"/api/v1","wsUrl":"/ws"}"#.to_vec()
     });
     Static::new("application/json", Bytes::from(body))
 }
 
-/// Serves until SIGTERM.
-pub async fn run(args: Args) -> Result<(), ServeError> {
+/// Serves until `shutdown` resolves (`main` passes
+/// [`pixel_common::shutdown::signal_received`]), then drains in-flight requests.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     tracing::info!(
         api = %args.public_api_url,
         ws = %args.public_ws_url,
         "the page will use these locations"
     );
-    serve(args.listen_addr, app(&args), shutdown::signal_received()).await
+    serve(args.listen_addr, app(&args), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Bound on one wait; reached only when something hangs.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn run_serves_until_its_shutdown_resolves() {
+        let args =
+            Args::try_parse_from(["frontend", "--listen-addr", "127.0.0.1:0"]).expect("flags");
+        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(args, async move {
+            // Polled only once the port is bound and requests are being served.
+            let _ = serving.send(());
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(HANG, polled)
+            .await
+            .expect("run reaches serving")
+            .expect("shutdown future polled");
+        assert!(!server.is_finished(), "run returned before its shutdown");
+        stop.send(()).expect("run still waits for its shutdown");
+        tokio::time::timeout(HANG, server)
+            .await
+            .expect("run returns once shutdown resolves")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

@@ -10,7 +10,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use pixel_common::wire::{MAX_FRAME_UPDATES, PixelUpdate, UpdateFrame};
+use pixel_common::{
+    error::ErrorChain,
+    wire::{MAX_FRAME_UPDATES, PixelUpdate, UpdateFrame},
+};
 use tokio::sync::broadcast;
 
 /// What every connection of this process is sent.
@@ -101,7 +104,7 @@ pub fn frames(updates: &[PixelUpdate]) -> Vec<UpdateFrame> {
             Ok(frame) => Some(frame),
             Err(error) => {
                 // Callers only pass contiguous runs; a failure here is a bug, logged.
-                tracing::error!(%error, "cannot form an update frame");
+                tracing::error!(error = %ErrorChain(&error), "cannot form an update frame");
                 None
             }
         })

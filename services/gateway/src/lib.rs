@@ -30,10 +30,10 @@ use clap::Parser;
 use pixel_common::{
     canvas::GeometryError,
     config::{CanvasArgs, RedisArgs},
+    error::ErrorChain,
     health, metrics as common_metrics, ports,
     serve::ServeError,
-    shutdown,
-    telemetry::{ErrorChain, LogArgs},
+    telemetry::LogArgs,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -345,9 +345,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves until SIGTERM.
-pub async fn run(args: Args) -> Result<(), RunError> {
-    let shutdown = shutdown::signal_received();
+/// Binds `args.listen_addr` and [`serve`]s on it until `shutdown` resolves (`main` passes
+/// [`pixel_common::shutdown::signal_received`]).
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let listener = TcpListener::bind(args.listen_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -355,4 +358,43 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             source,
         })?;
     serve(listener, &args, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bound on one wait; reached only when something hangs.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn run_serves_until_its_shutdown_resolves() {
+        // Redis refuses connections: the gateway serves (not ready) and keeps retrying.
+        let args = Args::try_parse_from([
+            "gateway",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:0",
+        ])
+        .expect("flags");
+        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(args, async move {
+            // Polled only once the port is bound and requests are being served.
+            let _ = serving.send(());
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(HANG, polled)
+            .await
+            .expect("run reaches serving")
+            .expect("shutdown future polled");
+        assert!(!server.is_finished(), "run returned before its shutdown");
+        stop.send(()).expect("run still waits for its shutdown");
+        tokio::time::timeout(HANG, server)
+            .await
+            .expect("run returns once shutdown resolves")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

@@ -12,7 +12,7 @@ use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{
     FutureExt, Sink, SinkExt, Stream, StreamExt, future::BoxFuture, stream::FuturesUnordered,
 };
-use pixel_common::telemetry::ErrorChain;
+use pixel_common::error::ErrorChain;
 use tokio::{
     sync::{broadcast::error::RecvError, watch},
     time::Instant,

@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::StreamExt;
 use pixel_common::{
-    redis_schema::parse_update_message, telemetry::ErrorChain, wire::MAX_FRAME_UPDATES,
+    error::ErrorChain, redis_schema::parse_update_message, wire::MAX_FRAME_UPDATES,
     wire::PixelUpdate,
 };
 use tokio::{sync::watch, time::MissedTickBehavior};
@@ -152,7 +152,7 @@ impl Subscriber {
         let update = match parse_update_message(payload) {
             Ok(update) => update,
             Err(error) => {
-                tracing::warn!(%error, "ignoring a malformed update message");
+                tracing::warn!(error = %ErrorChain(&error), "ignoring a malformed update message");
                 return;
             }
         };
