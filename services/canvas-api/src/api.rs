@@ -1,7 +1,5 @@
 //! The REST handlers under `/api/v1`, each annotated for the OpenAPI document.
 
-use std::sync::Arc;
-
 use axum::{
     Extension, Json,
     extract::{
@@ -19,7 +17,7 @@ use axum::{
 };
 use bytes::Bytes;
 use pixel_common::{
-    canvas::{CanvasSize, Palette, Point},
+    canvas::Point,
     ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
@@ -28,7 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    cache::{CachedSnapshot, Encoding},
+    cache::Encoding,
     error::{ApiError, ErrorBody},
     store::{HistoryEntry, Placed, Placement},
 };
@@ -241,46 +239,14 @@ pub async fn canvas_png(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cached = state.cache.get(&state.store).await?;
-    let palette = state.settings.palette.clone();
+    let palette = &state.settings.palette;
     versioned(&headers, cached.version(), "image/png", || async move {
-        let png = cached
-            .png
-            .get_or_try_init(|| render_png(Arc::clone(&cached), palette))
-            .await?;
-        Ok(png.clone())
+        cached
+            .png(palette)
+            .await
+            .map_err(|error| ApiError::Internal(Box::new(error)))
     })
     .await
-}
-
-async fn render_png(cached: Arc<CachedSnapshot>, palette: Palette) -> Result<Bytes, ApiError> {
-    tokio::task::spawn_blocking(move || encode_png(cached.size(), cached.pixels(), &palette))
-        .await
-        .map_err(|error| ApiError::Internal(Box::new(error)))?
-        .map(Bytes::from)
-        .map_err(|error| ApiError::Internal(Box::new(error)))
-}
-
-/// An indexed-colour PNG of a snapshot's pixels: its palette is the canvas palette.
-pub fn encode_png(
-    size: CanvasSize,
-    pixels: &[u8],
-    palette: &Palette,
-) -> Result<Vec<u8>, png::EncodingError> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, size.width().into(), size.height().into());
-    encoder.set_color(png::ColorType::Indexed);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_palette(
-        palette
-            .colors()
-            .iter()
-            .flat_map(|c| c.0)
-            .collect::<Vec<u8>>(),
-    );
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(pixels)?;
-    writer.finish()?;
-    Ok(out)
 }
 
 /// Answers 304 when `If-None-Match` names this version, else the body `make` produces, with
