@@ -359,12 +359,12 @@ mod tests {
 
     #[tokio::test]
     async fn only_listed_origins_may_read_from_a_browser() {
-        let listed = ["http://127.0.0.1:3000", "https://canvas.example.com/"];
+        // The page served by a local frontend, on another port than the API's.
+        let frontend = format!("http://127.0.0.1:{}", ports::FRONTEND);
+        let listed = [frontend.as_str(), "https://canvas.example.com/"];
         assert_eq!(
-            allowed_origin(&listed, "http://127.0.0.1:3000")
-                .await
-                .as_deref(),
-            Some("http://127.0.0.1:3000")
+            allowed_origin(&listed, &frontend).await.as_deref(),
+            Some(frontend.as_str())
         );
         assert_eq!(
             allowed_origin(&listed, "https://canvas.example.com")
