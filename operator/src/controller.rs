@@ -27,23 +27,46 @@ use kube::{
     },
 };
 
+use pixel_common::error::ErrorChain;
+
 use crate::{
     api::PixelCanvas,
     children::naming::{LABEL_MANAGED_BY, MANAGER},
     metrics::Metrics,
-    reconcile::{Ctx, error_policy, reconcile},
+    reconcile::{Context, error_policy, reconcile},
 };
 
-/// Runs the controller until `shutdown` resolves, over every namespace or just
-/// `namespace`. Sets `ready` once the PixelCanvas cache has synced.
-pub async fn run(
-    client: Client,
-    namespace: Option<String>,
-    config: kube::runtime::controller::Config,
-    metrics: Metrics,
-    state: Arc<crate::State>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
+/// What the controller runs with.
+pub struct Settings {
+    pub client: Client,
+    /// Watch only this namespace (`None`: every namespace).
+    pub namespace: Option<String>,
+    /// Concurrency and debounce.
+    pub config: kube::runtime::controller::Config,
+    pub metrics: Metrics,
+    /// Where readiness learns that the PixelCanvas cache has synced.
+    pub state: Arc<crate::State>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("namespace", &self.namespace)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. Sets `state.synced` once the
+/// PixelCanvas cache has synced.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let Settings {
+        client,
+        namespace,
+        config,
+        metrics,
+        state,
+    } = settings;
     let scope = Scope {
         client: client.clone(),
         namespace,
@@ -52,7 +75,7 @@ pub async fn run(
         controller: MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Ctx::new(
+    let context = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
         metrics,
@@ -122,11 +145,13 @@ pub async fn run(
     controller
         .with_config(config)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(canvas = %object, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+                Err(error) => {
+                    tracing::debug!(error = %ErrorChain(&error), "reconcile did not complete")
+                }
             }
         })
         .await;
@@ -158,7 +183,7 @@ where
         match event {
             Ok(event) => Some(Ok(event)),
             Err(error) => {
-                tracing::warn!(%error, "watch failed; retrying");
+                tracing::warn!(error = %ErrorChain(&error), "watch failed; retrying");
                 None
             }
         }

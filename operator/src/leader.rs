@@ -4,6 +4,7 @@
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use pixel_common::error::ErrorChain;
 use tokio::sync::watch;
 
 /// Where the lease lives and who we are.
@@ -81,10 +82,6 @@ impl Leadership {
         })
     }
 
-    pub fn is_leading(&self) -> bool {
-        *self.leading.borrow()
-    }
-
     /// Resolves once we lead.
     pub async fn acquired(&mut self) {
         let _ = self.leading.wait_for(|leading| *leading).await;
@@ -105,8 +102,12 @@ impl Leadership {
         if let Some(task) = task {
             match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
                 Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
-                Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the leader lease"),
-                Ok(Err(error)) => tracing::warn!(%error, "leader election task failed"),
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(error = %ErrorChain(&error), "could not release the leader lease")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %ErrorChain(&error), "leader election task failed")
+                }
                 Err(_) => tracing::warn!("releasing the leader lease timed out; it will expire"),
             }
         }

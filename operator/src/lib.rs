@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod status;
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
@@ -23,13 +24,13 @@ use std::{
 
 use axum::{Router, extract::State as AxumState, http::StatusCode, routing::get};
 use clap::Parser;
-use pixel_common::{health, ports, serve, shutdown, telemetry::LogArgs};
+use pixel_common::{error::ErrorChain, health, ports, serve, telemetry::LogArgs};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::leader::Leadership;
 
-/// How long in-flight reconciles may run after SIGTERM.
+/// How long in-flight reconciles may run after the operator is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Configuration, from flags or the environment of the operator's pod.
@@ -68,9 +69,9 @@ pub struct Args {
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no Kubernetes client configuration (set KUBECONFIG or run in a pod): {0}")]
+    #[error("no Kubernetes client configuration (set KUBECONFIG or run in a pod)")]
     Infer(#[source] kube::config::InferConfigError),
-    #[error("cannot build the Kubernetes client: {0}")]
+    #[error("cannot build the Kubernetes client")]
     Config(#[source] kube::Error),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
@@ -132,8 +133,12 @@ async fn client(metrics: metrics::Metrics) -> Result<kube::Client, Error> {
 }
 
 /// Connects, waits for leadership, runs the controller and serves probes and metrics until
-/// SIGTERM (or until leadership is lost, which ends the process so it can rejoin).
-pub async fn run(args: Args) -> Result<(), Error> {
+/// `shutdown` resolves (or until leadership is lost, which ends the process so it can
+/// rejoin).
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let client = client(metrics.clone()).await?;
@@ -141,68 +146,79 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
-        // Installed now, before the port opens.
-        let signal = shutdown::signal_received();
         async move {
-            signal.await;
+            shutdown.await;
             stop.cancel();
         }
     });
     let server = tokio::spawn(serve::serve(
         args.listen_addr,
         app(state.clone(), Arc::new(registry)),
-        {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        },
+        stopped(&stop),
     ));
 
     let Some(mut leadership) = join_election(&client, &args.leader, &stop).await else {
-        return finish(server, false).await;
+        return finish(server, Ok(())).await;
     };
     state.joined.store(true, Ordering::Release);
-    let mut lost_leadership = false;
-    tokio::select! {
+    let outcome = tokio::select! {
         () = leadership.acquired() => {
-            tracing::info!("leading");
-            state.leading.store(true, Ordering::Release);
-            metrics.set_leader(true);
-            let lost = leadership.lost();
-            let controller = tokio::spawn(controller::run(
+            let settings = controller::Settings {
                 client,
-                args.watch_namespace.clone(),
-                kube::runtime::controller::Config::default()
+                namespace: args.watch_namespace.clone(),
+                config: kube::runtime::controller::Config::default()
                     .concurrency(args.max_concurrent_reconciles)
                     .debounce(std::time::Duration::from_millis(args.reconcile_debounce_ms)),
-                metrics.clone(),
-                state.clone(),
-                {
-                    let stop = stop.clone();
-                    async move { stop.cancelled().await }
-                },
-            ));
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = lost => {
-                    tracing::error!("lost the leader lease; stopping so another replica leads");
-                    lost_leadership = true;
-                    stop.cancel();
-                }
-            }
-            // In-flight reconciles get a bounded grace period (a controller whose watches
-            // cannot reach the API server may not notice the signal on its own).
-            match tokio::time::timeout(SHUTDOWN_GRACE, controller).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "controller task failed"),
-                Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controller did not stop within the grace period"),
-            }
-            metrics.set_leader(false);
+                metrics,
+                state,
+            };
+            lead(settings, leadership.lost(), &stop).await
         }
-        () = stop.cancelled() => {}
-    }
+        () = stop.cancelled() => Ok(()),
+    };
     leadership.resign().await;
     stop.cancel();
-    finish(server, lost_leadership).await
+    finish(server, outcome).await
+}
+
+/// Runs the controller while this replica leads, until `stop` (then `Ok`) or until the
+/// lease is `lost` (then [`Error::LostLeadership`]). Either way it stops the controller,
+/// giving in-flight reconciles a bounded grace period.
+async fn lead(
+    settings: controller::Settings,
+    lost: impl Future<Output = ()>,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    tracing::info!("leading");
+    settings.state.leading.store(true, Ordering::Release);
+    let metrics = settings.metrics.clone();
+    metrics.set_leader(true);
+    let controller = tokio::spawn(controller::run(settings, stopped(stop)));
+    let result = tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        () = lost => {
+            tracing::error!("lost the leader lease; stopping so another replica leads");
+            Err(Error::LostLeadership)
+        }
+    };
+    stop.cancel();
+    // A controller whose watches cannot reach the API server may not notice the stop on
+    // its own.
+    match tokio::time::timeout(SHUTDOWN_GRACE, controller).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(error = %ErrorChain(&error), "controller task failed"),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "controller did not stop within the grace period")
+        }
+    }
+    metrics.set_leader(false);
+    result
+}
+
+/// Resolves once `stop` is cancelled.
+fn stopped(stop: &CancellationToken) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let stop = stop.clone();
+    async move { stop.cancelled().await }
 }
 
 /// Joins the leader election (or, without one, leads alone), retrying while the API server
@@ -220,7 +236,7 @@ async fn join_election(
         tokio::select! {
             joined = Leadership::elect(client.clone(), args) => match joined {
                 Ok(leadership) => return Some(leadership),
-                Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot join the leader election"),
+                Err(error) => tracing::warn!(error = %ErrorChain(&error), retry_in = ?delay, "cannot join the leader election"),
             },
             () = stop.cancelled() => return None,
         }
@@ -235,14 +251,11 @@ async fn join_election(
 /// Waits for the server to drain and turns the way the operator ended into its result.
 async fn finish(
     server: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
-    lost_leadership: bool,
+    outcome: Result<(), Error>,
 ) -> Result<(), Error> {
     match server.await {
         Ok(result) => result?,
-        Err(error) => tracing::error!(%error, "server task failed"),
+        Err(error) => tracing::error!(error = %ErrorChain(&error), "server task failed"),
     }
-    if lost_leadership {
-        return Err(Error::LostLeadership);
-    }
-    Ok(())
+    outcome
 }

@@ -2,7 +2,14 @@
 //! already as desired), remove those ruled out, observe the workloads, and write the status
 //! only when it changed. Steady state therefore makes no writes.
 
-use std::{collections::HashMap, fmt::Debug, sync::Arc, time::Duration};
+mod transitions;
+
+use std::{
+    collections::{BTreeMap, HashMap, btree_map::Entry},
+    fmt::Debug,
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -18,23 +25,22 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType, Recorder},
-    },
+    runtime::{controller::Action, events::Recorder},
 };
+use pixel_common::error::ErrorChain;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+pub use self::transitions::{Transition, transitions};
 use crate::{
-    api::PixelCanvas,
+    api::{PixelCanvas, PixelCanvasStatus},
     children::{
-        self, Child, ChildKind, Component, Context, DesiredError, Names, PASSWORD_KEY,
-        naming::MANAGER,
+        self, Child, ChildKind, Component, DesiredError, Inputs, Names, PASSWORD_KEY, kind_of,
+        naming::MANAGER, with_child,
     },
     metrics::Metrics,
-    status::{self, DEGRADED, Observed, READY, WorkloadState},
+    status::{self, Observed, READY, WorkloadState},
 };
 
 /// Annotation on each child: digest of what the operator last applied. A child whose digest
@@ -46,8 +52,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while a rollout is under way.
 const WHILE_PROGRESSING: Duration = Duration::from_secs(30);
 
-/// What every reconcile shares.
-pub struct Ctx {
+/// What every reconcile shares: the controller's context.
+pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -55,15 +61,15 @@ pub struct Ctx {
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
-impl std::fmt::Debug for Ctx {
+impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
+        f.debug_struct("Context")
             .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
 
-impl Ctx {
+impl Context {
     pub fn new(client: Client, recorder: Recorder, metrics: Metrics) -> Self {
         Self {
             client,
@@ -74,7 +80,8 @@ impl Ctx {
     }
 }
 
-/// Why a reconcile failed.
+/// Why a reconcile failed. Its [`ErrorChain`] (the message and every cause) is what the
+/// Degraded condition and the event say.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
@@ -85,7 +92,7 @@ pub enum ReconcileError {
     PasswordKeyMissing { secret: String, key: String },
     #[error("the password in Secret {0} is not UTF-8 text")]
     PasswordNotText(String),
-    #[error("cannot {verb} {kind} {name}: {source}")]
+    #[error("cannot {verb} {kind} {name}")]
     Kube {
         verb: &'static str,
         kind: &'static str,
@@ -93,7 +100,7 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot serialize {kind} {name}: {source}")]
+    #[error("cannot serialize {kind} {name}")]
     Serialize {
         kind: &'static str,
         name: String,
@@ -131,16 +138,19 @@ fn kube_error(
 }
 
 /// The controller's entry point for one canvas.
-pub async fn reconcile(canvas: Arc<PixelCanvas>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    canvas: Arc<PixelCanvas>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = reconcile_canvas(&canvas, &ctx).await;
+    let result = reconcile_canvas(&canvas, &context).await;
     let key = status::describe(&canvas);
-    ctx.metrics.reconciled(
+    context.metrics.reconciled(
         started.elapsed().as_secs_f64(),
         result.as_ref().err().map(ReconcileError::reason),
     );
     if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
+        && let Ok(mut failures) = context.failures.lock()
     {
         failures.remove(&key);
     }
@@ -148,10 +158,14 @@ pub async fn reconcile(canvas: Arc<PixelCanvas>, ctx: Arc<Ctx>) -> Result<Action
 }
 
 /// Backoff after a failure: 5 s, doubling per consecutive failure, at most 5 minutes.
-pub fn error_policy(canvas: Arc<PixelCanvas>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(
+    canvas: Arc<PixelCanvas>,
+    error: &ReconcileError,
+    context: Arc<Context>,
+) -> Action {
     let key = status::describe(&canvas);
-    tracing::warn!(canvas = %key, %error, reason = error.reason(), "reconcile failed");
-    let failures = ctx.failures.lock().map(|mut f| {
+    tracing::warn!(canvas = %key, error = %ErrorChain(error), reason = error.reason(), "reconcile failed");
+    let failures = context.failures.lock().map(|mut f| {
         let n = f.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         *n
@@ -164,17 +178,25 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5 * 2u64.pow(exponent)).min(Duration::from_secs(300))
 }
 
-async fn reconcile_canvas(canvas: &PixelCanvas, ctx: &Ctx) -> Result<Action, ReconcileError> {
+/// Each component's workload state, as far as it is known.
+type Workloads = BTreeMap<Component, WorkloadState>;
+
+async fn reconcile_canvas(
+    canvas: &PixelCanvas,
+    context: &Context,
+) -> Result<Action, ReconcileError> {
     let namespace = canvas.namespace().ok_or(DesiredError::NoNamespace)?;
     let names = Names::new(&canvas.name_any());
 
-    let applied = apply_children(canvas, ctx, &namespace, &names).await;
+    let mut workloads = Workloads::new();
+    let applied = apply_children(canvas, context, &namespace, &names, &mut workloads).await;
     let failure = applied
         .as_ref()
         .err()
-        .map(|e| (e.reason().to_owned(), e.to_string()));
+        .map(|e| (e.reason().to_owned(), ErrorChain(e).to_string()));
+    observe(context, &namespace, &names, &mut workloads).await?;
     let observed = Observed {
-        workloads: observe(ctx, &namespace, &names).await?,
+        workloads,
         failure,
         url: url_of(canvas),
     };
@@ -183,8 +205,13 @@ async fn reconcile_canvas(canvas: &PixelCanvas, ctx: &Ctx) -> Result<Action, Rec
     );
     let new_status = status::status(canvas, &observed, &now);
     if canvas.status.as_ref() != Some(&new_status) {
-        write_status(canvas, ctx, &new_status).await?;
-        publish_transitions(canvas, ctx, &new_status).await;
+        write_status(canvas, context, &new_status).await?;
+        publish(
+            canvas,
+            context,
+            transitions(canvas.status.as_ref(), &new_status),
+        )
+        .await;
     }
     applied?;
     let ready = new_status
@@ -199,67 +226,72 @@ async fn reconcile_canvas(canvas: &PixelCanvas, ctx: &Ctx) -> Result<Action, Rec
 }
 
 fn url_of(canvas: &PixelCanvas) -> Option<String> {
-    let ctx = Context::new(canvas, String::new()).ok()?;
-    children::url(&ctx)
+    let inputs = Inputs::new(canvas, String::new()).ok()?;
+    children::url(&inputs)
 }
 
 /// Applies every desired child and removes the ones ruled out, unless the canvas is paused.
+/// Records the state of each workload it applied in `workloads`, from the live object.
 async fn apply_children(
     canvas: &PixelCanvas,
-    ctx: &Ctx,
+    context: &Context,
     namespace: &str,
     names: &Names,
+    workloads: &mut Workloads,
 ) -> Result<(), ReconcileError> {
-    let password = password(canvas, ctx, namespace, names).await?;
-    let context = Context::new(canvas, password)?;
+    let password = password(canvas, context, namespace, names).await?;
+    let inputs = Inputs::new(canvas, password)?;
     if canvas.spec.paused {
         return Ok(());
     }
-    let desired = children::desired(&context);
+    let desired = children::desired(&inputs);
     for child in &desired.apply {
-        match child {
-            Child::ConfigMap(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::Secret(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::StatefulSet(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::Service(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::Deployment(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::PodDisruptionBudget(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::NetworkPolicy(o) => apply(ctx, namespace, o, child.kind()).await?,
-            Child::Ingress(o) => apply(ctx, namespace, o, child.kind()).await?,
+        let live = with_child!(child, |object, wrap| wrap(
+            apply(context, namespace, object).await?
+        ));
+        if let Some((component, state)) = workload_state(&live, names) {
+            workloads.insert(component, state);
         }
     }
     let uid = canvas.uid().unwrap_or_default();
     for (kind, name) in &desired.absent {
+        let (context, uid) = (context, uid.as_str());
         match kind {
-            ChildKind::Secret => {
-                remove_owned::<Secret>(ctx, namespace, name, &uid, "Secret").await?
-            }
+            ChildKind::Secret => remove_owned::<Secret>(context, namespace, name, uid).await?,
             ChildKind::PodDisruptionBudget => {
-                remove_owned::<PodDisruptionBudget>(
-                    ctx,
-                    namespace,
-                    name,
-                    &uid,
-                    "PodDisruptionBudget",
-                )
-                .await?;
+                remove_owned::<PodDisruptionBudget>(context, namespace, name, uid).await?
             }
-            ChildKind::Ingress => {
-                remove_owned::<Ingress>(ctx, namespace, name, &uid, "Ingress").await?
-            }
+            ChildKind::Ingress => remove_owned::<Ingress>(context, namespace, name, uid).await?,
         }
     }
     Ok(())
 }
 
+/// Which component a live child is the workload of, and what it reports.
+fn workload_state(live: &Child, names: &Names) -> Option<(Component, WorkloadState)> {
+    let component = Component::ALL
+        .into_iter()
+        .find(|component| names.component(*component) == live.name())?;
+    match (component, live) {
+        (Component::Redis, Child::StatefulSet(set)) => {
+            Some((component, WorkloadState::of_stateful_set(set)))
+        }
+        (Component::Api | Component::Gateway | Component::Frontend, Child::Deployment(d)) => {
+            Some((component, WorkloadState::of_deployment(d)))
+        }
+        _ => None,
+    }
+}
+
 /// The Redis password: the referenced Secret's, else the generated Secret's, else a new one.
 async fn password(
     canvas: &PixelCanvas,
-    ctx: &Ctx,
+    context: &Context,
     namespace: &str,
     names: &Names,
 ) -> Result<String, ReconcileError> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
+    let secret_kind = kind_of::<Secret>();
     let read = |secret: Secret, key: &str, name: &str| -> Result<Option<String>, ReconcileError> {
         match secret.data.and_then(|mut d| d.remove(key)) {
             Some(bytes) => String::from_utf8(bytes.0)
@@ -273,7 +305,7 @@ async fn password(
         let secret = secrets
             .get_opt(&reference.name)
             .await
-            .map_err(kube_error("get", "Secret", &reference.name))?
+            .map_err(kube_error("get", secret_kind, &reference.name))?
             .ok_or_else(|| ReconcileError::PasswordSecretMissing(qualified.clone()))?;
         return read(secret, &reference.key, &reference.name)?.ok_or_else(|| {
             ReconcileError::PasswordKeyMissing {
@@ -283,10 +315,11 @@ async fn password(
         });
     }
     let generated = names.redis_secret();
-    if let Some(secret) = secrets
-        .get_opt(&generated)
-        .await
-        .map_err(kube_error("get", "Secret", &generated))?
+    if let Some(secret) =
+        secrets
+            .get_opt(&generated)
+            .await
+            .map_err(kube_error("get", secret_kind, &generated))?
         && let Some(password) = read(secret, PASSWORD_KEY, &generated)?
     {
         return Ok(password);
@@ -299,86 +332,83 @@ fn new_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
-/// Server-side applies `desired` unless the live object already holds what was last applied.
-async fn apply<K>(
-    ctx: &Ctx,
-    namespace: &str,
-    desired: &K,
-    kind: &'static str,
-) -> Result<(), ReconcileError>
+/// `desired` annotated with the digest of its content ([`APPLIED_HASH_ANNOTATION`]).
+fn with_applied_hash<K: Resource + Serialize + Clone>(desired: &K) -> serde_json::Result<K> {
+    let hash = digest(&serde_json::to_value(desired)?);
+    let mut annotated = desired.clone();
+    annotated
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
+    Ok(annotated)
+}
+
+/// Server-side applies `desired` unless the live object already holds what was last
+/// applied. Returns the live object: the one read, or the one the apply returned.
+async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, ReconcileError>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    K: k8s_openapi::Resource
+        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Debug
         + Serialize
         + DeserializeOwned,
 {
+    let kind = kind_of::<K>();
     let name = desired.name_any();
     let serialize = |source| ReconcileError::Serialize {
         kind,
         name: name.clone(),
         source,
     };
-    let mut desired = desired.clone();
-    let hash = digest(&serde_json::to_value(&desired).map_err(serialize)?);
-    desired
-        .annotations_mut()
-        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
+    let desired = with_applied_hash(desired).map_err(serialize)?;
+    let hash = desired.annotations().get(APPLIED_HASH_ANNOTATION);
 
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    if let Some(live) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_error("get", kind, &name))?
-    {
+    if let Some(live) = read::<K>(context, namespace, &name).await? {
         let want = serde_json::to_value(&desired).map_err(serialize)?;
         let have = serde_json::to_value(&live).map_err(serialize)?;
-        if live.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash) && is_subset(&want, &have)
-        {
-            return Ok(());
+        if live.annotations().get(APPLIED_HASH_ANNOTATION) == hash && is_subset(&want, &have) {
+            return Ok(live);
         }
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(kube_error("apply", kind, &name))?;
-    ctx.metrics.wrote(kind, "apply");
+    let live = Api::<K>::namespaced(context.client.clone(), namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(kube_error("apply", kind, &name))?;
+    context.metrics.wrote(kind, "apply");
     tracing::info!(kind, %namespace, %name, "applied");
-    Ok(())
+    Ok(live)
 }
 
 /// Deletes an object this canvas owns; leaves alone anything it does not own.
 async fn remove_owned<K>(
-    ctx: &Ctx,
+    context: &Context,
     namespace: &str,
     name: &str,
     owner_uid: &str,
-    kind: &'static str,
 ) -> Result<(), ReconcileError>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    K: k8s_openapi::Resource
+        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Debug
         + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(live) = api
-        .get_opt(name)
-        .await
-        .map_err(kube_error("get", kind, name))?
-    else {
+    let kind = kind_of::<K>();
+    let Some(live) = read::<K>(context, namespace, name).await? else {
         return Ok(());
     };
     if !live.owner_references().iter().any(|o| o.uid == owner_uid) {
         return Ok(());
     }
-    api.delete(name, &DeleteParams::background())
+    Api::<K>::namespaced(context.client.clone(), namespace)
+        .delete(name, &DeleteParams::background())
         .await
         .map_err(kube_error("delete", kind, name))?;
-    ctx.metrics.wrote(kind, "delete");
+    context.metrics.wrote(kind, "delete");
     tracing::info!(kind, %namespace, %name, "deleted");
     Ok(())
 }
@@ -403,45 +433,65 @@ fn digest(value: &serde_json::Value) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads each component's workload.
+/// Reads the workloads `workloads` does not know yet: all of them when the canvas is
+/// paused (nothing was applied), those not reached when applying failed part-way.
 async fn observe(
-    ctx: &Ctx,
+    context: &Context,
     namespace: &str,
     names: &Names,
-) -> Result<std::collections::BTreeMap<Component, WorkloadState>, ReconcileError> {
-    let mut workloads = std::collections::BTreeMap::new();
-    let redis_name = names.component(Component::Redis);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    if let Some(set) =
-        sets.get_opt(&redis_name)
-            .await
-            .map_err(kube_error("get", "StatefulSet", &redis_name))?
-    {
-        workloads.insert(Component::Redis, WorkloadState::of_stateful_set(&set));
-    }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    for component in [Component::Api, Component::Gateway, Component::Frontend] {
+    workloads: &mut Workloads,
+) -> Result<(), ReconcileError> {
+    for component in Component::ALL {
+        let Entry::Vacant(unknown) = workloads.entry(component) else {
+            continue;
+        };
         let name = names.component(component);
-        if let Some(d) =
-            deployments
-                .get_opt(&name)
-                .await
-                .map_err(kube_error("get", "Deployment", &name))?
-        {
-            workloads.insert(component, WorkloadState::of_deployment(&d));
+        let state = match component {
+            Component::Redis => read::<StatefulSet>(context, namespace, &name)
+                .await?
+                .map(|set| WorkloadState::of_stateful_set(&set)),
+            Component::Api | Component::Gateway | Component::Frontend => {
+                read::<Deployment>(context, namespace, &name)
+                    .await?
+                    .map(|deployment| WorkloadState::of_deployment(&deployment))
+            }
+        };
+        if let Some(state) = state {
+            unknown.insert(state);
         }
     }
-    Ok(workloads)
+    Ok(())
+}
+
+/// The object named `name`, if it exists.
+async fn read<K>(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, ReconcileError>
+where
+    K: k8s_openapi::Resource
+        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    Api::<K>::namespaced(context.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(kube_error("get", kind_of::<K>(), name))
 }
 
 async fn write_status(
     canvas: &PixelCanvas,
-    ctx: &Ctx,
-    status: &crate::api::PixelCanvasStatus,
+    context: &Context,
+    status: &PixelCanvasStatus,
 ) -> Result<(), ReconcileError> {
     let name = canvas.name_any();
-    let api: Api<PixelCanvas> =
-        Api::namespaced(ctx.client.clone(), &canvas.namespace().unwrap_or_default());
+    let api: Api<PixelCanvas> = Api::namespaced(
+        context.client.clone(),
+        &canvas.namespace().unwrap_or_default(),
+    );
     let patch = serde_json::json!({
         "apiVersion": PixelCanvas::api_version(&()),
         "kind": PixelCanvas::kind(&()),
@@ -454,63 +504,20 @@ async fn write_status(
     )
     .await
     .map_err(kube_error("update the status of", "PixelCanvas", &name))?;
-    ctx.metrics.wrote("PixelCanvas", "status");
+    context.metrics.wrote("PixelCanvas", "status");
     Ok(())
 }
 
-/// Events for real transitions: Ready flipping, and a new reason for being degraded.
-async fn publish_transitions(canvas: &PixelCanvas, ctx: &Ctx, new: &crate::api::PixelCanvasStatus) {
-    let find = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-                type_: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    let old = canvas
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let mut events = Vec::new();
-    if let Some((status, reason, message)) = find(&new.conditions, READY)
-        && find(old, READY).map(|(s, _, _)| s) != Some(status.clone())
-    {
-        let type_ = if status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let reason = if status == "True" {
-            "Ready".to_owned()
-        } else {
-            reason
-        };
-        events.push(Event {
-            type_,
-            reason,
-            note: Some(message),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        });
-    }
-    if let Some((status, reason, message)) = find(&new.conditions, DEGRADED)
-        && status == "True"
-        && find(old, DEGRADED).map(|(s, r, _)| (s, r)) != Some((status.clone(), reason.clone()))
-    {
-        events.push(Event {
-            type_: EventType::Warning,
-            reason,
-            note: Some(message),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        });
-    }
+/// Publishes the events `transitions` chose.
+async fn publish(canvas: &PixelCanvas, context: &Context, transitions: Vec<Transition>) {
     let reference = canvas.object_ref(&());
-    for event in events {
-        match ctx.recorder.publish(&event, &reference).await {
-            Ok(()) => ctx.metrics.wrote("Event", "create"),
-            Err(error) => tracing::warn!(%error, reason = %event.reason, "cannot publish event"),
+    for transition in transitions {
+        let event = transition.into_event();
+        match context.recorder.publish(&event, &reference).await {
+            Ok(()) => context.metrics.wrote("Event", "create"),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), reason = %event.reason, "cannot publish event")
+            }
         }
     }
 }
@@ -558,3 +565,6 @@ mod tests {
         assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": 2})));
     }
 }
+
+#[cfg(test)]
+mod api_requests;

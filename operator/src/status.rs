@@ -238,16 +238,6 @@ fn transition_time(canvas: &PixelCanvas, type_: &str, status: bool, now: &Time) 
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone())
 }
 
-/// Reads a condition's status from a canvas.
-pub fn condition<'a>(canvas: &'a PixelCanvas, type_: &str) -> Option<&'a Condition> {
-    canvas
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 /// The canvas's name, for messages.
 pub fn describe(canvas: &PixelCanvas) -> String {
     format!(

@@ -10,14 +10,14 @@ use k8s_openapi::{
 use pixel_common::ports;
 use sha2::{Digest, Sha256};
 
-use super::{Context, naming::Component};
+use super::{Inputs, naming::Component};
 
 /// Key of the password in the generated Secret.
 pub const PASSWORD_KEY: &str = "password";
 
 /// The canvas settings, as the environment the services read (`envFrom`).
-pub fn config_data(ctx: &Context) -> BTreeMap<String, String> {
-    let canvas = &ctx.canvas.spec.canvas;
+pub fn config_data(inputs: &Inputs) -> BTreeMap<String, String> {
+    let canvas = &inputs.canvas.spec.canvas;
     BTreeMap::from([
         (ports::ENV_CANVAS_WIDTH.to_owned(), canvas.width.to_string()),
         (
@@ -35,25 +35,25 @@ pub fn config_data(ctx: &Context) -> BTreeMap<String, String> {
     ])
 }
 
-pub fn config_map(ctx: &Context) -> ConfigMap {
+pub fn config_map(inputs: &Inputs) -> ConfigMap {
     ConfigMap {
-        metadata: ctx.metadata(ctx.names.config(), None),
-        data: Some(config_data(ctx)),
+        metadata: inputs.metadata(inputs.names.config(), None),
+        data: Some(config_data(inputs)),
         ..Default::default()
     }
 }
 
 /// The generated password Secret, unless the spec references an existing one.
-pub fn redis_secret(ctx: &Context) -> Option<Secret> {
-    if ctx.canvas.spec.redis.password_secret_ref.is_some() {
+pub fn redis_secret(inputs: &Inputs) -> Option<Secret> {
+    if inputs.canvas.spec.redis.password_secret_ref.is_some() {
         return None;
     }
     Some(Secret {
-        metadata: ctx.metadata(ctx.names.redis_secret(), Some(Component::Redis)),
+        metadata: inputs.metadata(inputs.names.redis_secret(), Some(Component::Redis)),
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             PASSWORD_KEY.to_owned(),
-            ByteString(ctx.password.as_bytes().to_vec()),
+            ByteString(inputs.password.as_bytes().to_vec()),
         )])),
         ..Default::default()
     })
@@ -61,7 +61,7 @@ pub fn redis_secret(ctx: &Context) -> Option<Secret> {
 
 /// What a component's pods consume from the ConfigMap and the Secret, digested. Put in the
 /// pod template, so a change rolls exactly the pods that use it.
-pub fn consumed_hash(ctx: &Context, component: Component) -> String {
+pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
     let mut hasher = Sha256::new();
     let mut feed = |part: &str| {
         hasher.update(part.as_bytes());
@@ -69,13 +69,13 @@ pub fn consumed_hash(ctx: &Context, component: Component) -> String {
     };
     match component {
         Component::Api | Component::Gateway => {
-            for (key, value) in config_data(ctx) {
+            for (key, value) in config_data(inputs) {
                 feed(&key);
                 feed(&value);
             }
-            feed(&ctx.password);
+            feed(&inputs.password);
         }
-        Component::Redis => feed(&ctx.password),
+        Component::Redis => feed(&inputs.password),
         Component::Frontend => {}
     }
     let digest = hasher.finalize();

@@ -5,11 +5,11 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 
-use super::{Context, naming::Component};
+use super::{Inputs, naming::Component};
 
 /// The Ingress, when the spec enables it.
-pub fn ingress(ctx: &Context) -> Option<Ingress> {
-    let spec = &ctx.canvas.spec.ingress;
+pub fn ingress(inputs: &Inputs) -> Option<Ingress> {
+    let spec = &inputs.canvas.spec.ingress;
     if !spec.enabled {
         return None;
     }
@@ -18,7 +18,7 @@ pub fn ingress(ctx: &Context) -> Option<Ingress> {
         path_type: "Prefix".to_owned(),
         backend: IngressBackend {
             service: Some(IngressServiceBackend {
-                name: ctx.names.component(component),
+                name: inputs.names.component(component),
                 port: Some(ServiceBackendPort {
                     name: Some("http".to_owned()),
                     number: None,
@@ -28,7 +28,7 @@ pub fn ingress(ctx: &Context) -> Option<Ingress> {
         },
     };
     Some(Ingress {
-        metadata: ctx.metadata(ctx.names.ingress(), None),
+        metadata: inputs.metadata(inputs.names.ingress(), None),
         spec: Some(IngressSpec {
             ingress_class_name: spec.class_name.clone(),
             rules: Some(vec![IngressRule {
@@ -54,8 +54,8 @@ pub fn ingress(ctx: &Context) -> Option<Ingress> {
 }
 
 /// Where users open the canvas: the Ingress host, or `None` without a host or an Ingress.
-pub fn url(ctx: &Context) -> Option<String> {
-    let spec = &ctx.canvas.spec.ingress;
+pub fn url(inputs: &Inputs) -> Option<String> {
+    let spec = &inputs.canvas.spec.ingress;
     let host = spec.host.as_ref().filter(|_| spec.enabled)?;
     let scheme = if spec.tls_secret_name.is_some() {
         "https"

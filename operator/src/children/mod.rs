@@ -38,7 +38,7 @@ pub enum DesiredError {
 
 /// Everything the desired state depends on.
 #[derive(Debug)]
-pub struct Context<'a> {
+pub struct Inputs<'a> {
     pub canvas: &'a PixelCanvas,
     pub names: Names,
     namespace: String,
@@ -47,7 +47,7 @@ pub struct Context<'a> {
     pub password: String,
 }
 
-impl<'a> Context<'a> {
+impl<'a> Inputs<'a> {
     pub fn new(canvas: &'a PixelCanvas, password: String) -> Result<Self, DesiredError> {
         Ok(Self {
             names: Names::new(&canvas.name_any()),
@@ -92,18 +92,18 @@ impl<'a> Context<'a> {
 /// The pod template every component shares: its labels, the hash of what it consumes (so
 /// a change rolls it), the restricted security context, no service-account token, and `/tmp`.
 fn pod_template(
-    ctx: &Context,
+    inputs: &Inputs,
     component: Component,
     container: Container,
     tmp: Volume,
 ) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(ctx.labels(Some(component))),
+            labels: Some(inputs.labels(Some(component))),
             annotations: Some(
                 [(
                     CONFIG_HASH_ANNOTATION.to_owned(),
-                    config::consumed_hash(ctx, component),
+                    config::consumed_hash(inputs, component),
                 )]
                 .into(),
             ),
@@ -134,7 +134,54 @@ pub enum Child {
     Ingress(Ingress),
 }
 
-/// The kinds of child, to name objects that must not exist.
+/// Evaluates `$body` for whichever kind `$child` is, with `$object` bound to its object (of
+/// its own type) and, in the second form, `$wrap` to the variant's constructor. The one
+/// place besides the enum that lists every kind, so code generic over the object's type
+/// (reconcile's apply) is written once.
+macro_rules! with_child {
+    ($child:expr, |$object:ident| $body:expr) => {
+        $crate::children::with_child!($child, |$object, _wrap| $body)
+    };
+    ($child:expr, |$object:ident, $wrap:ident| $body:expr) => {
+        match $child {
+            $crate::children::Child::ConfigMap($object) => {
+                let $wrap = $crate::children::Child::ConfigMap;
+                $body
+            }
+            $crate::children::Child::Secret($object) => {
+                let $wrap = $crate::children::Child::Secret;
+                $body
+            }
+            $crate::children::Child::StatefulSet($object) => {
+                let $wrap = $crate::children::Child::StatefulSet;
+                $body
+            }
+            $crate::children::Child::Service($object) => {
+                let $wrap = $crate::children::Child::Service;
+                $body
+            }
+            $crate::children::Child::Deployment($object) => {
+                let $wrap = $crate::children::Child::Deployment;
+                $body
+            }
+            $crate::children::Child::PodDisruptionBudget($object) => {
+                let $wrap = $crate::children::Child::PodDisruptionBudget;
+                $body
+            }
+            $crate::children::Child::NetworkPolicy($object) => {
+                let $wrap = $crate::children::Child::NetworkPolicy;
+                $body
+            }
+            $crate::children::Child::Ingress($object) => {
+                let $wrap = $crate::children::Child::Ingress;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_child;
+
+/// The kinds of child that may have to be removed, to name objects that must not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildKind {
     Secret,
@@ -142,35 +189,37 @@ pub enum ChildKind {
     Ingress,
 }
 
+impl ChildKind {
+    /// The Kubernetes kind, as the API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildKind::Secret => kind_of::<Secret>(),
+            ChildKind::PodDisruptionBudget => kind_of::<PodDisruptionBudget>(),
+            ChildKind::Ingress => kind_of::<Ingress>(),
+        }
+    }
+}
+
+/// The Kubernetes kind of `K`, as the API spells it.
+pub fn kind_of<K: k8s_openapi::Resource>() -> &'static str {
+    K::KIND
+}
+
 impl Child {
     fn meta(&self) -> &ObjectMeta {
-        match self {
-            Child::ConfigMap(o) => o.meta(),
-            Child::Secret(o) => o.meta(),
-            Child::StatefulSet(o) => o.meta(),
-            Child::Service(o) => o.meta(),
-            Child::Deployment(o) => o.meta(),
-            Child::PodDisruptionBudget(o) => o.meta(),
-            Child::NetworkPolicy(o) => o.meta(),
-            Child::Ingress(o) => o.meta(),
-        }
+        with_child!(self, |object| object.meta())
     }
 
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
     }
 
+    /// The Kubernetes kind, as the API spells it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Child::ConfigMap(_) => "ConfigMap",
-            Child::Secret(_) => "Secret",
-            Child::StatefulSet(_) => "StatefulSet",
-            Child::Service(_) => "Service",
-            Child::Deployment(_) => "Deployment",
-            Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
-            Child::NetworkPolicy(_) => "NetworkPolicy",
-            Child::Ingress(_) => "Ingress",
+        fn of<K: k8s_openapi::Resource>(_: &K) -> &'static str {
+            kind_of::<K>()
         }
+        with_child!(self, |object| of(object))
     }
 }
 
@@ -184,18 +233,18 @@ pub struct Desired {
 }
 
 /// Computes the desired children. Pure: same inputs, same output.
-pub fn desired(ctx: &Context) -> Desired {
-    let mut apply = vec![Child::ConfigMap(config::config_map(ctx))];
+pub fn desired(inputs: &Inputs) -> Desired {
+    let mut apply = vec![Child::ConfigMap(config::config_map(inputs))];
     let mut absent = Vec::new();
-    match config::redis_secret(ctx) {
+    match config::redis_secret(inputs) {
         Some(secret) => apply.push(Child::Secret(secret)),
-        None => absent.push((ChildKind::Secret, ctx.names.redis_secret())),
+        None => absent.push((ChildKind::Secret, inputs.names.redis_secret())),
     }
-    apply.push(Child::Service(redis::service(ctx)));
-    apply.push(Child::StatefulSet(redis::stateful_set(ctx)));
-    apply.push(Child::NetworkPolicy(redis::network_policy(ctx)));
+    apply.push(Child::Service(redis::service(inputs)));
+    apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
+    apply.push(Child::NetworkPolicy(redis::network_policy(inputs)));
     for component in workloads::STATELESS {
-        let Some((deployment, service, budget)) = workloads::objects(ctx, component) else {
+        let Some((deployment, service, budget)) = workloads::objects(inputs, component) else {
             continue;
         };
         apply.push(Child::Service(service));
@@ -204,13 +253,13 @@ pub fn desired(ctx: &Context) -> Desired {
             Some(budget) => apply.push(Child::PodDisruptionBudget(budget)),
             None => absent.push((
                 ChildKind::PodDisruptionBudget,
-                ctx.names.component(component),
+                inputs.names.component(component),
             )),
         }
     }
-    match ingress::ingress(ctx) {
+    match ingress::ingress(inputs) {
         Some(ingress) => apply.push(Child::Ingress(ingress)),
-        None => absent.push((ChildKind::Ingress, ctx.names.ingress())),
+        None => absent.push((ChildKind::Ingress, inputs.names.ingress())),
     }
     Desired { apply, absent }
 }

@@ -22,7 +22,7 @@ use k8s_openapi::{
 use pixel_common::ports;
 
 use super::{
-    Context,
+    Inputs,
     naming::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
     pod_template, security, workloads,
 };
@@ -43,7 +43,7 @@ fn appendfsync(policy: AppendFsync) -> &'static str {
     }
 }
 
-fn args(ctx: &Context) -> Vec<String> {
+fn args(inputs: &Inputs) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &ports::REDIS.to_string(),
@@ -52,7 +52,7 @@ fn args(ctx: &Context) -> Vec<String> {
         "--appendonly",
         "yes",
         "--appendfsync",
-        appendfsync(ctx.canvas.spec.redis.append_fsync),
+        appendfsync(inputs.canvas.spec.redis.append_fsync),
         // AOF only: RDB snapshots would fork a copy of the dataset for no extra safety.
         "--save",
         "",
@@ -73,9 +73,9 @@ fn args(ctx: &Context) -> Vec<String> {
     args
 }
 
-pub fn stateful_set(ctx: &Context) -> StatefulSet {
-    let names = &ctx.names;
-    let redis = &ctx.canvas.spec.redis;
+pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
+    let names = &inputs.names;
+    let redis = &inputs.canvas.spec.redis;
     let (tmp_volume, tmp_mount) = security::tmp_volume();
     let ping = Probe {
         exec: Some(ExecAction {
@@ -97,16 +97,16 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
     let container = Container {
         name: "redis".to_owned(),
         image: Some(redis.image.clone()),
-        image_pull_policy: Some(ctx.pull_policy().to_owned()),
+        image_pull_policy: Some(inputs.pull_policy().to_owned()),
         command: Some(vec!["redis-server".to_owned()]),
-        args: Some(args(ctx)),
+        args: Some(args(inputs)),
         ports: Some(vec![ContainerPort {
             name: Some("redis".to_owned()),
             container_port: i32::from(ports::REDIS),
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        env: Some(vec![workloads::password_env(ctx, PASSWORD_ENV)]),
+        env: Some(vec![workloads::password_env(inputs, PASSWORD_ENV)]),
         liveness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::String("redis".to_owned()),
@@ -140,7 +140,7 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
         "Delete"
     };
     StatefulSet {
-        metadata: ctx.metadata(names.component(Component::Redis), Some(Component::Redis)),
+        metadata: inputs.metadata(names.component(Component::Redis), Some(Component::Redis)),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(names.component(Component::Redis)),
@@ -154,11 +154,11 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
                     when_scaled: Some("Retain".to_owned()),
                 },
             ),
-            template: pod_template(ctx, Component::Redis, container, tmp_volume),
+            template: pod_template(inputs, Component::Redis, container, tmp_volume),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.to_owned()),
-                    labels: Some(ctx.labels(Some(Component::Redis))),
+                    labels: Some(inputs.labels(Some(Component::Redis))),
                     ..Default::default()
                 },
                 spec: Some(PersistentVolumeClaimSpec {
@@ -179,15 +179,15 @@ pub fn stateful_set(ctx: &Context) -> StatefulSet {
 }
 
 /// The headless Service giving the Redis pod its stable DNS name.
-pub fn service(ctx: &Context) -> Service {
+pub fn service(inputs: &Inputs) -> Service {
     Service {
-        metadata: ctx.metadata(
-            ctx.names.component(Component::Redis),
+        metadata: inputs.metadata(
+            inputs.names.component(Component::Redis),
             Some(Component::Redis),
         ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
-            selector: Some(ctx.names.selector(Component::Redis)),
+            selector: Some(inputs.names.selector(Component::Redis)),
             ports: Some(vec![ServicePort {
                 name: Some("redis".to_owned()),
                 port: i32::from(ports::REDIS),
@@ -202,12 +202,12 @@ pub fn service(ctx: &Context) -> Service {
 }
 
 /// Only this canvas's canvas-api and gateway pods may connect to its Redis, on its port.
-pub fn network_policy(ctx: &Context) -> NetworkPolicy {
+pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
     let clients = LabelSelector {
         match_labels: Some(
             [
                 (LABEL_NAME.to_owned(), super::naming::APP.to_owned()),
-                (LABEL_INSTANCE.to_owned(), ctx.names.canvas().to_owned()),
+                (LABEL_INSTANCE.to_owned(), inputs.names.canvas().to_owned()),
             ]
             .into(),
         ),
@@ -221,13 +221,13 @@ pub fn network_policy(ctx: &Context) -> NetworkPolicy {
         }]),
     };
     NetworkPolicy {
-        metadata: ctx.metadata(
-            ctx.names.component(Component::Redis),
+        metadata: inputs.metadata(
+            inputs.names.component(Component::Redis),
             Some(Component::Redis),
         ),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(ctx.names.selector(Component::Redis)),
+                match_labels: Some(inputs.names.selector(Component::Redis)),
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".to_owned()]),

@@ -16,7 +16,7 @@ fn canvas(spec: serde_json::Value) -> PixelCanvas {
 }
 
 fn desired_for(canvas: &PixelCanvas) -> Desired {
-    desired(&Context::new(canvas, "s3cret".to_owned()).expect("context"))
+    desired(&Inputs::new(canvas, "s3cret".to_owned()).expect("context"))
 }
 
 fn find<'a>(desired: &'a Desired, kind: &str, name: &str) -> &'a Child {
@@ -389,7 +389,7 @@ fn only_the_pods_that_consume_a_change_roll() {
         );
     }
     let c = canvas(json!({}));
-    let rotated = desired(&Context::new(&c, "another".to_owned()).expect("context"));
+    let rotated = desired(&Inputs::new(&c, "another".to_owned()).expect("context"));
     for (name, rolls) in [
         ("demo-api", true),
         ("demo-gateway", true),
@@ -496,7 +496,7 @@ fn the_ingress_routes_api_ws_and_the_page() {
     let ctx_canvas =
         canvas(json!({"ingress": {"host": "canvas.example.com", "tlsSecretName": "tls"}}));
     assert_eq!(
-        url(&Context::new(&ctx_canvas, String::new()).expect("ctx")).as_deref(),
+        url(&Inputs::new(&ctx_canvas, String::new()).expect("inputs")).as_deref(),
         Some("https://canvas.example.com/")
     );
 
@@ -544,12 +544,12 @@ fn a_canvas_without_namespace_or_uid_is_an_error() {
     let mut c = canvas(json!({}));
     c.meta_mut().uid = None;
     assert!(matches!(
-        Context::new(&c, String::new()),
+        Inputs::new(&c, String::new()),
         Err(DesiredError::NoUid)
     ));
     c.meta_mut().namespace = None;
     assert!(matches!(
-        Context::new(&c, String::new()),
+        Inputs::new(&c, String::new()),
         Err(DesiredError::NoNamespace)
     ));
 }

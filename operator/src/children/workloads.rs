@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use pixel_common::ports;
 
-use super::{Context, config, naming::Component, pod_template, security};
+use super::{Inputs, config, naming::Component, pod_template, security};
 
 /// A stateless component: what differs between canvas-api, gateway and frontend.
 struct Stateless {
@@ -28,8 +28,8 @@ struct Stateless {
     uses_redis: bool,
 }
 
-fn stateless(ctx: &Context, component: Component) -> Option<Stateless> {
-    let spec = &ctx.canvas.spec;
+fn stateless(inputs: &Inputs, component: Component) -> Option<Stateless> {
+    let spec = &inputs.canvas.spec;
     Some(match component {
         Component::Redis => return None,
         Component::Api => Stateless {
@@ -62,7 +62,7 @@ fn stateless(ctx: &Context, component: Component) -> Option<Stateless> {
 /// The stateless components, in order.
 pub const STATELESS: [Component; 3] = [Component::Api, Component::Gateway, Component::Frontend];
 
-fn env(ctx: &Context, s: &Stateless) -> Vec<EnvVar> {
+fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
     let value = |name: &str, value: String| EnvVar {
         name: name.to_owned(),
         value: Some(value),
@@ -77,34 +77,34 @@ fn env(ctx: &Context, s: &Stateless) -> Vec<EnvVar> {
             ports::ENV_REDIS_URL,
             format!(
                 "redis://{}:{}",
-                ctx.names.component(Component::Redis),
+                inputs.names.component(Component::Redis),
                 ports::REDIS
             ),
         ));
-        env.push(password_env(ctx, ports::ENV_REDIS_PASSWORD));
+        env.push(password_env(inputs, ports::ENV_REDIS_PASSWORD));
     }
     if s.component == Component::Gateway {
         env.push(value(
             ports::ENV_API_URL,
             format!(
                 "http://{}:{}",
-                ctx.names.component(Component::Api),
+                inputs.names.component(Component::Api),
                 ports::CANVAS_API
             ),
         ));
         env.push(value(
             ports::ENV_MAX_CONNECTIONS,
-            ctx.canvas.spec.gateway.max_connections.to_string(),
+            inputs.canvas.spec.gateway.max_connections.to_string(),
         ));
     }
     env
 }
 
 /// An environment variable holding the Redis password, from whichever Secret holds it.
-pub fn password_env(ctx: &Context, name: &str) -> EnvVar {
-    let (secret, key) = match &ctx.canvas.spec.redis.password_secret_ref {
+pub fn password_env(inputs: &Inputs, name: &str) -> EnvVar {
+    let (secret, key) = match &inputs.canvas.spec.redis.password_secret_ref {
         Some(r) => (r.name.clone(), r.key.clone()),
-        None => (ctx.names.redis_secret(), config::PASSWORD_KEY.to_owned()),
+        None => (inputs.names.redis_secret(), config::PASSWORD_KEY.to_owned()),
     };
     EnvVar {
         name: name.to_owned(),
@@ -134,13 +134,13 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
-    let names = &ctx.names;
+fn deployment(inputs: &Inputs, s: &Stateless) -> Deployment {
+    let names = &inputs.names;
     let (tmp_volume, tmp_mount) = security::tmp_volume();
     let container = Container {
         name: s.binary.to_owned(),
-        image: Some(ctx.image()),
-        image_pull_policy: Some(ctx.pull_policy().to_owned()),
+        image: Some(inputs.image()),
+        image_pull_policy: Some(inputs.pull_policy().to_owned()),
         command: Some(vec![format!("/usr/local/bin/{}", s.binary)]),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
@@ -148,7 +148,7 @@ fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        env: Some(env(ctx, s)),
+        env: Some(env(inputs, s)),
         env_from: s.uses_redis.then(|| {
             vec![EnvFromSource {
                 config_map_ref: Some(ConfigMapEnvSource {
@@ -170,7 +170,7 @@ fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
         ..Default::default()
     };
     Deployment {
-        metadata: ctx.metadata(names.component(s.component), Some(s.component)),
+        metadata: inputs.metadata(names.component(s.component), Some(s.component)),
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: LabelSelector {
@@ -184,18 +184,18 @@ fn deployment(ctx: &Context, s: &Stateless) -> Deployment {
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: pod_template(ctx, s.component, container, tmp_volume),
+            template: pod_template(inputs, s.component, container, tmp_volume),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-fn service(ctx: &Context, s: &Stateless) -> Service {
+fn service(inputs: &Inputs, s: &Stateless) -> Service {
     Service {
-        metadata: ctx.metadata(ctx.names.component(s.component), Some(s.component)),
+        metadata: inputs.metadata(inputs.names.component(s.component), Some(s.component)),
         spec: Some(ServiceSpec {
-            selector: Some(ctx.names.selector(s.component)),
+            selector: Some(inputs.names.selector(s.component)),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
                 port: i32::from(s.port),
@@ -211,13 +211,13 @@ fn service(ctx: &Context, s: &Stateless) -> Service {
 
 /// Voluntary disruptions (node drains) take at most one pod at a time, when there is more
 /// than one to take.
-fn disruption_budget(ctx: &Context, s: &Stateless) -> Option<PodDisruptionBudget> {
+fn disruption_budget(inputs: &Inputs, s: &Stateless) -> Option<PodDisruptionBudget> {
     (s.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: ctx.metadata(ctx.names.component(s.component), Some(s.component)),
+        metadata: inputs.metadata(inputs.names.component(s.component), Some(s.component)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(ctx.names.selector(s.component)),
+                match_labels: Some(inputs.names.selector(s.component)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -229,13 +229,13 @@ fn disruption_budget(ctx: &Context, s: &Stateless) -> Option<PodDisruptionBudget
 /// The Deployment, Service and (maybe) PodDisruptionBudget of a stateless component
 /// (`None` for Redis, which is stateful).
 pub fn objects(
-    ctx: &Context,
+    inputs: &Inputs,
     component: Component,
 ) -> Option<(Deployment, Service, Option<PodDisruptionBudget>)> {
-    let s = stateless(ctx, component)?;
+    let s = stateless(inputs, component)?;
     Some((
-        deployment(ctx, &s),
-        service(ctx, &s),
-        disruption_budget(ctx, &s),
+        deployment(inputs, &s),
+        service(inputs, &s),
+        disruption_budget(inputs, &s),
     ))
 }
