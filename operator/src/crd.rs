@@ -8,7 +8,7 @@ use kube::CustomResourceExt;
 use crate::api::PixelCanvas;
 
 /// Path of the committed CRD, relative to the repository root.
-pub const COMMITTED_PATH: &str = "crds/pixelcanvases.pixel-playground.dev.yaml";
+pub const COMMITTED_PATH: &str = pixel_common::operator_contract::CRD_PATH;
 
 /// The CRD, with `spec` optional: a PixelCanvas with only a name gets every default.
 pub fn definition() -> CustomResourceDefinition {

@@ -15,7 +15,7 @@ pub struct LeaderArgs {
     pub leader_elect: bool,
 
     /// Name of the Lease.
-    #[arg(long, env = "PIXEL_LEASE_NAME", default_value = "pixel-operator")]
+    #[arg(long, env = "PIXEL_LEASE_NAME", default_value = pixel_common::operator_contract::LEASE_NAME)]
     pub lease_name: String,
 
     /// Namespace of the Lease (the operator's own namespace).

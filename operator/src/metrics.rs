@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics: reconciles, errors by reason, durations, and every
 //! API write (so "steady state makes zero writes" can be checked from outside).
 
+use pixel_common::operator_contract::metrics as names;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -49,35 +50,35 @@ impl Metrics {
             requests: Family::default(),
             leader: Gauge::default(),
         };
-        let registry = registry.sub_registry_with_prefix("pixel_operator");
+        let registry = registry.sub_registry_with_prefix(names::PREFIX);
         registry.register(
-            "reconciles",
+            names::RECONCILES,
             "Reconciles, by result",
             metrics.reconciles.clone(),
         );
         registry.register(
-            "reconcile_errors",
+            names::RECONCILE_ERRORS,
             "Failed reconciles, by reason",
             metrics.errors.clone(),
         );
         registry.register(
-            "reconcile_duration_seconds",
+            names::RECONCILE_DURATION_SECONDS,
             "Time one reconcile takes",
             metrics.duration.clone(),
         );
         registry.register(
-            "api_writes",
+            names::API_WRITES,
             "Mutating requests to the Kubernetes API, by kind and verb",
             metrics.writes.clone(),
         );
         registry.register(
-            "api_requests",
+            names::API_REQUESTS,
             "Every request to the Kubernetes API (watches, reads, lease renewals, events, \
              writes), by verb",
             metrics.requests.clone(),
         );
         registry.register(
-            "leader",
+            names::LEADER,
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
         );

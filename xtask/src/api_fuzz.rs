@@ -15,7 +15,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{deps, paths, process};
+use pixel_common::ports::{
+    ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH, ENV_LISTEN_ADDR,
+    ENV_REDIS_URL, READYZ_PATH,
+};
+use pixel_harness::{
+    deps, paths,
+    process::{self, free_port},
+};
 
 /// The schemathesis release the venv holds; the venv is keyed by it.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
@@ -27,9 +34,9 @@ const MAX_EXAMPLES: u32 = 300;
 const SEED: u64 = 20_261_125;
 /// A small canvas, so generated coordinates land on it; no cooldown, so placements succeed.
 const CANVAS: [(&str, &str); 3] = [
-    ("PIXEL_CANVAS_WIDTH", "64"),
-    ("PIXEL_CANVAS_HEIGHT", "64"),
-    ("PIXEL_CANVAS_COOLDOWN_SECONDS", "0"),
+    (ENV_CANVAS_WIDTH, "64"),
+    (ENV_CANVAS_HEIGHT, "64"),
+    (ENV_CANVAS_COOLDOWN_SECONDS, "0"),
 ];
 /// `since` ahead of the canvas is valid by the document and answered `410 history_gone`, as
 /// docs/protocol.md says; schemathesis's positive-data check must count it as accepted.
@@ -65,13 +72,13 @@ pub fn run() -> Result<()> {
     servers.spawn(
         "canvas-api",
         Command::new(&api_bin)
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{api_port}"))
-            .env("PIXEL_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{api_port}"))
+            .env(ENV_REDIS_URL, format!("redis://127.0.0.1:{redis_port}"))
             .env("RUST_LOG", "warn")
             .envs(CANVAS),
         dir.path(),
     )?;
-    let ready = format!("{api_url}/readyz");
+    let ready = format!("{api_url}{READYZ_PATH}");
     servers
         .wait("canvas-api to be ready", || {
             Ok(ureq::get(&ready).call().is_ok())
@@ -189,8 +196,6 @@ fn ensure_schemathesis() -> Result<PathBuf> {
     File::create(&marker)?.write_all(SCHEMATHESIS_VERSION.as_bytes())?;
     Ok(exe)
 }
-
-use crate::process::free_port;
 
 /// A PING over RESP on a short-lived connection.
 fn redis_pong(port: u16) -> bool {

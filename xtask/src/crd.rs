@@ -4,11 +4,8 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 
-use crate::{paths, process};
-
-/// Where the generator writes, relative to the repository root (the operator's
-/// `crd::COMMITTED_PATH`, which its drift test compares against).
-pub const CRD_PATH: &str = "crds/pixelcanvases.pixel-playground.dev.yaml";
+use pixel_common::operator_contract::CRD_PATH;
+use pixel_harness::{paths, process};
 
 pub fn generate() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

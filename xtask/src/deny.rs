@@ -14,7 +14,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::Result;
 
-use crate::{paths, process};
+use pixel_harness::{paths, process};
 
 /// The cargo-deny release installed when missing: pinned so every machine checks alike. Its
 /// command line and config format change between releases.

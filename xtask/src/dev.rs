@@ -2,9 +2,9 @@
 //! loopback. `cargo xtask dev` runs them in the foreground; `cargo xtask up` leaves them
 //! running beside the cluster.
 //!
-//! The page is served on :3000 and calls canvas-api (:3001) and the gateway (:3002) on their
-//! own ports, so both allow the page's origin (CORS and the WebSocket Origin check): in a
-//! cluster the Ingress puts all three on one origin instead.
+//! The page is served on the frontend's well-known port and calls canvas-api and the gateway
+//! on theirs (`pixel_common::ports`), so both allow the page's origin (CORS and the
+//! WebSocket Origin check): in a cluster the Ingress puts all three on one origin instead.
 
 use std::{
     fs::{self, File},
@@ -16,19 +16,24 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use pixel_common::ports::{
+    self, CANVAS_API as API_PORT, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT,
+    ENV_CANVAS_WIDTH, ENV_CORS_ALLOWED_ORIGINS, ENV_LISTEN_ADDR, ENV_PUBLIC_API_URL,
+    ENV_PUBLIC_WS_URL, ENV_REDIS_URL, ENV_WS_ALLOWED_ORIGINS, FRONTEND as FRONTEND_PORT,
+    GATEWAY as GATEWAY_PORT, READYZ_PATH, WS_PATH,
+};
+use pixel_harness::{cluster::ensure_port_free, deps, paths, process};
 
-use crate::{cluster::ensure_port_free, deps, paths, process};
-
-const FRONTEND_PORT: u16 = 3000;
-const API_PORT: u16 = 3001;
-const GATEWAY_PORT: u16 = 3002;
 /// The page's origins as a browser on this machine names them.
-const PAGE_ORIGINS: &str = "http://127.0.0.1:3000,http://localhost:3000";
+fn page_origins() -> String {
+    format!("http://127.0.0.1:{FRONTEND_PORT},http://localhost:{FRONTEND_PORT}")
+}
+
 /// Canvas settings for local play: the example's size, no cooldown.
 const CANVAS_ENV: [(&str, &str); 3] = [
-    ("PIXEL_CANVAS_WIDTH", "500"),
-    ("PIXEL_CANVAS_HEIGHT", "500"),
-    ("PIXEL_CANVAS_COOLDOWN_SECONDS", "0"),
+    (ENV_CANVAS_WIDTH, "500"),
+    (ENV_CANVAS_HEIGHT, "500"),
+    (ENV_CANVAS_COOLDOWN_SECONDS, "0"),
 ];
 
 /// The processes, in start order: redis-server first.
@@ -102,31 +107,31 @@ pub fn start(detached: bool) -> Result<Local> {
     spawn(
         "canvas-api",
         Command::new(bin("canvas-api"))
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{API_PORT}"))
-            .env("PIXEL_REDIS_URL", &redis_url)
-            .env("PIXEL_CORS_ALLOWED_ORIGINS", PAGE_ORIGINS)
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{API_PORT}"))
+            .env(ENV_REDIS_URL, &redis_url)
+            .env(ENV_CORS_ALLOWED_ORIGINS, page_origins())
             .envs(CANVAS_ENV),
     )?;
     spawn(
         "gateway",
         Command::new(bin("gateway"))
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{GATEWAY_PORT}"))
-            .env("PIXEL_REDIS_URL", &redis_url)
-            .env("PIXEL_API_URL", format!("http://127.0.0.1:{API_PORT}"))
-            .env("PIXEL_WS_ALLOWED_ORIGINS", PAGE_ORIGINS)
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{GATEWAY_PORT}"))
+            .env(ENV_REDIS_URL, &redis_url)
+            .env(ENV_API_URL, format!("http://127.0.0.1:{API_PORT}"))
+            .env(ENV_WS_ALLOWED_ORIGINS, page_origins())
             .envs(CANVAS_ENV),
     )?;
     spawn(
         "frontend",
         Command::new(bin("frontend"))
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{FRONTEND_PORT}"))
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{FRONTEND_PORT}"))
             .env(
-                "PIXEL_PUBLIC_API_URL",
+                ENV_PUBLIC_API_URL,
                 format!("http://127.0.0.1:{API_PORT}/api/v1"),
             )
             .env(
-                "PIXEL_PUBLIC_WS_URL",
-                format!("ws://127.0.0.1:{GATEWAY_PORT}/ws"),
+                ENV_PUBLIC_WS_URL,
+                format!("ws://127.0.0.1:{GATEWAY_PORT}{WS_PATH}"),
             ),
     )?;
     for port in [API_PORT, GATEWAY_PORT, FRONTEND_PORT] {
@@ -151,7 +156,7 @@ fn wait_for_redis(port: u16) -> Result<()> {
 }
 
 fn wait_ready(port: u16) -> Result<()> {
-    let url = format!("http://127.0.0.1:{port}/readyz");
+    let url = format!("http://127.0.0.1:{port}{READYZ_PATH}");
     process::wait_until(&format!("{url} to answer"), Duration::from_secs(30), || {
         Ok(ureq::get(&url).call().is_ok())
     })
@@ -177,8 +182,9 @@ pub fn dev() -> Result<()> {
     let mut local = start(false)?;
     println!(
         "Open {} to draw. Logs: {}. Stop with Ctrl-C.\n\
-         canvas-api http://127.0.0.1:{API_PORT}/api/v1/info, gateway ws://127.0.0.1:{GATEWAY_PORT}/ws",
+         canvas-api http://127.0.0.1:{API_PORT}{}, gateway ws://127.0.0.1:{GATEWAY_PORT}{WS_PATH}",
         local.url,
+        ports::API_INFO_PATH,
         dir().display()
     );
     let exited = loop {

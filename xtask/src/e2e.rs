@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cluster::Cluster, operator::Operator, paths, process, scenarios, toolchain};
+use clap::ValueEnum;
+use pixel_harness::{cluster::Cluster, operator::Operator, paths, process, toolchain};
+
+use crate::scenarios::{self, Scenario};
 
 /// Directory of chainsaw suites; each sub-directory holding a `chainsaw-test.yaml` is a test.
 const SUITES_DIR: &str = "e2e/suites";
@@ -23,8 +26,8 @@ pub struct TestArgs {
 /// `cargo xtask test`: everything, on a cluster started for the run and removed after it.
 pub fn test_all(args: &TestArgs) -> Result<()> {
     // The services' tests start a real redis-server; the frontend's drives headless Chromium.
-    crate::deps::ensure_debian_packages(&["redis-server", "chromium"])?;
-    crate::deps::ensure_free_space(&paths::repo_root(), TEST_BUILD_BYTES, "a test build")?;
+    pixel_harness::deps::ensure_debian_packages(&["redis-server", "chromium"])?;
+    pixel_harness::deps::ensure_free_space(&paths::repo_root(), TEST_BUILD_BYTES, "a test build")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("== cargo test --workspace");
     let mut cargo_test = Command::new(cargo);
@@ -47,7 +50,7 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     println!("== end-to-end suites");
     let tools = toolchain::ensure()?;
     let cluster = Cluster::TEST;
-    cluster.up(&tools, &crate::cluster::UpArgs { port: None })?;
+    cluster.up(&tools, None)?;
     let outcome = chainsaw(&tools, &cluster);
     if args.keep_cluster {
         println!(
@@ -63,11 +66,10 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct E2eArgs {
-    /// Run only this scenario (leader-failover, apiserver-restart, operator-chaos), not the
-    /// chainsaw suites. Stop an operator `cargo xtask up` left running first: it would hold
-    /// the lease.
-    #[arg(long)]
-    scenario: Option<String>,
+    /// Run only this scenario, not the chainsaw suites. Stop an operator `cargo xtask up`
+    /// left running first: it would hold the lease.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
 }
 
 /// `cargo xtask e2e`: the suites alone, against the running developer cluster.
@@ -81,17 +83,14 @@ pub fn run_suites(args: &E2eArgs) -> Result<()> {
             cluster.kubeconfig().display()
         );
     }
-    if let Some(name) = &args.scenario {
-        let Some((_, scenario)) = scenarios::ALL.iter().find(|(known, _)| known == name) else {
-            bail!("no scenario `{name}`");
-        };
+    if let Some(scenario) = args.scenario {
         cluster.install_operator_config(&tools)?;
         cluster.ensure_storage(&tools)?;
         let report_dir = paths::repo_root().join("target/e2e");
         std::fs::create_dir_all(&report_dir)?;
         let operator_kubeconfig = report_dir.join("operator.kubeconfig");
         cluster.write_operator_kubeconfig(&tools, &operator_kubeconfig)?;
-        return scenario(&scenarios::Stage {
+        return scenario.run(&scenarios::Stage {
             tools: &tools,
             cluster: &cluster,
             operator_kubeconfig: &operator_kubeconfig,
@@ -162,11 +161,12 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
         operator_kubeconfig: &operator_kubeconfig,
         report_dir: &report_dir,
     };
-    let outcomes: Vec<(&str, Result<()>)> = scenarios::ALL
+    let outcomes: Vec<(String, Result<()>)> = Scenario::value_variants()
         .iter()
-        .map(|(name, scenario)| {
+        .map(|scenario| {
+            let name = scenario.name();
             println!("== scenario {name}");
-            (*name, scenario(&stage))
+            (name, scenario.run(&stage))
         })
         .collect();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, process};
+use pixel_harness::{paths, process};
 
 /// The cargo-fuzz release installed when missing: pinned so every machine builds the same way.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -88,7 +88,7 @@ impl Default for FuzzArgs {
 pub fn run(args: &FuzzArgs) -> Result<()> {
     let started = Instant::now();
     let fuzz_dir = paths::repo_root().join(FUZZ_DIR);
-    crate::deps::ensure_free_space(&paths::repo_root(), BUILD_BYTES, "the fuzz build")?;
+    pixel_harness::deps::ensure_free_space(&paths::repo_root(), BUILD_BYTES, "the fuzz build")?;
     ensure_cargo_fuzz()?;
     let triple = host_triple()?;
     build(&fuzz_dir, &triple)?;

@@ -2,7 +2,7 @@
 
 #[cfg(test)]
 mod tests {
-    use crate::paths::repo_root;
+    use pixel_harness::paths::repo_root;
 
     fn manifest(path: &str) -> String {
         std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

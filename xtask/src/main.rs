@@ -2,20 +2,15 @@
 
 mod api_fuzz;
 mod bench;
-mod children;
-mod cluster;
+#[cfg(test)]
+mod contract_literals;
 mod crd;
 mod deny;
-mod deps;
 mod dev;
 mod e2e;
 mod fuzz;
 mod invariants;
-mod operator;
-mod paths;
-mod process;
 mod scenarios;
-mod toolchain;
 mod up;
 
 use std::process::ExitCode;
@@ -32,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The main job: the local cluster, the operator, and the example canvas, Ready.
-    Up(cluster::UpArgs),
+    Up(up::UpArgs),
     /// The canvas on this machine without Kubernetes: redis-server and the three services;
     /// prints the URL to open. Runs until Ctrl-C.
     Dev,
@@ -57,23 +52,18 @@ enum Command {
     /// where they are.
     Toolchain,
     /// The benchmarks: each figure beside its peer or limit from the same run, as medians
-    /// of repeated rounds; writes target/bench/results.{json,md}. Not tests.
+    /// of repeated rounds; writes target/bench/results.{json,md}. Not tests. Runs a release
+    /// build of `pixel-bench run` with these arguments (`cargo xtask bench --help` lists them).
     Bench(bench::BenchArgs),
-    /// The HTTP load generator `bench` starts as its own process.
-    #[command(hide = true)]
-    BenchLoad(bench::load::LoadArgs),
     /// Fuzz canvas-api with schemathesis against its OpenAPI document, on a real Redis: at
     /// least 1,000 requests, every check (no 5xx, answers as documented) must pass.
     ApiFuzz,
-    /// The WebSocket fan-out load generator `bench gateway-fanout` starts as its own process.
-    #[command(hide = true)]
-    BenchFanoutLoad(bench::fanout_load::FanoutLoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// Create the cluster, or keep the one that is already healthy.
-    Up(cluster::UpArgs),
+    Up(up::UpArgs),
     /// Stop the operator `up` started, and remove the cluster and its data. Does nothing
     /// when there is none.
     Down,
@@ -84,20 +74,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::up(&args),
         Command::Dev => dev::dev(),
-        Command::Cluster(ClusterCommand::Up(args)) => cluster::up(&args),
+        Command::Cluster(ClusterCommand::Up(args)) => up::cluster_up(&args),
         Command::Cluster(ClusterCommand::Down) => up::stop_operator()
             .and_then(|()| dev::stop_detached())
-            .and_then(|()| cluster::down()),
+            .and_then(|()| pixel_harness::cluster::down_dev()),
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e(args) => e2e::run_suites(&args),
         Command::Crd => crd::generate(),
         Command::Deny => deny::run(),
         Command::Fuzz(args) => fuzz::run(&args),
-        Command::Toolchain => toolchain::ensure().map(|tools| tools.print()),
-        Command::Bench(args) => bench::bench(&args),
-        Command::BenchLoad(args) => bench::load::main(&args),
+        Command::Toolchain => pixel_harness::toolchain::ensure().map(|tools| tools.print()),
+        Command::Bench(args) => bench::run(&args),
         Command::ApiFuzz => api_fuzz::run(),
-        Command::BenchFanoutLoad(args) => bench::fanout_load::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

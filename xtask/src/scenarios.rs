@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{
+use pixel_common::operator_contract::metrics;
+use pixel_harness::{
     children::{self, items},
     cluster::Cluster,
     operator::Operator,
@@ -28,14 +29,33 @@ pub struct Stage<'a> {
     pub report_dir: &'a Path,
 }
 
-pub type Scenario = fn(&Stage) -> Result<()>;
+/// The scenarios, by the name `cargo xtask e2e --scenario NAME` takes; `cargo xtask test`
+/// runs them all, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// two operators; the leader is killed and the standby takes over
+    LeaderFailover,
+    /// kube-apiserver restarts under a running operator
+    ApiserverRestart,
+    /// the operator killed 20 times at random points, then checked for duplicates and drift
+    OperatorChaos,
+}
 
-/// Every scenario, by name.
-pub const ALL: [(&str, Scenario); 3] = [
-    ("leader-failover", leader_failover),
-    ("apiserver-restart", apiserver_restart),
-    ("operator-chaos", operator_chaos),
-];
+impl Scenario {
+    /// Its name on the command line and in the test report.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+
+    pub fn run(self, stage: &Stage) -> Result<()> {
+        match self {
+            Self::LeaderFailover => leader_failover(stage),
+            Self::ApiserverRestart => apiserver_restart(stage),
+            Self::OperatorChaos => operator_chaos(stage),
+        }
+    }
+}
 
 impl Stage<'_> {
     fn kubectl(&self, args: &[&str]) -> Result<String> {
@@ -90,16 +110,17 @@ fn canvas_manifest(name: &str, api_replicas: u32) -> String {
 /// expire); the standby takes over and reconciles a change made after the crash.
 fn leader_failover(stage: &Stage) -> Result<()> {
     const NAMESPACE: &str = "leader-failover";
+    let leading = metrics::gauge(metrics::LEADER);
     let lease = ["--lease-duration-seconds", "4"];
     let leader = stage.start_operator("operator-a.log", &lease)?;
     process::wait_until(
         "the first operator to lead",
         Duration::from_secs(60),
-        || Ok(leader.metric("pixel_operator_leader")? == Some(1.0)),
+        || Ok(leader.metric(&leading)? == Some(1.0)),
     )?;
     let standby = stage.start_operator("operator-b.log", &lease)?;
     ensure!(
-        standby.metric("pixel_operator_leader")? == Some(0.0),
+        standby.metric(&leading)? == Some(0.0),
         "a second operator leads while the first holds the lease"
     );
     stage.namespace(NAMESPACE)?;
@@ -128,7 +149,7 @@ fn leader_failover(stage: &Stage) -> Result<()> {
         killed.elapsed().as_secs_f64()
     );
     ensure!(
-        standby.metric("pixel_operator_leader")? == Some(1.0),
+        standby.metric(&leading)? == Some(1.0),
         "the standby does not report leading"
     );
     standby.stop()?;

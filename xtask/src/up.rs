@@ -10,11 +10,24 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{
-    cluster::{Cluster, UpArgs},
+use pixel_harness::{
+    cluster::{Cluster, ENV_APISERVER_PORT},
     operator::Operator,
     paths, process, toolchain,
 };
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Port for kube-apiserver on 127.0.0.1 (default: a free port chosen at creation).
+    #[arg(long, env = ENV_APISERVER_PORT)]
+    pub port: Option<u16>,
+}
+
+/// `cargo xtask cluster up`: the developer's cluster alone.
+pub fn cluster_up(args: &UpArgs) -> Result<()> {
+    let tools = toolchain::ensure()?;
+    Cluster::DEV.up(&tools, args.port)
+}
 
 /// The namespace the example canvas runs in.
 const DEMO_NAMESPACE: &str = "pixel-demo";
@@ -26,7 +39,7 @@ fn state_file(suffix: &str) -> PathBuf {
 pub fn up(args: &UpArgs) -> Result<()> {
     let tools = toolchain::ensure()?;
     let cluster = Cluster::DEV;
-    cluster.up(&tools, args)?;
+    cluster.up(&tools, args.port)?;
     cluster.install_operator_config(&tools)?;
 
     // A fresh operator each time, so it runs the code in this checkout.

@@ -34,14 +34,14 @@ impl Component {
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_MANAGED_BY: &str = pixel_common::operator_contract::LABEL_MANAGED_BY;
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
 
 /// `app.kubernetes.io/name` and `part-of` of everything the operator creates.
 pub const APP: &str = "pixel-playground";
 /// `app.kubernetes.io/managed-by`, and the server-side apply field manager.
-pub const MANAGER: &str = "pixel-operator";
+pub const MANAGER: &str = pixel_common::operator_contract::MANAGER;
 
 /// Names of one canvas's children.
 #[derive(Debug, Clone)]

@@ -524,11 +524,11 @@ fn the_gateway_finds_canvas_api_and_redis_by_service_name() {
         .collect();
     assert_eq!(
         env[pixel_common::ports::ENV_API_URL],
-        "http://demo-api:3001"
+        format!("http://demo-api:{}", pixel_common::ports::CANVAS_API)
     );
     assert_eq!(
         env[pixel_common::ports::ENV_REDIS_URL],
-        "redis://demo-redis:6379"
+        format!("redis://demo-redis:{}", pixel_common::ports::REDIS)
     );
     assert_eq!(env[pixel_common::ports::ENV_MAX_CONNECTIONS], "123");
 }

@@ -14,7 +14,7 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL, without the password.
-    #[arg(long, env = ports::ENV_REDIS_URL, default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = ports::ENV_REDIS_URL, default_value = ports::LOCAL_REDIS_URL)]
     pub redis_url: String,
 
     /// Redis password.
@@ -75,7 +75,10 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let both = Both::try_parse_from(["x"]).expect("defaults parse");
-        assert_eq!(both.redis.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(
+            both.redis.redis_url,
+            format!("redis://127.0.0.1:{}", ports::REDIS)
+        );
         assert_eq!(both.redis.timeout(), Duration::from_millis(500));
         assert_eq!(both.canvas.size().map(|s| s.pixel_count()), Ok(1_000_000));
         assert_eq!(both.canvas.canvas_palette, Palette::default());

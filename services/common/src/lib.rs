@@ -2,26 +2,40 @@
 //!
 //! Ports, environment variable names and probe paths live here so the services and the
 //! operator (which writes the pods that run them) cannot disagree about them.
+//!
+//! The contract modules (`ports`, `canvas`, `wire`, `redis_schema`, `operator_contract`,
+//! `error`) need only std, serde and thiserror, so the tooling uses them too; everything a
+//! running binary needs is behind the default `runtime` feature.
 
 pub mod canvas;
-pub mod config;
 pub mod error;
-pub mod health;
-pub mod metrics;
+pub mod operator_contract;
 pub mod ports;
 pub mod redis_schema;
-pub mod serve;
-pub mod shutdown;
-pub mod telemetry;
 pub mod wire;
+
+#[cfg(feature = "runtime")]
+pub mod config;
+#[cfg(feature = "runtime")]
+pub mod health;
+#[cfg(feature = "runtime")]
+pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod serve;
+#[cfg(feature = "runtime")]
+pub mod shutdown;
+#[cfg(feature = "runtime")]
+pub mod telemetry;
 
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+#[cfg(feature = "runtime")]
 use std::{future::Future, process::ExitCode};
 
 /// The body of every `main`: install logging, run the binary, log a failure with its whole
 /// chain of causes and turn it into a non-zero exit code.
+#[cfg(feature = "runtime")]
 pub async fn run_main<E: std::error::Error + 'static>(
     name: &str,
     log: &telemetry::LogArgs,

@@ -24,6 +24,11 @@ pub const METRICS_PATH: &str = "/metrics";
 /// Redis's port (the `<canvas>-redis` StatefulSet).
 pub const REDIS: u16 = 6379;
 
+/// Defaults for a binary started on one machine (clap defaults must be literals): Redis and
+/// canvas-api on loopback at their well-known ports ([`REDIS`], [`CANVAS_API`]).
+pub const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const LOCAL_API_URL: &str = "http://127.0.0.1:3001";
+
 // What the operator sets on the canvas-api and gateway pods (docs/protocol.md, Environment).
 
 /// Redis URL, `redis://host:port[/db]`, without the password.
@@ -118,3 +123,29 @@ pub const ENV_PUBLIC_WS_URL: &str = "PIXEL_PUBLIC_WS_URL";
 
 /// Origins whose pages may call canvas-api from a browser (CORS), comma-separated.
 pub const ENV_CORS_ALLOWED_ORIGINS: &str = "PIXEL_CORS_ALLOWED_ORIGINS";
+
+// The operator (config/manager sets some of them).
+
+/// Whether the operator joins a leader election (`true`) or leads alone.
+pub const ENV_LEADER_ELECT: &str = "PIXEL_LEADER_ELECT";
+/// The Lease the operator's replicas elect their leader on.
+pub const ENV_LEASE_NAME: &str = "PIXEL_LEASE_NAME";
+/// Seconds a lease stays valid without renewal.
+pub const ENV_LEASE_DURATION_SECONDS: &str = "PIXEL_LEASE_DURATION_SECONDS";
+/// The one namespace the operator watches; all when unset.
+pub const ENV_WATCH_NAMESPACE: &str = "PIXEL_WATCH_NAMESPACE";
+/// Canvases the operator reconciles at once.
+pub const ENV_MAX_CONCURRENT_RECONCILES: &str = "PIXEL_MAX_CONCURRENT_RECONCILES";
+/// How long the operator gathers changes to one canvas before reconciling it, in ms.
+pub const ENV_RECONCILE_DEBOUNCE_MS: &str = "PIXEL_RECONCILE_DEBOUNCE_MS";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_defaults_use_the_well_known_ports() {
+        assert!(LOCAL_REDIS_URL.ends_with(&format!(":{REDIS}")));
+        assert!(LOCAL_API_URL.ends_with(&format!(":{CANVAS_API}")));
+    }
+}

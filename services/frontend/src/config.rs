@@ -200,12 +200,18 @@ mod tests {
             &PublicUrl::websocket("/ws").expect("valid"),
         );
         assert!(same.contains("connect-src 'self';"), "{same}");
+        let (api, gateway) = (
+            pixel_common::ports::CANVAS_API,
+            pixel_common::ports::GATEWAY,
+        );
         let foreign = content_security_policy(
-            &PublicUrl::api("http://127.0.0.1:3001/api/v1").expect("valid"),
-            &PublicUrl::websocket("ws://127.0.0.1:3002/ws").expect("valid"),
+            &PublicUrl::api(&format!("http://127.0.0.1:{api}/api/v1")).expect("valid"),
+            &PublicUrl::websocket(&format!("ws://127.0.0.1:{gateway}/ws")).expect("valid"),
         );
         assert!(
-            foreign.contains("connect-src 'self' http://127.0.0.1:3001 ws://127.0.0.1:3002;"),
+            foreign.contains(&format!(
+                "connect-src 'self' http://127.0.0.1:{api} ws://127.0.0.1:{gateway};"
+            )),
             "{foreign}"
         );
     }

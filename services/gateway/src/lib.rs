@@ -74,7 +74,7 @@ pub struct Args {
     pub listen_addr: SocketAddr,
 
     /// canvas-api's base URL.
-    #[arg(long, env = ports::ENV_API_URL, default_value = "http://127.0.0.1:3001")]
+    #[arg(long, env = ports::ENV_API_URL, default_value = ports::LOCAL_API_URL)]
     pub api_url: String,
 
     /// How long one call to canvas-api may take, in ms.

@@ -274,7 +274,7 @@ mod tests {
     fn origins_are_checked() {
         let none = Origins::new(&[]);
         assert!(
-            none.allows(None, Some("gw:3002")),
+            none.allows(None, Some(&format!("gw:{}", pixel_common::ports::GATEWAY))),
             "no Origin: not a browser"
         );
         assert!(none.allows(

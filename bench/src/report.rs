@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::stats;
+use crate::stats;
 
 /// One measured figure beside its peer or limit from the same run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,13 +37,26 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    BenchCtx, med,
-    placer::{self, XorShift},
-    report::BenchResult,
-    servers::{CANVAS_SIDE, PIXELS_KEY, Servers},
+use pixel_common::{
+    ports::{
+        API_CANVAS_PATH, API_INFO_PATH, ENV_LISTEN_ADDR, ENV_PUBLIC_API_URL, ENV_PUBLIC_WS_URL,
+        ENV_WS_ALLOWED_ORIGINS, READYZ_PATH, WS_PATH,
+    },
+    redis_schema::PIXELS_KEY,
+    wire::Snapshot,
 };
-use crate::{deps, process};
+use pixel_harness::{
+    deps,
+    process::{self, free_port},
+};
+
+use crate::{
+    placer,
+    report::BenchResult,
+    run::BenchCtx,
+    servers::{CANVAS_SIDE, Servers},
+    stats::med,
+};
 
 /// The issue's limits.
 const PAINT_LIMIT_MS: f64 = 1000.0;
@@ -64,10 +77,8 @@ const POLL: Duration = Duration::from_millis(50);
 const WINDOW: (u32, u32) = (1280, 1200);
 /// Canvas pixels compared between the screen and the server after each first paint.
 const SAMPLES: usize = 300;
-/// The snapshot's header (docs/protocol.md, "Binary snapshot").
-const SNAPSHOT_HEADER: usize = 18;
 
-/// `cargo xtask bench frontend`.
+/// `pixel-bench run frontend`.
 pub fn frontend(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== frontend");
     deps::ensure_debian_packages(&["chromium"])?;
@@ -242,7 +253,7 @@ struct Info {
 }
 
 fn info(api_url: &str) -> Result<Info> {
-    let url = format!("{api_url}/api/v1/info");
+    let url = format!("{api_url}{API_INFO_PATH}");
     let text = ureq::get(&url)
         .call()
         .with_context(|| format!("GET {url}"))?
@@ -253,7 +264,7 @@ fn info(api_url: &str) -> Result<Info> {
 
 /// The canvas as canvas-api serves it: (version, pixels).
 fn snapshot(api_url: &str) -> Result<(u64, Vec<u8>)> {
-    let url = format!("{api_url}/api/v1/canvas");
+    let url = format!("{api_url}{API_CANVAS_PATH}");
     let body = ureq::get(&url)
         .call()
         .with_context(|| format!("GET {url}"))?
@@ -261,14 +272,15 @@ fn snapshot(api_url: &str) -> Result<(u64, Vec<u8>)> {
         .with_config()
         .limit(64 << 20)
         .read_to_vec()?;
+    let snapshot =
+        Snapshot::decode(&body).with_context(|| format!("GET {url} answered no snapshot"))?;
     let side = CANVAS_SIDE as usize;
     ensure!(
-        body.len() == SNAPSHOT_HEADER + side * side && body.starts_with(b"PXSN"),
-        "GET {url} answered {} bytes, not a {side}x{side} snapshot",
-        body.len()
+        snapshot.pixels().len() == side * side,
+        "GET {url} answered {} pixels, not a {side}x{side} snapshot",
+        snapshot.pixels().len()
     );
-    let version = u64::from_be_bytes(body[10..18].try_into()?);
-    Ok((version, body[SNAPSHOT_HEADER..].to_vec()))
+    Ok((snapshot.version(), snapshot.pixels().to_vec()))
 }
 
 /// Writes every pixel of the canvas in Redis (the layout of docs/protocol.md: one byte per
@@ -276,11 +288,11 @@ fn snapshot(api_url: &str) -> Result<(u64, Vec<u8>)> {
 /// canvas of real data; then checks canvas-api serves exactly that.
 fn fill_canvas(servers: &Servers, colours: usize) -> Result<()> {
     let colours = u32::try_from(colours)?;
-    let mut random = XorShift::new(0x00C0_FFEE);
+    let mut random = fastrand::Rng::with_seed(0x00C0_FFEE);
     let side = CANVAS_SIDE as usize;
     // Below the palette length (at most 32), so the cast keeps the value.
     let pixels: Vec<u8> = (0..side * side)
-        .map(|_| random.below(colours) as u8)
+        .map(|_| random.u32(..colours) as u8)
         .collect();
     // One SET in the Redis protocol: redis-cli cannot take a 1 MB argument on its command
     // line (Linux caps one argument at 128 KiB).
@@ -320,8 +332,6 @@ struct Site {
     api_url: String,
 }
 
-use crate::process::free_port;
-
 impl Site {
     fn start(
         ctx: &BenchCtx,
@@ -340,25 +350,22 @@ impl Site {
         // The hello carries the canvas settings to the page.
         let mut gateway =
             servers.gateway_command(gateway_bin, &ctx.machine.server_cores, gateway_port);
-        gateway.env("PIXEL_WS_ALLOWED_ORIGINS", &page_origin);
+        gateway.env(ENV_WS_ALLOWED_ORIGINS, &page_origin);
         site.spawn("gateway", &mut gateway, &ctx.log_dir)?;
         let mut frontend = Command::new("taskset");
         frontend
             .args(["-c", &ctx.machine.server_cores])
             .arg(frontend_bin)
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{frontend_port}"))
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{frontend_port}"))
+            .env(ENV_PUBLIC_API_URL, format!("{}/api/v1", servers.api_url))
             .env(
-                "PIXEL_PUBLIC_API_URL",
-                format!("{}/api/v1", servers.api_url),
-            )
-            .env(
-                "PIXEL_PUBLIC_WS_URL",
-                format!("ws://127.0.0.1:{gateway_port}/ws"),
+                ENV_PUBLIC_WS_URL,
+                format!("ws://127.0.0.1:{gateway_port}{WS_PATH}"),
             )
             .env("RUST_LOG", "warn");
         site.spawn("frontend", &mut frontend, &ctx.log_dir)?;
         for port in [gateway_port, frontend_port] {
-            let url = format!("http://127.0.0.1:{port}/readyz");
+            let url = format!("http://127.0.0.1:{port}{READYZ_PATH}");
             process::wait_until(&format!("{url} to answer 200"), PATIENCE, || {
                 site.check_running()?;
                 Ok(ureq::get(&url).call().is_ok())
@@ -563,9 +570,9 @@ async fn check_screen(page: &Page, api_url: &str, palette: &[String], version: u
         "the page painted version {version}, canvas-api serves {served_version}, and nothing \
          placed in between"
     );
-    let mut random = XorShift::new(version + 1);
+    let mut random = fastrand::Rng::with_seed(version + 1);
     let points: Vec<(u32, u32)> = (0..SAMPLES)
-        .map(|_| (random.below(CANVAS_SIDE), random.below(CANVAS_SIDE)))
+        .map(|_| (random.u32(..CANVAS_SIDE), random.u32(..CANVAS_SIDE)))
         .collect();
     let js = format!(
         "(() => {{

@@ -1,5 +1,5 @@
-//! The WebSocket fan-out load generator, run as its own process (`cargo xtask
-//! bench-fanout-load`, hidden) so it can be pinned to other cores than the servers.
+//! The WebSocket fan-out load generator, run as its own process (`pixel-bench fanout-load`)
+//! so it can be pinned to other cores than the servers.
 //!
 //! It opens N WebSocket clients to our gateway (`/ws`, binary update frames) or to
 //! Centrifugo (its JSON protocol: connect, subscribe to one channel), then places pixels at
@@ -24,7 +24,16 @@ use serde::{Deserialize, Serialize};
 use tokio::{net::TcpSocket, sync::watch};
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
-use super::histogram::Histogram;
+use pixel_common::{
+    ports::{API_PIXELS_PATH, CLIENT_ID_HEADER},
+    wire::UpdateFrame,
+};
+
+use crate::{
+    histogram::Histogram,
+    procfs::{own_cpu_seconds, pids_cpu, pids_kib, raise_open_files},
+    summary::last_json_line,
+};
 
 /// The canvas side the placements walk (canvas-api's benchmark canvas is 1000x1000).
 const SIDE: u64 = 1000;
@@ -127,47 +136,8 @@ pub struct FanoutSummary {
 impl FanoutSummary {
     /// Parses the load generator's stdout.
     pub fn parse(stdout: &str) -> Result<Self> {
-        super::load::last_json_line(stdout, "the fan-out load generator")
+        last_json_line(stdout, "the fan-out load generator")
     }
-}
-
-/// User plus system CPU seconds of a process, from `/proc/<pid>/stat` (fields 14 and 15,
-/// in USER_HZ, 100 per second).
-pub fn cpu_seconds(stat: &str) -> Option<f64> {
-    // The command name may hold spaces and parentheses; the fields after it do not.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// A `VmRSS:`/`VmHWM:` line of `/proc/<pid>/status`, in KiB.
-pub fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn pids_cpu(pids: &[i32]) -> Result<f64> {
-    pids.iter().try_fold(0.0, |sum, pid| {
-        let path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        Ok(sum + cpu_seconds(&stat).with_context(|| format!("cannot parse {path}"))?)
-    })
-}
-
-fn pids_kib(pids: &[i32], field: &str) -> Result<u64> {
-    pids.iter().try_fold(0, |sum, pid| {
-        let path = format!("/proc/{pid}/status");
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        Ok(sum + status_kib(&status, field).with_context(|| format!("no {field} in {path}"))?)
-    })
 }
 
 /// The placement a delivered update names, from its pixel.
@@ -225,7 +195,7 @@ impl Shared {
     }
 }
 
-/// `cargo xtask bench-fanout-load`.
+/// `pixel-bench fanout-load`.
 pub fn main(args: &FanoutLoadArgs) -> Result<()> {
     raise_open_files()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -234,14 +204,6 @@ pub fn main(args: &FanoutLoadArgs) -> Result<()> {
         .context("cannot start the tokio runtime")?;
     let summary = runtime.block_on(run(args))?;
     println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
-}
-
-/// 10,000 sockets need more than the usual soft limit of 1,024 descriptors.
-fn raise_open_files() -> Result<()> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     Ok(())
 }
 
@@ -265,7 +227,7 @@ async fn run(args: &FanoutLoadArgs) -> Result<FanoutSummary> {
         lost: AtomicUsize::new(0),
         unrecognised: AtomicU64::new(0),
     });
-    let cpu_before_all = own_cpu();
+    let cpu_before_all = own_cpu_seconds();
     let started = Instant::now();
     let rss_base_kib = pids_kib(&args.server_pids, "VmRSS:")?;
 
@@ -302,7 +264,8 @@ async fn run(args: &FanoutLoadArgs) -> Result<FanoutSummary> {
     let _ = stop_tx.send(true);
 
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
-    let load_cpu_share = (own_cpu() - cpu_before_all) / started.elapsed().as_secs_f64() / cores;
+    let load_cpu_share =
+        (own_cpu_seconds() - cpu_before_all) / started.elapsed().as_secs_f64() / cores;
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let ms = |p: f64| {
         shared
@@ -334,14 +297,6 @@ async fn run(args: &FanoutLoadArgs) -> Result<FanoutSummary> {
             0.0
         },
     })
-}
-
-fn own_cpu() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .as_deref()
-        .and_then(cpu_seconds)
-        .unwrap_or(f64::NAN)
 }
 
 /// Connects every client; each then reads until `stop`. Returns how many connected; fails
@@ -512,8 +467,8 @@ async fn read_client(
         let now_ns = shared.now_ns();
         match (reader, message) {
             (Reader::Frames, Message::Binary(bytes)) => {
-                let mut pixels = frame_pixels(&bytes).peekable();
-                if pixels.peek().is_none() {
+                let pixels = frame_pixels(&bytes);
+                if pixels.is_empty() {
                     shared.unrecognised(&format!("{bytes:02x?}"));
                 }
                 for (x, y) in pixels {
@@ -545,23 +500,18 @@ async fn read_client(
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
-/// The pixels of a gateway update frame: type 0x01, format 1, first version (u64), count
-/// (u16), then per update x (u16), y (u16), colour (u8); big-endian. Empty when malformed.
-fn frame_pixels(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    let updates = match bytes {
-        [0x01, 1, _, _, _, _, _, _, _, _, c0, c1, rest @ ..]
-            if rest.len() == 5 * usize::from(u16::from_be_bytes([*c0, *c1])) =>
-        {
-            rest
-        }
-        _ => &[],
-    };
-    updates.chunks_exact(5).map(|u| {
-        (
-            u64::from(u16::from_be_bytes([u[0], u[1]])),
-            u64::from(u16::from_be_bytes([u[2], u[3]])),
-        )
-    })
+/// The pixels of a gateway update frame (docs/protocol.md); none when it is not one.
+fn frame_pixels(bytes: &[u8]) -> Vec<(u64, u64)> {
+    UpdateFrame::decode(bytes).map_or_else(
+        |_| Vec::new(),
+        |frame| {
+            frame
+                .updates()
+                .iter()
+                .map(|u| (u64::from(u.x), u64::from(u.y)))
+                .collect()
+        },
+    )
 }
 
 /// The pixel of a Centrifugo push whose publication data is `[x,y,colour]`, found without
@@ -595,7 +545,7 @@ impl Sender {
     fn new(args: &FanoutLoadArgs) -> Result<Self> {
         let base = args.publish_url.trim_end_matches('/');
         let url = match args.target {
-            Target::Gateway => format!("{base}/api/v1/pixels"),
+            Target::Gateway => format!("{base}{API_PIXELS_PATH}"),
             Target::Centrifugo => format!("{base}/api/publish"),
         };
         Ok(Self {
@@ -677,7 +627,7 @@ impl Sender {
             Target::Gateway => self
                 .client
                 .post(&self.url)
-                .header("x-client-id", "bench-fanout")
+                .header(CLIENT_ID_HEADER, "bench-fanout")
                 .json(&serde_json::json!({"x": x, "y": y, "color": color})),
             Target::Centrifugo => self
                 .client
@@ -696,10 +646,9 @@ mod tests {
     fn frames_name_their_pixels() {
         let mut frame = vec![0x01, 1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 2];
         frame.extend([0, 3, 0, 4, 9, 1, 0, 0, 2, 1]);
-        let pixels: Vec<_> = frame_pixels(&frame).collect();
-        assert_eq!(pixels, [(3, 4), (256, 2)]);
-        assert_eq!(frame_pixels(&frame[..frame.len() - 1]).count(), 0);
-        assert_eq!(frame_pixels(b"{}").count(), 0);
+        assert_eq!(frame_pixels(&frame), [(3, 4), (256, 2)]);
+        assert!(frame_pixels(&frame[..frame.len() - 1]).is_empty());
+        assert!(frame_pixels(b"{}").is_empty());
         assert_eq!(placement_of(3, 4), 4003);
     }
 
@@ -709,16 +658,6 @@ mod tests {
         assert_eq!(push_pixel(push), Some((12, 3)));
         assert_eq!(push_pixel(r#"{"id":1,"connect":{}}"#), None);
         assert_eq!(push_pixel(r#"{"data":[1]}"#), None);
-    }
-
-    #[test]
-    fn proc_files_are_parsed() {
-        let stat = "42 (centrifugo (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3";
-        assert_eq!(cpu_seconds(stat), Some(3.0));
-        let status = "Name:\tgateway\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
-        assert_eq!(status_kib(status, "VmRSS:"), Some(10_240));
-        assert_eq!(status_kib(status, "VmHWM:"), Some(20_480));
-        assert_eq!(status_kib(status, "VmSwap:"), None);
     }
 
     #[test]

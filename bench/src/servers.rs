@@ -9,15 +9,17 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-use crate::process;
+use pixel_common::{
+    ports::{
+        ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH,
+        ENV_LISTEN_ADDR, ENV_REDIS_URL, ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
+    },
+    redis_schema::PIXELS_KEY,
+};
+use pixel_harness::process::{self, free_port};
 
 /// The canvas the benchmarks use: 1000x1000, no cooldown.
 pub const CANVAS_SIDE: u32 = 1000;
-/// The Redis key of the pixels (docs/protocol.md, "Redis layout").
-pub const PIXELS_KEY: &str = "canvas:pixels";
-/// The Redis key of the canvas version.
-pub const VERSION_KEY: &str = "canvas:version";
 
 /// Running servers. Dropping stops them (SIGTERM, then SIGKILL) before the data directory
 /// is removed.
@@ -30,8 +32,6 @@ pub struct Servers {
     _data: tempfile::TempDir,
 }
 
-use crate::process::free_port;
-
 impl Servers {
     /// A release gateway on `port`, pinned to `cores`, on this Redis and canvas-api, with
     /// the same canvas settings canvas-api has (1000x1000, the default palette, no
@@ -42,28 +42,27 @@ impl Servers {
         gateway
             .args(["-c", cores])
             .arg(gateway_bin)
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{port}"))
             .env(
-                "PIXEL_REDIS_URL",
+                ENV_REDIS_URL,
                 format!("redis://127.0.0.1:{}", self.redis_port),
             )
-            .env("PIXEL_API_URL", &self.api_url)
-            .env("PIXEL_CANVAS_WIDTH", &side)
-            .env("PIXEL_CANVAS_HEIGHT", &side)
-            .env("PIXEL_CANVAS_COOLDOWN_SECONDS", "0")
+            .env(ENV_API_URL, &self.api_url)
+            .env(ENV_CANVAS_WIDTH, &side)
+            .env(ENV_CANVAS_HEIGHT, &side)
+            .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
             // Every benchmark client comes from loopback: one address, as far as the
             // per-address limit can tell.
-            .env("PIXEL_WS_MAX_CONNECTIONS_PER_ADDRESS", "0")
+            .env(ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, "0")
             .env("RUST_LOG", "warn");
         gateway
     }
 }
 
-/// Builds canvas-api and xtask (for its load generator) in release mode, so neither side
-/// is measured as a debug build; returns the two binaries.
-pub fn build_release() -> Result<(PathBuf, PathBuf)> {
-    let release = process::cargo_build(true, &["canvas-api", "xtask"])?;
-    Ok((release.join("canvas-api"), release.join("xtask")))
+/// Builds canvas-api in release mode, so it is not measured as a debug build (the load
+/// generators are this binary, which `cargo xtask bench` builds in release mode too).
+pub fn build_release() -> Result<PathBuf> {
+    Ok(process::cargo_build(true, &["canvas-api"])?.join("canvas-api"))
 }
 
 impl Servers {
@@ -112,11 +111,11 @@ impl Servers {
         let mut api = Command::new("taskset");
         api.args(["-c", cores])
             .arg(api_bin)
-            .env("PIXEL_LISTEN_ADDR", format!("127.0.0.1:{api_port}"))
-            .env("PIXEL_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-            .env("PIXEL_CANVAS_WIDTH", &side)
-            .env("PIXEL_CANVAS_HEIGHT", &side)
-            .env("PIXEL_CANVAS_COOLDOWN_SECONDS", "0")
+            .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{api_port}"))
+            .env(ENV_REDIS_URL, format!("redis://127.0.0.1:{redis_port}"))
+            .env(ENV_CANVAS_WIDTH, &side)
+            .env(ENV_CANVAS_HEIGHT, &side)
+            .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
             .env("RUST_LOG", "warn");
         servers.spawn("canvas-api", &mut api, log_dir)?;
         servers.wait_ready(log_dir)?;
@@ -158,7 +157,7 @@ impl Servers {
 
     fn wait_ready(&mut self, log_dir: &Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}/readyz", self.api_url);
+        let url = format!("{}{READYZ_PATH}", self.api_url);
         while ureq::get(&url).call().is_err() {
             self.check_running()?;
             if Instant::now() >= deadline {

@@ -1,4 +1,4 @@
-//! The HTTP load generator, run as its own process (`cargo xtask bench-load`, hidden) so it
+//! The HTTP load generator, run as its own process (`pixel-bench load`) so it
 //! can be pinned to other cores than the server. N clients, each with its own keep-alive
 //! connection and its own client id, send requests back to back for a fixed time; it prints
 //! one JSON [`LoadSummary`] on stdout.
@@ -11,7 +11,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{fanout_load::cpu_seconds, stats};
+use pixel_common::ports::{API_CANVAS_PATH, API_INFO_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER};
+
+use crate::{procfs::own_cpu_seconds, stats, summary::last_json_line};
 
 /// What the clients ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,7 +31,7 @@ pub enum Mode {
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// canvas-api's base URL, e.g. http://127.0.0.1:3001
+    /// canvas-api's base URL, e.g. http://127.0.0.1:<port>
     #[arg(long)]
     pub url: String,
     #[arg(long, value_enum)]
@@ -73,45 +75,6 @@ impl LoadSummary {
     }
 }
 
-/// The summary a load generator prints: the last line of its stdout that is a JSON object.
-pub fn last_json_line<T: serde::de::DeserializeOwned>(stdout: &str, who: &str) -> Result<T> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|line| line.trim_start().starts_with('{'))
-        .with_context(|| format!("{who} printed no JSON summary"))?;
-    serde_json::from_str(line).with_context(|| format!("cannot parse the summary of {who}"))
-}
-
-/// This process's CPU seconds so far.
-fn own_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .as_deref()
-        .and_then(cpu_seconds)
-        .unwrap_or(f64::NAN)
-}
-
-/// A small xorshift generator: random enough for picking pixels, and reproducible.
-#[derive(Debug)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        // The all-zero state would stay zero.
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x % bound.max(1)
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct Info {
     width: u64,
@@ -127,7 +90,7 @@ struct ClientTally {
     errors: u64,
 }
 
-/// `cargo xtask bench-load`: runs the load and prints the summary as one JSON line.
+/// `pixel-bench load`: runs the load and prints the summary as one JSON line.
 pub fn main(args: &LoadArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,7 +109,7 @@ async fn run(args: &LoadArgs) -> Result<LoadSummary> {
     let base = args.url.trim_end_matches('/').to_owned();
     let setup = reqwest::Client::builder().timeout(timeout).build()?;
     let info: Info = setup
-        .get(format!("{base}/api/v1/info"))
+        .get(format!("{base}{API_INFO_PATH}"))
         .send()
         .await?
         .error_for_status()?
@@ -155,7 +118,7 @@ async fn run(args: &LoadArgs) -> Result<LoadSummary> {
         .context("cannot read /api/v1/info")?;
     let etag = if args.mode == Mode::Snapshot304 {
         let response = setup
-            .get(format!("{base}/api/v1/canvas"))
+            .get(format!("{base}{API_CANVAS_PATH}"))
             .send()
             .await?
             .error_for_status()?;
@@ -192,7 +155,7 @@ async fn run(args: &LoadArgs) -> Result<LoadSummary> {
             width: info.width,
             height: info.height,
             colors: info.palette.len() as u64,
-            rng: XorShift::new(index as u64 + 1),
+            rng: fastrand::Rng::with_seed(index as u64 + 1),
         };
         tasks.spawn(job.run(deadline));
     }
@@ -250,7 +213,7 @@ struct Job {
     width: u64,
     height: u64,
     colors: u64,
-    rng: XorShift,
+    rng: fastrand::Rng,
 }
 
 impl Job {
@@ -287,22 +250,22 @@ impl Job {
         let request = match self.mode {
             Mode::Place => {
                 let body = serde_json::json!({
-                    "x": self.rng.below(self.width),
-                    "y": self.rng.below(self.height),
-                    "color": self.rng.below(self.colors),
+                    "x": self.rng.u64(..self.width),
+                    "y": self.rng.u64(..self.height),
+                    "color": self.rng.u64(..self.colors),
                 });
                 self.client
-                    .post(format!("{}/api/v1/pixels", self.base))
-                    .header("x-client-id", &self.client_id)
+                    .post(format!("{}{API_PIXELS_PATH}", self.base))
+                    .header(CLIENT_ID_HEADER, &self.client_id)
                     .json(&body)
             }
-            Mode::Snapshot => self.client.get(format!("{}/api/v1/canvas", self.base)),
+            Mode::Snapshot => self.client.get(format!("{}{API_CANVAS_PATH}", self.base)),
             Mode::SnapshotBrowser => self
                 .client
-                .get(format!("{}/api/v1/canvas", self.base))
+                .get(format!("{}{API_CANVAS_PATH}", self.base))
                 .header(reqwest::header::ACCEPT_ENCODING, "gzip, deflate, br"),
             Mode::Snapshot304 => {
-                let request = self.client.get(format!("{}/api/v1/canvas", self.base));
+                let request = self.client.get(format!("{}{API_CANVAS_PATH}", self.base));
                 match &self.etag {
                     Some(etag) => request.header(reqwest::header::IF_NONE_MATCH, etag),
                     None => request,
@@ -339,14 +302,5 @@ mod tests {
         let error = LoadSummary::parse("nothing here\n").expect_err("no JSON");
         assert!(error.to_string().contains("no JSON summary"), "{error}");
         assert!(LoadSummary::parse("{\"ok\": 1}\n").is_err());
-    }
-
-    #[test]
-    fn rng_stays_below_its_bound() {
-        let mut rng = XorShift::new(0);
-        let picks: Vec<u64> = (0..1000).map(|_| rng.below(7)).collect();
-        assert!(picks.iter().all(|&p| p < 7));
-        assert!((0..7).all(|v| picks.contains(&v)), "{picks:?}");
-        assert_eq!(rng.below(0), 0);
     }
 }

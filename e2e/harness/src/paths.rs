@@ -2,20 +2,24 @@
 
 use std::path::PathBuf;
 
-/// The repository root (xtask lives one level below it).
+/// The variable that moves the machine-wide cache (the tooling's own, not the services'
+/// contract).
+pub const ENV_CACHE: &str = "PIXEL_PLAYGROUND_CACHE";
+
+/// The repository root (this crate lives in `e2e/harness`, two levels below it).
 pub fn repo_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
+        .ancestors()
+        .nth(2)
+        .map_or(manifest_dir.clone(), PathBuf::from)
 }
 
 /// The machine-wide cache: built tools and the cluster's state. Outside the clone, so a
 /// fresh clone on the same machine (as CI uses) reuses what an earlier one built.
-/// Override with `PIXEL_PLAYGROUND_CACHE`.
+/// Override with [`ENV_CACHE`].
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PIXEL_PLAYGROUND_CACHE") {
+    if let Some(dir) = std::env::var_os(ENV_CACHE) {
         return PathBuf::from(dir);
     }
     let base = std::env::var_os("XDG_CACHE_HOME")

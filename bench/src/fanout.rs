@@ -1,6 +1,6 @@
 //! `gateway-fanout`: one gateway fanning placements out to N WebSocket clients, against
 //! Centrifugo with its Redis engine, on the same server cores, with the same clients,
-//! placement rate and load generator (`cargo xtask bench-fanout-load`, pinned to the load
+//! placement rate and load generator (`pixel-bench fanout-load`, pinned to the load
 //! cores).
 //!
 //! Every run starts fresh servers, so the base and peak memory belong to that run alone:
@@ -15,14 +15,20 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    BenchCtx,
-    fanout_load::{FanoutSummary, Target},
-    med,
-    report::BenchResult,
-    servers::Servers,
+use pixel_common::ports::{ENV_MAX_CONNECTIONS, READYZ_PATH, WS_PATH};
+use pixel_harness::{
+    process::{self, free_port},
+    toolchain,
 };
-use crate::{process, toolchain};
+
+use crate::{
+    fanout_load::{FanoutSummary, Target},
+    procfs::raise_open_files,
+    report::BenchResult,
+    run::{BenchCtx, value_name},
+    servers::Servers,
+    stats::{med, per_round},
+};
 
 /// (clients, placements per second), as the issue lists them.
 const SIZES: [(usize, u32); 6] = [
@@ -103,8 +109,6 @@ fn started_pids(before: &[i32], name: &str) -> Result<i32> {
     }
 }
 
-use crate::process::free_port;
-
 /// Waits until `url` answers 200.
 fn wait_http(url: &str, procs: &mut Procs, what: &str) -> Result<()> {
     process::wait_until(what, Duration::from_secs(30), || {
@@ -141,11 +145,11 @@ fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side
         servers
             .gateway_command(gateway_bin, &ctx.machine.server_cores, port)
             // Room for every client; the default is exactly the largest size.
-            .env("PIXEL_MAX_CONNECTIONS", (clients + 100).to_string()),
+            .env(ENV_MAX_CONNECTIONS, (clients + 100).to_string()),
         &ctx.log_dir,
     )?;
     wait_http(
-        &format!("http://127.0.0.1:{port}/readyz"),
+        &format!("http://127.0.0.1:{port}{READYZ_PATH}"),
         &mut procs,
         "the gateway to be ready",
     )?;
@@ -154,7 +158,7 @@ fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side
         _servers: Some(servers),
         procs,
         pids: vec![gateway, api, redis],
-        ws_url: format!("ws://127.0.0.1:{port}/ws"),
+        ws_url: format!("ws://127.0.0.1:{port}{WS_PATH}"),
         api_key: String::new(),
         _data: None,
     })
@@ -253,14 +257,10 @@ fn run_load(
         .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let target_name = match target {
-        Target::Gateway => "gateway",
-        Target::Centrifugo => "centrifugo",
-    };
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &ctx.machine.load_cores])
-        .arg(&ctx.xtask_bin)
-        .args(["bench-fanout-load", "--target", target_name])
+        .arg(&ctx.bench_bin)
+        .args(["fanout-load", "--target", &value_name(target)?])
         .args(["--ws-url", &side.ws_url, "--publish-url", &side.publish_url])
         .args(["--api-key", &side.api_key])
         .args(["--clients", &clients.to_string()])
@@ -270,15 +270,6 @@ fn run_load(
     let out = process::output(&mut cmd, ctx.duration + Duration::from_secs(180))?;
     side.procs.check_running()?;
     FanoutSummary::parse(&out)
-}
-
-/// Raises this process's open-file limit to its hard limit: the servers it starts inherit
-/// it and hold one descriptor per client.
-fn raise_open_files() -> Result<()> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    Ok(())
 }
 
 fn build_gateway() -> Result<PathBuf> {
@@ -399,8 +390,8 @@ pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
             side_details("Centrifugo", &peer),
             format!(
                 "per round, delivered per CPU-s, ours: {}; peer: {}",
-                super::per_round(ours.iter().map(efficiency)),
-                super::per_round(peer.iter().map(efficiency))
+                per_round(ours.iter().map(efficiency)),
+                per_round(peer.iter().map(efficiency))
             ),
         ];
         if size == TARGET_SIZE {

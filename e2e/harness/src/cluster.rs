@@ -28,12 +28,9 @@ const COMPONENTS: [&str; 5] = [
     "kwok-controller",
 ];
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct UpArgs {
-    /// Port for kube-apiserver on 127.0.0.1 (default: a free port chosen at creation).
-    #[arg(long, env = "PIXEL_APISERVER_PORT")]
-    pub port: Option<u16>,
-}
+/// The variable naming kube-apiserver's port for `cargo xtask up` / `cluster up` (the
+/// tooling's own, not the services' contract).
+pub const ENV_APISERVER_PORT: &str = "PIXEL_APISERVER_PORT";
 
 /// One named local cluster. The developer's (`cargo xtask cluster up`) and the test run's
 /// are separate, so running the tests never disturbs a cluster someone is using.
@@ -161,8 +158,9 @@ impl Cluster {
             .is_ok_and(|body| body.trim() == "ok")
     }
 
-    /// Creates the cluster (or keeps a healthy one), gives it its nodes and waits for them.
-    pub fn up(&self, tools: &Tools, args: &UpArgs) -> Result<()> {
+    /// Creates the cluster (or keeps a healthy one), gives it its nodes and waits for them;
+    /// kube-apiserver listens on `port`, or on a free port chosen at creation.
+    pub fn up(&self, tools: &Tools, port: Option<u16>) -> Result<()> {
         if self.exists() {
             if self.is_healthy(tools) {
                 println!("Cluster {:?} is already running.", self.name);
@@ -174,10 +172,10 @@ impl Cluster {
             );
             self.down(tools)?;
         }
-        if let Some(port) = args.port {
+        if let Some(port) = port {
             ensure_port_free(port)?;
         }
-        self.create(tools, args.port)?;
+        self.create(tools, port)?;
         self.finish_up(tools)
     }
 
@@ -457,20 +455,14 @@ fn storage_manifest(count: u32) -> String {
 pub fn ensure_port_free(port: u16) -> Result<()> {
     TcpListener::bind(("127.0.0.1", port)).map(drop).with_context(|| {
         format!(
-            "port {port} on 127.0.0.1 is taken: choose another with --port (or PIXEL_APISERVER_PORT), \
+            "port {port} on 127.0.0.1 is taken: choose another with --port (or {ENV_APISERVER_PORT}), \
              or stop the process listening on it (`ss -ltnp 'sport = :{port}'` shows which)"
         )
     })
 }
 
-/// `cargo xtask up` / `cargo xtask cluster up`.
-pub fn up(args: &UpArgs) -> Result<()> {
-    let tools = crate::toolchain::ensure()?;
-    Cluster::DEV.up(&tools, args)
-}
-
-/// `cargo xtask cluster down`.
-pub fn down() -> Result<()> {
+/// `cargo xtask cluster down`: removes the developer's cluster, if there is one.
+pub fn down_dev() -> Result<()> {
     if !Cluster::DEV.exists() {
         println!("No cluster {:?} to remove.", Cluster::DEV.name);
         return Ok(());

@@ -21,12 +21,19 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
-use super::{BenchCtx, report::BenchResult, stats};
-use crate::{
+use pixel_common::operator_contract::metrics;
+use pixel_harness::{
     children::{self, items},
     cluster::Cluster,
     operator::Operator,
     paths, process, toolchain,
+};
+
+use crate::{
+    procfs::status_kib,
+    report::BenchResult,
+    run::BenchCtx,
+    stats::{self, per_round},
 };
 
 /// The issue's targets.
@@ -57,7 +64,7 @@ impl Stage {
         let tools = toolchain::ensure()?;
         let cluster = Cluster::BENCH;
         cluster.down(&tools)?;
-        cluster.up(&tools, &crate::cluster::UpArgs { port: None })?;
+        cluster.up(&tools, None)?;
         cluster.install_operator_config(&tools)?;
         let operator_kubeconfig = log_dir.join("operator-bench.kubeconfig");
         cluster.write_operator_kubeconfig(&tools, &operator_kubeconfig)?;
@@ -198,8 +205,14 @@ pub fn operator_apply(ctx: &BenchCtx, stage: &Stage) -> Result<BenchResult> {
     )
     .at_most(APPLY_TARGET_RATIO);
     row.details = vec![
-        format!("per round, operator ms: {}", join(&ours_ms)),
-        format!("per round, server-side apply ms: {}", join(&floor_ms)),
+        format!(
+            "per round, operator ms: {}",
+            per_round(ours_ms.iter().copied())
+        ),
+        format!(
+            "per round, server-side apply ms: {}",
+            per_round(floor_ms.iter().copied())
+        ),
         "the operator's side ends at its log line for the last child's apply; the floor's \
          when kubectl exits"
             .to_owned(),
@@ -248,7 +261,10 @@ pub fn operator_scale(stage: &Stage) -> Result<Vec<BenchResult>> {
         Duration::from_secs(300),
         || {
             let count = resync
-                .metric("pixel_operator_reconciles_total{result=\"ok\"}")?
+                .metric(&format!(
+                    "{}{{result=\"ok\"}}",
+                    metrics::counter(metrics::RECONCILES)
+                ))?
                 .unwrap_or(0.0);
             Ok((count >= SCALE_CANVASES as f64).then_some(count))
         },
@@ -436,8 +452,7 @@ fn millis_between(start: SystemTime, end: SystemTime) -> Result<f64> {
 /// VmHWM of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = super::fanout_load::status_kib(&status, "VmHWM:")
-        .context("no VmHWM in /proc/<pid>/status")?;
+    let kib = status_kib(&status, "VmHWM:").context("no VmHWM in /proc/<pid>/status")?;
     Ok(kib as f64 / 1024.0)
 }
 
@@ -446,7 +461,8 @@ fn requests_by_verb(operator: &Operator) -> Result<Vec<(&'static str, f64)>> {
     for verb in ALL_VERBS {
         let count = operator
             .metric(&format!(
-                "pixel_operator_api_requests_total{{verb=\"{verb}\"}}"
+                "{}{{verb=\"{verb}\"}}",
+                metrics::counter(metrics::API_REQUESTS)
             ))?
             .unwrap_or(0.0);
         counts.push((verb, count));
@@ -470,16 +486,10 @@ fn median(values: &[f64]) -> Result<f64> {
     }
 }
 
-fn join(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
+    use pixel_common::ports::CANVAS_API;
+
     use super::*;
 
     #[test]
@@ -491,7 +501,7 @@ mod tests {
                          "annotations": {"pixel-playground.dev/applied-hash": "h",
                                          "deployment.kubernetes.io/revision": "1"},
                          "ownerReferences": [{"uid": "u"}], "managedFields": []},
-            "spec": {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ports": [{"port": 3001}]},
+            "spec": {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ports": [{"port": CANVAS_API}]},
             "status": {"loadBalancer": {}}
         });
         let out = portable(service);
@@ -501,7 +511,7 @@ mod tests {
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": "demo-api", "labels": {"a": "b"},
                              "annotations": {"pixel-playground.dev/applied-hash": "h"}},
-                "spec": {"ports": [{"port": 3001}]}
+                "spec": {"ports": [{"port": CANVAS_API}]}
             })
         );
     }

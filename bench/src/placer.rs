@@ -1,6 +1,6 @@
 //! A placement driver at a fixed rate: `POST /api/v1/pixels` with random valid pixels,
 //! request `n` sent at `n / rate` seconds after the start, whatever the answers' latency
-//! (up to a bound on requests in flight). Unlike `bench-load`, which sends as fast as the
+//! (up to a bound on requests in flight). Unlike `pixel-bench load`, which sends as fast as the
 //! server answers, it models a steady stream of other people's placements.
 
 use std::{
@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use pixel_common::ports::{API_PIXELS_PATH, CLIENT_ID_HEADER};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
 /// Requests in flight at most; past it the driver waits and its achieved rate falls, which
@@ -49,12 +50,12 @@ pub async fn run(
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .build()?;
-    let url = format!("{}/api/v1/pixels", api_url.trim_end_matches('/'));
+    let url = format!("{}{API_PIXELS_PATH}", api_url.trim_end_matches('/'));
     let accepted = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
-    let mut random = XorShift::new(u64::from(rate) ^ duration.as_secs());
+    let mut random = fastrand::Rng::with_seed(u64::from(rate) ^ duration.as_secs());
     let total = u64::from(rate) * duration.as_millis() as u64 / 1000;
     let started = Instant::now();
     let mut sent = 0u64;
@@ -66,13 +67,13 @@ pub async fn run(
         while sent < due.min(total) {
             let permit = Arc::clone(&slots).acquire_owned().await?;
             let body = serde_json::json!({
-                "x": random.below(width),
-                "y": random.below(height),
-                "color": random.below(colours),
+                "x": random.u32(..width),
+                "y": random.u32(..height),
+                "color": random.u32(..colours),
             });
             let request = client
                 .post(&url)
-                .header("X-Client-Id", "bench-frontend")
+                .header(CLIENT_ID_HEADER, "bench-frontend")
                 .json(&body);
             let (accepted, failed) = (Arc::clone(&accepted), Arc::clone(&failed));
             tasks.spawn(async move {
@@ -98,47 +99,9 @@ pub async fn run(
     })
 }
 
-/// A small xorshift generator: random enough for picking pixels, and reproducible.
-#[derive(Debug)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> Self {
-        // The all-zero state would stay zero.
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A number below `bound` (which must be positive).
-    pub fn below(&mut self, bound: u32) -> u32 {
-        // The remainder is below a u32, so it fits.
-        (self.next() % u64::from(bound.max(1))) as u32
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn random_numbers_stay_below_the_bound() {
-        let mut random = XorShift::new(7);
-        let mut seen = [false; 16];
-        for _ in 0..10_000 {
-            let n = random.below(16);
-            assert!(n < 16);
-            seen[n as usize] = true;
-        }
-        assert!(seen.iter().all(|&s| s), "every colour comes up: {seen:?}");
-    }
 
     #[tokio::test]
     async fn refuses_a_zero_rate() {

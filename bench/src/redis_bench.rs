@@ -4,7 +4,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::process;
+use pixel_harness::process;
 
 /// One `redis-benchmark` test's figures.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,7 @@ mod tests {
 
     const SAMPLE: &str = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\
         \"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
-        \"BITFIELD canvas:pixels SET u8 #123456 5\",\"26773.76\",\"1.024\",\"0.168\",\"0.631\",\
+        \"BITFIELD some-key SET u8 #123456 5\",\"26773.76\",\"1.024\",\"0.168\",\"0.631\",\
         \"4.007\",\"8.287\",\"12.223\"\n";
 
     #[test]

@@ -39,9 +39,30 @@ pub fn meets(ratio: Option<f64>, target: f64) -> bool {
     ratio.is_some_and(|r| r >= target)
 }
 
+/// The median of a row's per-round figures; NaN (an empty cell) when there are none.
+pub fn med(values: impl Iterator<Item = f64>) -> f64 {
+    median(&values.collect::<Vec<_>>()).unwrap_or(f64::NAN)
+}
+
+/// Per-round figures for a row's details, rounded to whole numbers: `812, 790, 805`.
+pub fn per_round(values: impl IntoIterator<Item = f64>) -> String {
+    values
+        .into_iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_round_figures_are_rounded_and_joined() {
+        assert_eq!(per_round([812.4, 790.6]), "812, 791");
+        assert_eq!(per_round([]), "");
+        assert!(med(std::iter::empty()).is_nan());
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

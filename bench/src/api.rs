@@ -1,0 +1,252 @@
+//! `api-placements` and `api-snapshot`: canvas-api under our HTTP load generator (`pixel-bench
+//! load`, its own process on the load cores) beside `redis-benchmark` running the Redis
+//! command each request comes down to, round after round.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Result, bail};
+use pixel_common::redis_schema::{PIXELS_KEY, VERSION_KEY};
+use pixel_harness::process;
+
+use crate::{
+    load::{LoadSummary, Mode},
+    redis_bench::{self, RedisFigures},
+    report::BenchResult,
+    run::{BenchCtx, value_name},
+    servers::Servers,
+    stats::{med, per_round},
+};
+
+/// Runs our load generator as its own process, pinned to the load cores.
+fn run_load(
+    ctx: &BenchCtx,
+    servers: &mut Servers,
+    mode: Mode,
+    duration: Duration,
+) -> Result<LoadSummary> {
+    let duration_ms = u64::try_from(duration.as_millis())?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &ctx.machine.load_cores])
+        .arg(&ctx.bench_bin)
+        .args(["load", "--url", &servers.api_url])
+        .args(["--mode", &value_name(mode)?])
+        .args(["--clients", &ctx.clients.to_string()])
+        .args(["--duration-ms", &duration_ms.to_string()]);
+    let out = process::output(&mut cmd, duration + Duration::from_secs(120))?;
+    servers.check_running()?;
+    let summary = LoadSummary::parse(&out)?;
+    if summary.ok == 0 {
+        bail!(
+            "no request of `{}` succeeded: {:?}; see {}",
+            process::describe(&cmd),
+            summary.statuses,
+            ctx.log_dir.display()
+        );
+    }
+    Ok(summary)
+}
+
+/// Picks the next `redis-benchmark -n` so a round lasts about as long as ours.
+fn next_requests(last: Option<&RedisFigures>, duration: Duration, first: u64, max: u64) -> u64 {
+    last.map_or(first, |f| {
+        let n = f.requests_per_s * duration.as_secs_f64();
+        // Clamped to a sane range, so the cast cannot wrap.
+        n.clamp(first as f64, max as f64) as u64
+    })
+}
+
+/// One side-by-side series: ours and the limit, round after round, interleaved so that
+/// noise on the machine hits both.
+struct Series {
+    ours: Vec<LoadSummary>,
+    peer: Vec<RedisFigures>,
+}
+
+fn series(
+    ctx: &BenchCtx,
+    servers: &mut Servers,
+    label: &str,
+    mode: Mode,
+    peer_command: &[&str],
+    (first_n, max_n): (u64, u64),
+) -> Result<Series> {
+    let mut series = Series {
+        ours: Vec::new(),
+        peer: Vec::new(),
+    };
+    for round in 1..=ctx.rounds {
+        let ours = run_load(ctx, servers, mode, ctx.duration)?;
+        let n = next_requests(series.peer.last(), ctx.duration, first_n, max_n);
+        let peer = redis_bench::run(
+            &ctx.machine.load_cores,
+            servers.redis_port,
+            ctx.clients,
+            n,
+            peer_command,
+            &ctx.log_dir,
+        )?;
+        servers.check_running()?;
+        println!(
+            "{label} round {round}/{}: ours {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, \
+             load CPU {:.0}%), redis-benchmark {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            ctx.rounds,
+            ours.ok_per_s,
+            ours.p50_ms,
+            ours.p99_ms,
+            ours.errors,
+            100.0 * ours.cpu_share,
+            peer.requests_per_s,
+            peer.p50_ms,
+            peer.p99_ms
+        );
+        series.ours.push(ours);
+        series.peer.push(peer);
+    }
+    Ok(series)
+}
+
+impl Series {
+    fn result(
+        &self,
+        name: &str,
+        metric: &str,
+        peer_name: &str,
+        target: Option<f64>,
+    ) -> BenchResult {
+        let mut result = BenchResult::new(
+            name,
+            metric,
+            med(self.ours.iter().map(|s| s.ok_per_s)),
+            peer_name,
+            med(self.peer.iter().map(|p| p.requests_per_s)),
+            target,
+            self.ours.len(),
+        );
+        let errors: u64 = self.ours.iter().map(|s| s.errors).sum();
+        let requests: u64 = self.ours.iter().map(|s| s.ok + s.errors).sum();
+        result.details = vec![
+            format!(
+                "ours: p50 {:.2} ms, p99 {:.2} ms; {errors} unexpected answers of {requests} requests",
+                med(self.ours.iter().map(|s| s.p50_ms)),
+                med(self.ours.iter().map(|s| s.p99_ms)),
+            ),
+            format!(
+                "our load generator's CPU share of its core(s): {:.0}% (near 100%: it, not the server, was the bottleneck)",
+                100.0 * med(self.ours.iter().map(|s| s.cpu_share)),
+            ),
+            format!(
+                "{peer_name}: p50 {:.2} ms, p99 {:.2} ms",
+                med(self.peer.iter().map(|p| p.p50_ms)),
+                med(self.peer.iter().map(|p| p.p99_ms)),
+            ),
+            format!(
+                "per round, ours: {}; peer: {}",
+                per_round(self.ours.iter().map(|s| s.ok_per_s)),
+                per_round(self.peer.iter().map(|p| p.requests_per_s)),
+            ),
+        ];
+        result
+    }
+}
+
+/// The pixel `redis-benchmark` writes. Its `__rand_int__` is replaced by 12 zero-padded
+/// digits, which Redis rejects as a BITFIELD offset (`#000000123456`: "bit offset is not an
+/// integer"), so the limit writes one fixed pixel of the full-size key; `BITFIELD SET` on an
+/// existing string costs the same at every offset.
+const LIMIT_PIXEL: &str = "#500500";
+
+pub fn api_placements(ctx: &BenchCtx) -> Result<BenchResult> {
+    println!("\n== api-placements");
+    let mut servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
+    // Warm-up: connections, the script cache, the allocator.
+    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let series = series(
+        ctx,
+        &mut servers,
+        "api-placements",
+        Mode::Place,
+        &["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"],
+        (20_000, 5_000_000),
+    )?;
+    Ok(series.result(
+        "api-placements",
+        "placements/s",
+        "redis-benchmark BITFIELD SET u8",
+        Some(0.5),
+    ))
+}
+
+pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
+    println!("\n== api-snapshot");
+    let mut servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
+    // Some placements, so the canvas has a version and its key exists, then quiet.
+    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let full = series(
+        ctx,
+        &mut servers,
+        "api-snapshot",
+        Mode::Snapshot,
+        &["GET", PIXELS_KEY],
+        (500, 1_000_000),
+    )?;
+    // What a browser asks for: the same snapshot, compressed once per version by the API.
+    let browser = series(
+        ctx,
+        &mut servers,
+        "api-snapshot-br",
+        Mode::SnapshotBrowser,
+        &["GET", PIXELS_KEY],
+        (500, 1_000_000),
+    )?;
+    let not_modified = series(
+        ctx,
+        &mut servers,
+        "api-snapshot-304",
+        Mode::Snapshot304,
+        &["GET", VERSION_KEY],
+        (20_000, 5_000_000),
+    )?;
+    Ok(vec![
+        full.result(
+            "api-snapshot",
+            "snapshots/s (200, 1000x1000)",
+            &format!("redis-benchmark GET {PIXELS_KEY}"),
+            Some(2.0),
+        ),
+        browser.result(
+            "api-snapshot-br",
+            "snapshots/s (200, br, Accept-Encoding of a browser)",
+            &format!("redis-benchmark GET {PIXELS_KEY}"),
+            None,
+        ),
+        not_modified.result(
+            "api-snapshot-304",
+            "304 answers/s (If-None-Match)",
+            &format!("redis-benchmark GET {VERSION_KEY}"),
+            None,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_rounds_follow_the_last_rate() {
+        let d = Duration::from_secs(5);
+        assert_eq!(next_requests(None, d, 500, 10_000), 500);
+        let fast = RedisFigures {
+            requests_per_s: 30_000.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+        };
+        assert_eq!(next_requests(Some(&fast), d, 500, 1_000_000), 150_000);
+        assert_eq!(next_requests(Some(&fast), d, 500, 10_000), 10_000);
+        let slow = RedisFigures {
+            requests_per_s: 10.0,
+            ..fast
+        };
+        assert_eq!(next_requests(Some(&slow), d, 500, 10_000), 500);
+    }
+}

@@ -1,0 +1,12 @@
+//! The cluster tooling `cargo xtask` and the benchmarks (`pixel-bench`) share: where things
+//! live, running programs, the pinned Go toolchain, local clusters, operator processes, a
+//! canvas's children, and the Debian packages the runs need. A library only: the commands
+//! built on it live in xtask and pixel-bench.
+
+pub mod children;
+pub mod cluster;
+pub mod deps;
+pub mod operator;
+pub mod paths;
+pub mod process;
+pub mod toolchain;
