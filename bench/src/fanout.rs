@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use pixel_common::ports::{ENV_MAX_CONNECTIONS, READYZ_PATH, WS_PATH};
 use pixel_harness::{
     process::{self, free_port},
-    toolchain,
+    redis, toolchain,
 };
 
 use crate::{
@@ -176,27 +176,11 @@ fn start_centrifugo(ctx: &BenchCtx, centrifugo_bin: &Path) -> Result<Side> {
     let redis = procs.spawn(
         "redis-server",
         Command::new("taskset")
-            .args(["-c", cores, "redis-server", "--bind", "127.0.0.1"])
-            .args(["--port", &redis_port.to_string()])
-            .args(["--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "everysec", "--dir"])
-            .arg(data.path()),
+            .args(["-c", cores, "redis-server"])
+            .args(redis::server_args(redis_port, data.path())),
         &ctx.log_dir,
     )?;
-    process::wait_until("redis-server", Duration::from_secs(30), || {
-        procs.check_running()?;
-        let pong = process::output(
-            Command::new("redis-cli").args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &redis_port.to_string(),
-                "ping",
-            ]),
-            Duration::from_secs(10),
-        );
-        Ok(pong.is_ok_and(|out| out.trim() == "PONG"))
-    })?;
+    redis::wait_until_answering(redis_port, || procs.check_running())?;
     let port = free_port()?;
     let api_key = format!("bench-{:016x}", rand_key());
     let config = serde_json::json!({

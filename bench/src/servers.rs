@@ -16,7 +16,10 @@ use pixel_common::{
     },
     redis_schema::PIXELS_KEY,
 };
-use pixel_harness::process::{self, free_port};
+use pixel_harness::{
+    process::{self, free_port},
+    redis,
+};
 
 /// The canvas the benchmarks use: 1000x1000, no cooldown.
 pub const CANVAS_SIDE: u32 = 1000;
@@ -84,20 +87,10 @@ impl Servers {
         };
         let mut redis = Command::new("taskset");
         redis
-            .args(["-c", cores, "redis-server", "--bind", "127.0.0.1"])
-            .args(["--port", &redis_port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ])
-            .arg("--dir")
-            .arg(servers._data.path());
+            .args(["-c", cores, "redis-server"])
+            .args(redis::server_args(redis_port, servers._data.path()));
         servers.spawn("redis-server", &mut redis, log_dir)?;
-        servers.wait_for_redis()?;
+        redis::wait_until_answering(redis_port, || servers.check_running())?;
         // The whole canvas exists in Redis, so both sides read and write a full-size value.
         servers.redis_cli(&[
             "BITFIELD",
@@ -130,29 +123,7 @@ impl Servers {
 
     /// Runs `redis-cli` against this Redis and returns its answer.
     pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
-        process::output(
-            Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.redis_port.to_string()])
-                .args(args),
-            Duration::from_secs(10),
-        )
-    }
-
-    fn wait_for_redis(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self
-                .redis_cli(&["ping"])
-                .is_ok_and(|out| out.trim() == "PONG")
-            {
-                return Ok(());
-            }
-            self.check_running()?;
-            if Instant::now() >= deadline {
-                bail!("redis-server did not answer on port {}", self.redis_port);
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        redis::cli(self.redis_port, args)
     }
 
     fn wait_ready(&mut self, log_dir: &Path) -> Result<()> {

@@ -4,18 +4,18 @@
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
-use pixel_common::error::ErrorChain;
+use pixel_common::{error::ErrorChain, ports};
 use tokio::sync::watch;
 
 /// Where the lease lives and who we are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LeaderArgs {
     /// Elect a leader among replicas (turn off only for a single, unreplicated operator).
-    #[arg(long, env = "PIXEL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = ports::ENV_LEADER_ELECT, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
 
     /// Name of the Lease.
-    #[arg(long, env = "PIXEL_LEASE_NAME", default_value = pixel_common::operator_contract::LEASE_NAME)]
+    #[arg(long, env = ports::ENV_LEASE_NAME, default_value = pixel_common::operator_contract::LEASE_NAME)]
     pub lease_name: String,
 
     /// Namespace of the Lease (the operator's own namespace).
@@ -23,7 +23,7 @@ pub struct LeaderArgs {
     pub lease_namespace: String,
 
     /// Seconds a lease stays valid without renewal; a failed leader is replaced after this.
-    #[arg(long, env = "PIXEL_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    #[arg(long, env = ports::ENV_LEASE_DURATION_SECONDS, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_duration_seconds: u64,
 
     /// This replica's identity in the lease (default: the pod name, else host and pid).

@@ -46,17 +46,17 @@ pub struct Args {
     pub listen_addr: SocketAddr,
 
     /// Watch only this namespace (default: every namespace).
-    #[arg(long, env = "PIXEL_WATCH_NAMESPACE")]
+    #[arg(long, env = ports::ENV_WATCH_NAMESPACE)]
     pub watch_namespace: Option<String>,
 
     /// Canvases reconciled at once. Bounds the operator's memory and its burst of API
     /// requests when many canvases change together (at start, or hundreds applied at once).
-    #[arg(long, env = "PIXEL_MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = ports::ENV_MAX_CONCURRENT_RECONCILES, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_concurrent_reconciles: u16,
 
     /// Milliseconds a canvas's reconcile waits for more changes to it (its children report
     /// status in bursts while pods start), so one reconcile answers the whole burst.
-    #[arg(long, env = "PIXEL_RECONCILE_DEBOUNCE_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, env = ports::ENV_RECONCILE_DEBOUNCE_MS, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub reconcile_debounce_ms: u64,
 
     #[command(flatten)]

@@ -22,7 +22,7 @@ use pixel_common::ports::{
     ENV_PUBLIC_WS_URL, ENV_REDIS_URL, ENV_WS_ALLOWED_ORIGINS, FRONTEND as FRONTEND_PORT,
     GATEWAY as GATEWAY_PORT, READYZ_PATH, WS_PATH,
 };
-use pixel_harness::{cluster::ensure_port_free, deps, paths, process};
+use pixel_harness::{cluster::ensure_port_free, deps, paths, process, redis};
 
 /// The page's origins as a browser on this machine names them.
 fn page_origins() -> String {
@@ -89,21 +89,10 @@ pub fn start(detached: bool) -> Result<Local> {
     };
     spawn(
         "redis-server",
-        Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &redis_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(&data),
+        Command::new("redis-server").args(redis::server_args(redis_port, &data)),
     )?;
-    wait_for_redis(redis_port)?;
+    redis::wait_until_answering(redis_port, || Ok(()))
+        .with_context(|| format!("see {}", dir().join("redis-server.log").display()))?;
     spawn(
         "canvas-api",
         Command::new(bin("canvas-api"))
@@ -138,21 +127,6 @@ pub fn start(detached: bool) -> Result<Local> {
         wait_ready(port)?;
     }
     Ok(local)
-}
-
-fn wait_for_redis(port: u16) -> Result<()> {
-    process::wait_until(
-        "redis-server to answer PING",
-        Duration::from_secs(30),
-        || {
-            let pong = process::output(
-                Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]),
-                Duration::from_secs(5),
-            );
-            Ok(pong.is_ok_and(|out| out.trim() == "PONG"))
-        },
-    )
-    .with_context(|| format!("see {}", dir().join("redis-server.log").display()))
 }
 
 fn wait_ready(port: u16) -> Result<()> {

@@ -63,4 +63,52 @@ mod tests {
             "{line} should enable v1_{minor}"
         );
     }
+
+    /// Build invariant: `cargo xtask` (compiled by every `up`) builds none of what only the
+    /// benchmarks or the running services need: pixel-common's runtime stays off, and the
+    /// browser, WebSocket and async HTTP clients live in pixel-bench.
+    #[test]
+    fn xtask_builds_without_the_benchmark_and_service_runtime() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = std::process::Command::new(cargo)
+            .current_dir(repo_root())
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-p",
+                "xtask",
+                "-e",
+                "normal",
+            ])
+            .args(["--prefix", "none", "--format", "{p}"])
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            output.status.success(),
+            "cargo tree: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tree = String::from_utf8_lossy(&output.stdout);
+        let crates: Vec<&str> = tree
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        assert!(crates.contains(&"pixel-harness"), "{tree}");
+        for heavy in [
+            "chromiumoxide",
+            "tokio-tungstenite",
+            "reqwest",
+            "futures-util",
+            "tokio",
+            "axum",
+            "prometheus-client",
+            "tracing-subscriber",
+        ] {
+            assert!(
+                !crates.contains(&heavy),
+                "xtask depends on {heavy}:\n{tree}"
+            );
+        }
+    }
 }

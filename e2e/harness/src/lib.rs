@@ -9,4 +9,5 @@ pub mod deps;
 pub mod operator;
 pub mod paths;
 pub mod process;
+pub mod redis;
 pub mod toolchain;

@@ -332,9 +332,6 @@ mod tests {
 
     use super::*;
 
-    /// Bound on one wait; reached only when something hangs.
-    const HANG: Duration = Duration::from_secs(30);
-
     async fn allowed_origin(origins: &[&str], origin: &str) -> Option<String> {
         let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
         let layer = cors(&origins)
@@ -389,24 +386,10 @@ mod tests {
 
     #[tokio::test]
     async fn run_serves_until_its_shutdown_resolves() {
-        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(loopback_args(), async move {
-            // Polled only once the port is bound and requests are being served.
-            let _ = serving.send(());
-            let _ = stopped.await;
-        }));
-        tokio::time::timeout(HANG, polled)
-            .await
-            .expect("run reaches serving")
-            .expect("shutdown future polled");
-        assert!(!server.is_finished(), "run returned before its shutdown");
-        stop.send(()).expect("run still waits for its shutdown");
-        tokio::time::timeout(HANG, server)
-            .await
-            .expect("run returns once shutdown resolves")
-            .expect("no panic")
-            .expect("a clean stop");
+        pixel_common::testing::assert_runs_until_shutdown(|shutdown| {
+            run(loopback_args(), shutdown)
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -91,6 +91,39 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     fields.get("addr")?.as_str()?.parse().ok()
 }
 
+/// The shutdown future a test hands to a binary's `run(args, shutdown)`.
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The `run(args, shutdown)` contract, in process: `run` binds and serves (it polls the
+/// shutdown future only from the server loop), keeps serving while `shutdown` is pending,
+/// and returns `Ok` once it resolves.
+pub async fn assert_runs_until_shutdown<F, E>(run: impl FnOnce(Shutdown) -> F)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let (serving, polled) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(Box::pin(async move {
+        // Polled only once the port is bound and requests are being served.
+        let _ = serving.send(());
+        let _ = stopped.await;
+    })));
+    tokio::time::timeout(PATIENCE, polled)
+        .await
+        .expect("run reaches serving")
+        .expect("shutdown future polled");
+    assert!(!server.is_finished(), "run returned before its shutdown");
+    stop.send(()).expect("run still waits for its shutdown");
+    let result = tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("run returns once shutdown resolves")
+        .expect("no panic");
+    if let Err(error) = result {
+        panic!("run failed: {}", crate::error::ErrorChain(&error));
+    }
+}
+
 /// The standard checks every binary passes at this stage: it serves `/healthz`, logs JSON,
 /// and exits 0 promptly on SIGTERM.
 pub async fn assert_serves_health_and_stops_on_sigterm(

@@ -148,34 +148,12 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    /// Bound on one wait; reached only when something hangs.
-    const HANG: Duration = Duration::from_secs(30);
 
     #[tokio::test]
     async fn run_serves_until_its_shutdown_resolves() {
         let args =
             Args::try_parse_from(["frontend", "--listen-addr", "127.0.0.1:0"]).expect("flags");
-        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(args, async move {
-            // Polled only once the port is bound and requests are being served.
-            let _ = serving.send(());
-            let _ = stopped.await;
-        }));
-        tokio::time::timeout(HANG, polled)
-            .await
-            .expect("run reaches serving")
-            .expect("shutdown future polled");
-        assert!(!server.is_finished(), "run returned before its shutdown");
-        stop.send(()).expect("run still waits for its shutdown");
-        tokio::time::timeout(HANG, server)
-            .await
-            .expect("run returns once shutdown resolves")
-            .expect("no panic")
-            .expect("a clean stop");
+        pixel_common::testing::assert_runs_until_shutdown(|shutdown| run(args, shutdown)).await;
     }
 }

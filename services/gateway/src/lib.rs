@@ -364,9 +364,6 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    /// Bound on one wait; reached only when something hangs.
-    const HANG: Duration = Duration::from_secs(30);
-
     #[tokio::test]
     async fn run_serves_until_its_shutdown_resolves() {
         // Redis refuses connections: the gateway serves (not ready) and keeps retrying.
@@ -378,23 +375,6 @@ mod tests {
             "redis://127.0.0.1:0",
         ])
         .expect("flags");
-        let (serving, polled) = tokio::sync::oneshot::channel::<()>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(args, async move {
-            // Polled only once the port is bound and requests are being served.
-            let _ = serving.send(());
-            let _ = stopped.await;
-        }));
-        tokio::time::timeout(HANG, polled)
-            .await
-            .expect("run reaches serving")
-            .expect("shutdown future polled");
-        assert!(!server.is_finished(), "run returned before its shutdown");
-        stop.send(()).expect("run still waits for its shutdown");
-        tokio::time::timeout(HANG, server)
-            .await
-            .expect("run returns once shutdown resolves")
-            .expect("no panic")
-            .expect("a clean stop");
+        pixel_common::testing::assert_runs_until_shutdown(|shutdown| run(args, shutdown)).await;
     }
 }
