@@ -52,6 +52,9 @@ pub fn check_frame(bytes: &[u8]) {
     );
 }
 
+/// serde_json's private map key for raw values.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 /// The gateway's parse of a client text message: `serde_json::from_str::<ClientMessage>`, the
 /// exact call `socket.rs` makes. It never panics, and what it accepts agrees with the message
 /// read as untyped JSON (the fields the socket forwards have the values the text holds).
@@ -64,8 +67,15 @@ pub fn check_client_message(bytes: &[u8]) {
     else {
         return;
     };
-    let value: Value = serde_json::from_str(text)
-        .unwrap_or_else(|error| panic!("accepted message is not JSON: {error}"));
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        // With its `raw_value` feature (a dependency enables it), serde_json reads an object
+        // whose key is its private token `$serde_json::private::RawValue` as a raw value
+        // when it builds an untyped `Value`; the typed parse ignores that key like any
+        // unknown field. There is no untyped reading to compare with then.
+        Err(_) if text.contains(RAW_VALUE_TOKEN) => return,
+        Err(error) => panic!("accepted message is not JSON: {error}"),
+    };
     let field = |name: &str| value.get(name);
     assert_eq!(field("x").and_then(Value::as_i64), Some(x), "x");
     assert_eq!(field("y").and_then(Value::as_i64), Some(y), "y");
