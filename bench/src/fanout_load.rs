@@ -32,7 +32,7 @@ use pixel_common::{
 use crate::{
     histogram::Histogram,
     procfs::{own_cpu_seconds, pids_cpu, pids_kib, raise_open_files},
-    summary::last_json_line,
+    summary::{last_json_line, run_and_print},
 };
 
 /// The canvas side the placements walk (canvas-api's benchmark canvas is 1000x1000).
@@ -198,13 +198,7 @@ impl Shared {
 /// `pixel-bench fanout-load`.
 pub fn main(args: &FanoutLoadArgs) -> Result<()> {
     raise_open_files()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let summary = runtime.block_on(run(args))?;
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    run_and_print(run(args))
 }
 
 async fn run(args: &FanoutLoadArgs) -> Result<FanoutSummary> {

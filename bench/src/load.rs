@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use pixel_common::ports::{API_CANVAS_PATH, API_INFO_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER};
 
-use crate::{procfs::own_cpu_seconds, stats, summary::last_json_line};
+use crate::{
+    procfs::own_cpu_seconds,
+    stats,
+    summary::{last_json_line, run_and_print},
+};
 
 /// What the clients ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,13 +96,7 @@ struct ClientTally {
 
 /// `pixel-bench load`: runs the load and prints the summary as one JSON line.
 pub fn main(args: &LoadArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let summary = runtime.block_on(run(args))?;
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    run_and_print(run(args))
 }
 
 async fn run(args: &LoadArgs) -> Result<LoadSummary> {
