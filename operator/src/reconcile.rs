@@ -342,16 +342,30 @@ fn with_applied_hash<K: Resource + Serialize + Clone>(desired: &K) -> serde_json
     Ok(annotated)
 }
 
-/// Server-side applies `desired` unless the live object already holds what was last
-/// applied. Returns the live object: the one read, or the one the apply returned.
-async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, ReconcileError>
-where
+/// What reconcile reads, applies and deletes: a namespaced Kubernetes object of a known kind.
+trait NamespacedObject:
+    k8s_openapi::Resource
+    + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + DeserializeOwned
+{
+}
+
+impl<K> NamespacedObject for K where
     K: k8s_openapi::Resource
         + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Debug
-        + Serialize
-        + DeserializeOwned,
+        + DeserializeOwned
+{
+}
+
+/// Server-side applies `desired` unless the live object already holds what was last
+/// applied. Returns the live object: the one read, or the one the apply returned.
+async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, ReconcileError>
+where
+    K: NamespacedObject + Serialize,
 {
     let kind = kind_of::<K>();
     let name = desired.name_any();
@@ -391,11 +405,7 @@ async fn remove_owned<K>(
     owner_uid: &str,
 ) -> Result<(), ReconcileError>
 where
-    K: k8s_openapi::Resource
-        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     let kind = kind_of::<K>();
     let Some(live) = read::<K>(context, namespace, name).await? else {
@@ -470,11 +480,7 @@ async fn read<K>(
     name: &str,
 ) -> Result<Option<K>, ReconcileError>
 where
-    K: k8s_openapi::Resource
-        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     Api::<K>::namespaced(context.client.clone(), namespace)
         .get_opt(name)
