@@ -25,8 +25,9 @@ pub struct TestArgs {
 
 /// `cargo xtask test`: everything, on a cluster started for the run and removed after it.
 pub fn test_all(args: &TestArgs) -> Result<()> {
-    // The services' tests start a real redis-server; the frontend's drives headless Chromium.
-    pixel_harness::deps::ensure_debian_packages(&["redis-server", "chromium"])?;
+    // The services' tests start a real redis-server; the frontend's drives headless Chromium;
+    // the harness's image tests build and unpack images with umoci.
+    pixel_harness::deps::ensure_debian_packages(&["redis-server", "chromium", "umoci"])?;
     pixel_harness::deps::ensure_free_space(&paths::repo_root(), TEST_BUILD_BYTES, "a test build")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_test = |extra: &[&str]| {

@@ -9,6 +9,7 @@ mod deny;
 mod dev;
 mod e2e;
 mod fuzz;
+mod image;
 mod invariants;
 mod scenarios;
 mod up;
@@ -42,6 +43,10 @@ enum Command {
     Cluster(ClusterCommand),
     /// Regenerate the PixelCanvas CRD in crds/ from the operator's types.
     Crd,
+    /// Build the images without a Docker daemon, as OCI archives in target/images: the app
+    /// image (the four release binaries, via config/image/build.sh), Redis from Debian's
+    /// redis-server, and the pause image. Prints each reference and archive.
+    Image,
     /// cargo-deny's license, ban and source checks of the dependency graph (.ci/deny.toml);
     /// installs the pinned cargo-deny when missing.
     Deny,
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e(args) => e2e::run_suites(&args),
         Command::Crd => crd::generate(),
+        Command::Image => image::run(),
         Command::Deny => deny::run(),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Toolchain => pixel_harness::toolchain::ensure().map(|tools| tools.print()),

@@ -6,6 +6,7 @@
 pub mod children;
 pub mod cluster;
 pub mod deps;
+pub mod images;
 pub mod operator;
 pub mod paths;
 pub mod process;
