@@ -3,7 +3,10 @@
 //!
 //! Validation lives in the schema so the API server enforces it: bounds and patterns through
 //! `schemars` attributes, cross-field and transition rules as CEL (`x-kubernetes-validations`).
-//! Every field has a default, so a `PixelCanvas` with only a name is complete.
+//! Every field has a default, so a `PixelCanvas` with only a name is complete. Two defaults
+//! are the operator's, not the schema's: `image.repository` and `redis.image` stay unset in
+//! the stored object and the operator fills them in (`--image-repository`,
+//! `--default-redis-image`), so one operator can point every canvas at another registry.
 
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
@@ -15,6 +18,13 @@ use serde::{Deserialize, Serialize};
 
 /// A DNS subdomain name (RFC 1123), as Kubernetes requires of object and host names.
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// An image repository without tag (`pixel-playground`, `registry.local:5000/team/pixel`):
+/// what `spec.image.repository` and the operator's `--image-repository` accept.
+pub const IMAGE_REPOSITORY_PATTERN: &str = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$";
+
+/// The longest image reference (`spec.image.repository`, `spec.redis.image`).
+pub const IMAGE_MAX_LENGTH: usize = 255;
 
 /// A Kubernetes resource quantity (`500m`, `1.5`, `256Mi`, `1e3`).
 const QUANTITY: &str = r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
@@ -124,13 +134,14 @@ pub struct CanvasSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageSpec {
-    /// Image repository, without tag.
-    #[serde(default = "default_repository")]
+    /// Image repository, without tag. Unset: the operator's `--image-repository` (by
+    /// default `pixel-playground`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 1, max = 255),
-        regex(pattern = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
+        length(min = 1, max = IMAGE_MAX_LENGTH),
+        regex(pattern = IMAGE_REPOSITORY_PATTERN)
     )]
-    pub repository: String,
+    pub repository: Option<String>,
 
     /// Image tag. Defaults to the operator's own version.
     #[serde(default = "default_tag")]
@@ -203,10 +214,11 @@ pub struct RedisSpec {
     #[serde(default)]
     pub append_fsync: AppendFsync,
 
-    /// The Redis server image.
-    #[serde(default = "default_redis_image")]
-    #[schemars(length(min = 1, max = 255))]
-    pub image: String,
+    /// The Redis server image. Unset: the operator's `--default-redis-image` (by default
+    /// `redis:7.2-alpine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = IMAGE_MAX_LENGTH))]
+    pub image: Option<String>,
 
     /// CPU and memory requests and limits of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,14 +411,8 @@ fn default_side() -> i32 {
 fn default_palette() -> Vec<String> {
     DEFAULT_PALETTE.iter().map(|c| (*c).to_owned()).collect()
 }
-fn default_repository() -> String {
-    "pixel-playground".to_owned()
-}
 fn default_tag() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
-}
-fn default_redis_image() -> String {
-    "redis:7.2-alpine".to_owned()
 }
 fn default_replicas() -> i32 {
     2

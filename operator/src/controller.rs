@@ -31,7 +31,10 @@ use pixel_common::error::ErrorChain;
 
 use crate::{
     api::PixelCanvas,
-    children::naming::{LABEL_MANAGED_BY, MANAGER},
+    children::{
+        Defaults,
+        naming::{LABEL_MANAGED_BY, MANAGER},
+    },
     metrics::Metrics,
     reconcile::{Context, error_policy, reconcile},
 };
@@ -46,6 +49,8 @@ pub struct Settings {
     pub metrics: Metrics,
     /// Where readiness learns that the PixelCanvas cache has synced.
     pub state: Arc<crate::State>,
+    /// What the operator fills in where a canvas leaves a field unset.
+    pub defaults: Defaults,
 }
 
 impl std::fmt::Debug for Settings {
@@ -53,6 +58,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("namespace", &self.namespace)
             .field("config", &self.config)
+            .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +72,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         config,
         metrics,
         state,
+        defaults,
     } = settings;
     let scope = Scope {
         client: client.clone(),
@@ -79,6 +86,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         client.clone(),
         Recorder::new(client.clone(), reporter),
         metrics,
+        defaults,
     ));
     // Only the operator's own children: a cluster's other objects never reach it.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));

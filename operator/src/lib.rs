@@ -59,11 +59,71 @@ pub struct Args {
     #[arg(long, env = ports::ENV_RECONCILE_DEBOUNCE_MS, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub reconcile_debounce_ms: u64,
 
+    /// The Redis image of canvases that leave `spec.redis.image` unset.
+    #[arg(long, env = ports::ENV_DEFAULT_REDIS_IMAGE, default_value = children::DEFAULT_REDIS_IMAGE, value_parser = redis_image)]
+    pub default_redis_image: String,
+
+    /// The image repository (without tag) of canvases that leave `spec.image.repository`
+    /// unset: a private or local registry's copy of the Pixel Playground image.
+    #[arg(long, env = ports::ENV_IMAGE_REPOSITORY, default_value = children::DEFAULT_IMAGE_REPOSITORY, value_parser = image_repository)]
+    pub image_repository: String,
+
     #[command(flatten)]
     pub leader: leader::LeaderArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl Args {
+    /// What the operator fills in where a canvas leaves a field unset.
+    pub fn defaults(&self) -> children::Defaults {
+        children::Defaults {
+            redis_image: self.default_redis_image.clone(),
+            image_repository: self.image_repository.clone(),
+        }
+    }
+}
+
+/// `--default-redis-image`: what `spec.redis.image` accepts, and no whitespace (no image
+/// reference has any; a stray newline from a ConfigMap would otherwise reach every pod).
+fn redis_image(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > api::IMAGE_MAX_LENGTH {
+        return Err(format!(
+            "must be at most {} characters",
+            api::IMAGE_MAX_LENGTH
+        ));
+    }
+    if value.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// `--image-repository`: what `spec.image.repository` accepts.
+fn image_repository(value: &str) -> Result<String, String> {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(api::IMAGE_REPOSITORY_PATTERN).expect("a valid pattern")
+    });
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > api::IMAGE_MAX_LENGTH {
+        return Err(format!(
+            "must be at most {} characters",
+            api::IMAGE_MAX_LENGTH
+        ));
+    }
+    if !PATTERN.is_match(value) {
+        return Err(format!(
+            "must be an image repository without tag, matching {} (as spec.image.repository must)",
+            api::IMAGE_REPOSITORY_PATTERN
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 /// Why the operator stopped.
@@ -171,6 +231,7 @@ pub async fn run(
                     .debounce(std::time::Duration::from_millis(args.reconcile_debounce_ms)),
                 metrics,
                 state,
+                defaults: args.defaults(),
             };
             lead(settings, leadership.lost(), &stop).await
         }
@@ -258,4 +319,79 @@ async fn finish(
         Err(error) => tracing::error!(error = %ErrorChain(&error), "server task failed"),
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("pixel-operator").chain(flags.iter().copied()))
+    }
+
+    #[test]
+    fn image_defaults_are_the_built_in_ones_unless_set() {
+        let args = parse(&[]).expect("defaults");
+        assert_eq!(args.defaults(), children::Defaults::default());
+        let args = parse(&[
+            "--default-redis-image",
+            "registry.local:5000/redis:7.2",
+            "--image-repository",
+            "registry.local:5000/team/pixel-playground",
+        ])
+        .expect("valid");
+        assert_eq!(
+            args.defaults(),
+            children::Defaults {
+                redis_image: "registry.local:5000/redis:7.2".to_owned(),
+                image_repository: "registry.local:5000/team/pixel-playground".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn unusable_image_defaults_are_refused_naming_the_flag() {
+        let too_long = "a".repeat(api::IMAGE_MAX_LENGTH + 1);
+        for (flag, value) in [
+            ("--default-redis-image", ""),
+            ("--default-redis-image", "redis:7.2 alpine"),
+            ("--default-redis-image", "redis:7.2\n"),
+            ("--default-redis-image", too_long.as_str()),
+            ("--image-repository", ""),
+            ("--image-repository", "Pixel-Playground"),
+            ("--image-repository", "pixel-playground:0.1.0 "),
+            ("--image-repository", "registry//pixel"),
+            ("--image-repository", "-pixel"),
+            ("--image-repository", "pixel/"),
+            ("--image-repository", too_long.as_str()),
+        ] {
+            let error = parse(&[&format!("{flag}={value}")]).expect_err("refused");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value:?}"
+            );
+            assert!(error.to_string().contains(flag), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_repository_check_is_the_crds_pattern() {
+        for accepted in [
+            "pixel-playground",
+            "localhost:5000/pixel-playground",
+            "registry.example.com/team/pixel_playground",
+        ] {
+            assert_eq!(image_repository(accepted).as_deref(), Ok(accepted));
+        }
+        let crd = serde_json::to_value(crd::definition()).expect("json");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let repository = &spec["properties"]["image"]["properties"]["repository"];
+        assert_eq!(repository["pattern"], api::IMAGE_REPOSITORY_PATTERN);
+        assert_eq!(repository["maxLength"], api::IMAGE_MAX_LENGTH);
+        assert_eq!(repository.get("default"), None, "left to the operator");
+        let redis_image = &spec["properties"]["redis"]["properties"]["image"];
+        assert_eq!(redis_image["maxLength"], api::IMAGE_MAX_LENGTH);
+        assert_eq!(redis_image.get("default"), None, "left to the operator");
+    }
 }

@@ -36,8 +36,8 @@ pub use self::transitions::{Transition, transitions};
 use crate::{
     api::{PixelCanvas, PixelCanvasStatus},
     children::{
-        self, Child, ChildKind, Component, DesiredError, Inputs, Names, PASSWORD_KEY, kind_of,
-        naming::MANAGER, with_child,
+        self, Child, ChildKind, Component, Defaults, DesiredError, Inputs, Names, PASSWORD_KEY,
+        kind_of, naming::MANAGER, with_child,
     },
     metrics::Metrics,
     status::{self, Observed, READY, WorkloadState},
@@ -57,6 +57,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// What the operator fills in where a canvas leaves a field unset.
+    pub defaults: Defaults,
     /// Consecutive failures per canvas, for exponential backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -65,16 +67,18 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("metrics", &self.metrics)
+            .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
 }
 
 impl Context {
-    pub fn new(client: Client, recorder: Recorder, metrics: Metrics) -> Self {
+    pub fn new(client: Client, recorder: Recorder, metrics: Metrics, defaults: Defaults) -> Self {
         Self {
             client,
             recorder,
             metrics,
+            defaults,
             failures: Default::default(),
         }
     }
@@ -198,7 +202,7 @@ async fn reconcile_canvas(
     let observed = Observed {
         workloads,
         failure,
-        url: url_of(canvas),
+        url: url_of(canvas, &context.defaults),
     };
     let now = Time(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
@@ -225,8 +229,8 @@ async fn reconcile_canvas(
     }))
 }
 
-fn url_of(canvas: &PixelCanvas) -> Option<String> {
-    let inputs = Inputs::new(canvas, String::new()).ok()?;
+fn url_of(canvas: &PixelCanvas, defaults: &Defaults) -> Option<String> {
+    let inputs = Inputs::new(canvas, String::new(), defaults).ok()?;
     children::url(&inputs)
 }
 
@@ -240,7 +244,7 @@ async fn apply_children(
     workloads: &mut Workloads,
 ) -> Result<(), ReconcileError> {
     let password = password(canvas, context, namespace, names).await?;
-    let inputs = Inputs::new(canvas, password)?;
+    let inputs = Inputs::new(canvas, password, &context.defaults)?;
     if canvas.spec.paused {
         return Ok(());
     }

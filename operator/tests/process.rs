@@ -71,3 +71,29 @@ async fn without_any_kubeconfig_it_exits_with_a_clear_error() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn an_unusable_image_default_from_the_environment_is_refused_at_startup() {
+    for (name, flag, value) in [
+        (
+            pixel_common::ports::ENV_IMAGE_REPOSITORY,
+            "--image-repository",
+            "Not A Repository",
+        ),
+        (
+            pixel_common::ports::ENV_DEFAULT_REDIS_IMAGE,
+            "--default-redis-image",
+            "",
+        ),
+    ] {
+        let output = tokio::process::Command::new(EXE)
+            .env(name, value)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{name}={value:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+}

@@ -18,7 +18,7 @@ use kube::Resource;
 use pixel_common::{ports, testing::free_port};
 use pixel_operator::{
     api::{PixelCanvas, PixelCanvasSpec},
-    children::{Child, Component, Desired, Inputs, Names, PASSWORD_KEY, desired, naming},
+    children::{Child, Component, Defaults, Desired, Inputs, Names, PASSWORD_KEY, desired, naming},
 };
 use redis::{RedisError, Value, aio::MultiplexedConnection};
 use serde_json::json;
@@ -45,7 +45,7 @@ fn canvas(name: &str, spec: serde_json::Value) -> PixelCanvas {
 }
 
 fn render(canvas: &PixelCanvas) -> Desired {
-    desired(&Inputs::new(canvas, PASSWORD.to_owned()).expect("context"))
+    desired(&Inputs::new(canvas, PASSWORD.to_owned(), &Defaults::default()).expect("context"))
 }
 
 fn pod_templates(d: &Desired) -> Vec<&PodTemplateSpec> {

@@ -1,5 +1,6 @@
-//! The desired state: every child object of a canvas, as a pure function of the canvas and
-//! the Redis password. `reconcile` applies what this returns and removes what it rules out.
+//! The desired state: every child object of a canvas, as a pure function of the canvas, the
+//! Redis password and the operator's [`Defaults`]. `reconcile` applies what this returns and
+//! removes what it rules out.
 
 mod config;
 mod ingress;
@@ -36,6 +37,32 @@ pub enum DesiredError {
     NoUid,
 }
 
+/// The Redis image of a canvas that names none (`--default-redis-image`).
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.2-alpine";
+/// The image repository of a canvas that names none (`--image-repository`).
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "pixel-playground";
+
+/// What the operator supplies where a canvas leaves a field unset. Operator-wide, from its
+/// flags, so one operator can point every canvas at a private or local registry while the
+/// canvases stay as users wrote them. A change here changes the pod templates, so the pods
+/// of every canvas relying on it roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// For `spec.redis.image`.
+    pub redis_image: String,
+    /// For `spec.image.repository`.
+    pub image_repository: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            redis_image: DEFAULT_REDIS_IMAGE.to_owned(),
+            image_repository: DEFAULT_IMAGE_REPOSITORY.to_owned(),
+        }
+    }
+}
+
 /// Everything the desired state depends on.
 #[derive(Debug)]
 pub struct Inputs<'a> {
@@ -45,16 +72,36 @@ pub struct Inputs<'a> {
     owner: OwnerReference,
     /// The Redis password: from the referenced Secret, the generated one, or freshly generated.
     pub password: String,
+    /// The Pixel Playground image (`repository:tag`): the spec's repository, else the default.
+    image: String,
+    /// The Redis image: the spec's, else the default.
+    redis_image: String,
 }
 
 impl<'a> Inputs<'a> {
-    pub fn new(canvas: &'a PixelCanvas, password: String) -> Result<Self, DesiredError> {
+    pub fn new(
+        canvas: &'a PixelCanvas,
+        password: String,
+        defaults: &Defaults,
+    ) -> Result<Self, DesiredError> {
+        let spec = &canvas.spec;
+        let repository = spec
+            .image
+            .repository
+            .as_deref()
+            .unwrap_or(&defaults.image_repository);
         Ok(Self {
             names: Names::new(&canvas.name_any()),
             namespace: canvas.namespace().ok_or(DesiredError::NoNamespace)?,
             owner: canvas
                 .controller_owner_ref(&())
                 .ok_or(DesiredError::NoUid)?,
+            image: format!("{repository}:{}", spec.image.tag),
+            redis_image: spec
+                .redis
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.redis_image.clone()),
             canvas,
             password,
         })
@@ -75,9 +122,14 @@ impl<'a> Inputs<'a> {
         self.names.labels(component, &self.canvas.spec.image.tag)
     }
 
-    fn image(&self) -> String {
-        let image = &self.canvas.spec.image;
-        format!("{}:{}", image.repository, image.tag)
+    /// The image of the canvas-api, gateway and frontend containers.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// The image of the Redis container.
+    pub fn redis_image(&self) -> &str {
+        &self.redis_image
     }
 
     fn pull_policy(&self) -> &'static str {

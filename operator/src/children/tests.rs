@@ -16,7 +16,11 @@ fn canvas(spec: serde_json::Value) -> PixelCanvas {
 }
 
 fn desired_for(canvas: &PixelCanvas) -> Desired {
-    desired(&Inputs::new(canvas, "s3cret".to_owned()).expect("context"))
+    desired_with(canvas, &Defaults::default())
+}
+
+fn desired_with(canvas: &PixelCanvas, defaults: &Defaults) -> Desired {
+    desired(&Inputs::new(canvas, "s3cret".to_owned(), defaults).expect("context"))
 }
 
 fn find<'a>(desired: &'a Desired, kind: &str, name: &str) -> &'a Child {
@@ -389,7 +393,8 @@ fn only_the_pods_that_consume_a_change_roll() {
         );
     }
     let c = canvas(json!({}));
-    let rotated = desired(&Inputs::new(&c, "another".to_owned()).expect("context"));
+    let rotated =
+        desired(&Inputs::new(&c, "another".to_owned(), &Defaults::default()).expect("context"));
     for (name, rolls) in [
         ("demo-api", true),
         ("demo-gateway", true),
@@ -496,7 +501,8 @@ fn the_ingress_routes_api_ws_and_the_page() {
     let ctx_canvas =
         canvas(json!({"ingress": {"host": "canvas.example.com", "tlsSecretName": "tls"}}));
     assert_eq!(
-        url(&Inputs::new(&ctx_canvas, String::new()).expect("inputs")).as_deref(),
+        url(&Inputs::new(&ctx_canvas, String::new(), &Defaults::default()).expect("inputs"))
+            .as_deref(),
         Some("https://canvas.example.com/")
     );
 
@@ -544,12 +550,142 @@ fn a_canvas_without_namespace_or_uid_is_an_error() {
     let mut c = canvas(json!({}));
     c.meta_mut().uid = None;
     assert!(matches!(
-        Inputs::new(&c, String::new()),
+        Inputs::new(&c, String::new(), &Defaults::default()),
         Err(DesiredError::NoUid)
     ));
     c.meta_mut().namespace = None;
     assert!(matches!(
-        Inputs::new(&c, String::new()),
+        Inputs::new(&c, String::new(), &Defaults::default()),
         Err(DesiredError::NoNamespace)
     ));
+}
+
+/// The image of every container, by workload name.
+fn images(desired: &Desired) -> BTreeMap<String, String> {
+    pod_specs(desired)
+        .into_iter()
+        .map(|(name, spec)| {
+            let image = container(spec).image.clone().expect("image");
+            (name.to_owned(), image)
+        })
+        .collect()
+}
+
+fn local_registry() -> Defaults {
+    Defaults {
+        redis_image: "registry.local:5000/redis:7.2".to_owned(),
+        image_repository: "registry.local:5000/pixel-playground".to_owned(),
+    }
+}
+
+#[test]
+fn unset_images_come_from_the_operator_defaults() {
+    let c = canvas(json!({"image": {"tag": "1.2.3"}}));
+    assert_eq!(
+        c.spec.image.repository, None,
+        "no repository is stored for the operator to override"
+    );
+    assert_eq!(c.spec.redis.image, None);
+    let tag = "1.2.3";
+    let built_in = images(&desired_for(&c));
+    assert_eq!(built_in["demo-redis"], DEFAULT_REDIS_IMAGE);
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert_eq!(
+            built_in[name],
+            format!("{DEFAULT_IMAGE_REPOSITORY}:{tag}"),
+            "{name}"
+        );
+    }
+    let local = images(&desired_with(&c, &local_registry()));
+    assert_eq!(local["demo-redis"], "registry.local:5000/redis:7.2");
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert_eq!(
+            local[name],
+            format!("registry.local:5000/pixel-playground:{tag}"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn images_the_spec_names_win_over_the_operator_defaults() {
+    let c = canvas(json!({
+        "image": {"repository": "example.com/pixel", "tag": "2.0.0"},
+        "redis": {"image": "example.com/redis:7.2.5"}
+    }));
+    for defaults in [Defaults::default(), local_registry()] {
+        let images = images(&desired_with(&c, &defaults));
+        assert_eq!(images["demo-redis"], "example.com/redis:7.2.5");
+        for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+            assert_eq!(images[name], "example.com/pixel:2.0.0", "{name}");
+        }
+    }
+    // Each field on its own: the other still follows the operator.
+    let only_redis = canvas(json!({"redis": {"image": "example.com/redis:7.2.5"}}));
+    let images = images(&desired_with(&only_redis, &local_registry()));
+    assert_eq!(images["demo-redis"], "example.com/redis:7.2.5");
+    assert!(
+        images["demo-api"].starts_with("registry.local:5000/pixel-playground:"),
+        "{images:?}"
+    );
+}
+
+#[test]
+fn a_changed_operator_default_changes_the_pods_that_rely_on_it() {
+    let c = canvas(json!({}));
+    let before = desired_for(&c);
+    let new_redis = desired_with(
+        &c,
+        &Defaults {
+            redis_image: "redis:7.2.5-alpine".to_owned(),
+            ..Defaults::default()
+        },
+    );
+    let new_repository = desired_with(
+        &c,
+        &Defaults {
+            image_repository: "mirror.example.com/pixel-playground".to_owned(),
+            ..Defaults::default()
+        },
+    );
+    // The pod templates differ exactly where the image does, so the workloads roll.
+    let template = |d: &Desired, name: &str| match find(
+        d,
+        if name.ends_with("-redis") {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        },
+        name,
+    ) {
+        Child::Deployment(d) => d.spec.clone().expect("spec").template,
+        Child::StatefulSet(s) => s.spec.clone().expect("spec").template,
+        other => panic!("{other:?}"),
+    };
+    for (name, redis_rolls, others_roll) in [
+        ("demo-redis", true, false),
+        ("demo-api", false, true),
+        ("demo-gateway", false, true),
+        ("demo-frontend", false, true),
+    ] {
+        assert_eq!(
+            template(&before, name) != template(&new_redis, name),
+            redis_rolls,
+            "new Redis default, {name}"
+        );
+        assert_eq!(
+            template(&before, name) != template(&new_repository, name),
+            others_roll,
+            "new repository default, {name}"
+        );
+    }
+    // A canvas naming its images is untouched by either change.
+    let pinned = canvas(json!({
+        "image": {"repository": "example.com/pixel"},
+        "redis": {"image": "example.com/redis:7.2.5"}
+    }));
+    assert_eq!(
+        desired_for(&pinned),
+        desired_with(&pinned, &local_registry())
+    );
 }

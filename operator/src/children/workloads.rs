@@ -139,7 +139,7 @@ fn deployment(inputs: &Inputs, s: &Stateless) -> Deployment {
     let (tmp_volume, tmp_mount) = security::tmp_volume();
     let container = Container {
         name: s.binary.to_owned(),
-        image: Some(inputs.image()),
+        image: Some(inputs.image().to_owned()),
         image_pull_policy: Some(inputs.pull_policy().to_owned()),
         command: Some(vec![format!("/usr/local/bin/{}", s.binary)]),
         ports: Some(vec![ContainerPort {

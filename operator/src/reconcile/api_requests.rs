@@ -146,10 +146,15 @@ where
 /// A canvas whose children are all as desired, the objects the API server holds for
 /// them (by path), and the canvas with the status a reconcile of that world computes.
 fn steady_world(paused: bool) -> (PixelCanvas, BTreeMap<String, Value>) {
+    steady_world_with(paused, &Defaults::default())
+}
+
+/// [`steady_world`] as an operator with `defaults` leaves it.
+fn steady_world_with(paused: bool, defaults: &Defaults) -> (PixelCanvas, BTreeMap<String, Value>) {
     let mut canvas = canvas();
     canvas.spec.paused = paused;
     let names = Names::new(&canvas.name_any());
-    let inputs = Inputs::new(&canvas, PASSWORD.to_owned()).expect("inputs");
+    let inputs = Inputs::new(&canvas, PASSWORD.to_owned(), defaults).expect("inputs");
     let mut objects = BTreeMap::new();
     let mut workloads = Workloads::new();
     for child in children::desired(&inputs).apply {
@@ -165,7 +170,7 @@ fn steady_world(paused: bool) -> (PixelCanvas, BTreeMap<String, Value>) {
     let observed = Observed {
         workloads,
         failure: None,
-        url: url_of(&canvas),
+        url: url_of(&canvas, defaults),
     };
     let before = Time(Timestamp::from_second(1_800_000_000).expect("timestamp"));
     canvas.status = Some(status::status(&canvas, &observed, &before));
@@ -177,6 +182,16 @@ async fn reconcile_against(
     live: BTreeMap<String, Value>,
     converged: BTreeMap<String, Value>,
 ) -> (Result<Action, ReconcileError>, Vec<Sent>) {
+    reconcile_with(canvas, live, converged, Defaults::default()).await
+}
+
+/// [`reconcile_against`] by an operator with `defaults`.
+async fn reconcile_with(
+    canvas: PixelCanvas,
+    live: BTreeMap<String, Value>,
+    converged: BTreeMap<String, Value>,
+    defaults: Defaults,
+) -> (Result<Action, ReconcileError>, Vec<Sent>) {
     let (client, sent) = fake_api(live, converged);
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
@@ -186,6 +201,7 @@ async fn reconcile_against(
         client.clone(),
         Recorder::new(client, reporter),
         Metrics::register(&mut Registry::default()),
+        defaults,
     ));
     let result = reconcile(Arc::new(canvas), context).await;
     let sent = sent.lock().expect("lock").clone();
@@ -265,6 +281,45 @@ async fn a_child_changed_by_hand_is_applied_and_nothing_else_is_written() {
         "{query:?}"
     );
     assert_eq!(reads(&sent), STEADY_READS, "{sent:#?}");
+}
+
+#[tokio::test]
+async fn new_operator_defaults_apply_exactly_the_workloads_that_use_them() {
+    let (canvas, live) = steady_world(false);
+    let defaults = Defaults {
+        redis_image: "registry.local:5000/redis:7.2".to_owned(),
+        image_repository: "registry.local:5000/pixel-playground".to_owned(),
+    };
+    let (_, converged) = steady_world_with(false, &defaults);
+    let (result, sent) =
+        reconcile_with(canvas.clone(), live, converged.clone(), defaults.clone()).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(
+        writes(&sent),
+        [
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/art/statefulsets/demo-redis"
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/art/deployments/demo-api"
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/art/deployments/demo-gateway"
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/art/deployments/demo-frontend"
+            ),
+        ],
+        "{sent:#?}"
+    );
+    // Once applied, the same operator is at steady state again.
+    let (result, sent) = reconcile_with(canvas, converged.clone(), converged, defaults).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(writes(&sent), [], "{sent:#?}");
 }
 
 #[tokio::test]

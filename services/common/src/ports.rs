@@ -138,6 +138,10 @@ pub const ENV_WATCH_NAMESPACE: &str = "PIXEL_WATCH_NAMESPACE";
 pub const ENV_MAX_CONCURRENT_RECONCILES: &str = "PIXEL_MAX_CONCURRENT_RECONCILES";
 /// How long the operator gathers changes to one canvas before reconciling it, in ms.
 pub const ENV_RECONCILE_DEBOUNCE_MS: &str = "PIXEL_RECONCILE_DEBOUNCE_MS";
+/// The Redis image of canvases that leave `spec.redis.image` unset.
+pub const ENV_DEFAULT_REDIS_IMAGE: &str = "PIXEL_DEFAULT_REDIS_IMAGE";
+/// The image repository of canvases that leave `spec.image.repository` unset.
+pub const ENV_IMAGE_REPOSITORY: &str = "PIXEL_IMAGE_REPOSITORY";
 
 #[cfg(test)]
 mod tests {
