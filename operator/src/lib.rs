@@ -203,6 +203,11 @@ pub async fn run(
     let metrics = metrics::Metrics::register(&mut registry);
     let client = client(metrics.clone()).await?;
     let state = Arc::new(State::default());
+    if !args.leader.leader_elect {
+        // Alone it leads from the start: readiness never reports an election it is not in.
+        state.joined.store(true, Ordering::Release);
+        state.leading.store(true, Ordering::Release);
+    }
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();

@@ -1,6 +1,6 @@
 //! The canvas on this machine, without Kubernetes: redis-server and the three services on
-//! loopback. `cargo xtask dev` runs them in the foreground; `cargo xtask up` leaves them
-//! running beside the cluster.
+//! loopback, in the foreground: the loop without a cluster (`cargo xtask up` runs the canvas
+//! in the cluster instead).
 //!
 //! The page is served on the frontend's well-known port and calls canvas-api and the gateway
 //! on theirs (`pixel_common::ports`), so both allow the page's origin (CORS and the
@@ -9,7 +9,6 @@
 use std::{
     fs::{self, File},
     net::TcpListener,
-    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -36,15 +35,8 @@ const CANVAS_ENV: [(&str, &str); 3] = [
     (ENV_CANVAS_COOLDOWN_SECONDS, "0"),
 ];
 
-/// The processes, in start order: redis-server first.
-const PROGRAMS: [&str; 4] = ["redis-server", "canvas-api", "gateway", "frontend"];
-
 fn dir() -> PathBuf {
     paths::cache_dir().join("dev")
-}
-
-fn pid_file(program: &str) -> PathBuf {
-    dir().join(format!("{program}.pid"))
 }
 
 /// The running services.
@@ -54,10 +46,9 @@ pub struct Local {
     pub url: String,
 }
 
-/// Builds and starts everything; `detached` processes outlive xtask (for `up`).
-pub fn start(detached: bool) -> Result<Local> {
+/// Builds and starts everything.
+fn start() -> Result<Local> {
     deps::ensure_debian_packages(&["redis-server"])?;
-    stop_detached()?;
     for port in [FRONTEND_PORT, API_PORT, GATEWAY_PORT] {
         ensure_port_free(port)?;
     }
@@ -77,13 +68,7 @@ pub fn start(detached: bool) -> Result<Local> {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if detached {
-            cmd.process_group(0);
-        }
         let child = process::spawn(cmd)?;
-        if detached {
-            fs::write(pid_file(name), child.id().to_string())?;
-        }
         local.children.push((name, child));
         Ok(())
     };
@@ -137,14 +122,6 @@ fn wait_ready(port: u16) -> Result<()> {
     .with_context(|| format!("the logs are in {}", dir().display()))
 }
 
-/// Stops services `up` left running.
-pub fn stop_detached() -> Result<()> {
-    for program in PROGRAMS.iter().rev() {
-        process::stop_detached(&pid_file(program), program)?;
-    }
-    Ok(())
-}
-
 /// `cargo xtask dev`: runs until Ctrl-C or SIGTERM (then stops every process gracefully)
 /// or until one of them exits (then stops the others).
 pub fn dev() -> Result<()> {
@@ -153,7 +130,7 @@ pub fn dev() -> Result<()> {
         let _ = stop.send(());
     })
     .context("cannot handle Ctrl-C")?;
-    let mut local = start(false)?;
+    let mut local = start()?;
     println!(
         "Open {} to draw. Logs: {}. Stop with Ctrl-C.\n\
          canvas-api http://127.0.0.1:{API_PORT}{}, gateway ws://127.0.0.1:{GATEWAY_PORT}{WS_PATH}",

@@ -59,26 +59,57 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     println!("== end-to-end suites");
     let tools = toolchain::ensure()?;
     let cluster = Cluster::TEST;
+    let kernel_settings = pixel_harness::node::host_sysctls();
     cluster.up(&tools, None)?;
-    let outcome = chainsaw(&tools, &cluster);
+    let outcome = chainsaw(&tools, &cluster, Suites::WithRealPods);
     if args.keep_cluster {
         println!(
             "Keeping the test cluster: KUBECONFIG={}",
             cluster.kubeconfig().display()
         );
-    } else if let Err(error) = cluster.down(&tools) {
-        eprintln!("warning: could not remove the test cluster: {error:#}");
+        return outcome?.report();
     }
+    // `down` itself fails when the real node left anything behind (processes, mounts,
+    // namespaces, links, routes, nftables tables, cgroups, CNI results, directories).
+    let removed = cluster
+        .down(&tools)
+        .context("`cluster down` left the machine unclean");
+    let restored = check_restored(&kernel_settings, &pixel_harness::node::host_sysctls());
+    let summary = outcome?;
+    removed?;
+    restored?;
+    println!("PASS cluster-down-leaves-nothing");
     // The summary is the run's last line.
-    outcome?.report()
+    summary.report()
+}
+
+/// The host-wide kernel settings kubelet changes are back to what they were.
+fn check_restored(before: &[(String, String)], after: &[(String, String)]) -> Result<()> {
+    let changed: Vec<String> = before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b != a)
+        .map(|((key, was), (_, now))| format!("{key}: {was} -> {now}"))
+        .collect();
+    if !changed.is_empty() {
+        bail!(
+            "the real node left kernel settings changed: {}",
+            changed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
 pub struct E2eArgs {
     /// Run only this scenario, not the chainsaw suites. Stop an operator `cargo xtask up`
     /// left running first: it would hold the lease.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "real_pods")]
     scenario: Option<Scenario>,
+    /// Run only the real-pods suite (it runs the operator in the cluster, as `cargo xtask
+    /// up` does).
+    #[arg(long)]
+    real_pods: bool,
 }
 
 /// `cargo xtask e2e`: the suites alone, against the running developer cluster.
@@ -91,6 +122,24 @@ pub fn run_suites(args: &E2eArgs) -> Result<()> {
              run `cargo xtask cluster up` first (or `cargo xtask test`, which starts its own)",
             cluster.kubeconfig().display()
         );
+    }
+    if args.real_pods {
+        let results = crate::real_pods::run(&tools, &cluster);
+        let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+        for (name, result) in &results {
+            match result {
+                Ok(()) => println!("PASS {name}"),
+                Err(error) => println!("FAIL {name}: {error:#}"),
+            }
+        }
+        println!(
+            "real-pods: {} passed, {failed} failed",
+            results.len() - failed
+        );
+        if failed > 0 {
+            bail!("the real-pods suite failed");
+        }
+        return Ok(());
     }
     if let Some(scenario) = args.scenario {
         cluster.install_operator_config(&tools)?;
@@ -106,11 +155,21 @@ pub fn run_suites(args: &E2eArgs) -> Result<()> {
             report_dir: &report_dir,
         });
     }
-    chainsaw(&tools, &cluster)?.report()
+    chainsaw(&tools, &cluster, Suites::Kwok)?.report()
+}
+
+/// Which suites run after chainsaw's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suites {
+    /// The scenarios.
+    Kwok,
+    /// The scenarios, then the real-pods suite (which leaves the operator running in the
+    /// cluster, so it runs on the test cluster only).
+    WithRealPods,
 }
 
 /// Runs the suites; the summary says whether they passed.
-fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
+fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster, suites_to_run: Suites) -> Result<Summary> {
     let suites = paths::repo_root().join(SUITES_DIR);
     let count = count_tests(&suites)?;
     if count == 0 {
@@ -170,14 +229,18 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
         operator_kubeconfig: &operator_kubeconfig,
         report_dir: &report_dir,
     };
-    let outcomes: Vec<(String, Result<()>)> = Scenario::value_variants()
+    let mut outcomes: Vec<(String, Result<()>)> = Scenario::value_variants()
         .iter()
         .map(|scenario| {
-            let name = scenario.name();
-            println!("== scenario {name}");
+            let name = format!("scenario {}", scenario.name());
+            println!("== {name}");
             (name, scenario.run(&stage))
         })
         .collect();
+    if suites_to_run == Suites::WithRealPods {
+        println!("== real-pods suite");
+        outcomes.extend(crate::real_pods::run(tools, cluster));
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
@@ -188,11 +251,11 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster) -> Result<Summary> {
     for (name, outcome) in outcomes {
         match outcome {
             Ok(()) => {
-                println!("PASS scenario {name}");
+                println!("PASS {name}");
                 summary.passed += 1;
             }
             Err(error) => {
-                println!("FAIL scenario {name}: {error:#}");
+                println!("FAIL {name}: {error:#}");
                 summary.failed += 1;
             }
         }
@@ -314,6 +377,17 @@ mod tests {
         assert!(
             run(4, 0, 4, false).is_err(),
             "so is a runner that exited non-zero"
+        );
+    }
+
+    #[test]
+    fn changed_kernel_settings_fail_the_run() {
+        let setting = |value: &str| vec![("kernel/panic".to_owned(), value.to_owned())];
+        assert!(check_restored(&setting("1"), &setting("1")).is_ok());
+        let error = check_restored(&setting("1"), &setting("10")).expect_err("changed");
+        assert!(
+            error.to_string().contains("kernel/panic: 1 -> 10"),
+            "{error}"
         );
     }
 

@@ -2,11 +2,10 @@
 //! built without a daemon (pixel-harness's `images`).
 
 use anyhow::{Context, Result};
-use pixel_harness::{images, paths};
+use pixel_harness::images;
 
 pub fn run() -> Result<()> {
-    let out = paths::repo_root().join("target").join("images");
-    let built = images::build_all(&out)?;
+    let built = images::build_all(&images::output_dir())?;
     for image in &built {
         let bytes = std::fs::metadata(&image.archive)
             .with_context(|| format!("cannot read {}", image.archive.display()))?

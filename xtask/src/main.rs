@@ -11,6 +11,7 @@ mod e2e;
 mod fuzz;
 mod image;
 mod invariants;
+mod real_pods;
 mod scenarios;
 mod up;
 
@@ -38,7 +39,7 @@ enum Command {
     /// The end-to-end suites alone, against the running local cluster.
     E2e(e2e::E2eArgs),
     /// The local Kubernetes cluster (kube-apiserver, etcd, controller-manager, scheduler,
-    /// KWOK fake nodes).
+    /// KWOK fake nodes, a real node, an Ingress controller).
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Regenerate the PixelCanvas CRD in crds/ from the operator's types.
@@ -69,8 +70,8 @@ enum Command {
 enum ClusterCommand {
     /// Create the cluster, or keep the one that is already healthy.
     Up(up::UpArgs),
-    /// Stop the operator `up` started, and remove the cluster and its data. Does nothing
-    /// when there is none.
+    /// Remove the cluster, its real node, the Ingress controller and all their data. Does
+    /// nothing when there is none.
     Down,
 }
 
@@ -80,9 +81,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::up(&args),
         Command::Dev => dev::dev(),
         Command::Cluster(ClusterCommand::Up(args)) => up::cluster_up(&args),
-        Command::Cluster(ClusterCommand::Down) => up::stop_operator()
-            .and_then(|()| dev::stop_detached())
-            .and_then(|()| pixel_harness::cluster::down_dev()),
+        Command::Cluster(ClusterCommand::Down) => pixel_harness::cluster::down_dev(),
         Command::Test(args) => e2e::test_all(&args),
         Command::E2e(args) => e2e::run_suites(&args),
         Command::Crd => crd::generate(),

@@ -1,19 +1,15 @@
-//! `cargo xtask up`, the main job: the local cluster, the operator installed as users
-//! install it (CRD, RBAC) and running with its ServiceAccount's permissions, the example
-//! canvas applied and Ready, and the canvas's services running beside the cluster, so there
-//! is a page to draw on.
+//! `cargo xtask up`, the main job: the local cluster with its real node, the images built
+//! here and imported into the node, the operator running in the cluster as users install it
+//! (`kubectl apply -k config/default`), the example canvas applied and Ready with every pod
+//! a container on the real node, and the URL to draw at through the Ingress controller.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use pixel_harness::{
-    cluster::{Cluster, ENV_APISERVER_PORT},
-    operator::Operator,
-    paths, process, toolchain,
+    cluster::{Cluster, DEV_INGRESS_PORT, ENV_APISERVER_PORT, OPERATOR_NAMESPACE},
+    images, paths, process, toolchain,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -31,32 +27,33 @@ pub fn cluster_up(args: &UpArgs) -> Result<()> {
 
 /// The namespace the example canvas runs in.
 const DEMO_NAMESPACE: &str = "pixel-demo";
-
-fn state_file(suffix: &str) -> PathBuf {
-    paths::cache_dir().join(format!("pixel-playground.operator.{suffix}"))
-}
+/// The example canvas's host (`examples/canvas.yaml`).
+const DEMO_HOST: &str = "canvas.localtest.me";
 
 pub fn up(args: &UpArgs) -> Result<()> {
+    let started = Instant::now();
     let tools = toolchain::ensure()?;
     let cluster = Cluster::DEV;
     cluster.up(&tools, args.port)?;
-    cluster.install_operator_config(&tools)?;
 
-    // A fresh operator each time, so it runs the code in this checkout.
-    Operator::stop_detached(&state_file("pid"))?;
-    let kubeconfig = state_file("kubeconfig");
-    cluster.write_operator_kubeconfig(&tools, &kubeconfig)?;
-    let log = state_file("log");
-    let operator = Operator::start(&kubeconfig, &log, &[])?;
-    let metrics = format!("http://{}/metrics", operator.addr);
-    operator.detach(&state_file("pid"))?;
+    println!("Building the images (cargo xtask image) and importing them into the real node...");
+    let built = images::build_all(&images::output_dir())?;
+    for image in &built {
+        cluster.load_image(&tools, image)?;
+    }
+    let redis = images::find(&built, images::REDIS_REPOSITORY)?;
+
+    cluster.place_on_real_node(&tools, OPERATOR_NAMESPACE)?;
+    cluster.place_on_real_node(&tools, DEMO_NAMESPACE)?;
+    cluster.run_operator_in_cluster(
+        &tools,
+        &redis.reference,
+        images::find(&built, images::APP_REPOSITORY)?,
+    )?;
 
     let kubectl = |args: &[&str]| {
-        process::output(cluster.kubectl(&tools).args(args), Duration::from_secs(240))
+        process::output(cluster.kubectl(&tools).args(args), Duration::from_secs(300))
     };
-    if kubectl(&["get", "namespace", DEMO_NAMESPACE]).is_err() {
-        kubectl(&["create", "namespace", DEMO_NAMESPACE])?;
-    }
     let example = paths::repo_root().join("examples/canvas.yaml");
     let applied = Instant::now();
     kubectl(&[
@@ -72,43 +69,37 @@ pub fn up(args: &UpArgs) -> Result<()> {
         "pxc/demo",
         "-n",
         DEMO_NAMESPACE,
-        "--timeout=180s",
+        "--timeout=240s",
     ])
-    .with_context(|| {
-        format!(
-            "the example canvas did not become Ready; the operator's log is {}",
-            log.display()
-        )
-    })?;
+    .context(
+        "the example canvas did not become Ready: `kubectl describe pxc demo -n pixel-demo` \
+         and `kubectl get pods -n pixel-demo` tell why",
+    )?;
     let took = applied.elapsed();
-    // KWOK pods run no containers, so the canvas itself runs beside the cluster.
-    let local = crate::dev::start(true)?;
+    let url = format!("http://{DEMO_HOST}:{DEV_INGRESS_PORT}/");
 
     println!(
-        "\nThe example canvas is Ready ({:.1} s from `kubectl apply` to Ready). Try:\n\
+        "\nThe example canvas is Ready ({:.0} s from `kubectl apply`, {:.0} s in all). Try:\n\
          \x20 export KUBECONFIG={}\n\
          \x20 export PATH={}:$PATH\n\
          \x20 kubectl get pxc -n {DEMO_NAMESPACE}\n\
-         \x20 kubectl describe pxc demo -n {DEMO_NAMESPACE}\n\
-         \x20 kubectl get all,pvc -n {DEMO_NAMESPACE}\n\
-         \x20 kubectl patch pxc demo -n {DEMO_NAMESPACE} --type merge -p '{{\"spec\":{{\"api\":{{\"replicas\":3}}}}}}'\n\
-         The operator runs in the background: log {}, metrics {metrics}.\n\
-         Draw at {} (redis-server and the three services, beside the cluster).\n\
-         `cargo xtask cluster down` stops them all and removes the cluster.",
+         \x20 kubectl get pods -o wide -n {DEMO_NAMESPACE}     # every pod on the real node\n\
+         \x20 kubectl exec -n {DEMO_NAMESPACE} deploy/demo-api -- /usr/local/bin/canvas-api --version\n\
+         \x20 kubectl logs -n {OPERATOR_NAMESPACE} deploy/pixel-operator\n\
+         \x20 kubectl patch pxc demo -n {DEMO_NAMESPACE} --type merge -p '{{\"spec\":{{\"gateway\":{{\"replicas\":3}}}}}}'\n\
+         Draw at {url}, served by the Ingress controller on 127.0.0.1:{DEV_INGRESS_PORT}.\n\
+         {DEMO_HOST} needs no DNS here; open it with\n\
+         \x20 chromium --host-resolver-rules=\"MAP {DEMO_HOST} 127.0.0.1\" {url}\n\
+         \x20 curl --resolve {DEMO_HOST}:{DEV_INGRESS_PORT}:127.0.0.1 {url}\n\
+         `cargo xtask cluster down` removes it all.",
         took.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         cluster.kubeconfig().display(),
         tools
             .kubectl
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        log.display(),
-        local.url,
     );
     Ok(())
-}
-
-/// Stops the operator `up` left running.
-pub fn stop_operator() -> Result<()> {
-    Operator::stop_detached(&state_file("pid"))
 }

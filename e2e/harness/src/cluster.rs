@@ -1,6 +1,8 @@
 //! The local Kubernetes cluster: a real control plane (kube-apiserver, etcd,
 //! kube-controller-manager, kube-scheduler) run by kwokctl's `binary` runtime from the
-//! pinned builds, with KWOK fake nodes that make pods Running and Ready without containers.
+//! pinned builds, KWOK fake nodes that make pods Running and Ready without containers (for
+//! scale), and, in the developer's and the test run's clusters, a real node ([`crate::node`])
+//! and an Ingress controller ([`crate::ingress`]) so canvas pods run as real containers.
 
 use std::{
     fs,
@@ -13,11 +15,19 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, process, toolchain::Tools};
+use crate::{
+    images,
+    ingress::IngressController,
+    node::{self, ControlPlane, RealNode, plan::AddressPlan},
+    paths, process,
+    toolchain::Tools,
+};
 
 /// The namespace and ServiceAccount `config/default` installs the operator with.
 pub const OPERATOR_NAMESPACE: &str = "pixel-playground-system";
 pub const OPERATOR_ACCOUNT: &str = "pixel-operator";
+/// The operator's Deployment in `config/manager`.
+pub const OPERATOR_DEPLOYMENT: &str = "pixel-operator";
 
 /// The control-plane processes kwokctl runs, in start order.
 const COMPONENTS: [&str; 5] = [
@@ -27,6 +37,9 @@ const COMPONENTS: [&str; 5] = [
     "kube-scheduler",
     "kwok-controller",
 ];
+
+/// Where the developer's cluster serves Ingresses: http://<host>:8080/ on 127.0.0.1.
+pub const DEV_INGRESS_PORT: u16 = 8080;
 
 /// The variable naming kube-apiserver's port for `cargo xtask up` / `cluster up` (the
 /// tooling's own, not the services' contract).
@@ -39,8 +52,14 @@ pub struct Cluster {
     name: &'static str,
     /// Fake nodes (KWOK's node template allows 110 pods each).
     nodes: u32,
-    /// Pre-created PersistentVolumes: KWOK runs no storage provisioner, so claims bind to these.
+    /// Pre-created PersistentVolumes: nothing provisions here, so claims bind to these.
     volumes: u32,
+    /// Its addresses (its own slot, so clusters can run side by side).
+    plan: AddressPlan,
+    /// Whether a real node and the Ingress controller join it.
+    real_node: bool,
+    /// The Ingress controller's port on 127.0.0.1; `None` picks a free one.
+    ingress_port: Option<u16>,
 }
 
 impl Cluster {
@@ -49,12 +68,18 @@ impl Cluster {
         name: "pixel-playground",
         nodes: 3,
         volumes: 24,
+        plan: AddressPlan::new(0),
+        real_node: true,
+        ingress_port: Some(DEV_INGRESS_PORT),
     };
     /// The cluster `cargo xtask test` starts and removes.
     pub const TEST: Cluster = Cluster {
         name: "pixel-playground-test",
         nodes: 3,
         volumes: 24,
+        plan: AddressPlan::new(1),
+        real_node: true,
+        ingress_port: None,
     };
     /// The cluster `cargo xtask bench` starts for the operator benchmarks and removes: room
     /// for 500 canvases (2,000 pods, 500 Redis volumes).
@@ -62,6 +87,9 @@ impl Cluster {
         name: "pixel-playground-bench",
         nodes: 24,
         volumes: 520,
+        plan: AddressPlan::new(2),
+        real_node: false,
+        ingress_port: None,
     };
 
     fn workdir() -> PathBuf {
@@ -70,6 +98,21 @@ impl Cluster {
 
     fn state_dir(&self) -> PathBuf {
         Self::workdir().join("clusters").join(self.name)
+    }
+
+    /// The cluster's real node, if it has one.
+    pub fn real_node(&self) -> Option<RealNode> {
+        self.real_node
+            .then(|| RealNode::new(self.name, &self.state_dir(), self.plan))
+    }
+
+    /// The cluster's Ingress controller (running when the cluster has a real node).
+    pub fn ingress(&self) -> IngressController {
+        IngressController::new(&self.state_dir())
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.state_dir().join("pki")
     }
 
     /// Where the cluster's kubeconfig is written.
@@ -185,7 +228,12 @@ impl Cluster {
             self.name, tools.kubernetes_version
         );
         let _ = fs::remove_file(self.kubeconfig());
-        let config = paths::repo_root().join("e2e/kwokctl.yaml");
+        let base = paths::repo_root().join("e2e/kwokctl.yaml");
+        let base =
+            fs::read_to_string(&base).with_context(|| format!("cannot read {}", base.display()))?;
+        fs::create_dir_all(Self::workdir())?;
+        let config = Self::workdir().join(format!("{}.kwokctl.yaml", self.name));
+        fs::write(&config, kwokctl_config(&base, &self.plan, &self.pki_dir())?)?;
         let mut cmd = self.kwokctl(tools);
         cmd.args(["create", "cluster", "--runtime", "binary", "--wait", "3m"])
             .arg("--config")
@@ -245,12 +293,23 @@ impl Cluster {
     fn finish_up(&self, tools: &Tools) -> Result<()> {
         process::output(
             self.kwokctl(tools)
-                .args(["scale", "node", "--replicas", &self.nodes.to_string()]),
+                .args(["scale", "node", "--replicas", &self.nodes.to_string()])
+                .arg("--param")
+                .arg(format!(
+                    ".podCIDRs=[\"{}\"]",
+                    self.plan.first_fake_node_pods()
+                ))
+                .arg("--param")
+                .arg(format!(".nodeIPs=[\"{}\"]", self.plan.first_fake_node_ip())),
             Duration::from_secs(120),
         )
         .context("creating the fake nodes")?;
         self.wait_for_nodes(tools)?;
         self.ensure_storage(tools)?;
+        let ingress = match self.real_node() {
+            Some(node) => Some(self.start_real_node(tools, &node)?),
+            None => None,
+        };
         let server = self.server_version(tools)?;
         if server != tools.kubernetes_version {
             bail!(
@@ -258,8 +317,15 @@ impl Cluster {
                 tools.kubernetes_version
             );
         }
+        let real = match (self.real_node(), ingress) {
+            (Some(node), Some(port)) => format!(
+                " and the real node {} (Ingress controller on 127.0.0.1:{port})",
+                node.name()
+            ),
+            _ => String::new(),
+        };
         println!(
-            "Cluster {:?} is up: Kubernetes {server}, {} Ready KWOK nodes, API server on 127.0.0.1.\n\
+            "Cluster {:?} is up: Kubernetes {server}, {} Ready KWOK nodes{real}, API server on 127.0.0.1.\n\
              Use it with:\n  export KUBECONFIG={}\n  export PATH={}:$PATH   # kubectl {server}\n  kubectl get nodes",
             self.name,
             self.nodes,
@@ -267,6 +333,85 @@ impl Cluster {
             tools.kubectl.parent().unwrap_or(Path::new(".")).display(),
         );
         Ok(())
+    }
+
+    /// Starts (or keeps) the real node and the Ingress controller; returns the Ingress port.
+    fn start_real_node(&self, tools: &Tools, node: &RealNode) -> Result<u16> {
+        let pause = images::build_pause(&images::output_dir())?;
+        let port = self.apiserver_port()?;
+        node.start(
+            tools,
+            &ControlPlane {
+                kubeconfig: &self.kubeconfig(),
+                ca_cert: &self.pki_dir().join("ca.crt"),
+                apiserver_port: port,
+            },
+            &pause.archive,
+        )?;
+        let ingress = self.ingress();
+        let ingress_port = match (ingress.port(), self.ingress_port) {
+            (_, Some(fixed)) => fixed,
+            (Some(running), None) => running,
+            (None, None) => process::free_port()?,
+        };
+        ingress.start(tools, &self.kubeconfig(), ingress_port)
+    }
+
+    /// kube-apiserver's port, from the kubeconfig kwokctl wrote.
+    fn apiserver_port(&self) -> Result<u16> {
+        let kubeconfig = fs::read_to_string(self.kubeconfig())
+            .with_context(|| format!("cannot read {}", self.kubeconfig().display()))?;
+        kubeconfig
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|port| port.parse().ok())
+            .context("the kubeconfig names no API server on 127.0.0.1")
+    }
+
+    /// Creates `namespace` (or updates it) so its pods run on the real node by default — the
+    /// PodNodeSelector and PodTolerationRestriction admission plugins read these
+    /// annotations — under Pod Security "restricted".
+    pub fn place_on_real_node(&self, tools: &Tools, namespace: &str) -> Result<()> {
+        let (label, value) = node::render::NODE_LABEL;
+        let (taint, _) = node::render::NODE_TAINT;
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                "annotations": {
+                    "scheduler.alpha.kubernetes.io/node-selector": format!("{label}={value}"),
+                    "scheduler.alpha.kubernetes.io/defaultTolerations": serde_json::json!([
+                        {"key": taint, "operator": "Exists", "effect": "NoSchedule"}
+                    ]).to_string(),
+                },
+            },
+        });
+        let path = self.state_dir().join(format!("namespace-{namespace}.json"));
+        fs::write(&path, manifest.to_string())?;
+        process::output(
+            self.kubectl(tools)
+                .args([
+                    "apply",
+                    "--server-side",
+                    "--field-manager=pixel-harness",
+                    "-f",
+                ])
+                .arg(&path),
+            Duration::from_secs(60),
+        )
+        .with_context(|| format!("placing namespace {namespace} on the real node"))?;
+        Ok(())
+    }
+
+    /// Imports an image archive into the real node's containerd.
+    pub fn load_image(&self, tools: &Tools, image: &images::BuiltImage) -> Result<()> {
+        let node = self
+            .real_node()
+            .with_context(|| format!("cluster {:?} has no real node", self.name))?;
+        node.import_image(tools, &image.archive, &image.base_name)
     }
 
     fn wait_for_nodes(&self, tools: &Tools) -> Result<()> {
@@ -302,7 +447,16 @@ impl Cluster {
     /// provisioner would create on demand, made ahead of time because nothing provisions here.
     pub fn ensure_storage(&self, tools: &Tools) -> Result<()> {
         let path = paths::cache_dir().join(format!("{}-storage.yaml", self.name));
-        fs::write(&path, storage_manifest(self.volumes))?;
+        let volumes = self.volumes_dir();
+        fs::write(&path, storage_manifest(self.volumes, &volumes))?;
+        if self.real_node {
+            // Real pods mount these: they must exist and belong to the pods' user.
+            for i in 0..self.volumes {
+                let dir = volumes.join(volume_name(i));
+                fs::create_dir_all(&dir)?;
+                chown_to_pod_user(&dir)?;
+            }
+        }
         process::output(
             self.kubectl(tools)
                 .args(["apply", "--server-side", "-f"])
@@ -322,6 +476,13 @@ impl Cluster {
             Duration::from_secs(30),
         )?;
         for volume in released.lines().filter(|l| !l.is_empty()) {
+            // A recycled volume starts empty, as a new cloud disk would.
+            let dir = volumes.join(volume);
+            if dir.exists() {
+                fs::remove_dir_all(&dir)?;
+                fs::create_dir_all(&dir)?;
+                chown_to_pod_user(&dir)?;
+            }
             process::output(
                 self.kubectl(tools).args([
                     "patch",
@@ -375,6 +536,67 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs the operator in the cluster, as users do: `config/default` applied (its
+    /// Deployment, ServiceAccount, RBAC, probes, leader election), pointed at `redis_image`
+    /// as its default Redis image; returns once the rollout is complete.
+    /// `app_image` is the archive the operator's image came from: when it changes (a new
+    /// build under the same tag), the operator's pods are replaced so they run it.
+    pub fn run_operator_in_cluster(
+        &self,
+        tools: &Tools,
+        redis_image: &str,
+        app_image: &images::BuiltImage,
+    ) -> Result<()> {
+        self.install_operator_config(tools)?;
+        let deployment = format!("deployment/{OPERATOR_DEPLOYMENT}");
+        let digest = images::archive_digest(&app_image.archive)?;
+        let restart = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+            "pixel-playground.dev/image-archive": digest,
+        }}}}});
+        process::output(
+            self.kubectl(tools).args([
+                "patch",
+                &deployment,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--type",
+                "merge",
+                "-p",
+                &restart.to_string(),
+            ]),
+            Duration::from_secs(60),
+        )
+        .context("marking the operator's pods with the image they run")?;
+        process::output(
+            self.kubectl(tools).args([
+                "set",
+                "env",
+                &deployment,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                &format!(
+                    "{}={redis_image}",
+                    pixel_common::ports::ENV_DEFAULT_REDIS_IMAGE
+                ),
+            ]),
+            Duration::from_secs(60),
+        )
+        .context("pointing the operator at the local Redis image")?;
+        process::output(
+            self.kubectl(tools).args([
+                "rollout",
+                "status",
+                &deployment,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--timeout=180s",
+            ]),
+            Duration::from_secs(200),
+        )
+        .context("the operator's Deployment did not become available")?;
+        Ok(())
+    }
+
     /// A kubeconfig that authenticates as the operator's ServiceAccount, so the operator under
     /// test holds exactly the permissions `config/rbac` grants.
     pub fn write_operator_kubeconfig(&self, tools: &Tools, path: &Path) -> Result<()> {
@@ -416,8 +638,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes the cluster, its processes and data. Does nothing when there is none.
+    fn volumes_dir(&self) -> PathBuf {
+        self.state_dir().join("volumes")
+    }
+
+    /// Removes the cluster, its processes and data (the real node's included). Does nothing
+    /// when there is none.
     pub fn down(&self, tools: &Tools) -> Result<()> {
+        self.ingress().stop()?;
+        if let Some(node) = self.real_node() {
+            node.stop()?;
+        }
         if self.exists() {
             process::output(
                 self.kwokctl(tools).args(["delete", "cluster"]),
@@ -433,9 +664,76 @@ impl Cluster {
     }
 }
 
-/// The default StorageClass and `count` 100Gi volumes in it (host paths no pod ever mounts:
-/// KWOK runs no containers).
-fn storage_manifest(count: u32) -> String {
+fn volume_name(i: u32) -> String {
+    format!("local-{i:03}")
+}
+
+/// The pods' user (the operator's pod security contexts run everything as 65532).
+const POD_USER: u32 = 65532;
+
+fn chown_to_pod_user(dir: &Path) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(POD_USER), Some(POD_USER))
+        .with_context(|| format!("cannot give {} to uid {POD_USER}", dir.display()))
+}
+
+/// kwokctl's configuration for one cluster: `e2e/kwokctl.yaml` plus the cluster's addresses,
+/// kube-apiserver's certificate names for the real node and the pods, its client
+/// certificate for kubelets (logs, exec), and the fake pods' range for KWOK.
+fn kwokctl_config(base: &str, plan: &AddressPlan, pki: &Path) -> Result<String> {
+    let mut config: serde_json::Value =
+        serde_yaml::from_str(base).context("parsing e2e/kwokctl.yaml")?;
+    config["options"]["kubeApiserverCertSANs"] = serde_json::json!([
+        plan.host_link().to_string(),
+        plan.kubernetes_service_ip().to_string(),
+    ]);
+    let extra = |component: &str, args: &[(&str, String)]| -> serde_json::Value {
+        serde_json::json!({
+            "name": component,
+            "extraArgs": args.iter().map(|(key, value)| serde_json::json!({"key": key, "value": value})).collect::<Vec<_>>(),
+        })
+    };
+    let additions = [
+        extra(
+            "kube-apiserver",
+            &[
+                ("service-cluster-ip-range", plan.services()),
+                // The `kubernetes` Service's endpoint: the link's host end, forwarded to
+                // loopback (see crate::node).
+                ("advertise-address", plan.host_link().to_string()),
+                (
+                    "kubelet-client-certificate",
+                    pki.join("admin.crt").display().to_string(),
+                ),
+                (
+                    "kubelet-client-key",
+                    pki.join("admin.key").display().to_string(),
+                ),
+            ],
+        ),
+        extra("kwok-controller", &[("cidr", plan.fake_pods())]),
+    ];
+    let patches = config["componentsPatches"]
+        .as_array_mut()
+        .context("e2e/kwokctl.yaml has no componentsPatches list")?;
+    for addition in additions {
+        match patches.iter_mut().find(|p| p["name"] == addition["name"]) {
+            Some(patch) => patch["extraArgs"]
+                .as_array_mut()
+                .context("a componentsPatches entry without extraArgs")?
+                .extend(
+                    addition["extraArgs"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            None => patches.push(addition),
+        }
+    }
+    serde_yaml::to_string(&config).context("writing the kwokctl configuration")
+}
+
+/// The default StorageClass and `count` 100Gi volumes in it, host paths under `dir`.
+fn storage_manifest(count: u32, dir: &Path) -> String {
     let mut yaml = String::from(
         "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: standard\n  annotations:\n    \
          storageclass.kubernetes.io/is-default-class: \"true\"\nprovisioner: kubernetes.io/no-provisioner\n\
@@ -446,7 +744,8 @@ fn storage_manifest(count: u32) -> String {
             "---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: local-{i:03}\nspec:\n  \
              capacity: {{storage: 100Gi}}\n  accessModes: [ReadWriteOnce]\n  \
              persistentVolumeReclaimPolicy: Retain\n  storageClassName: standard\n  \
-             hostPath: {{path: /var/lib/kwok-volumes/local-{i:03}}}\n"
+             hostPath: {{path: {}}}\n",
+            dir.join(volume_name(i)).display()
         ));
     }
     yaml
@@ -489,10 +788,54 @@ mod tests {
 
     #[test]
     fn storage_is_a_default_class_and_a_pool_of_volumes() {
-        let yaml = storage_manifest(3);
+        let yaml = storage_manifest(3, Path::new("/volumes"));
         assert_eq!(yaml.matches("kind: PersistentVolume\n").count(), 3);
         assert!(yaml.contains("storageclass.kubernetes.io/is-default-class: \"true\""));
         assert!(yaml.contains("name: local-002"));
+        assert!(yaml.contains("hostPath: {path: /volumes/local-002}"));
+    }
+
+    #[test]
+    fn kwokctl_config_adds_the_clusters_addresses() {
+        let base = fs::read_to_string(paths::repo_root().join("e2e/kwokctl.yaml")).expect("base");
+        let config =
+            kwokctl_config(&base, &AddressPlan::new(1), Path::new("/pki")).expect("config");
+        let config: serde_json::Value = serde_yaml::from_str(&config).expect("YAML");
+        assert_eq!(config["options"]["bindAddress"], "127.0.0.1");
+        assert_eq!(
+            config["options"]["kubeApiserverCertSANs"],
+            serde_json::json!(["198.19.255.5", "198.19.64.1"])
+        );
+        let args = |name: &str| -> Vec<String> {
+            config["componentsPatches"]
+                .as_array()
+                .expect("patches")
+                .iter()
+                .filter(|p| p["name"] == name)
+                .flat_map(|p| p["extraArgs"].as_array().cloned().unwrap_or_default())
+                .map(|a| {
+                    format!(
+                        "{}={}",
+                        a["key"].as_str().expect("a key"),
+                        a["value"].as_str().expect("a value")
+                    )
+                })
+                .collect()
+        };
+        let apiserver = args("kube-apiserver");
+        assert!(
+            apiserver.contains(&"service-cluster-ip-range=198.19.64.0/18".to_owned()),
+            "{apiserver:?}"
+        );
+        assert!(apiserver.contains(&"advertise-address=198.19.255.5".to_owned()));
+        assert!(apiserver.contains(&"kubelet-client-certificate=/pki/admin.crt".to_owned()));
+        assert!(args("kwok-controller").contains(&"cidr=198.18.128.0/18".to_owned()));
+        assert!(args("kwok-controller").contains(&"manage-all-nodes=false".to_owned()));
+        // Only the benchmarking range: never 10/8, 172.16/12 or 192.168/16.
+        let text = serde_json::to_string(&config).expect("JSON");
+        for private in ["\"10.", "\"172.", "\"192.168."] {
+            assert!(!text.contains(private), "{private} in {text}");
+        }
     }
 
     #[test]

@@ -116,6 +116,33 @@ pub fn build_all(out_dir: &Path) -> Result<Vec<BuiltImage>> {
     images.iter().map(|image| build(image, out_dir)).collect()
 }
 
+/// Where `cargo xtask image`, `cargo xtask up` and the tests write the archives.
+pub fn output_dir() -> PathBuf {
+    paths::repo_root().join("target").join("images")
+}
+
+/// Builds the pause image alone (the real node needs it before anything else runs).
+pub fn build_pause(out_dir: &Path) -> Result<BuiltImage> {
+    deps::ensure_debian_packages(&["umoci", "gcc", "libc6-dev"])?;
+    build(&pause_image(&out_dir.join("pause-build"))?, out_dir)
+}
+
+/// A digest of an image archive's bytes: which build of a tag a node runs.
+pub fn archive_digest(archive: &Path) -> Result<String> {
+    let bytes = fs::read(archive).with_context(|| format!("cannot read {}", archive.display()))?;
+    let digest = Sha256::digest(&bytes);
+    Ok(digest[..12].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The built image of `repository` (one of the constants above).
+pub fn find<'a>(built: &'a [BuiltImage], repository: &str) -> Result<&'a BuiltImage> {
+    let base_name = normalized_repository(repository);
+    built
+        .iter()
+        .find(|image| image.base_name == base_name)
+        .with_context(|| format!("no {repository} image among those built"))
+}
+
 /// An image to build: its name, its one layer, its configuration.
 #[derive(Debug, Clone)]
 pub struct Image {

@@ -1,5 +1,7 @@
-//! The pinned Go tools: the Kubernetes control plane, etcd, KWOK and chainsaw, and
-//! Centrifugo (the peer of the gateway fan-out benchmark, built only when that runs).
+//! The pinned Go tools: the Kubernetes control plane and the real node's kubelet and
+//! kube-proxy, etcd, KWOK and chainsaw, the node's containerd, CoreDNS, Traefik (the Ingress
+//! controller) and kube-router (its NetworkPolicy enforcer), and Centrifugo (the peer of the
+//! gateway fan-out benchmark, built only when that runs).
 //!
 //! Each lives in its own Go module under `e2e/toolchain/`, whose go.mod/go.sum are the pins.
 //! Binaries are built with the Go toolchain and module proxy only, into the machine cache
@@ -52,6 +54,8 @@ const KUBERNETES: Component = Component {
         ),
         ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
         ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+        ("k8s.io/kubernetes/cmd/kubelet", "kubelet"),
+        ("k8s.io/kubernetes/cmd/kube-proxy", "kube-proxy"),
     ],
 };
 const ETCD: Component = Component {
@@ -72,15 +76,80 @@ const CHAINSAW: Component = Component {
     pinned_module: "github.com/kyverno/chainsaw",
     binaries: &[("github.com/kyverno/chainsaw", "chainsaw")],
 };
-const COMPONENTS: [&Component; 4] = [&KUBERNETES, &ETCD, &KWOK, &CHAINSAW];
+const CONTAINERD: Component = Component {
+    name: "containerd",
+    pinned_module: "github.com/containerd/containerd/v2",
+    binaries: &[
+        (
+            "github.com/containerd/containerd/v2/cmd/containerd",
+            "containerd",
+        ),
+        (
+            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            "containerd-shim-runc-v2",
+        ),
+        ("github.com/containerd/containerd/v2/cmd/ctr", "ctr"),
+    ],
+};
+/// Built from the module's own `main.go`, which links only the plugins the cluster uses.
+const COREDNS: Component = Component {
+    name: "coredns",
+    pinned_module: "github.com/coredns/coredns",
+    binaries: &[("pixel-playground.dev/e2e/toolchain/coredns", "coredns")],
+};
+const TRAEFIK: Component = Component {
+    name: "traefik",
+    pinned_module: "github.com/traefik/traefik/v3",
+    binaries: &[("github.com/traefik/traefik/v3/cmd/traefik", "traefik")],
+};
+const KUBE_ROUTER: Component = Component {
+    name: "kube-router",
+    pinned_module: "github.com/cloudnativelabs/kube-router/v2",
+    binaries: &[(
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+        "kube-router",
+    )],
+};
+const COMPONENTS: [&Component; 8] = [
+    &KUBERNETES,
+    &ETCD,
+    &KWOK,
+    &CHAINSAW,
+    &CONTAINERD,
+    &COREDNS,
+    &TRAEFIK,
+    &KUBE_ROUTER,
+];
 /// Not in [`COMPONENTS`]: only `cargo xtask bench gateway-fanout` needs it.
 const CENTRIFUGO: Component = Component {
     name: "centrifugo",
     pinned_module: "github.com/centrifugal/centrifugo/v6",
     binaries: &[("github.com/centrifugal/centrifugo/v6", "centrifugo")],
 };
-/// Where Centrifugo's release builds set the version it reports (`centrifugo version`).
-const CENTRIFUGO_VERSION_VAR: &str = "github.com/centrifugal/centrifugo/v6/internal/build.Version";
+/// Where each tool's release builds set the version it reports, and whether that version
+/// keeps its leading `v`.
+const VERSION_VARS: [(&str, &str, bool); 4] = [
+    (
+        "centrifugo",
+        "github.com/centrifugal/centrifugo/v6/internal/build.Version",
+        false,
+    ),
+    (
+        "containerd",
+        "github.com/containerd/containerd/v2/version.Version",
+        true,
+    ),
+    (
+        "traefik",
+        "github.com/traefik/traefik/v3/pkg/version.Version",
+        true,
+    ),
+    (
+        "kube-router",
+        "github.com/cloudnativelabs/kube-router/v2/pkg/version.Version",
+        true,
+    ),
+];
 
 /// Paths of the built tools.
 #[derive(Debug)]
@@ -90,10 +159,18 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub kube_scheduler: PathBuf,
     pub kubectl: PathBuf,
+    pub kubelet: PathBuf,
+    pub kube_proxy: PathBuf,
     pub etcd: PathBuf,
     pub kwok: PathBuf,
     pub kwokctl: PathBuf,
     pub chainsaw: PathBuf,
+    pub containerd: PathBuf,
+    pub containerd_shim: PathBuf,
+    pub ctr: PathBuf,
+    pub coredns: PathBuf,
+    pub traefik: PathBuf,
+    pub kube_router: PathBuf,
 }
 
 impl Tools {
@@ -104,10 +181,18 @@ impl Tools {
             &self.kube_controller_manager,
             &self.kube_scheduler,
             &self.kubectl,
+            &self.kubelet,
+            &self.kube_proxy,
             &self.etcd,
             &self.kwok,
             &self.kwokctl,
             &self.chainsaw,
+            &self.containerd,
+            &self.containerd_shim,
+            &self.ctr,
+            &self.coredns,
+            &self.traefik,
+            &self.kube_router,
         ] {
             println!("  {}", path.display());
         }
@@ -121,18 +206,34 @@ pub fn ensure() -> Result<Tools> {
     for component in COMPONENTS {
         dirs.push(ensure_component(component)?);
     }
-    let [kubernetes, etcd, kwok, chainsaw] =
-        <[PathBuf; 4]>::try_from(dirs).expect("one dir per component");
+    let [
+        kubernetes,
+        etcd,
+        kwok,
+        chainsaw,
+        containerd,
+        coredns,
+        traefik,
+        kube_router,
+    ] = <[PathBuf; 8]>::try_from(dirs).expect("one dir per component");
     Ok(Tools {
         kubernetes_version: pinned_version(&KUBERNETES)?,
         kube_apiserver: kubernetes.join("kube-apiserver"),
         kube_controller_manager: kubernetes.join("kube-controller-manager"),
         kube_scheduler: kubernetes.join("kube-scheduler"),
         kubectl: kubernetes.join("kubectl"),
+        kubelet: kubernetes.join("kubelet"),
+        kube_proxy: kubernetes.join("kube-proxy"),
         etcd: etcd.join("etcd"),
         kwok: kwok.join("kwok"),
         kwokctl: kwok.join("kwokctl"),
         chainsaw: chainsaw.join("chainsaw"),
+        containerd: containerd.join("containerd"),
+        containerd_shim: containerd.join("containerd-shim-runc-v2"),
+        ctr: containerd.join("ctr"),
+        coredns: coredns.join("coredns"),
+        traefik: traefik.join("traefik"),
+        kube_router: kube_router.join("kube-router"),
     })
 }
 
@@ -168,15 +269,19 @@ fn find_require(go_mod: &str, module: &str) -> Option<String> {
     })
 }
 
-/// `-ldflags` for a component: Kubernetes binaries report their real version on `/version`,
-/// Centrifugo in `centrifugo version` (without the `v`, as its release builds do).
+/// `-ldflags` for a component: Kubernetes binaries report their real version on `/version`
+/// (and kubelet in the Node's status), the others where their release builds set it.
 fn ldflags(component: &Component, version: &str) -> String {
     let mut flags = vec!["-s".to_owned(), "-w".to_owned()];
-    if component.name == CENTRIFUGO.name {
-        flags.push(format!(
-            "-X {CENTRIFUGO_VERSION_VAR}={}",
-            version.trim_start_matches('v')
-        ));
+    for (name, var, keeps_v) in VERSION_VARS {
+        if component.name == name {
+            let value = if keeps_v {
+                version
+            } else {
+                version.trim_start_matches('v')
+            };
+            flags.push(format!("-X {var}={value}"));
+        }
     }
     if component.name == KUBERNETES.name {
         let mut parts = version.trim_start_matches('v').split('.');
@@ -202,13 +307,24 @@ fn ldflags(component: &Component, version: &str) -> String {
 fn cache_key(component: &Component, version: &str, go_version: &str) -> Result<String> {
     let dir = module_dir(component);
     let mut hasher = Sha256::new();
-    for part in [
+    let mut parts = vec![
         RECIPE.to_owned(),
         go_version.to_owned(),
         ldflags(component, version),
         read(&dir.join("go.mod"))?,
         read(&dir.join("go.sum"))?,
-    ] {
+    ];
+    // A module may hold its own main package (CoreDNS's plugin list).
+    let mut sources: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "go"))
+        .collect();
+    sources.sort();
+    for source in sources {
+        parts.push(read(&source)?);
+    }
+    for part in parts {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -395,6 +511,11 @@ mod tests {
         );
         assert!(pinned_version(&ETCD).expect("pinned").starts_with("v3.6."));
         assert!(pinned_version(&KWOK).expect("pinned").starts_with("v0.8."));
+        assert!(
+            pinned_version(&CONTAINERD)
+                .expect("pinned")
+                .starts_with("v2.")
+        );
         assert_eq!(pinned_version(&CENTRIFUGO).expect("pinned"), "v6.9.1");
     }
 
@@ -440,6 +561,11 @@ mod tests {
             ldflags(&CENTRIFUGO, "v6.9.1").ends_with("/internal/build.Version=6.9.1"),
             "{}",
             ldflags(&CENTRIFUGO, "v6.9.1")
+        );
+        assert!(
+            ldflags(&CONTAINERD, "v2.4.2").ends_with("/v2/version.Version=v2.4.2"),
+            "{}",
+            ldflags(&CONTAINERD, "v2.4.2")
         );
     }
 

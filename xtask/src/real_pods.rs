@@ -1,0 +1,583 @@
+//! The real-pods suite: a canvas whose pods run as containers on the test cluster's real
+//! node, from the images built here, deployed by the operator running in the cluster from
+//! `config/default`, and played through the Ingress controller. Runs after the KWOK suites
+//! and scenarios (whose operator runs beside the cluster); each check is bounded in time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use pixel_common::{operator_contract::LEASE_NAME, ports};
+use pixel_harness::{
+    cluster::{Cluster, OPERATOR_NAMESPACE},
+    images::{self, BuiltImage},
+    process,
+    toolchain::Tools,
+};
+
+const NAMESPACE: &str = "real-pods";
+const CANVAS: &str = "real";
+const HOST: &str = "real-pods.localtest.me";
+
+/// The suite's canvas: two replicas of the API and the gateway (so traffic crosses pods),
+/// no cooldown, and `Always` fsync so every acknowledged placement survives a Redis restart.
+fn canvas_manifest() -> String {
+    format!(
+        "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata:\n  name: {CANVAS}\nspec:\n  \
+         canvas: {{width: 64, height: 64, cooldownSeconds: 0}}\n  api: {{replicas: 2}}\n  \
+         gateway: {{replicas: 2}}\n  frontend: {{replicas: 1}}\n  \
+         redis: {{appendFsync: Always, storage: {{size: 1Gi}}}}\n  ingress: {{host: {HOST}}}\n"
+    )
+}
+
+/// Where the checks run.
+struct Stage<'a> {
+    tools: &'a Tools,
+    cluster: &'a Cluster,
+    ingress_port: u16,
+    node: String,
+}
+
+type Check = fn(&Stage) -> Result<()>;
+
+/// The checks, in order; each is reported by name.
+const CHECKS: [(&str, Check); 6] = [
+    ("ready-on-the-real-node", ready_on_the_real_node),
+    (
+        "page-and-api-through-the-ingress",
+        page_and_api_through_the_ingress,
+    ),
+    ("exec-and-logs", exec_and_logs),
+    (
+        "redis-pod-deleted-keeps-every-pixel",
+        redis_pod_deleted_keeps_every_pixel,
+    ),
+    ("network-policy-guards-redis", network_policy_guards_redis),
+    (
+        "operator-pod-deleted-standby-reconciles",
+        operator_pod_deleted_standby_reconciles,
+    ),
+];
+
+/// Sets the stage up (images, the in-cluster operator, the canvas), then runs every check.
+/// A failed set-up fails every check.
+pub fn run(tools: &Tools, cluster: &Cluster) -> Vec<(String, Result<()>)> {
+    let setup_started = Instant::now();
+    let stage = set_up(tools, cluster);
+    let mut results = vec![(
+        "real-pods: set-up (images, operator in the cluster, canvas applied)".to_owned(),
+        stage
+            .as_ref()
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    )];
+    println!(
+        "real-pods set-up took {} s",
+        setup_started.elapsed().as_secs()
+    );
+    for (name, check) in CHECKS {
+        let name = format!("real-pods: {name}");
+        println!("== {name}");
+        let outcome = match &stage {
+            Ok(stage) => check(stage),
+            Err(error) => Err(anyhow::anyhow!("set-up failed: {error:#}")),
+        };
+        results.push((name, outcome));
+    }
+    results
+}
+
+fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
+    let node = cluster
+        .real_node()
+        .context("the test cluster has no real node")?;
+    let ingress_port = cluster
+        .ingress()
+        .port()
+        .context("the test cluster's Ingress controller is not running")?;
+    let built = images::build_all(&images::output_dir())?;
+    for image in &built {
+        cluster.load_image(tools, image)?;
+    }
+    let redis: &BuiltImage = images::find(&built, images::REDIS_REPOSITORY)?;
+    // From nothing, so a second run (`cargo xtask e2e --real-pods`) starts the same way.
+    process::output(
+        cluster.kubectl(tools).args([
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ]),
+        Duration::from_secs(200),
+    )?;
+    cluster.ensure_storage(tools)?;
+    cluster.place_on_real_node(tools, OPERATOR_NAMESPACE)?;
+    cluster.place_on_real_node(tools, NAMESPACE)?;
+    cluster.run_operator_in_cluster(
+        tools,
+        &redis.reference,
+        images::find(&built, images::APP_REPOSITORY)?,
+    )?;
+    let stage = Stage {
+        tools,
+        cluster,
+        ingress_port,
+        node: node.name().to_owned(),
+    };
+    stage.apply(&canvas_manifest())?;
+    Ok(stage)
+}
+
+impl Stage<'_> {
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        process::output(
+            self.cluster.kubectl(self.tools).args(args),
+            Duration::from_secs(300),
+        )
+    }
+
+    fn kubectl_json(&self, args: &[&str]) -> Result<Value> {
+        serde_json::from_str(&self.kubectl(args)?).context("kubectl printed no JSON")
+    }
+
+    fn apply(&self, manifest: &str) -> Result<()> {
+        let path = self
+            .cluster
+            .kubeconfig()
+            .with_file_name(format!("real-pods-{}.yaml", fastrand::u32(..)));
+        std::fs::write(&path, manifest)?;
+        let applied = self.kubectl(&["apply", "-n", NAMESPACE, "-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        applied.map(drop)
+    }
+
+    fn wait_canvas_ready(&self) -> Result<()> {
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pxc/{CANVAS}"),
+            "-n",
+            NAMESPACE,
+            "--timeout=240s",
+        ])
+        .map(drop)
+    }
+
+    /// The canvas's pods.
+    fn pods(&self) -> Result<Vec<Value>> {
+        let list = self.kubectl_json(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            &format!("app.kubernetes.io/instance={CANVAS}"),
+            "-o",
+            "json",
+        ])?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// An HTTP request through the Ingress controller, with the canvas's host.
+    fn http(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ingress_port);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Host", HOST).call(),
+            ("POST", Some(body)) => agent
+                .post(&url)
+                .header("Host", HOST)
+                .header(ports::CLIENT_ID_HEADER, "real-pods-suite")
+                .header("Content-Type", "application/json")
+                .send(body),
+            _ => bail!("unsupported request {method} {path}"),
+        }
+        .with_context(|| format!("{method} {url} (Host: {HOST})"))?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string()?;
+        Ok((status, text))
+    }
+}
+
+/// Ready only once the real readiness probes pass; every pod on the real node, running
+/// under Pod Security "restricted" with a read-only root filesystem, as a non-root user.
+fn ready_on_the_real_node(stage: &Stage) -> Result<()> {
+    stage.wait_canvas_ready()?;
+    let pods = stage.pods()?;
+    ensure!(
+        pods.len() == 6,
+        "expected 6 pods (redis, 2 api, 2 gateway, 1 frontend), found {}",
+        pods.len()
+    );
+    let namespace = stage.kubectl_json(&["get", "namespace", NAMESPACE, "-o", "json"])?;
+    ensure!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted",
+        "namespace {NAMESPACE} does not enforce Pod Security \"restricted\""
+    );
+    for pod in &pods {
+        let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+        ensure!(
+            pod["spec"]["nodeName"] == stage.node.as_str(),
+            "pod {name} runs on {} rather than the real node",
+            pod["spec"]["nodeName"]
+        );
+        ensure!(
+            pod["status"]["phase"] == "Running",
+            "pod {name} is {}",
+            pod["status"]["phase"]
+        );
+        for status in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            ensure!(
+                status["ready"] == true,
+                "container {} of {name} is not ready",
+                status["name"]
+            );
+            ensure!(
+                status["restartCount"] == 0,
+                "container {} of {name} restarted {} times",
+                status["name"],
+                status["restartCount"]
+            );
+        }
+        for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let context = &container["securityContext"];
+            ensure!(
+                context["readOnlyRootFilesystem"] == true,
+                "container {} of {name} has a writable root filesystem",
+                container["name"]
+            );
+        }
+        ensure!(
+            pod["spec"]["securityContext"]["runAsNonRoot"] == true,
+            "pod {name} may run as root"
+        );
+    }
+    Ok(())
+}
+
+/// The page, the API and its JSON errors, all on the Ingress's one origin.
+fn page_and_api_through_the_ingress(stage: &Stage) -> Result<()> {
+    // The Ingress controller routes to a Service once its endpoints are ready, a moment
+    // after the canvas reports Ready.
+    process::wait_until(
+        "the Ingress controller to route the API",
+        Duration::from_secs(60),
+        || {
+            Ok(stage
+                .http("GET", ports::API_INFO_PATH, None)
+                .is_ok_and(|(status, _)| status == 200))
+        },
+    )?;
+    let (status, page) = stage.http("GET", "/", None)?;
+    ensure!(status == 200, "GET / answered {status}");
+    ensure!(
+        page.contains("<canvas"),
+        "GET / is not the canvas page: {page:.200}"
+    );
+    let (status, info) = stage.http("GET", ports::API_INFO_PATH, None)?;
+    ensure!(
+        status == 200,
+        "GET {} answered {status}: {info}",
+        ports::API_INFO_PATH
+    );
+    let info: Value = serde_json::from_str(&info).context("info is not JSON")?;
+    ensure!(info["width"] == 64, "info names another canvas: {info}");
+    let (status, error) = stage.http(
+        "POST",
+        ports::API_PIXELS_PATH,
+        Some("{\"x\":-1,\"y\":0,\"color\":1}"),
+    )?;
+    ensure!(
+        (400..500).contains(&status),
+        "a bad placement answered {status}"
+    );
+    serde_json::from_str::<Value>(&error).context("the error is not JSON")?;
+    Ok(())
+}
+
+/// What an admin reaches for: `kubectl exec` and `kubectl logs` on the canvas's pods.
+fn exec_and_logs(stage: &Stage) -> Result<()> {
+    let deployment = format!("deploy/{CANVAS}-api");
+    let version = stage.kubectl(&[
+        "exec",
+        "-n",
+        NAMESPACE,
+        &deployment,
+        "--",
+        "/usr/local/bin/canvas-api",
+        "--version",
+    ])?;
+    ensure!(
+        version.contains(env!("CARGO_PKG_VERSION")),
+        "`canvas-api --version` in the pod printed {version:?}"
+    );
+    let logs = stage.kubectl(&["logs", "-n", NAMESPACE, &deployment, "--tail=20"])?;
+    ensure!(!logs.trim().is_empty(), "the API pod logged nothing");
+    let redis_logs = stage.kubectl(&[
+        "logs",
+        "-n",
+        NAMESPACE,
+        &format!("{CANVAS}-redis-0"),
+        "--tail=50",
+    ])?;
+    ensure!(
+        redis_logs.contains("Ready to accept connections"),
+        "Redis's log does not say it is ready: {redis_logs:.400}"
+    );
+    Ok(())
+}
+
+/// `kubectl delete pod <canvas>-redis-0`: it comes back on the same claim, and every
+/// acknowledged placement is still there (the append-only file on the real volume).
+fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
+    let placed: Vec<(u32, u32, u32)> = (0..20).map(|i| (i, 2 * i % 64, 1 + i % 7)).collect();
+    for &(x, y, color) in &placed {
+        let (status, body) = stage.http(
+            "POST",
+            ports::API_PIXELS_PATH,
+            Some(&format!("{{\"x\":{x},\"y\":{y},\"color\":{color}}}")),
+        )?;
+        ensure!(
+            (200..300).contains(&status),
+            "placing ({x},{y}) answered {status}: {body}"
+        );
+    }
+    let claim = format!("pvc/data-{CANVAS}-redis-0");
+    let uid = |what: &str| -> Result<String> {
+        Ok(stage
+            .kubectl(&[
+                "get",
+                what,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ])?
+            .trim()
+            .to_owned())
+    };
+    let (claim_before, pod_before) = (uid(&claim)?, uid(&format!("pod/{CANVAS}-redis-0"))?);
+    stage.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        NAMESPACE,
+        &format!("{CANVAS}-redis-0"),
+        "--wait=true",
+    ])?;
+    process::wait_until(
+        "the Redis pod to come back",
+        Duration::from_secs(180),
+        || Ok(uid(&format!("pod/{CANVAS}-redis-0")).is_ok_and(|u| !u.is_empty() && u != pod_before)),
+    )?;
+    stage.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{CANVAS}-redis-0"),
+        "-n",
+        NAMESPACE,
+        "--timeout=180s",
+    ])?;
+    ensure!(
+        uid(&claim)? == claim_before,
+        "the Redis pod came back on another claim"
+    );
+    // The API reconnects within its retry interval.
+    let first = format!("{}/0/0", ports::API_PIXELS_PATH);
+    process::wait_until(
+        "the API to reach the new Redis pod",
+        Duration::from_secs(60),
+        || {
+            Ok(stage
+                .http("GET", &first, None)
+                .is_ok_and(|(status, _)| status == 200))
+        },
+    )?;
+    for &(x, y, color) in &placed {
+        let path = format!("{}/{x}/{y}", ports::API_PIXELS_PATH);
+        let (status, body) = stage.http("GET", &path, None)?;
+        ensure!(status == 200, "GET {path} answered {status}: {body}");
+        let pixel: Value = serde_json::from_str(&body).context("pixel is not JSON")?;
+        ensure!(
+            pixel["color"] == color,
+            "({x},{y}) is {} after the restart, not {color}",
+            pixel["color"]
+        );
+    }
+    Ok(())
+}
+
+/// A pod of the namespace that is neither the canvas's API nor its gateway cannot open
+/// Redis's port; the API and the gateway can (their readiness needs Redis).
+fn network_policy_guards_redis(stage: &Stage) -> Result<()> {
+    let redis_image = stage.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        NAMESPACE,
+        &format!("{CANVAS}-redis-0"),
+        "-o",
+        "jsonpath={.spec.containers[0].image}",
+    ])?;
+    let probe = "intruder";
+    // Labelled as the canvas's frontend: in the namespace, of the canvas, and still not allowed.
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {probe}\n  labels: {{app.kubernetes.io/name: pixel-playground, app.kubernetes.io/instance: {CANVAS}-probe, app.kubernetes.io/component: frontend}}\nspec:\n  \
+         securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {{type: RuntimeDefault}}}}\n  \
+         containers:\n  - name: probe\n    image: {redis_image}\n    imagePullPolicy: IfNotPresent\n    \
+         command: [redis-server, --port, \"7777\", --save, \"\", --appendonly, \"no\"]\n    \
+         securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}\n"
+    );
+    stage.apply(&manifest)?;
+    stage.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{probe}"),
+        "-n",
+        NAMESPACE,
+        "--timeout=120s",
+    ])?;
+    // Its address, not its name: the policy is on the packets, whatever DNS says.
+    let redis = stage
+        .kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &format!("{CANVAS}-redis-0"),
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])?
+        .trim()
+        .to_owned();
+    let attempt = process::output_unchecked(
+        stage.cluster.kubectl(stage.tools).args([
+            "exec",
+            "-n",
+            NAMESPACE,
+            probe,
+            "--",
+            "redis-cli",
+            "-h",
+            &redis,
+            "-p",
+            "6379",
+            "ping",
+        ]),
+        Duration::from_secs(60),
+    )?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&attempt.stdout),
+        String::from_utf8_lossy(&attempt.stderr)
+    );
+    let _ = stage.kubectl(&["delete", "pod", probe, "-n", NAMESPACE, "--wait=false"]);
+    ensure!(
+        !said.contains("NOAUTH") && !said.contains("PONG") && !said.contains("WRONGPASS"),
+        "a pod that is not the API or the gateway reached Redis: {said}"
+    );
+    ensure!(
+        said.contains("refused") || said.contains("timed out") || said.contains("Timeout"),
+        "the refusal is not a network one: {said}"
+    );
+    for component in ["api", "gateway"] {
+        let deployment = format!("deploy/{CANVAS}-{component}");
+        process::wait_until(
+            &format!("both {component} pods to be ready (they need Redis)"),
+            Duration::from_secs(90),
+            || {
+                Ok(stage
+                    .kubectl(&[
+                        "get",
+                        &deployment,
+                        "-n",
+                        NAMESPACE,
+                        "-o",
+                        "jsonpath={.status.readyReplicas}",
+                    ])
+                    .is_ok_and(|ready| ready.trim() == "2"))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The operator pod holding the lease is deleted: the standby takes the lease and a change
+/// to the canvas is reconciled (new pods start on the real node and serve).
+fn operator_pod_deleted_standby_reconciles(stage: &Stage) -> Result<()> {
+    let holder = || -> Result<String> {
+        Ok(stage
+            .kubectl(&[
+                "get",
+                "lease",
+                LEASE_NAME,
+                "-n",
+                OPERATOR_NAMESPACE,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])?
+            .trim()
+            .to_owned())
+    };
+    let leader = holder()?;
+    ensure!(!leader.is_empty(), "no operator holds the lease");
+    stage.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NAMESPACE,
+        &leader,
+        "--wait=false",
+    ])?;
+    process::wait_until(
+        "another operator pod to take the lease",
+        Duration::from_secs(120),
+        || Ok(holder().is_ok_and(|h| !h.is_empty() && h != leader)),
+    )?;
+    stage.kubectl(&[
+        "patch",
+        &format!("pxc/{CANVAS}"),
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        "{\"spec\":{\"frontend\":{\"replicas\":2}}}",
+    ])?;
+    process::wait_until(
+        "the frontend to have 2 ready pods",
+        Duration::from_secs(180),
+        || {
+            Ok(stage
+                .kubectl(&[
+                    "get",
+                    &format!("deploy/{CANVAS}-frontend"),
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                ])
+                .is_ok_and(|ready| ready.trim() == "2"))
+        },
+    )?;
+    stage.wait_canvas_ready()?;
+    let pods = stage.pods()?;
+    let frontends = pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "frontend")
+        .filter(|p| p["spec"]["nodeName"] == stage.node.as_str())
+        .count();
+    ensure!(frontends == 2, "{frontends} frontend pods on the real node");
+    Ok(())
+}
