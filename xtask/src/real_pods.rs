@@ -79,10 +79,12 @@ pub fn run(tools: &Tools, cluster: &Cluster) -> Vec<(String, Result<()>)> {
     for (name, check) in CHECKS {
         let name = format!("real-pods: {name}");
         println!("== {name}");
+        let started = Instant::now();
         let outcome = match &stage {
             Ok(stage) => check(stage),
             Err(error) => Err(anyhow::anyhow!("set-up failed: {error:#}")),
         };
+        println!("{name} took {:.1} s", started.elapsed().as_secs_f64());
         results.push((name, outcome));
     }
     results
@@ -368,6 +370,7 @@ fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
             .to_owned())
     };
     let (claim_before, pod_before) = (uid(&claim)?, uid(&format!("pod/{CANVAS}-redis-0"))?);
+    let deleted = Instant::now();
     stage.kubectl(&[
         "delete",
         "pod",
@@ -404,6 +407,11 @@ fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
                 .is_ok_and(|(status, _)| status == 200))
         },
     )?;
+    println!(
+        "real-pods: {} placements acknowledged; the API served from the replacement Redis pod {:.1} s after the deletion",
+        placed.len(),
+        deleted.elapsed().as_secs_f64()
+    );
     for &(x, y, color) in &placed {
         let path = format!("{}/{x}/{y}", ports::API_PIXELS_PATH);
         let (status, body) = stage.http("GET", &path, None)?;
@@ -540,11 +548,16 @@ fn operator_pod_deleted_standby_reconciles(stage: &Stage) -> Result<()> {
         &leader,
         "--wait=false",
     ])?;
+    let deleted = Instant::now();
     process::wait_until(
         "another operator pod to take the lease",
         Duration::from_secs(120),
         || Ok(holder().is_ok_and(|h| !h.is_empty() && h != leader)),
     )?;
+    println!(
+        "real-pods: the standby took the lease {:.1} s after the leader's pod was deleted",
+        deleted.elapsed().as_secs_f64()
+    );
     stage.kubectl(&[
         "patch",
         &format!("pxc/{CANVAS}"),
