@@ -102,8 +102,8 @@ fn check_restored(before: &[(String, String)], after: &[(String, String)]) -> Re
 
 #[derive(Debug, clap::Args)]
 pub struct E2eArgs {
-    /// Run only this scenario, not the chainsaw suites. Stop an operator `cargo xtask up`
-    /// left running first: it would hold the lease.
+    /// Run only this scenario, not the chainsaw suites (the operator `cargo xtask up`
+    /// deployed is scaled to zero meanwhile).
     #[arg(long, value_enum, conflicts_with = "real_pods")]
     scenario: Option<Scenario>,
     /// Run only the real-pods suite (it runs the operator in the cluster, as `cargo xtask
@@ -143,6 +143,7 @@ pub fn run_suites(args: &E2eArgs) -> Result<()> {
     }
     if let Some(scenario) = args.scenario {
         cluster.install_operator_config(&tools)?;
+        cluster.scale_in_cluster_operator(&tools, 0)?;
         cluster.ensure_storage(&tools)?;
         let report_dir = paths::repo_root().join("target/e2e");
         std::fs::create_dir_all(&report_dir)?;
@@ -176,6 +177,9 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster, suites_to_run: Suites) 
         bail!("no chainsaw tests found under {}", suites.display());
     }
     cluster.install_operator_config(tools)?;
+    // The operator under test runs beside the cluster; one `cargo xtask up` deployed in the
+    // cluster would hold the lease (the real-pods suite and `up` scale it back).
+    cluster.scale_in_cluster_operator(tools, 0)?;
     cluster.ensure_storage(tools)?;
     let report_dir = paths::repo_root().join("target/e2e");
     std::fs::create_dir_all(&report_dir)?;

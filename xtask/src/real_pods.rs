@@ -168,6 +168,27 @@ impl Stage<'_> {
         .map(drop)
     }
 
+    /// Waits until the component's Deployment has `count` ready pods.
+    fn wait_ready_pods(&self, component: &str, count: u32, limit: Duration) -> Result<()> {
+        let deployment = format!("deploy/{CANVAS}-{component}");
+        process::wait_until(
+            &format!("{deployment} to have {count} ready pods"),
+            limit,
+            || {
+                Ok(self
+                    .kubectl(&[
+                        "get",
+                        &deployment,
+                        "-n",
+                        NAMESPACE,
+                        "-o",
+                        "jsonpath={.status.readyReplicas}",
+                    ])
+                    .is_ok_and(|ready| ready.trim() == count.to_string()))
+            },
+        )
+    }
+
     /// The canvas's pods.
     fn pods(&self) -> Result<Vec<Value>> {
         let list = self.kubectl_json(&[
@@ -500,23 +521,7 @@ fn network_policy_guards_redis(stage: &Stage) -> Result<()> {
         "the refusal is not a network one: {said}"
     );
     for component in ["api", "gateway"] {
-        let deployment = format!("deploy/{CANVAS}-{component}");
-        process::wait_until(
-            &format!("both {component} pods to be ready (they need Redis)"),
-            Duration::from_secs(90),
-            || {
-                Ok(stage
-                    .kubectl(&[
-                        "get",
-                        &deployment,
-                        "-n",
-                        NAMESPACE,
-                        "-o",
-                        "jsonpath={.status.readyReplicas}",
-                    ])
-                    .is_ok_and(|ready| ready.trim() == "2"))
-            },
-        )?;
+        stage.wait_ready_pods(component, 2, Duration::from_secs(90))?;
     }
     Ok(())
 }
@@ -568,22 +573,7 @@ fn operator_pod_deleted_standby_reconciles(stage: &Stage) -> Result<()> {
         "-p",
         "{\"spec\":{\"frontend\":{\"replicas\":2}}}",
     ])?;
-    process::wait_until(
-        "the frontend to have 2 ready pods",
-        Duration::from_secs(180),
-        || {
-            Ok(stage
-                .kubectl(&[
-                    "get",
-                    &format!("deploy/{CANVAS}-frontend"),
-                    "-n",
-                    NAMESPACE,
-                    "-o",
-                    "jsonpath={.status.readyReplicas}",
-                ])
-                .is_ok_and(|ready| ready.trim() == "2"))
-        },
-    )?;
+    stage.wait_ready_pods("frontend", 2, Duration::from_secs(180))?;
     stage.wait_canvas_ready()?;
     let pods = stage.pods()?;
     let frontends = pods

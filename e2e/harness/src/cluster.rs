@@ -597,6 +597,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// Scales the operator's Deployment from `config/default` (applying `config/default`
+    /// again sets it back to its replicas).
+    pub fn scale_in_cluster_operator(&self, tools: &Tools, replicas: u32) -> Result<()> {
+        process::output(
+            self.kubectl(tools).args([
+                "scale",
+                &format!("deployment/{OPERATOR_DEPLOYMENT}"),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                &format!("--replicas={replicas}"),
+            ]),
+            Duration::from_secs(60),
+        )
+        .context("scaling the in-cluster operator")?;
+        Ok(())
+    }
+
     /// A kubeconfig that authenticates as the operator's ServiceAccount, so the operator under
     /// test holds exactly the permissions `config/rbac` grants.
     pub fn write_operator_kubeconfig(&self, tools: &Tools, path: &Path) -> Result<()> {
