@@ -1,5 +1,5 @@
-//! Wires the reconciler to watches: every PixelCanvas, and the children the operator
-//! labels as its own, so a change to either triggers a reconcile of the owning canvas.
+//! Wires the reconciler to watches: every PixelCanvas, the children the operator labels as
+//! its own, and their pods, so a change to any triggers a reconcile of the owning canvas.
 
 use std::{
     future::Future,
@@ -10,7 +10,7 @@ use std::{
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
-    core::v1::{ConfigMap, Secret, Service},
+    core::v1::{ConfigMap, Pod, Secret, Service},
     networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
 };
@@ -33,7 +33,7 @@ use crate::{
     api::PixelCanvas,
     children::{
         Defaults,
-        naming::{LABEL_MANAGED_BY, MANAGER},
+        naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
     },
     metrics::Metrics,
     reconcile::{Context, error_policy, reconcile},
@@ -107,7 +107,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     .owns_stream(scope.watch_metadata::<Secret>(owned.clone()))
     .owns_stream(scope.watch_metadata::<PodDisruptionBudget>(owned.clone()))
     .owns_stream(scope.watch_metadata::<NetworkPolicy>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<Ingress>(owned))
+    .owns_stream(scope.watch_metadata::<Ingress>(owned.clone()))
+    // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
+    // their instance label names the canvas. A pod's status (an image it cannot pull, say)
+    // is part of the canvas's; the reconcile lists the pods it needs, so only metadata here.
+    .watches_stream(
+        scope.watch_metadata::<Pod>(owned),
+        |pod: PartialObjectMeta<Pod>| {
+            let namespace = pod.namespace();
+            pod.labels()
+                .get(LABEL_INSTANCE)
+                .zip(namespace)
+                .map(|(canvas, namespace)| ObjectRef::new(canvas).within(&namespace))
+        },
+    )
     // A Secret named by spec.redis.passwordSecretRef is the user's, not labelled as
     // ours: its appearance or rotation must reach the canvases that use it. Its metadata
     // says which Secret changed; its data is never cached here.

@@ -1,7 +1,9 @@
 //! One reconcile: resolve the Redis password, apply the desired children (skipping those
-//! already as desired), remove those ruled out, observe the workloads, and write the status
-//! only when it changed. Steady state therefore makes no writes.
+//! already as desired), remove those ruled out, observe the workloads and the pods (deleting
+//! a Redis pod stuck on an old revision's missing image), and write the status only when it
+//! changed. Steady state therefore makes no writes.
 
+mod stuck_pods;
 mod transitions;
 
 use std::{
@@ -15,7 +17,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::Secret,
+        core::v1::{Pod, Secret},
         networking::v1::Ingress,
         policy::v1::PodDisruptionBudget,
     },
@@ -24,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{controller::Action, events::Recorder},
 };
 use pixel_common::error::ErrorChain;
@@ -32,15 +34,18 @@ use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use self::stuck_pods::stuck_pods;
 pub use self::transitions::{Transition, transitions};
 use crate::{
     api::{PixelCanvas, PixelCanvasStatus},
     children::{
         self, Child, ChildKind, Component, Defaults, DesiredError, Inputs, Names, PASSWORD_KEY,
-        kind_of, naming::MANAGER, with_child,
+        kind_of,
+        naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
+        with_child,
     },
     metrics::Metrics,
-    status::{self, Observed, READY, WorkloadState},
+    status::{self, Observed, PodState, READY, WorkloadState},
 };
 
 /// Annotation on each child: digest of what the operator last applied. A child whose digest
@@ -185,6 +190,15 @@ fn backoff(failures: u32) -> Duration {
 /// Each component's workload state, as far as it is known.
 type Workloads = BTreeMap<Component, WorkloadState>;
 
+/// What applying the children returned.
+#[derive(Debug, Default)]
+struct Live {
+    /// The state of each workload applied.
+    workloads: Workloads,
+    /// The Redis StatefulSet, once applied.
+    redis: Option<StatefulSet>,
+}
+
 async fn reconcile_canvas(
     canvas: &PixelCanvas,
     context: &Context,
@@ -192,15 +206,27 @@ async fn reconcile_canvas(
     let namespace = canvas.namespace().ok_or(DesiredError::NoNamespace)?;
     let names = Names::new(&canvas.name_any());
 
-    let mut workloads = Workloads::new();
-    let applied = apply_children(canvas, context, &namespace, &names, &mut workloads).await;
+    let mut live = Live::default();
+    let applied = apply_children(canvas, context, &namespace, &names, &mut live).await;
+    let mut workloads = live.workloads;
+    observe(context, &namespace, &names, &mut workloads).await?;
+    let mut pods = list_pods(context, &namespace, &names).await?;
+    // Only with an applied Redis StatefulSet: a paused canvas's pods are left be.
+    let replaced = match &live.redis {
+        Some(set) => replace_stuck_pods(context, &namespace, set, &pods).await,
+        None => Ok(Vec::new()),
+    };
+    if let Ok(replaced) = &replaced {
+        pods.retain(|pod| !replaced.contains(&pod.name));
+    }
     let failure = applied
         .as_ref()
         .err()
+        .or(replaced.as_ref().err())
         .map(|e| (e.reason().to_owned(), ErrorChain(e).to_string()));
-    observe(context, &namespace, &names, &mut workloads).await?;
     let observed = Observed {
         workloads,
+        image_problems: status::image_problems(&pods),
         failure,
         url: url_of(canvas, &context.defaults),
     };
@@ -218,6 +244,7 @@ async fn reconcile_canvas(
         .await;
     }
     applied?;
+    replaced?;
     let ready = new_status
         .conditions
         .iter()
@@ -235,13 +262,13 @@ fn url_of(canvas: &PixelCanvas, defaults: &Defaults) -> Option<String> {
 }
 
 /// Applies every desired child and removes the ones ruled out, unless the canvas is paused.
-/// Records the state of each workload it applied in `workloads`, from the live object.
+/// Records the state of each workload it applied in `live`, from the live object.
 async fn apply_children(
     canvas: &PixelCanvas,
     context: &Context,
     namespace: &str,
     names: &Names,
-    workloads: &mut Workloads,
+    live: &mut Live,
 ) -> Result<(), ReconcileError> {
     let password = password(canvas, context, namespace, names).await?;
     let inputs = Inputs::new(canvas, password, &context.defaults)?;
@@ -250,11 +277,14 @@ async fn apply_children(
     }
     let desired = children::desired(&inputs);
     for child in &desired.apply {
-        let live = with_child!(child, |object, wrap| wrap(
+        let object = with_child!(child, |object, wrap| wrap(
             apply(context, namespace, object).await?
         ));
-        if let Some((component, state)) = workload_state(&live, names) {
-            workloads.insert(component, state);
+        if let Some((component, state)) = workload_state(&object, names) {
+            live.workloads.insert(component, state);
+            if let (Component::Redis, Child::StatefulSet(set)) = (component, object) {
+                live.redis = Some(set);
+            }
         }
     }
     let uid = canvas.uid().unwrap_or_default();
@@ -475,6 +505,75 @@ async fn observe(
         }
     }
     Ok(())
+}
+
+/// The canvas's pods (those carrying the operator's label and the canvas's instance).
+async fn list_pods(
+    context: &Context,
+    namespace: &str,
+    names: &Names,
+) -> Result<Vec<PodState>, ReconcileError> {
+    let selector = pod_selector(names);
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(
+            "list",
+            kind_of::<Pod>(),
+            &format!("{namespace}/* labelled {selector}"),
+        ))?;
+    Ok(pods.items.iter().filter_map(PodState::of_pod).collect())
+}
+
+/// The label selector of a canvas's pods.
+fn pod_selector(names: &Names) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_INSTANCE}={}",
+        names.canvas()
+    )
+}
+
+/// Deletes the Redis pods [`stuck_pods`] picks, each only while it is still the pod that
+/// was observed (a UID precondition), so the StatefulSet controller recreates it at the
+/// update revision. Returns the names of the pods deleted.
+async fn replace_stuck_pods(
+    context: &Context,
+    namespace: &str,
+    set: &StatefulSet,
+    pods: &[PodState],
+) -> Result<Vec<String>, ReconcileError> {
+    let kind = kind_of::<Pod>();
+    let api = Api::<Pod>::namespaced(context.client.clone(), namespace);
+    let update_revision = set
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.as_deref())
+        .unwrap_or_default();
+    let mut replaced = Vec::new();
+    for pod in stuck_pods(set, pods) {
+        let params = DeleteParams::default().preconditions(Preconditions {
+            uid: Some(pod.uid.clone()),
+            resource_version: None,
+        });
+        match api.delete(&pod.name, &params).await {
+            Ok(_) => {
+                context.metrics.wrote(kind, "delete");
+                tracing::info!(
+                    kind,
+                    %namespace,
+                    name = %pod.name,
+                    revision = pod.revision.as_deref().unwrap_or_default(),
+                    update_revision,
+                    "deleted a pod stuck on an old revision's image"
+                );
+                replaced.push(pod.name.clone());
+            }
+            // Gone already, or a new pod of that name: nothing left to replace.
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {}
+            Err(error) => return Err(kube_error("delete", kind, &pod.name)(error)),
+        }
+    }
+    Ok(replaced)
 }
 
 /// The object named `name`, if it exists.

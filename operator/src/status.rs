@@ -1,24 +1,34 @@
-//! The status: a pure function of the canvas, what its workloads report, and whether the
-//! last reconcile failed. `lastTransitionTime` moves only when a condition's status flips,
-//! so an unchanged world yields an identical status and no write.
+//! The status: a pure function of the canvas, what its workloads report, which images their
+//! pods cannot get, and whether the last reconcile failed. `lastTransitionTime` moves only
+//! when a condition's status flips, so an unchanged world yields an identical status and no
+//! write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
-    api::apps::v1::{Deployment, StatefulSet},
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{Container, ContainerStatus, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::ResourceExt;
 
 use crate::{
     api::{ComponentsStatus, PixelCanvas, PixelCanvasStatus, ReplicaStatus},
-    children::{Component, desired_replicas},
+    children::{Component, desired_replicas, naming::LABEL_COMPONENT},
 };
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
+
+/// The reason of Ready and Degraded while a pod cannot get its image.
+pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+
+/// The label a StatefulSet puts on each pod: the revision of the template it was made from.
+pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 
 /// What one workload reports about its replicas.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,11 +78,146 @@ impl WorkloadState {
     }
 }
 
+/// Why the kubelet cannot start a container from its image, from the container's waiting
+/// reason. The kubelet alternates `ErrImagePull` (an attempt failed) and `ImagePullBackOff`
+/// (waiting for the next attempt) for as long as a pull keeps failing, so both are one kind:
+/// the status names them together and stays put between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ImageFailure {
+    /// `ErrImagePull` or `ImagePullBackOff`.
+    Pull,
+    /// `ErrImageNeverPull`: the image is not on the node and the pull policy is `Never`.
+    NeverPull,
+    /// `InvalidImageName`.
+    InvalidName,
+}
+
+impl ImageFailure {
+    /// The kind of a container's waiting reason, if it means the image cannot be had.
+    pub fn of_waiting_reason(reason: &str) -> Option<Self> {
+        match reason {
+            "ErrImagePull" | "ImagePullBackOff" => Some(Self::Pull),
+            "ErrImageNeverPull" => Some(Self::NeverPull),
+            "InvalidImageName" => Some(Self::InvalidName),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the image, and the kubelet's reasons for it.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Pull => "cannot be pulled (ErrImagePull/ImagePullBackOff)",
+            Self::NeverPull => {
+                "is not on the node and its pull policy is Never (ErrImageNeverPull)"
+            }
+            Self::InvalidName => "is not a valid image name (InvalidImageName)",
+        }
+    }
+}
+
+/// An image some container of a component cannot start from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageProblem {
+    /// The image as the pod's spec names it.
+    pub image: String,
+    pub failure: ImageFailure,
+}
+
+/// What the operator reads from one of a canvas's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    pub name: String,
+    pub uid: String,
+    pub component: Component,
+    /// The pod's Ready condition is true.
+    pub ready: bool,
+    /// The [`CONTROLLER_REVISION_HASH`] label (StatefulSet pods only).
+    pub revision: Option<String>,
+    /// The images its containers (init containers too) are waiting for in vain.
+    pub image_problems: BTreeSet<ImageProblem>,
+}
+
+impl PodState {
+    /// `None` for a pod of no component, or one being deleted: it is on its way out, and
+    /// what it waits for no longer matters.
+    pub fn of_pod(pod: &Pod) -> Option<Self> {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let labels = pod.labels();
+        let component = labels
+            .get(LABEL_COMPONENT)
+            .and_then(|label| Component::ALL.into_iter().find(|c| c.as_str() == label))?;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+        let image_problems = [
+            (
+                status.and_then(|s| s.init_container_statuses.as_deref()),
+                spec.and_then(|s| s.init_containers.as_deref()),
+            ),
+            (
+                status.and_then(|s| s.container_statuses.as_deref()),
+                spec.map(|s| s.containers.as_slice()),
+            ),
+        ]
+        .into_iter()
+        .flat_map(|(statuses, containers)| {
+            statuses
+                .unwrap_or_default()
+                .iter()
+                .filter_map(move |s| image_problem(s, containers.unwrap_or_default()))
+        })
+        .collect();
+        Some(Self {
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+            component,
+            ready,
+            revision: labels.get(CONTROLLER_REVISION_HASH).cloned(),
+            image_problems,
+        })
+    }
+}
+
+/// The problem a container's waiting reason reports, naming the image its spec gives (the
+/// status's image where the spec has no such container).
+fn image_problem(status: &ContainerStatus, containers: &[Container]) -> Option<ImageProblem> {
+    let reason = status.state.as_ref()?.waiting.as_ref()?.reason.as_deref()?;
+    let failure = ImageFailure::of_waiting_reason(reason)?;
+    let image = containers
+        .iter()
+        .find(|c| c.name == status.name)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_else(|| status.image.clone());
+    Some(ImageProblem { image, failure })
+}
+
+/// The image problems of each component, over all its pods.
+pub fn image_problems(pods: &[PodState]) -> BTreeMap<Component, BTreeSet<ImageProblem>> {
+    let mut problems = BTreeMap::<Component, BTreeSet<ImageProblem>>::new();
+    for pod in pods.iter().filter(|p| !p.image_problems.is_empty()) {
+        problems
+            .entry(pod.component)
+            .or_default()
+            .extend(pod.image_problems.iter().cloned());
+    }
+    problems
+}
+
 /// Everything the status depends on besides the canvas.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// Each component's workload, when it exists.
     pub workloads: BTreeMap<Component, WorkloadState>,
+    /// The images each component's pods cannot get (none: absent or empty).
+    pub image_problems: BTreeMap<Component, BTreeSet<ImageProblem>>,
     /// The reason and message of the last reconcile's failure, if it failed.
     pub failure: Option<(String, String)>,
     /// The canvas URL, when there is one.
@@ -131,6 +276,23 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         })
         .collect();
 
+    // Bounded: one entry per component, image and kind, whatever the number of pods.
+    let image_problems: Vec<String> = observed
+        .image_problems
+        .iter()
+        .flat_map(|(component, problems)| {
+            problems.iter().map(move |p| {
+                format!(
+                    "{}: image {:?} {}",
+                    component.as_str(),
+                    p.image,
+                    p.failure.describe()
+                )
+            })
+        })
+        .collect();
+    let image_problems = (!image_problems.is_empty()).then(|| image_problems.join("; "));
+
     let mut conditions = Vec::new();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
         conditions.push(Condition {
@@ -143,7 +305,7 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         });
     };
 
-    let all_ready = waiting.is_empty() && observed.failure.is_none();
+    let all_ready = waiting.is_empty() && observed.failure.is_none() && image_problems.is_none();
     if all_ready {
         set(
             READY,
@@ -153,6 +315,8 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         );
     } else if let Some((reason, message)) = &observed.failure {
         set(READY, false, reason, message.clone());
+    } else if let Some(message) = &image_problems {
+        set(READY, false, IMAGE_PULL_FAILED, message.clone());
     } else {
         set(
             READY,
@@ -187,6 +351,8 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
 
     if let Some((reason, message)) = &observed.failure {
         set(DEGRADED, true, reason, message.clone());
+    } else if let Some(message) = &image_problems {
+        set(DEGRADED, true, IMAGE_PULL_FAILED, message.clone());
     } else if !unavailable.is_empty() {
         set(
             DEGRADED,

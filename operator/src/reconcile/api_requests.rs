@@ -1,6 +1,7 @@
 //! The requests one reconcile sends, against a fake API server that holds a canvas's
-//! children as the real one would return them: at steady state only reads, and for one
-//! child changed by hand exactly one server-side apply, to that child.
+//! children and pods as the real one would return them: at steady state only reads (also
+//! while a pod cannot get its image), for one child changed by hand exactly one server-side
+//! apply, to that child, and for a Redis pod stuck on an old revision's image one delete.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,9 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::PixelCanvasSpec;
+use crate::{
+    api::PixelCanvasSpec, children::naming::LABEL_COMPONENT, status::CONTROLLER_REVISION_HASH,
+};
 
 const NAMESPACE: &str = "art";
 const PASSWORD: &str = "s3cret-s3cret";
@@ -25,12 +28,13 @@ struct Sent {
     path: String,
     query: String,
     content_type: Option<String>,
+    body: Vec<u8>,
 }
 
-/// A fake API server. GET answers from `live` by path, else 404; PATCH answers with the
-/// object at that path in `converged`, as it reads once the apply has taken effect.
-/// Anything else answers 405, so an unexpected write fails the reconcile as well as the
-/// assertion.
+/// A fake API server. GET answers from `live` by path (a list too), else 404; PATCH and
+/// DELETE answer with the object at that path in `converged`, as it reads once the write
+/// has taken effect. Anything else answers 405, so an unexpected write fails the reconcile
+/// as well as the assertion.
 fn fake_api(
     live: BTreeMap<String, Value>,
     converged: BTreeMap<String, Value>,
@@ -41,23 +45,26 @@ fn fake_api(
         let sent = sent.clone();
         async move {
             while let Some((request, respond)) = handle.next_request().await {
-                let path = request.uri().path().to_owned();
+                let (request, body) = request.into_parts();
+                let path = request.uri.path().to_owned();
+                let body = body.collect_bytes().await.expect("body").to_vec();
                 sent.lock().expect("lock").push(Sent {
-                    method: request.method().clone(),
+                    method: request.method.clone(),
                     path: path.clone(),
-                    query: request.uri().query().unwrap_or_default().to_owned(),
+                    query: request.uri.query().unwrap_or_default().to_owned(),
                     content_type: request
-                        .headers()
+                        .headers
                         .get(http::header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned),
+                    body,
                 });
-                let found = match *request.method() {
+                let found = match request.method {
                     Method::GET => live.get(&path),
-                    Method::PATCH => converged.get(&path),
+                    Method::PATCH | Method::DELETE => converged.get(&path),
                     _ => None,
                 };
-                let (status, body) = match (found, request.method()) {
+                let (status, body) = match (found, &request.method) {
                     (Some(object), _) => (StatusCode::OK, object.clone()),
                     (None, &Method::GET) => (StatusCode::NOT_FOUND, failure(404, "NotFound")),
                     (None, _) => (
@@ -143,6 +150,48 @@ where
     (path, object)
 }
 
+/// Where the canvas's pods are listed.
+const PODS: &str = "/api/v1/namespaces/art/pods";
+/// The Redis pod.
+const REDIS_POD: &str = "/api/v1/namespaces/art/pods/demo-redis-0";
+/// The Redis StatefulSet.
+const REDIS_SET: &str = "/apis/apps/v1/namespaces/art/statefulsets/demo-redis";
+
+/// A pod of `component` at `revision` running `image`, or waiting for it with `reason`.
+fn pod(component: Component, revision: &str, image: &str, waiting: Option<&str>) -> Value {
+    let name = format!("demo-{}-0", component.as_str());
+    let ready = waiting.is_none();
+    let state = match waiting {
+        Some(reason) => json!({"waiting": {"reason": reason, "message": "Back-off pulling image"}}),
+        None => json!({"running": {"startedAt": "2027-01-01T00:00:00Z"}}),
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": NAMESPACE, "uid": format!("uid-{name}-{revision}"),
+            "resourceVersion": "18",
+            "labels": {
+                LABEL_INSTANCE: "demo", LABEL_COMPONENT: component.as_str(),
+                LABEL_MANAGED_BY: MANAGER, CONTROLLER_REVISION_HASH: revision,
+            },
+        },
+        "spec": {"containers": [{"name": component.as_str(), "image": image}]},
+        "status": {
+            "phase": if ready { "Running" } else { "Pending" },
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "containerStatuses": [{
+                "name": component.as_str(), "image": image, "imageID": "", "ready": ready,
+                "restartCount": 0, "state": state,
+            }],
+        },
+    })
+}
+
+/// The pod list the API server answers with.
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "20"}, "items": pods})
+}
+
 /// A canvas whose children are all as desired, the objects the API server holds for
 /// them (by path), and the canvas with the status a reconcile of that world computes.
 fn steady_world(paused: bool) -> (PixelCanvas, BTreeMap<String, Value>) {
@@ -151,24 +200,53 @@ fn steady_world(paused: bool) -> (PixelCanvas, BTreeMap<String, Value>) {
 
 /// [`steady_world`] as an operator with `defaults` leaves it.
 fn steady_world_with(paused: bool, defaults: &Defaults) -> (PixelCanvas, BTreeMap<String, Value>) {
+    world(paused, defaults, |_| {})
+}
+
+/// A canvas, the objects the API server holds for its children and pods (every child as
+/// desired and every pod healthy, then changed by `edit`), and the canvas with the status
+/// a reconcile of that world computes.
+fn world(
+    paused: bool,
+    defaults: &Defaults,
+    edit: impl FnOnce(&mut BTreeMap<String, Value>),
+) -> (PixelCanvas, BTreeMap<String, Value>) {
     let mut canvas = canvas();
     canvas.spec.paused = paused;
     let names = Names::new(&canvas.name_any());
     let inputs = Inputs::new(&canvas, PASSWORD.to_owned(), defaults).expect("inputs");
+    let desired = children::desired(&inputs).apply;
     let mut objects = BTreeMap::new();
+    let mut paths = Vec::new();
+    for child in &desired {
+        let (path, object) = with_child!(child, |desired| as_served(desired));
+        objects.insert(path.clone(), object);
+        paths.push(path);
+    }
+    let pods = Component::ALL
+        .into_iter()
+        .map(|component| pod(component, "demo-redis-1", "image:1", None))
+        .collect();
+    objects.insert(PODS.to_owned(), pod_list(pods));
+    edit(&mut objects);
+
     let mut workloads = Workloads::new();
-    for child in children::desired(&inputs).apply {
-        let (path, object) = with_child!(&child, |desired| as_served(desired));
-        let live = with_child!(&child, |_desired, wrap| wrap(
-            serde_json::from_value(object.clone()).expect("typed")
+    for (child, path) in desired.iter().zip(&paths) {
+        let live = with_child!(child, |_desired, wrap| wrap(
+            serde_json::from_value(objects[path].clone()).expect("typed")
         ));
         if let Some((component, state)) = workload_state(&live, &names) {
             workloads.insert(component, state);
         }
-        objects.insert(path, object);
     }
+    let pods: Vec<PodState> = serde_json::from_value::<Vec<Pod>>(objects[PODS]["items"].clone())
+        .expect("pods")
+        .iter()
+        .filter_map(PodState::of_pod)
+        .collect();
     let observed = Observed {
         workloads,
+        image_problems: status::image_problems(&pods),
         failure: None,
         url: url_of(&canvas, defaults),
     };
@@ -209,9 +287,9 @@ async fn reconcile_with(
 }
 
 /// Every read a reconcile of the steady world makes, in order: the generated password
-/// Secret, each desired child, then the children that must not exist. The workloads are
-/// not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 16] = [
+/// Secret, each desired child, the children that must not exist, then the canvas's pods.
+/// The workloads are not read again to observe them: the apply step already holds them.
+const STEADY_READS: [&str; 17] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/configmaps/demo-config",
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
@@ -228,6 +306,7 @@ const STEADY_READS: [&str; 16] = [
     "/apis/apps/v1/namespaces/art/deployments/demo-frontend",
     "/apis/policy/v1/namespaces/art/poddisruptionbudgets/demo-frontend",
     "/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo",
+    PODS,
 ];
 
 fn reads(sent: &[Sent]) -> Vec<&str> {
@@ -251,6 +330,12 @@ async fn steady_state_sends_only_reads() {
     assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
     assert_eq!(writes(&sent), [], "{sent:#?}");
     assert_eq!(reads(&sent), STEADY_READS, "{sent:#?}");
+    let list = sent.iter().find(|s| s.path == PODS).expect("the pod list");
+    assert_eq!(
+        list.query,
+        "&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpixel-operator%2Capp.kubernetes.io%2Finstance%3Ddemo",
+        "only this canvas's pods"
+    );
 }
 
 #[tokio::test]
@@ -336,7 +421,207 @@ async fn a_paused_canvas_reads_its_workloads_and_applies_nothing() {
             "/apis/apps/v1/namespaces/art/deployments/demo-api",
             "/apis/apps/v1/namespaces/art/deployments/demo-gateway",
             "/apis/apps/v1/namespaces/art/deployments/demo-frontend",
+            PODS,
         ],
         "{sent:#?}"
+    );
+}
+
+/// The writes other than events (which the recorder sends as it sees fit).
+fn object_writes(sent: &[Sent]) -> Vec<(Method, &str)> {
+    writes(sent)
+        .into_iter()
+        .filter(|(_, path)| !path.starts_with("/apis/events.k8s.io/"))
+        .collect()
+}
+
+/// The Redis StatefulSet rolling out `update_revision` with no pod ready, and its pod
+/// `redis` (a [`pod`]).
+fn redis_rolling_out(objects: &mut BTreeMap<String, Value>, update_revision: &str, redis: Value) {
+    let status = &mut objects.get_mut(REDIS_SET).expect("StatefulSet")["status"];
+    status["readyReplicas"] = json!(0);
+    status["updatedReplicas"] = json!(0);
+    status["currentRevision"] = json!("demo-redis-1");
+    status["updateRevision"] = json!(update_revision);
+    objects.get_mut(PODS).expect("pods")["items"][0] = redis;
+}
+
+#[tokio::test]
+async fn a_canvas_stuck_on_a_missing_image_sends_only_reads() {
+    let (canvas, objects) = world(false, &Defaults::default(), |objects| {
+        let stuck = pod(
+            Component::Redis,
+            "demo-redis-1",
+            "redis:nope",
+            Some("ImagePullBackOff"),
+        );
+        redis_rolling_out(objects, "demo-redis-1", stuck);
+    });
+    let ready = canvas
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .expect("Ready");
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        (
+            status::IMAGE_PULL_FAILED,
+            "redis: image \"redis:nope\" cannot be pulled (ErrImagePull/ImagePullBackOff)"
+        )
+    );
+    let (result, sent) = reconcile_against(canvas, objects.clone(), objects).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(WHILE_PROGRESSING)
+    );
+    assert_eq!(
+        writes(&sent),
+        [],
+        "a pod of the current revision waits for its image: nothing to delete, status unchanged"
+    );
+    assert_eq!(reads(&sent), STEADY_READS, "{sent:#?}");
+}
+
+#[tokio::test]
+async fn a_redis_pod_stuck_on_an_old_revisions_image_is_deleted_once() {
+    // The spec's image was fixed: the StatefulSet rolls out revision 2, but its pod of
+    // revision 1 never became ready, so the StatefulSet controller would wait for it forever.
+    let stuck = pod(
+        Component::Redis,
+        "demo-redis-1",
+        "redis:nope",
+        Some("ImagePullBackOff"),
+    );
+    let (canvas, live) = world(false, &Defaults::default(), |objects| {
+        redis_rolling_out(objects, "demo-redis-2", stuck.clone());
+    });
+    let mut converged = live.clone();
+    let mut deleted = stuck;
+    deleted["metadata"]["deletionTimestamp"] = json!("2027-01-01T00:00:00Z");
+    converged.insert(REDIS_POD.to_owned(), deleted);
+    let status_path = format!(
+        "{}/demo/status",
+        PixelCanvas::url_path(&(), Some(NAMESPACE))
+    );
+    converged.insert(
+        status_path.clone(),
+        serde_json::to_value(&canvas).expect("canvas"),
+    );
+
+    let (result, sent) = reconcile_against(canvas.clone(), live.clone(), converged.clone()).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(WHILE_PROGRESSING)
+    );
+    assert_eq!(
+        object_writes(&sent),
+        [
+            (Method::DELETE, REDIS_POD),
+            (Method::PATCH, status_path.as_str())
+        ],
+        "the stuck pod, then the status (it no longer waits for that pod's image)"
+    );
+    let delete = sent
+        .iter()
+        .find(|s| s.method == Method::DELETE)
+        .expect("the delete");
+    let options: Value = serde_json::from_slice(&delete.body).expect("DeleteOptions");
+    assert_eq!(
+        options["preconditions"]["uid"],
+        json!("uid-demo-redis-0-demo-redis-1"),
+        "only the pod that was observed: {options}"
+    );
+
+    // The StatefulSet controller made the pod again at revision 2: nothing more to delete,
+    // even while it waits for its image.
+    let mut replaced = live;
+    replaced.get_mut(PODS).expect("pods")["items"][0] = pod(
+        Component::Redis,
+        "demo-redis-2",
+        "redis:7.2-alpine",
+        Some("ContainerCreating"),
+    );
+    let (result, sent) = reconcile_against(canvas, replaced, converged).await;
+    result.expect("reconciled");
+    assert!(
+        object_writes(&sent)
+            .iter()
+            .all(|(method, _)| method != Method::DELETE),
+        "{sent:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_canvas_leaves_a_stuck_pod_alone() {
+    let (canvas, objects) = world(true, &Defaults::default(), |objects| {
+        let stuck = pod(
+            Component::Redis,
+            "demo-redis-1",
+            "redis:nope",
+            Some("ErrImagePull"),
+        );
+        redis_rolling_out(objects, "demo-redis-2", stuck);
+    });
+    let (result, sent) = reconcile_against(canvas, objects.clone(), objects).await;
+    result.expect("reconciled");
+    assert_eq!(writes(&sent), [], "{sent:#?}");
+}
+
+#[tokio::test]
+async fn a_stuck_pod_that_cannot_be_deleted_fails_the_reconcile_and_says_so() {
+    let (canvas, live) = world(false, &Defaults::default(), |objects| {
+        let stuck = pod(
+            Component::Redis,
+            "demo-redis-1",
+            "redis:nope",
+            Some("ImagePullBackOff"),
+        );
+        redis_rolling_out(objects, "demo-redis-2", stuck);
+    });
+    let status_path = format!(
+        "{}/demo/status",
+        PixelCanvas::url_path(&(), Some(NAMESPACE))
+    );
+    // The pod's DELETE is refused (the fake answers 405), the status is written.
+    let converged = BTreeMap::from([(
+        status_path.clone(),
+        serde_json::to_value(&canvas).expect("canvas"),
+    )]);
+    let (result, sent) = reconcile_against(canvas, live, converged).await;
+    let error = result.expect_err("the delete failed");
+    assert_eq!(error.reason(), "KubernetesApiError");
+    assert_eq!(
+        error.to_string(),
+        "cannot delete Pod demo-redis-0",
+        "and so Degraded says"
+    );
+    assert_eq!(
+        object_writes(&sent),
+        [
+            (Method::DELETE, REDIS_POD),
+            (Method::PATCH, status_path.as_str())
+        ]
+    );
+    let patch: Value = serde_json::from_slice(
+        &sent
+            .iter()
+            .find(|s| s.method == Method::PATCH)
+            .expect("the status")
+            .body,
+    )
+    .expect("json");
+    let degraded = patch["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == status::DEGRADED)
+        .expect("Degraded")
+        .clone();
+    assert_eq!(degraded["reason"], json!("KubernetesApiError"));
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot delete Pod demo-redis-0: ")),
+        "{degraded}"
     );
 }

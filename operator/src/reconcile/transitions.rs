@@ -1,6 +1,6 @@
 //! Which events a status change deserves: Ready flipping either way, and a new reason for
-//! being Degraded. A pure function of the old and the new status; `reconcile` only
-//! publishes what it returns.
+//! being Degraded (such as `ImagePullFailed`, naming the image a pod cannot get). A pure
+//! function of the old and the new status; `reconcile` only publishes what it returns.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
@@ -35,7 +35,8 @@ impl Transition {
 
 /// The events for going from `old` (none before the first reconcile) to `new`: Ready
 /// flipping (Normal `Ready` when it becomes true, a Warning with its reason when it becomes
-/// false), and Degraded becoming true or changing its reason (a Warning).
+/// false), and Degraded becoming true or changing its reason (a Warning), unless Ready's
+/// Warning already says the same. A message changing under the same reason is no event.
 pub fn transitions(old: Option<&PixelCanvasStatus>, new: &PixelCanvasStatus) -> Vec<Transition> {
     let old = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut events = Vec::new();
@@ -62,11 +63,14 @@ pub fn transitions(old: Option<&PixelCanvasStatus>, new: &PixelCanvasStatus) -> 
         && find(old, DEGRADED).map(|c| (&c.status, &c.reason))
             != Some((&degraded.status, &degraded.reason))
     {
-        events.push(Transition {
+        let warning = Transition {
             type_: EventType::Warning,
             reason: degraded.reason.clone(),
             note: degraded.message.clone(),
-        });
+        };
+        if !events.contains(&warning) {
+            events.push(warning);
+        }
     }
     events
 }
@@ -134,15 +138,28 @@ mod tests {
     }
 
     #[test]
-    fn ceasing_to_be_ready_warns_with_its_reason_and_the_degradation() {
+    fn ceasing_to_be_ready_warns_with_its_reason_once() {
         assert_eq!(
             transitions(
                 Some(&ready()),
                 &failing("PasswordSecretMissing", "no Secret")
             ),
+            [warning("PasswordSecretMissing", "no Secret")],
+            "Degraded says the same as Ready: one event"
+        );
+    }
+
+    #[test]
+    fn ceasing_to_be_ready_warns_with_its_reason_and_a_different_degradation() {
+        let unavailable = with(vec![
+            condition(READY, false, "ComponentsNotReady", "waiting for api 0/2"),
+            condition(DEGRADED, true, "ComponentUnavailable", "api has none"),
+        ]);
+        assert_eq!(
+            transitions(Some(&ready()), &unavailable),
             [
-                warning("PasswordSecretMissing", "no Secret"),
-                warning("PasswordSecretMissing", "no Secret"),
+                warning("ComponentsNotReady", "waiting for api 0/2"),
+                warning("ComponentUnavailable", "api has none"),
             ]
         );
     }
@@ -187,11 +204,55 @@ mod tests {
             }]
         );
         assert_eq!(
-            transitions(None, &failing("ComponentsNotReady", "waiting")),
-            [
-                warning("ComponentsNotReady", "waiting"),
-                warning("ComponentsNotReady", "waiting"),
-            ]
+            transitions(None, &failing("PasswordSecretMissing", "no Secret")),
+            [warning("PasswordSecretMissing", "no Secret")]
+        );
+    }
+
+    const PULL: &str =
+        "redis: image \"redis:nope\" cannot be pulled (ErrImagePull/ImagePullBackOff)";
+
+    #[test]
+    fn a_pod_that_cannot_get_its_image_warns_once_naming_it() {
+        let unavailable = with(vec![
+            condition(READY, false, "ComponentsNotReady", "waiting for redis 0/1"),
+            condition(DEGRADED, true, "ComponentUnavailable", "redis has none"),
+        ]);
+        let stuck = failing("ImagePullFailed", PULL);
+        assert_eq!(
+            transitions(Some(&unavailable), &stuck),
+            [warning("ImagePullFailed", PULL)],
+            "already not Ready: only the new degradation"
+        );
+        assert_eq!(
+            transitions(Some(&ready()), &stuck),
+            [warning("ImagePullFailed", PULL)],
+            "Ready and Degraded say the same: one event"
+        );
+    }
+
+    #[test]
+    fn staying_unable_to_get_an_image_is_no_event() {
+        let stuck = failing("ImagePullFailed", PULL);
+        assert_eq!(transitions(Some(&stuck), &stuck), []);
+        let and_api = failing(
+            "ImagePullFailed",
+            &format!(
+                "{PULL}; api: image \"app:2\" cannot be pulled (ErrImagePull/ImagePullBackOff)"
+            ),
+        );
+        assert_eq!(transitions(Some(&stuck), &and_api), []);
+    }
+
+    #[test]
+    fn getting_the_image_at_last_is_one_ready_event() {
+        assert_eq!(
+            transitions(Some(&failing("ImagePullFailed", PULL)), &ready()),
+            [Transition {
+                type_: EventType::Normal,
+                reason: "Ready".to_owned(),
+                note: "all ready".to_owned(),
+            }]
         );
     }
 

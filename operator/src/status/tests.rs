@@ -252,3 +252,312 @@ fn deployments_count_only_ready_pods_of_the_current_template() {
         "the controller has not seen generation 5"
     );
 }
+
+fn problems(
+    entries: &[(Component, &str, ImageFailure)],
+) -> BTreeMap<Component, BTreeSet<ImageProblem>> {
+    let mut map = BTreeMap::<Component, BTreeSet<ImageProblem>>::new();
+    for (component, image, failure) in entries {
+        map.entry(*component).or_default().insert(ImageProblem {
+            image: (*image).to_owned(),
+            failure: *failure,
+        });
+    }
+    map
+}
+
+/// The canvas waits for Redis, whose one pod cannot get its image.
+fn redis_waiting_for(entries: &[(Component, &str, ImageFailure)]) -> Observed {
+    let mut observed = all(DONE);
+    observed.workloads.insert(
+        Component::Redis,
+        WorkloadState {
+            ready: 0,
+            rolled_out: false,
+        },
+    );
+    observed.image_problems = problems(entries);
+    observed
+}
+
+#[test]
+fn each_image_failure_names_component_image_and_kubelet_reason() {
+    for (failure, says) in [
+        (
+            ImageFailure::Pull,
+            "cannot be pulled (ErrImagePull/ImagePullBackOff)",
+        ),
+        (
+            ImageFailure::NeverPull,
+            "is not on the node and its pull policy is Never (ErrImageNeverPull)",
+        ),
+        (
+            ImageFailure::InvalidName,
+            "is not a valid image name (InvalidImageName)",
+        ),
+    ] {
+        let observed =
+            redis_waiting_for(&[(Component::Redis, "pixel-playground-redis:nope", failure)]);
+        let s = status(&canvas(json!({})), &observed, &time(0));
+        let message = format!("redis: image \"pixel-playground-redis:nope\" {says}");
+        for type_ in [READY, DEGRADED] {
+            let c = cond(&s, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+                (
+                    if type_ == READY { "False" } else { "True" },
+                    IMAGE_PULL_FAILED,
+                    message.as_str()
+                ),
+                "{type_} for {failure:?}"
+            );
+        }
+        assert_eq!(
+            cond(&s, PROGRESSING).message,
+            "waiting for redis 0/1",
+            "Progressing still says what it waits for"
+        );
+    }
+}
+
+#[test]
+fn the_kubelets_waiting_reasons_map_to_their_failures() {
+    assert_eq!(
+        ImageFailure::of_waiting_reason("ErrImagePull"),
+        Some(ImageFailure::Pull)
+    );
+    assert_eq!(
+        ImageFailure::of_waiting_reason("ImagePullBackOff"),
+        Some(ImageFailure::Pull)
+    );
+    assert_eq!(
+        ImageFailure::of_waiting_reason("ErrImageNeverPull"),
+        Some(ImageFailure::NeverPull)
+    );
+    assert_eq!(
+        ImageFailure::of_waiting_reason("InvalidImageName"),
+        Some(ImageFailure::InvalidName)
+    );
+    for other in [
+        "ContainerCreating",
+        "CrashLoopBackOff",
+        "PodInitializing",
+        "",
+    ] {
+        assert_eq!(ImageFailure::of_waiting_reason(other), None, "{other}");
+    }
+}
+
+#[test]
+fn several_image_problems_are_listed_in_component_order_once_each() {
+    let observed = redis_waiting_for(&[
+        (
+            Component::Gateway,
+            "pixel-playground:typo",
+            ImageFailure::Pull,
+        ),
+        (Component::Redis, "redis:nope", ImageFailure::Pull),
+        (Component::Api, "pixel-playground:typo", ImageFailure::Pull),
+        (Component::Redis, "redis:nope", ImageFailure::Pull),
+        (Component::Redis, "Bad Name", ImageFailure::InvalidName),
+    ]);
+    let s = status(&canvas(json!({})), &observed, &time(0));
+    assert_eq!(
+        cond(&s, READY).message,
+        "redis: image \"Bad Name\" is not a valid image name (InvalidImageName); \
+         redis: image \"redis:nope\" cannot be pulled (ErrImagePull/ImagePullBackOff); \
+         api: image \"pixel-playground:typo\" cannot be pulled (ErrImagePull/ImagePullBackOff); \
+         gateway: image \"pixel-playground:typo\" cannot be pulled (ErrImagePull/ImagePullBackOff)"
+    );
+    assert_eq!(cond(&s, DEGRADED).message, cond(&s, READY).message);
+}
+
+#[test]
+fn an_image_problem_beside_ready_replicas_still_keeps_the_canvas_not_ready() {
+    // A Deployment rolling out a new image: the old pods serve, the new one cannot start.
+    let mut observed = all(WorkloadState {
+        ready: 2,
+        rolled_out: false,
+    });
+    observed.image_problems = problems(&[(Component::Api, "app:2", ImageFailure::Pull)]);
+    let s = status(&canvas(json!({})), &observed, &time(0));
+    assert_eq!(cond(&s, READY).reason, IMAGE_PULL_FAILED);
+    assert_eq!(cond(&s, DEGRADED).reason, IMAGE_PULL_FAILED);
+}
+
+#[test]
+fn a_failed_reconcile_outranks_an_image_problem() {
+    let mut observed = redis_waiting_for(&[(Component::Redis, "redis:nope", ImageFailure::Pull)]);
+    observed.failure = Some(("PasswordSecretMissing".into(), "Secret art/mine".into()));
+    let s = status(&canvas(json!({})), &observed, &time(0));
+    assert_eq!(cond(&s, READY).reason, "PasswordSecretMissing");
+    assert_eq!(cond(&s, DEGRADED).reason, "PasswordSecretMissing");
+}
+
+#[test]
+fn a_healthy_canvas_is_unaffected_by_pods_without_image_problems() {
+    let mut observed = all(DONE);
+    observed.image_problems = [(Component::Redis, BTreeSet::new())].into();
+    let pods = [pod(
+        json!({"containerStatuses": [running("redis", "redis:7.2")]}),
+    )];
+    observed.image_problems.extend(image_problems(
+        &pods.map(|p| PodState::of_pod(&p).expect("a pod")),
+    ));
+    assert_eq!(
+        status(&canvas(json!({})), &observed, &time(0)),
+        status(&canvas(json!({})), &all(DONE), &time(0))
+    );
+}
+
+#[test]
+fn the_kubelet_retrying_a_pull_changes_no_status() {
+    let mut c = canvas(json!({}));
+    let observe = |reason: &str| {
+        let pod = pod(json!({"containerStatuses": [waiting("redis", "redis:nope", reason)]}));
+        let mut observed = redis_waiting_for(&[]);
+        observed.image_problems = image_problems(&[PodState::of_pod(&pod).expect("a pod")]);
+        observed
+    };
+    let first = status(&c, &observe("ErrImagePull"), &time(0));
+    c.status = Some(first.clone());
+    assert_eq!(
+        status(&c, &observe("ImagePullBackOff"), &time(10)),
+        first,
+        "no write between the kubelet's attempts"
+    );
+}
+
+/// A Redis pod of revision `demo-redis-1` with `status`, its spec naming `redis:nope`.
+fn pod(status: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": "demo-redis-0", "uid": "uid-0",
+            "labels": {
+                "app.kubernetes.io/instance": "demo",
+                "app.kubernetes.io/component": "redis",
+                "controller-revision-hash": "demo-redis-1",
+            },
+        },
+        "spec": {
+            "initContainers": [{"name": "init", "image": "busybox:nope"}],
+            "containers": [{"name": "redis", "image": "redis:nope"}],
+        },
+        "status": status,
+    }))
+    .expect("pod")
+}
+
+fn waiting(name: &str, image: &str, reason: &str) -> serde_json::Value {
+    json!({
+        "name": name, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": "Back-off pulling image: a long story"}},
+    })
+}
+
+fn running(name: &str, image: &str) -> serde_json::Value {
+    json!({
+        "name": name, "image": image, "imageID": "sha256:1", "ready": true, "restartCount": 0,
+        "state": {"running": {"startedAt": "2027-01-01T00:00:00Z"}},
+    })
+}
+
+#[test]
+fn a_pod_reports_component_readiness_revision_and_image_problems() {
+    let stuck = pod(json!({
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [waiting("redis", "docker.io/library/redis:nope", "ImagePullBackOff")],
+    }));
+    assert_eq!(
+        PodState::of_pod(&stuck),
+        Some(PodState {
+            name: "demo-redis-0".to_owned(),
+            uid: "uid-0".to_owned(),
+            component: Component::Redis,
+            ready: false,
+            revision: Some("demo-redis-1".to_owned()),
+            image_problems: [ImageProblem {
+                image: "redis:nope".to_owned(),
+                failure: ImageFailure::Pull,
+            }]
+            .into(),
+        }),
+        "the image as the spec names it, not as the runtime expanded it"
+    );
+    let healthy = pod(json!({
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [running("redis", "redis:7.2")],
+    }));
+    let healthy = PodState::of_pod(&healthy).expect("a pod");
+    assert!(healthy.ready);
+    assert!(healthy.image_problems.is_empty());
+}
+
+#[test]
+fn init_containers_and_containers_missing_from_the_spec_count_too() {
+    let pod = pod(json!({
+        "initContainerStatuses": [waiting("init", "docker.io/library/busybox:nope", "ErrImageNeverPull")],
+        "containerStatuses": [
+            waiting("redis", "redis:nope", "PodInitializing"),
+            waiting("sidecar", "sidecar:1", "InvalidImageName"),
+        ],
+    }));
+    assert_eq!(
+        PodState::of_pod(&pod).expect("a pod").image_problems,
+        [
+            ImageProblem {
+                image: "busybox:nope".to_owned(),
+                failure: ImageFailure::NeverPull,
+            },
+            ImageProblem {
+                image: "sidecar:1".to_owned(),
+                failure: ImageFailure::InvalidName,
+            },
+        ]
+        .into()
+    );
+}
+
+#[test]
+fn deleted_pods_and_pods_of_no_component_are_not_observed() {
+    let mut leaving = pod(json!({
+        "containerStatuses": [waiting("redis", "redis:nope", "ImagePullBackOff")],
+    }));
+    leaving.metadata.deletion_timestamp = Some(time(0));
+    assert_eq!(PodState::of_pod(&leaving), None);
+    let mut stranger = pod(json!({}));
+    stranger
+        .labels_mut()
+        .insert(LABEL_COMPONENT.to_owned(), "sidecar".to_owned());
+    assert_eq!(PodState::of_pod(&stranger), None);
+}
+
+#[test]
+fn image_problems_gather_each_components_pods() {
+    let stuck = |name: &str, component: Component, image: &str| PodState {
+        name: name.to_owned(),
+        uid: String::new(),
+        component,
+        ready: false,
+        revision: None,
+        image_problems: [ImageProblem {
+            image: image.to_owned(),
+            failure: ImageFailure::Pull,
+        }]
+        .into(),
+    };
+    let mut healthy = stuck("demo-gateway-b", Component::Gateway, "x");
+    healthy.image_problems.clear();
+    assert_eq!(
+        image_problems(&[
+            stuck("demo-api-a", Component::Api, "app:2"),
+            stuck("demo-api-b", Component::Api, "app:2"),
+            stuck("demo-api-c", Component::Api, "app:3"),
+            healthy,
+        ]),
+        problems(&[
+            (Component::Api, "app:2", ImageFailure::Pull),
+            (Component::Api, "app:3", ImageFailure::Pull),
+        ])
+    );
+}
