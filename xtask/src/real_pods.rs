@@ -42,7 +42,7 @@ struct Stage<'a> {
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 6] = [
+const CHECKS: [(&str, Check); 7] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -57,6 +57,10 @@ const CHECKS: [(&str, Check); 6] = [
     (
         "operator-pod-deleted-standby-reconciles",
         operator_pod_deleted_standby_reconciles,
+    ),
+    (
+        "missing-image-named-in-status-then-fixed",
+        missing_image_named_in_status_then_fixed,
     ),
 ];
 
@@ -582,5 +586,101 @@ fn operator_pod_deleted_standby_reconciles(stage: &Stage) -> Result<()> {
         .filter(|p| p["spec"]["nodeName"] == stage.node.as_str())
         .count();
     ensure!(frontends == 2, "{frontends} frontend pods on the real node");
+    Ok(())
+}
+
+/// A canvas whose Redis image does not exist stays not Ready, with a condition and a
+/// Warning event naming the image; once the spec names no image (the operator's default
+/// applies), the stuck pod is replaced and the canvas becomes Ready.
+fn missing_image_named_in_status_then_fixed(stage: &Stage) -> Result<()> {
+    const BROKEN: &str = "broken";
+    const MISSING: &str = "pixel-playground-redis:does-not-exist";
+    stage.apply(&format!(
+        "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata:\n  name: {BROKEN}\nspec:\n  \
+         canvas: {{width: 16, height: 16, cooldownSeconds: 0}}\n  api: {{replicas: 1}}\n  \
+         gateway: {{replicas: 1}}\n  frontend: {{replicas: 1}}\n  \
+         redis: {{image: \"{MISSING}\", storage: {{size: 1Gi}}}}\n  ingress: {{host: broken.localtest.me}}\n"
+    ))?;
+    let canvas = format!("pxc/{BROKEN}");
+    let ready_condition = || -> Result<Value> {
+        let conditions = stage.kubectl_json(&[
+            "get",
+            &canvas,
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.status.conditions}",
+        ]);
+        Ok(conditions?
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or(Value::Null))
+    };
+    process::wait_until(
+        "the broken canvas to report the image it cannot pull",
+        Duration::from_secs(180),
+        || Ok(ready_condition().is_ok_and(|c| c["reason"] == "ImagePullFailed")),
+    )?;
+    let condition = ready_condition()?;
+    ensure!(condition["status"] == "False", "Ready is {condition}");
+    let message = condition["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("redis") && message.contains(MISSING),
+        "the condition does not name the component and image: {message}"
+    );
+    let events = stage.kubectl_json(&[
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        &format!("involvedObject.name={BROKEN},reason=ImagePullFailed"),
+        "-o",
+        "json",
+    ])?;
+    let event = events["items"]
+        .as_array()
+        .and_then(|items| items.first())
+        .context("no ImagePullFailed event for the broken canvas")?;
+    ensure!(event["type"] == "Warning", "the event is {}", event["type"]);
+    ensure!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(MISSING)),
+        "the event does not name the image: {}",
+        event["message"]
+    );
+    // The fix: name no image, so the operator's default (the image built here) applies.
+    stage.kubectl(&[
+        "patch",
+        &canvas,
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        "{\"spec\":{\"redis\":{\"image\":null}}}",
+    ])?;
+    let fixed = Instant::now();
+    stage.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &canvas,
+        "-n",
+        NAMESPACE,
+        "--timeout=240s",
+    ])?;
+    println!(
+        "real-pods: the broken canvas was Ready {:.1} s after its image was fixed",
+        fixed.elapsed().as_secs_f64()
+    );
+    stage.kubectl(&[
+        "delete",
+        &canvas,
+        "-n",
+        NAMESPACE,
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
     Ok(())
 }
