@@ -3,8 +3,8 @@
 //! module that defines it; everything else names the constant.
 //!
 //! The rules, per line of every `.rs` file under `operator/`, `services/` (with the fuzz
-//! workspace and every crate's tests), `xtask/`, `bench/` and `e2e/harness/`; comment lines
-//! (`//`, `///`, `//!`) are not code and are skipped:
+//! workspace and every crate's tests), `xtask/`, `bench/`, `e2e/harness/` and
+//! `e2e/browser/`; comment lines (`//`, `///`, `//!`) are not code and are skipped:
 //!
 //! - an environment name: a string literal that starts with `PIXEL_` (`"PIXEL_…`). Defined
 //!   in `services/common/src/ports.rs`, except the tooling's own two, each in the harness
@@ -45,7 +45,14 @@ const ENV_PREFIX: &str = concat!("PIX", "EL_");
 const ALLOWED: &[(&str, &str)] = &[];
 
 /// The directories scanned, relative to the repository root.
-const ROOTS: [&str; 5] = ["operator", "services", "xtask", "bench", "e2e/harness"];
+const ROOTS: [&str; 6] = [
+    "operator",
+    "services",
+    "xtask",
+    "bench",
+    "e2e/harness",
+    "e2e/browser",
+];
 
 /// What the rules look for, read from the defining modules.
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 
 mod api_fuzz;
 mod bench;
+mod browser_check;
 #[cfg(test)]
 mod contract_literals;
 mod crd;

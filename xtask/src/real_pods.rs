@@ -11,10 +11,13 @@ use serde_json::Value;
 use pixel_common::{operator_contract::LEASE_NAME, ports};
 use pixel_harness::{
     cluster::{Cluster, OPERATOR_NAMESPACE},
+    deps,
     images::{self, BuiltImage},
     process,
     toolchain::Tools,
 };
+
+use crate::browser_check;
 
 const NAMESPACE: &str = "real-pods";
 const CANVAS: &str = "real";
@@ -42,11 +45,19 @@ struct Stage<'a> {
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 7] = [
+const CHECKS: [(&str, Check); 9] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
         page_and_api_through_the_ingress,
+    ),
+    (
+        "two-pages-through-the-ingress",
+        two_pages_through_the_ingress,
+    ),
+    (
+        "gateway-scale-down-closes-1001-and-clients-resync",
+        gateway_scale_down_closes_1001_and_clients_resync,
     ),
     ("exec-and-logs", exec_and_logs),
     (
@@ -208,6 +219,51 @@ impl Stage<'_> {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
+    /// The canvas's gateway pods that are ready (and not terminating), each as
+    /// `pixel-browser-check`'s `--gateway-metrics NAME=URL`: the pod's own address, which
+    /// the host routes to, not the Ingress.
+    fn gateway_metrics(&self) -> Result<Vec<String>> {
+        let mut gateways = Vec::new();
+        for pod in self.pods()? {
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if pod["metadata"]["labels"]["app.kubernetes.io/component"] != "gateway"
+                || !ready
+                || !pod["metadata"]["deletionTimestamp"].is_null()
+            {
+                continue;
+            }
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            let ip = pod["status"]["podIP"]
+                .as_str()
+                .with_context(|| format!("gateway pod {name} has no address"))?;
+            gateways.push(format!(
+                "{name}=http://{ip}:{}{}",
+                ports::GATEWAY,
+                ports::METRICS_PATH
+            ));
+        }
+        Ok(gateways)
+    }
+
+    /// Patches the canvas's gateway replicas.
+    fn scale_gateway(&self, replicas: u32) -> Result<()> {
+        self.kubectl(&[
+            "patch",
+            &format!("pxc/{CANVAS}"),
+            "-n",
+            NAMESPACE,
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{{\"gateway\":{{\"replicas\":{replicas}}}}}}}"),
+        ])
+        .map(drop)
+    }
+
     /// An HTTP request through the Ingress controller, with the canvas's host.
     fn http(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.ingress_port);
@@ -330,6 +386,117 @@ fn page_and_api_through_the_ingress(stage: &Stage) -> Result<()> {
         "a bad placement answered {status}"
     );
     serde_json::from_str::<Value>(&error).context("the error is not JSON")?;
+    Ok(())
+}
+
+/// Two pages in headless Chromium, loaded through the Ingress by the canvas's host name,
+/// their WebSockets on different gateway pods: a pixel clicked in one shows in the other,
+/// so the placement crossed pods through Redis (`pixel-browser-check two-pages`).
+fn two_pages_through_the_ingress(stage: &Stage) -> Result<()> {
+    stage.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
+    deps::ensure_debian_packages(&["chromium"])?;
+    let binary = browser_check::build()?;
+    let gateways = stage.gateway_metrics()?;
+    ensure!(
+        gateways.len() == 2,
+        "expected 2 ready gateway pods, found {gateways:?}"
+    );
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args([
+        "two-pages",
+        "--url",
+        &format!("http://{HOST}:{}/", stage.ingress_port),
+        "--resolve",
+        &format!("{HOST}=127.0.0.1"),
+    ]);
+    for gateway in &gateways {
+        cmd.args(["--gateway-metrics", gateway]);
+    }
+    let summary = browser_check::summary(&process::output(&mut cmd, Duration::from_secs(300))?)?;
+    let pages = &summary["pages"];
+    ensure!(
+        pages[0]["gateway"] != pages[1]["gateway"],
+        "both pages on one gateway pod: {summary}"
+    );
+    println!(
+        "real-pods: a click in the page on {} showed in the page on {} after {} ms (the second \
+         page opened {} time(s) to land on the other pod)",
+        pages[0]["gateway"],
+        pages[1]["gateway"],
+        summary["click_to_seen_ms"],
+        summary["watcher_opened"]
+    );
+    Ok(())
+}
+
+/// WebSocket clients through the Ingress while the canvas's gateway is scaled from 2 to 1:
+/// the clients of the pod that goes are closed with 1001, every other stays connected and
+/// receives a placement made meanwhile, and each closed client reconnects with `since` and
+/// resyncs (`pixel-browser-check gateway-drain`). The gateway is scaled back to 2 after.
+fn gateway_scale_down_closes_1001_and_clients_resync(stage: &Stage) -> Result<()> {
+    const CLIENTS: u32 = 20;
+    const TIMEOUT_SECS: u64 = 120;
+    stage.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
+    let binary = browser_check::build()?;
+    let gateways = stage.gateway_metrics()?;
+    ensure!(
+        gateways.len() == 2,
+        "expected 2 ready gateway pods, found {gateways:?}"
+    );
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args([
+        "gateway-drain",
+        "--ws-url",
+        &format!("ws://{HOST}:{}{}", stage.ingress_port, ports::WS_PATH),
+        "--resolve",
+        &format!("{HOST}=127.0.0.1"),
+        "--clients",
+        &CLIENTS.to_string(),
+        // Round-robin puts half on each pod; the binary checks that exactly one pod's
+        // clients were closed.
+        "--expect-closed-at-least",
+        &(CLIENTS / 4).to_string(),
+        "--timeout-secs",
+        &TIMEOUT_SECS.to_string(),
+    ]);
+    for gateway in &gateways {
+        cmd.args(["--gateway-metrics", gateway]);
+    }
+    let drained = (|| -> Result<Value> {
+        let mut running = browser_check::Running::start(&mut cmd)?;
+        running.wait_for_line("ready", Duration::from_secs(120))?;
+        let patched = Instant::now();
+        stage.scale_gateway(1)?;
+        let stdout = running.finish(Duration::from_secs(TIMEOUT_SECS + 180))?;
+        println!(
+            "real-pods: gateway-drain finished {:.1} s after the gateway was scaled to 1",
+            patched.elapsed().as_secs_f64()
+        );
+        browser_check::summary(&stdout)
+    })();
+    // Back to two gateways for the checks that follow, whatever happened.
+    let restored = stage
+        .scale_gateway(2)
+        .and_then(|()| stage.wait_ready_pods("gateway", 2, Duration::from_secs(180)));
+    let summary = drained?;
+    restored?;
+    ensure!(
+        summary["resynced"] == summary["closed_1001"]
+            && summary["survivors_saw_placement"] == summary["stayed_open"],
+        "not every client resynced or kept receiving: {summary}"
+    );
+    println!(
+        "real-pods: scaling the gateway 2 -> 1 closed {} of {CLIENTS} clients with 1001, the \
+         first {} ms after `ready`, all within {} ms; per pod {}; each closed client \
+         reconnected and resynced (median {} ms, max {} ms, at most {} attempt(s))",
+        summary["closed_1001"],
+        summary["first_close_after_ready_ms"],
+        summary["close_spread_ms"],
+        summary["by_pod"],
+        summary["resync_ms_median"],
+        summary["resync_ms_max"],
+        summary["reconnect_attempts_max"]
+    );
     Ok(())
 }
 

@@ -20,6 +20,9 @@ pub const ENV_LISTEN_ADDR: &str = "PIXEL_LISTEN_ADDR";
 pub const ENV_LOG_FORMAT: &str = "PIXEL_LOG_FORMAT";
 /// Prometheus metrics path, served by every service.
 pub const METRICS_PATH: &str = "/metrics";
+/// The gateway's gauge of the WebSocket clients it holds, on its [`METRICS_PATH`]: the
+/// tooling tells by it which gateway replica serves a client.
+pub const GATEWAY_CONNECTIONS_METRIC: &str = "gateway_connections";
 
 /// Redis's port (the `<canvas>-redis` StatefulSet).
 pub const REDIS: u16 = 6379;

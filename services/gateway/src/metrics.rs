@@ -67,7 +67,7 @@ impl Metrics {
         let subscribed = Gauge::default();
         let r = &mut registry;
         r.register(
-            "gateway_connections",
+            pixel_common::ports::GATEWAY_CONNECTIONS_METRIC,
             "WebSocket clients connected to this gateway",
             connections.clone(),
         );
