@@ -84,15 +84,19 @@ fn restore_host_sysctls(node: &RealNode) -> Result<()> {
 
 /// The cgroup v1 hierarchies kubelet uses (every mounted controller but the v2 one).
 pub fn cgroup_hierarchies() -> Result<Vec<PathBuf>> {
+    Ok(mounted_hierarchies()?
+        .into_iter()
+        .filter(|path| !path.ends_with("unified"))
+        .collect())
+}
+
+/// Every mounted hierarchy, the hybrid host's v2 `unified` one included: runc mirrors each
+/// container's cgroup there too.
+fn mounted_hierarchies() -> Result<Vec<PathBuf>> {
     let mut hierarchies = Vec::new();
     for entry in fs::read_dir("/sys/fs/cgroup").context("cannot list /sys/fs/cgroup")? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        if name != "unified" && path.join("cgroup.procs").exists() && !path.is_symlink() {
+        if path.join("cgroup.procs").exists() && !path.is_symlink() {
             hierarchies.push(path);
         }
     }
@@ -102,7 +106,7 @@ pub fn cgroup_hierarchies() -> Result<Vec<PathBuf>> {
 
 fn cgroup_dirs(node: &RealNode) -> Vec<PathBuf> {
     let root = node.layout.cgroup_root();
-    cgroup_hierarchies()
+    mounted_hierarchies()
         .unwrap_or_default()
         .into_iter()
         .map(|h| h.join(root.trim_start_matches('/')))
