@@ -183,6 +183,24 @@ impl Stage<'_> {
         .map(drop)
     }
 
+    /// `pixel-browser-check <subcommand>` for this canvas, once both gateway pods are
+    /// ready: the host mapped to 127.0.0.1 (the Ingress) and every gateway pod's metrics.
+    fn browser_check(&self, subcommand: &str) -> Result<std::process::Command> {
+        self.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
+        let binary = browser_check::build()?;
+        let gateways = self.gateway_metrics()?;
+        ensure!(
+            gateways.len() == 2,
+            "expected 2 ready gateway pods, found {gateways:?}"
+        );
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args([subcommand, "--resolve", &format!("{HOST}=127.0.0.1")]);
+        for gateway in &gateways {
+            cmd.args(["--gateway-metrics", gateway]);
+        }
+        Ok(cmd)
+    }
+
     /// Waits until the component's Deployment has `count` ready pods.
     fn wait_ready_pods(&self, component: &str, count: u32, limit: Duration) -> Result<()> {
         let deployment = format!("deploy/{CANVAS}-{component}");
@@ -393,25 +411,9 @@ fn page_and_api_through_the_ingress(stage: &Stage) -> Result<()> {
 /// their WebSockets on different gateway pods: a pixel clicked in one shows in the other,
 /// so the placement crossed pods through Redis (`pixel-browser-check two-pages`).
 fn two_pages_through_the_ingress(stage: &Stage) -> Result<()> {
-    stage.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
     deps::ensure_debian_packages(&["chromium"])?;
-    let binary = browser_check::build()?;
-    let gateways = stage.gateway_metrics()?;
-    ensure!(
-        gateways.len() == 2,
-        "expected 2 ready gateway pods, found {gateways:?}"
-    );
-    let mut cmd = std::process::Command::new(binary);
-    cmd.args([
-        "two-pages",
-        "--url",
-        &format!("http://{HOST}:{}/", stage.ingress_port),
-        "--resolve",
-        &format!("{HOST}=127.0.0.1"),
-    ]);
-    for gateway in &gateways {
-        cmd.args(["--gateway-metrics", gateway]);
-    }
+    let mut cmd = stage.browser_check("two-pages")?;
+    cmd.args(["--url", &format!("http://{HOST}:{}/", stage.ingress_port)]);
     let summary = browser_check::summary(&process::output(&mut cmd, Duration::from_secs(300))?)?;
     let pages = &summary["pages"];
     ensure!(
@@ -436,20 +438,10 @@ fn two_pages_through_the_ingress(stage: &Stage) -> Result<()> {
 fn gateway_scale_down_closes_1001_and_clients_resync(stage: &Stage) -> Result<()> {
     const CLIENTS: u32 = 20;
     const TIMEOUT_SECS: u64 = 120;
-    stage.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
-    let binary = browser_check::build()?;
-    let gateways = stage.gateway_metrics()?;
-    ensure!(
-        gateways.len() == 2,
-        "expected 2 ready gateway pods, found {gateways:?}"
-    );
-    let mut cmd = std::process::Command::new(binary);
+    let mut cmd = stage.browser_check("gateway-drain")?;
     cmd.args([
-        "gateway-drain",
         "--ws-url",
         &format!("ws://{HOST}:{}{}", stage.ingress_port, ports::WS_PATH),
-        "--resolve",
-        &format!("{HOST}=127.0.0.1"),
         "--clients",
         &CLIENTS.to_string(),
         // Round-robin puts half on each pod; the binary checks that exactly one pod's
@@ -459,9 +451,6 @@ fn gateway_scale_down_closes_1001_and_clients_resync(stage: &Stage) -> Result<()
         "--timeout-secs",
         &TIMEOUT_SECS.to_string(),
     ]);
-    for gateway in &gateways {
-        cmd.args(["--gateway-metrics", gateway]);
-    }
     let drained = (|| -> Result<Value> {
         let mut running = browser_check::Running::start(&mut cmd)?;
         running.wait_for_line("ready", Duration::from_secs(120))?;
