@@ -742,17 +742,22 @@ fn file_digest(path: &Path) -> Result<Vec<u8>> {
 
 /// The version of the workspace package `package`, from `cargo metadata`.
 pub fn package_version(package: &str) -> Result<String> {
+    version_in_metadata(&workspace_metadata()?, package)
+}
+
+/// `cargo metadata --no-deps` of the workspace (its own packages and their targets).
+fn workspace_metadata() -> Result<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let metadata = process::output(
+    process::output(
         Command::new(cargo).current_dir(paths::repo_root()).args([
             "metadata",
             "--format-version",
             "1",
             "--no-deps",
+            "--offline",
         ]),
         TOOL_TIMEOUT,
-    )?;
-    version_in_metadata(&metadata, package)
+    )
 }
 
 /// The version of `package` in `cargo metadata --no-deps` output.
@@ -920,18 +925,7 @@ mod tests {
             .and_then(|l| l.strip_suffix('"'))
             .expect("a binaries=\"…\" line");
         assert_eq!(listed.split(' ').collect::<Vec<_>>(), APP_BINARIES);
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let metadata = process::output(
-            Command::new(cargo).current_dir(paths::repo_root()).args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--offline",
-            ]),
-            TOOL_TIMEOUT,
-        )
-        .expect("cargo metadata");
+        let metadata = workspace_metadata().expect("cargo metadata");
         let metadata: serde_json::Value = serde_json::from_str(&metadata).expect("json");
         for binary in APP_BINARIES {
             let package = metadata["packages"]
