@@ -29,6 +29,9 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     // the harness's image tests build and unpack images with umoci.
     pixel_harness::deps::ensure_debian_packages(&["redis-server", "chromium", "umoci"])?;
     pixel_harness::deps::ensure_free_space(&paths::repo_root(), TEST_BUILD_BYTES, "a test build")?;
+    // On a fresh machine the Go tools take half an hour to build; they need no test's
+    // result, so they build meanwhile on the cores the tests leave idle.
+    let toolchain = toolchain::BackgroundBuild::start();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_test = |extra: &[&str]| {
         let mut cmd = Command::new(&cargo);
@@ -57,7 +60,7 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     crate::deny::run()?;
 
     println!("== end-to-end suites");
-    let tools = toolchain::ensure()?;
+    let tools = toolchain.wait()?;
     let cluster = Cluster::TEST;
     let kernel_settings = pixel_harness::node::host_sysctls();
     cluster.up(&tools, None)?;

@@ -32,12 +32,15 @@ const DEMO_HOST: &str = "canvas.localtest.me";
 
 pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
-    let tools = toolchain::ensure()?;
+    // The images need no cluster: they build while the Go tools do (those at the lowest
+    // priority, so the image build goes first).
+    let toolchain = toolchain::BackgroundBuild::start();
+    println!("Building the images (cargo xtask image)...");
+    let built = images::build_all(&images::output_dir())?;
+    let tools = toolchain.wait()?;
     let cluster = Cluster::DEV;
     cluster.up(&tools, args.port)?;
-
-    println!("Building the images (cargo xtask image) and importing them into the real node...");
-    let built = images::build_all(&images::output_dir())?;
+    println!("Importing the images into the real node...");
     for image in &built {
         cluster.load_image(&tools, image)?;
     }

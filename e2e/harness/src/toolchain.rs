@@ -11,11 +11,12 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -199,12 +200,77 @@ impl Tools {
     }
 }
 
+/// How a build reports while it runs, and when it gives up.
+#[derive(Debug, Clone)]
+struct Progress {
+    /// Time between "N packages compiled" lines.
+    every: Duration,
+    /// Set by the owner of a background build that no longer wants it.
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Progress {
+    fn foreground() -> Self {
+        Self {
+            every: Duration::from_secs(20),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
 /// Builds whatever is missing from the cache and returns every tool's path.
 pub fn ensure() -> Result<Tools> {
+    ensure_with(&Progress::foreground())
+}
+
+/// The tools, built on another thread while the caller does other work; their builds run
+/// at the lowest CPU priority, so they take only the cores that work leaves idle. Dropping
+/// the handle stops the builds.
+#[derive(Debug)]
+pub struct BackgroundBuild {
+    cancelled: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<Tools>>>,
+}
+
+impl BackgroundBuild {
+    pub fn start() -> Self {
+        let progress = Progress {
+            // Quieter than in the foreground: the caller's output runs meanwhile.
+            every: Duration::from_secs(120),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        };
+        let cancelled = Arc::clone(&progress.cancelled);
+        let thread = thread::spawn(move || ensure_with(&progress));
+        Self {
+            cancelled,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for the builds to finish.
+    pub fn wait(mut self) -> Result<Tools> {
+        let thread = self.thread.take().expect("waited once");
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => bail!("the toolchain build panicked"),
+        }
+    }
+}
+
+impl Drop for BackgroundBuild {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.cancelled.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+fn ensure_with(progress: &Progress) -> Result<Tools> {
     check_go()?;
     let mut dirs = Vec::new();
     for component in COMPONENTS {
-        dirs.push(ensure_component(component)?);
+        dirs.push(ensure_component(component, progress)?);
     }
     let [
         kubernetes,
@@ -240,7 +306,7 @@ pub fn ensure() -> Result<Tools> {
 /// Builds Centrifugo when the cache lacks it and returns the binary's path.
 pub fn ensure_centrifugo() -> Result<PathBuf> {
     check_go()?;
-    Ok(ensure_component(&CENTRIFUGO)?.join("centrifugo"))
+    Ok(ensure_component(&CENTRIFUGO, &Progress::foreground())?.join("centrifugo"))
 }
 
 fn module_dir(component: &Component) -> PathBuf {
@@ -363,7 +429,7 @@ fn parse_go_version(version: &str) -> Option<(u32, u32)> {
 }
 
 /// Returns the component's binary directory, building it first when the cache lacks it.
-fn ensure_component(component: &Component) -> Result<PathBuf> {
+fn ensure_component(component: &Component, progress: &Progress) -> Result<PathBuf> {
     let version = pinned_version(component)?;
     let go = go_version()?;
     let key = cache_key(component, &version, &go)?;
@@ -385,7 +451,12 @@ fn ensure_component(component: &Component) -> Result<PathBuf> {
     );
     let started = Instant::now();
     for (package, binary) in component.binaries {
-        build_binary(component, &version, package, &staging.join(binary))?;
+        if let Err(error) =
+            build_binary(component, &version, package, &staging.join(binary), progress)
+        {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(error);
+        }
     }
     fs::write(staging.join(".complete"), format!("{version}\n"))?;
     // Another build may have finished first; its result is equivalent, so keep that one.
@@ -407,11 +478,21 @@ fn ensure_component(component: &Component) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
-/// `go build -v`, printing a progress line every 20 seconds (package count and elapsed time).
-fn build_binary(component: &Component, version: &str, package: &str, output: &Path) -> Result<()> {
-    let mut cmd = Command::new("go");
+/// `go build -v` at the lowest CPU priority, printing a progress line now and then
+/// (package count and elapsed time).
+fn build_binary(
+    component: &Component,
+    version: &str,
+    package: &str,
+    output: &Path,
+    progress: &Progress,
+) -> Result<()> {
+    let mut cmd = Command::new("nice");
     cmd.current_dir(module_dir(component))
         .args([
+            "-n",
+            "19",
+            "go",
             "build",
             "-v",
             "-trimpath",
@@ -422,6 +503,14 @@ fn build_binary(component: &Component, version: &str, package: &str, output: &Pa
         .arg(output)
         .arg(package)
         .env("CGO_ENABLED", "0")
+        // The compiler spends less time collecting garbage (a fifth less build time measured
+        // on etcd), at a little more memory.
+        .env(
+            "GOGC",
+            std::env::var("GOGC").unwrap_or_else(|_| "400".to_owned()),
+        )
+        // Its own process group, so that stopping it stops the compilers it started.
+        .process_group(0)
         // The pins are exact: fail rather than resolve anything go.sum does not list.
         .env(
             "GOFLAGS",
@@ -454,7 +543,7 @@ fn build_binary(component: &Component, version: &str, package: &str, output: &Pa
         other
     });
     let started = Instant::now();
-    let mut next_report = Duration::from_secs(20);
+    let mut next_report = progress.every;
     // A cold Kubernetes build on two cores takes tens of minutes; an hour means it is stuck.
     let limit = Duration::from_secs(3600);
     let status = loop {
@@ -462,8 +551,12 @@ fn build_binary(component: &Component, version: &str, package: &str, output: &Pa
             break status;
         }
         let elapsed = started.elapsed();
+        if progress.cancelled.load(Ordering::Relaxed) {
+            kill_group(&mut child);
+            bail!("building {binary} was cancelled");
+        }
         if elapsed >= limit {
-            let _ = child.kill();
+            kill_group(&mut child);
             bail!(
                 "building {binary} did not finish within {} minutes",
                 limit.as_secs() / 60
@@ -475,7 +568,7 @@ fn build_binary(component: &Component, version: &str, package: &str, output: &Pa
                 compiled.load(Ordering::Relaxed),
                 elapsed.as_secs()
             );
-            next_report += Duration::from_secs(20);
+            next_report += progress.every;
         }
         thread::sleep(Duration::from_millis(200));
     };
@@ -492,6 +585,17 @@ fn build_binary(component: &Component, version: &str, package: &str, output: &Pa
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// Kills a `go build` and the compilers it runs, and reaps it.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.wait();
 }
 
 #[cfg(test)]
