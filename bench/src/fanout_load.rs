@@ -622,6 +622,7 @@ impl Sender {
                 .client
                 .post(&self.url)
                 .header(CLIENT_ID_HEADER, "bench-fanout")
+                .bearer_auth(crate::servers::API_TOKEN)
                 .json(&serde_json::json!({"x": x, "y": y, "color": color})),
             Target::Centrifugo => self
                 .client

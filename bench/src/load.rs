@@ -255,6 +255,7 @@ impl Job {
                 self.client
                     .post(format!("{}{API_PIXELS_PATH}", self.base))
                     .header(CLIENT_ID_HEADER, &self.client_id)
+                    .bearer_auth(crate::servers::API_TOKEN)
                     .json(&body)
             }
             Mode::Snapshot => self.client.get(format!("{}{API_CANVAS_PATH}", self.base)),

@@ -74,6 +74,7 @@ pub async fn run(
             let request = client
                 .post(&url)
                 .header(CLIENT_ID_HEADER, "bench-frontend")
+                .bearer_auth(crate::servers::API_TOKEN)
                 .json(&body);
             let (accepted, failed) = (Arc::clone(&accepted), Arc::clone(&failed));
             tasks.spawn(async move {

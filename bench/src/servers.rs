@@ -11,8 +11,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use pixel_common::{
     ports::{
-        ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH,
-        ENV_LISTEN_ADDR, ENV_REDIS_URL, ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
+        ENV_API_TOKEN, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT,
+        ENV_CANVAS_WIDTH, ENV_IDENTITY_KEY, ENV_LISTEN_ADDR, ENV_REDIS_URL,
+        ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
     },
     redis_schema::PIXELS_KEY,
 };
@@ -21,6 +22,11 @@ use pixel_harness::{
     redis,
 };
 
+/// The internal token the benchmark's canvas-api requires on placements: the gateway and
+/// the load generators that place directly both present it.
+pub const API_TOKEN: &str = "bench-internal-token-0123456789";
+/// The key the benchmark's gateways sign identity cookies with.
+const IDENTITY_KEY: &str = "the benchmark's identity key, 32+ bytes";
 /// The canvas the benchmarks use: 1000x1000, no cooldown.
 pub const CANVAS_SIDE: u32 = 1000;
 
@@ -51,6 +57,8 @@ impl Servers {
                 format!("redis://127.0.0.1:{}", self.redis_port),
             )
             .env(ENV_API_URL, &self.api_url)
+            .env(ENV_API_TOKEN, API_TOKEN)
+            .env(ENV_IDENTITY_KEY, IDENTITY_KEY)
             .env(ENV_CANVAS_WIDTH, &side)
             .env(ENV_CANVAS_HEIGHT, &side)
             .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
@@ -109,6 +117,7 @@ impl Servers {
             .env(ENV_CANVAS_WIDTH, &side)
             .env(ENV_CANVAS_HEIGHT, &side)
             .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
+            .env(ENV_API_TOKEN, API_TOKEN)
             .env("RUST_LOG", "warn");
         servers.spawn("canvas-api", &mut api, log_dir)?;
         servers.wait_ready(log_dir)?;

@@ -29,7 +29,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{controller::Action, events::Recorder},
 };
-use pixel_common::error::ErrorChain;
+use pixel_common::{error::ErrorChain, operator_contract::ROTATE_IDENTITY_KEY_ANNOTATION};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -39,8 +39,9 @@ pub use self::transitions::{Transition, transitions};
 use crate::{
     api::{PixelCanvas, PixelCanvasStatus},
     children::{
-        self, Child, ChildKind, Component, Defaults, DesiredError, Inputs, Names, PASSWORD_KEY,
-        kind_of,
+        self, API_TOKEN_KEY, Child, ChildKind, Component, Credentials, Defaults, DesiredError,
+        IDENTITY_KEY_KEY, IDENTITY_KEY_PREVIOUS_KEY, IDENTITY_KEY_ROTATION_KEY, IdentityKeys,
+        Inputs, Names, PASSWORD_KEY, kind_of,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
         with_child,
     },
@@ -99,7 +100,7 @@ pub enum ReconcileError {
     PasswordSecretMissing(String),
     #[error("Secret {secret} has no key {key:?} (spec.redis.passwordSecretRef.key)")]
     PasswordKeyMissing { secret: String, key: String },
-    #[error("the password in Secret {0} is not UTF-8 text")]
+    #[error("a credential in Secret {0} is not UTF-8 text")]
     PasswordNotText(String),
     #[error("cannot {verb} {kind} {name}")]
     Kube {
@@ -257,7 +258,7 @@ async fn reconcile_canvas(
 }
 
 fn url_of(canvas: &PixelCanvas, defaults: &Defaults) -> Option<String> {
-    let inputs = Inputs::new(canvas, String::new(), defaults).ok()?;
+    let inputs = Inputs::new(canvas, Credentials::default(), defaults).ok()?;
     children::url(&inputs)
 }
 
@@ -270,8 +271,8 @@ async fn apply_children(
     names: &Names,
     live: &mut Live,
 ) -> Result<(), ReconcileError> {
-    let password = password(canvas, context, namespace, names).await?;
-    let inputs = Inputs::new(canvas, password, &context.defaults)?;
+    let credentials = credentials(canvas, context, namespace, names).await?;
+    let inputs = Inputs::new(canvas, credentials, &context.defaults)?;
     if canvas.spec.paused {
         return Ok(());
     }
@@ -317,23 +318,89 @@ fn workload_state(live: &Child, names: &Names) -> Option<(Component, WorkloadSta
     }
 }
 
-/// The Redis password: the referenced Secret's, else the generated Secret's, else a new one.
-async fn password(
+/// The canvas's credentials: each from the Secret that holds it, else new.
+async fn credentials(
     canvas: &PixelCanvas,
     context: &Context,
     namespace: &str,
     names: &Names,
-) -> Result<String, ReconcileError> {
+) -> Result<Credentials, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
-    let secret_kind = kind_of::<Secret>();
-    let read = |secret: Secret, key: &str, name: &str| -> Result<Option<String>, ReconcileError> {
-        match secret.data.and_then(|mut d| d.remove(key)) {
-            Some(bytes) => String::from_utf8(bytes.0)
-                .map(Some)
-                .map_err(|_| ReconcileError::PasswordNotText(format!("{namespace}/{name}"))),
+    let redis_password = password(canvas, &secrets, namespace, names).await?;
+    let internal = names.internal_secret();
+    let stored = secrets.get_opt(&internal).await.map_err(kube_error(
+        "get",
+        kind_of::<Secret>(),
+        &internal,
+    ))?;
+    let qualified = format!("{namespace}/{internal}");
+    let key = |key: &str| -> Result<Option<String>, ReconcileError> {
+        match &stored {
+            Some(secret) => secret_text(secret.clone(), key, &qualified),
             None => Ok(None),
         }
     };
+    let api_token = key(API_TOKEN_KEY)?.unwrap_or_else(new_password);
+    let stored_identity = key(IDENTITY_KEY_KEY)?
+        .filter(|current| !current.is_empty())
+        .map(|current| -> Result<IdentityKeys, ReconcileError> {
+            Ok(IdentityKeys {
+                current,
+                previous: key(IDENTITY_KEY_PREVIOUS_KEY)?.unwrap_or_default(),
+                rotation: key(IDENTITY_KEY_ROTATION_KEY)?.unwrap_or_default(),
+            })
+        })
+        .transpose()?;
+    let requested = canvas
+        .annotations()
+        .get(ROTATE_IDENTITY_KEY_ANNOTATION)
+        .map(String::as_str);
+    Ok(Credentials {
+        redis_password,
+        api_token,
+        identity: IdentityKeys::next(stored_identity, requested, new_password()),
+    })
+}
+
+/// A key of a Secret as text; `None` when the Secret or the key does not exist.
+fn secret_text(
+    secret: Secret,
+    key: &str,
+    qualified: &str,
+) -> Result<Option<String>, ReconcileError> {
+    match secret.data.and_then(|mut d| d.remove(key)) {
+        Some(bytes) => String::from_utf8(bytes.0)
+            .map(Some)
+            .map_err(|_| ReconcileError::PasswordNotText(qualified.to_owned())),
+        None => Ok(None),
+    }
+}
+
+/// What the operator generated earlier under `key` of its Secret `name`, if it did.
+async fn generated_value(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, ReconcileError> {
+    match secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_error("get", kind_of::<Secret>(), name))?
+    {
+        Some(secret) => secret_text(secret, key, &format!("{namespace}/{name}")),
+        None => Ok(None),
+    }
+}
+
+/// The Redis password: the referenced Secret's, else the generated Secret's, else a new one.
+async fn password(
+    canvas: &PixelCanvas,
+    secrets: &Api<Secret>,
+    namespace: &str,
+    names: &Names,
+) -> Result<String, ReconcileError> {
+    let secret_kind = kind_of::<Secret>();
     if let Some(reference) = &canvas.spec.redis.password_secret_ref {
         let qualified = format!("{namespace}/{}", reference.name);
         let secret = secrets
@@ -341,24 +408,18 @@ async fn password(
             .await
             .map_err(kube_error("get", secret_kind, &reference.name))?
             .ok_or_else(|| ReconcileError::PasswordSecretMissing(qualified.clone()))?;
-        return read(secret, &reference.key, &reference.name)?.ok_or_else(|| {
+        return secret_text(secret, &reference.key, &qualified)?.ok_or_else(|| {
             ReconcileError::PasswordKeyMissing {
                 secret: qualified,
                 key: reference.key.clone(),
             }
         });
     }
-    let generated = names.redis_secret();
-    if let Some(secret) =
-        secrets
-            .get_opt(&generated)
-            .await
-            .map_err(kube_error("get", secret_kind, &generated))?
-        && let Some(password) = read(secret, PASSWORD_KEY, &generated)?
-    {
-        return Ok(password);
-    }
-    Ok(new_password())
+    Ok(
+        generated_value(secrets, namespace, &names.redis_secret(), PASSWORD_KEY)
+            .await?
+            .unwrap_or_else(new_password),
+    )
 }
 
 fn new_password() -> String {

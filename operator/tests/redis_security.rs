@@ -18,7 +18,10 @@ use kube::Resource;
 use pixel_common::{ports, testing::free_port};
 use pixel_operator::{
     api::{PixelCanvas, PixelCanvasSpec},
-    children::{Child, Component, Defaults, Desired, Inputs, Names, PASSWORD_KEY, desired, naming},
+    children::{
+        Child, Component, Credentials, Defaults, Desired, IdentityKeys, Inputs, Names,
+        PASSWORD_KEY, desired, naming,
+    },
 };
 use redis::{RedisError, Value, aio::MultiplexedConnection};
 use serde_json::json;
@@ -45,7 +48,15 @@ fn canvas(name: &str, spec: serde_json::Value) -> PixelCanvas {
 }
 
 fn render(canvas: &PixelCanvas) -> Desired {
-    desired(&Inputs::new(canvas, PASSWORD.to_owned(), &Defaults::default()).expect("context"))
+    let credentials = Credentials {
+        redis_password: PASSWORD.to_owned(),
+        api_token: "internal-token-0123456789".to_owned(),
+        identity: IdentityKeys {
+            current: "identity-key-0123456789-0123456789".to_owned(),
+            ..IdentityKeys::default()
+        },
+    };
+    desired(&Inputs::new(canvas, credentials, &Defaults::default()).expect("context"))
 }
 
 fn pod_templates(d: &Desired) -> Vec<&PodTemplateSpec> {

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use pixel_common::ports::{
-    ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH, ENV_LISTEN_ADDR,
-    ENV_REDIS_URL, READYZ_PATH,
+    ENV_API_TOKEN, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH,
+    ENV_LISTEN_ADDR, ENV_REDIS_URL, READYZ_PATH,
 };
 use pixel_harness::{
     deps, paths,
@@ -30,6 +30,8 @@ const SCHEMATHESIS_VERSION: &str = "4.32.5";
 const MIN_REQUESTS: u64 = 1000;
 /// Test cases per operation and phase: about 1,600 requests over the seven operations.
 const MAX_EXAMPLES: u32 = 300;
+/// The internal token the fuzzed canvas-api requires on placements.
+const FUZZ_API_TOKEN: &str = "api-fuzz-internal-token";
 /// Fixed, so a failure reproduces; schemathesis prints it too.
 const SEED: u64 = 20_261_125;
 /// A small canvas, so generated coordinates land on it; no cooldown, so placements succeed.
@@ -74,6 +76,7 @@ pub fn run() -> Result<()> {
         Command::new(&api_bin)
             .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{api_port}"))
             .env(ENV_REDIS_URL, format!("redis://127.0.0.1:{redis_port}"))
+            .env(ENV_API_TOKEN, FUZZ_API_TOKEN)
             .env("RUST_LOG", "warn")
             .envs(CANVAS),
         dir.path(),
@@ -95,6 +98,12 @@ pub fn run() -> Result<()> {
         .arg(&config)
         .args(["run", &format!("{api_url}/api/v1/openapi.json")])
         .args(["--checks", "all"])
+        // Placements are fuzzed as the gateway sends them; the `ignored_auth` check
+        // verifies that they are refused without the token.
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {FUZZ_API_TOKEN}"),
+        ])
         .args(["--max-examples", &MAX_EXAMPLES.to_string()])
         .args(["--seed", &SEED.to_string()])
         // No --max-time: with it, fuzzing repeats until the time is spent.

@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use pixel_common::ports::{
-    self, CANVAS_API as API_PORT, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT,
-    ENV_CANVAS_WIDTH, ENV_CORS_ALLOWED_ORIGINS, ENV_LISTEN_ADDR, ENV_PUBLIC_API_URL,
-    ENV_PUBLIC_WS_URL, ENV_REDIS_URL, ENV_WS_ALLOWED_ORIGINS, FRONTEND as FRONTEND_PORT,
-    GATEWAY as GATEWAY_PORT, READYZ_PATH, WS_PATH,
+    self, CANVAS_API as API_PORT, ENV_API_TOKEN, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS,
+    ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH, ENV_CORS_ALLOWED_ORIGINS, ENV_IDENTITY_KEY,
+    ENV_LISTEN_ADDR, ENV_PUBLIC_API_URL, ENV_PUBLIC_WS_URL, ENV_REDIS_URL, ENV_WS_ALLOWED_ORIGINS,
+    FRONTEND as FRONTEND_PORT, GATEWAY as GATEWAY_PORT, READYZ_PATH, WS_PATH,
 };
 use pixel_harness::{cluster::ensure_port_free, deps, paths, process, redis};
 
@@ -58,6 +58,24 @@ fn start() -> Result<Local> {
     let redis_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let bin = |name: &str| paths::repo_root().join("target/debug").join(name);
+    // The gateway's credential for placements, new every run: the page's origin reaches
+    // canvas-api too, and must not be able to place through it. The identity key is kept,
+    // so identities survive a restart of the loop.
+    let random = || {
+        use rand::distr::{Alphanumeric, SampleString};
+        Alphanumeric.sample_string(&mut rand::rng(), 48)
+    };
+    let api_token = random();
+    let key_file = dir().join("identity-key");
+    let identity_key = match fs::read_to_string(&key_file) {
+        Ok(key) if key.trim().len() >= 32 => key.trim().to_owned(),
+        _ => {
+            let key = random();
+            fs::write(&key_file, &key)
+                .with_context(|| format!("cannot write {}", key_file.display()))?;
+            key
+        }
+    };
 
     let mut local = Local {
         children: Vec::new(),
@@ -84,6 +102,7 @@ fn start() -> Result<Local> {
             .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{API_PORT}"))
             .env(ENV_REDIS_URL, &redis_url)
             .env(ENV_CORS_ALLOWED_ORIGINS, page_origins())
+            .env(ENV_API_TOKEN, &api_token)
             .envs(CANVAS_ENV),
     )?;
     spawn(
@@ -93,6 +112,8 @@ fn start() -> Result<Local> {
             .env(ENV_REDIS_URL, &redis_url)
             .env(ENV_API_URL, format!("http://127.0.0.1:{API_PORT}"))
             .env(ENV_WS_ALLOWED_ORIGINS, page_origins())
+            .env(ENV_API_TOKEN, &api_token)
+            .env(ENV_IDENTITY_KEY, &identity_key)
             .envs(CANVAS_ENV),
     )?;
     spawn(

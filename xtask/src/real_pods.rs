@@ -45,7 +45,7 @@ struct Stage<'a> {
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 9] = [
+const CHECKS: [(&str, Check); 10] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -54,6 +54,10 @@ const CHECKS: [(&str, Check); 9] = [
     (
         "two-pages-through-the-ingress",
         two_pages_through_the_ingress,
+    ),
+    (
+        "rest-placement-through-the-ingress-is-refused",
+        rest_placement_through_the_ingress_is_refused,
     ),
     (
         "gateway-scale-down-closes-1001-and-clients-resync",
@@ -184,17 +188,23 @@ impl Stage<'_> {
     }
 
     /// `pixel-browser-check <subcommand>` for this canvas, once both gateway pods are
-    /// ready: the host mapped to 127.0.0.1 (the Ingress) and every gateway pod's metrics.
+    /// ready, with the host mapped to 127.0.0.1 (the Ingress).
     fn browser_check(&self, subcommand: &str) -> Result<std::process::Command> {
         self.wait_ready_pods("gateway", 2, Duration::from_secs(90))?;
-        let binary = browser_check::build()?;
+        let mut cmd = std::process::Command::new(browser_check::build()?);
+        cmd.args([subcommand, "--resolve", &format!("{HOST}=127.0.0.1")]);
+        Ok(cmd)
+    }
+
+    /// [`Self::browser_check`], told every gateway pod's metrics (to know which pod
+    /// serves which client).
+    fn browser_check_on_pods(&self, subcommand: &str) -> Result<std::process::Command> {
+        let mut cmd = self.browser_check(subcommand)?;
         let gateways = self.gateway_metrics()?;
         ensure!(
             gateways.len() == 2,
             "expected 2 ready gateway pods, found {gateways:?}"
         );
-        let mut cmd = std::process::Command::new(binary);
-        cmd.args([subcommand, "--resolve", &format!("{HOST}=127.0.0.1")]);
         for gateway in &gateways {
             cmd.args(["--gateway-metrics", gateway]);
         }
@@ -282,8 +292,45 @@ impl Stage<'_> {
         .map(drop)
     }
 
+    /// Places `pixels` through the Ingress as the page does (over the gateway's
+    /// WebSocket, `pixel-browser-check place`); returns the versions they produced.
+    fn place(&self, pixels: &[(u32, u32, u32)]) -> Result<Vec<u64>> {
+        let mut cmd = self.browser_check("place")?;
+        cmd.args([
+            "--ws-url",
+            &format!("ws://{HOST}:{}{}", self.ingress_port, ports::WS_PATH),
+        ]);
+        for (x, y, color) in pixels {
+            cmd.args(["--pixel", &format!("{x},{y},{color}")]);
+        }
+        let summary =
+            browser_check::summary(&process::output(&mut cmd, Duration::from_secs(120))?)?;
+        let versions: Vec<u64> = summary["versions"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        ensure!(
+            versions.len() == pixels.len(),
+            "placed {} of {} pixels: {summary}",
+            versions.len(),
+            pixels.len()
+        );
+        Ok(versions)
+    }
+
     /// An HTTP request through the Ingress controller, with the canvas's host.
     fn http(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+        self.http_as(method, path, body, "real-pods-suite")
+    }
+
+    /// [`Self::http`] with `client_id` as the `X-Client-Id` of a `POST`.
+    fn http_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        client_id: &str,
+    ) -> Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.ingress_port);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -295,7 +342,7 @@ impl Stage<'_> {
             ("POST", Some(body)) => agent
                 .post(&url)
                 .header("Host", HOST)
-                .header(ports::CLIENT_ID_HEADER, "real-pods-suite")
+                .header(ports::CLIENT_ID_HEADER, client_id)
                 .header("Content-Type", "application/json")
                 .send(body),
             _ => bail!("unsupported request {method} {path}"),
@@ -407,12 +454,71 @@ fn page_and_api_through_the_ingress(stage: &Stage) -> Result<()> {
     Ok(())
 }
 
+/// canvas-api's placement endpoint is reachable through the Ingress, but refuses every
+/// caller without the gateway's internal token with `401 unauthorized`, whatever
+/// `X-Client-Id` it claims (a made-up one, a gateway-style one, the public handles of real
+/// players from the history), and the canvas does not move.
+fn rest_placement_through_the_ingress_is_refused(stage: &Stage) -> Result<()> {
+    let version = |stage: &Stage| -> Result<u64> {
+        let (status, info) = stage.http("GET", ports::API_INFO_PATH, None)?;
+        ensure!(status == 200, "GET info answered {status}: {info}");
+        let info: Value = serde_json::from_str(&info).context("info is not JSON")?;
+        info["version"].as_u64().context("info has no version")
+    };
+    let before = version(stage)?;
+    let (status, history) =
+        stage.http("GET", &format!("{}?since=0", ports::API_HISTORY_PATH), None)?;
+    ensure!(status == 200, "GET history answered {status}: {history}");
+    let history: Value = serde_json::from_str(&history).context("history is not JSON")?;
+    let mut claimed = vec![
+        "anyone".to_owned(),
+        "gw-0123456789abcdef".to_owned(),
+        "real-pods-suite".to_owned(),
+    ];
+    claimed.extend(
+        history["updates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["placedBy"].as_str().map(str::to_owned))
+            .take(3),
+    );
+    for client_id in &claimed {
+        let (status, body) = stage.http_as(
+            "POST",
+            ports::API_PIXELS_PATH,
+            Some("{\"x\":1,\"y\":1,\"color\":1}"),
+            client_id,
+        )?;
+        ensure!(
+            status == 401,
+            "POST {} as {client_id:?} answered {status}: {body}",
+            ports::API_PIXELS_PATH
+        );
+        let error: Value = serde_json::from_str(&body).context("the error is not JSON")?;
+        ensure!(
+            error["error"]["code"] == "unauthorized",
+            "POST as {client_id:?} answered {body}"
+        );
+    }
+    let after = version(stage)?;
+    ensure!(
+        after == before,
+        "the canvas moved from version {before} to {after} although every placement was refused"
+    );
+    println!(
+        "real-pods: {} REST placements through the Ingress, each claiming another client id,          all refused with 401; the canvas stayed at version {before}",
+        claimed.len()
+    );
+    Ok(())
+}
+
 /// Two pages in headless Chromium, loaded through the Ingress by the canvas's host name,
 /// their WebSockets on different gateway pods: a pixel clicked in one shows in the other,
 /// so the placement crossed pods through Redis (`pixel-browser-check two-pages`).
 fn two_pages_through_the_ingress(stage: &Stage) -> Result<()> {
     deps::ensure_debian_packages(&["chromium"])?;
-    let mut cmd = stage.browser_check("two-pages")?;
+    let mut cmd = stage.browser_check_on_pods("two-pages")?;
     cmd.args(["--url", &format!("http://{HOST}:{}/", stage.ingress_port)]);
     let summary = browser_check::summary(&process::output(&mut cmd, Duration::from_secs(300))?)?;
     let pages = &summary["pages"];
@@ -438,7 +544,7 @@ fn two_pages_through_the_ingress(stage: &Stage) -> Result<()> {
 fn gateway_scale_down_closes_1001_and_clients_resync(stage: &Stage) -> Result<()> {
     const CLIENTS: u32 = 20;
     const TIMEOUT_SECS: u64 = 120;
-    let mut cmd = stage.browser_check("gateway-drain")?;
+    let mut cmd = stage.browser_check_on_pods("gateway-drain")?;
     cmd.args([
         "--ws-url",
         &format!("ws://{HOST}:{}{}", stage.ingress_port, ports::WS_PATH),
@@ -525,17 +631,7 @@ fn exec_and_logs(stage: &Stage) -> Result<()> {
 /// acknowledged placement is still there (the append-only file on the real volume).
 fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
     let placed: Vec<(u32, u32, u32)> = (0..20).map(|i| (i, 2 * i % 64, 1 + i % 7)).collect();
-    for &(x, y, color) in &placed {
-        let (status, body) = stage.http(
-            "POST",
-            ports::API_PIXELS_PATH,
-            Some(&format!("{{\"x\":{x},\"y\":{y},\"color\":{color}}}")),
-        )?;
-        ensure!(
-            (200..300).contains(&status),
-            "placing ({x},{y}) answered {status}: {body}"
-        );
-    }
+    stage.place(&placed)?;
     let claim = format!("pvc/data-{CANVAS}-redis-0");
     let uid = |what: &str| -> Result<String> {
         Ok(stage

@@ -14,7 +14,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -27,26 +26,18 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::{
-    net::TcpStream,
     sync::{mpsc, watch},
     task::JoinHandle,
     time::Instant,
 };
-use tokio_tungstenite::{
-    WebSocketStream, client_async,
-    tungstenite::{
-        self, Message,
-        client::IntoClientRequest,
-        http::{HeaderValue, Uri, header::ORIGIN},
-        protocol::frame::coding::CloseCode,
-    },
-};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 use pixel_common::wire::UpdateFrame;
 
 use crate::{
     POLL, Resolve,
     gateways::{self, Gateway},
+    ws::{Hello, Socket, Target},
 };
 
 /// After the expected closes, how long without another close before they count as done.
@@ -125,26 +116,6 @@ struct PodSummary {
     reconnected_here: u32,
 }
 
-/// Where and how the clients connect.
-#[derive(Debug)]
-struct Target {
-    url: String,
-    addr: SocketAddr,
-    origin: HeaderValue,
-    patience: Duration,
-}
-
-type Socket = WebSocketStream<TcpStream>;
-
-/// The gateway's first message.
-#[derive(Debug, Clone)]
-struct Hello {
-    version: u64,
-    width: u64,
-    height: u64,
-    palette_len: usize,
-}
-
 /// How one held connection ended.
 #[derive(Debug)]
 enum Ending {
@@ -188,7 +159,13 @@ pub async fn run(args: Args) -> Result<Summary> {
         args.expect_closed_at_least,
         args.clients
     );
-    let target = Target::new(&args).await?;
+    let target = Target::new(
+        &args.ws_url,
+        &args.resolve,
+        args.origin.as_deref(),
+        Duration::from_secs(args.patience_secs),
+    )
+    .await?;
     let gateways = &args.gateways;
     if !gateways.is_empty() {
         gateways::all_counts(gateways).await?;
@@ -235,7 +212,7 @@ pub async fn run(args: Args) -> Result<Summary> {
     eprintln!(
         "{} clients connected through {}{}",
         args.clients,
-        target.url,
+        target.url(),
         if by_pod.is_empty() {
             String::new()
         } else {
@@ -373,8 +350,7 @@ pub async fn run(args: Args) -> Result<Summary> {
     for &index in &closed {
         let since = clients[index].version.load(Ordering::Acquire);
         let before = gateways::counts(&alive).await;
-        let resync = target
-            .resync(since, placed_version)
+        let resync = resync(&target, since, placed_version)
             .await
             .with_context(|| format!("client {} did not resync from version {since}", index + 1))?;
         if !alive.is_empty() {
@@ -551,213 +527,62 @@ struct Resync {
     took: Duration,
 }
 
-impl Target {
-    async fn new(args: &Args) -> Result<Self> {
-        let uri: Uri = args
-            .ws_url
-            .parse()
-            .with_context(|| format!("{:?} is not a URL", args.ws_url))?;
-        ensure!(
-            uri.scheme_str() == Some("ws"),
-            "{} is not a ws:// URL (this check speaks plain WebSocket only)",
-            args.ws_url
-        );
-        let host = uri
-            .host()
-            .with_context(|| format!("{} names no host", args.ws_url))?
-            .to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = match args.resolve.iter().find(|r| r.host == host) {
-            Some(rule) => SocketAddr::new(rule.addr, port),
-            None => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .with_context(|| format!("cannot resolve {host} (give --resolve {host}=ADDRESS)"))?
-                .next()
-                .with_context(|| format!("{host} has no address"))?,
-        };
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
-        let origin = args
-            .origin
-            .clone()
-            .unwrap_or_else(|| format!("http://{authority}"));
-        Ok(Self {
-            url: args.ws_url.clone(),
-            addr,
-            origin: HeaderValue::from_str(&origin)
-                .with_context(|| format!("{origin:?} is not a header value"))?,
-            patience: Duration::from_secs(args.patience_secs),
-        })
-    }
-
-    fn url_since(&self, since: Option<u64>) -> String {
-        match since {
-            None => self.url.clone(),
-            Some(v) if self.url.contains('?') => format!("{}&since={v}", self.url),
-            Some(v) => format!("{}?since={v}", self.url),
-        }
-    }
-
-    /// One connection: TCP to the resolved address, the handshake naming the URL's host
-    /// with the page's Origin, then the hello. Each step bounded by the patience.
-    async fn connect(&self, since: Option<u64>) -> Result<(Socket, Hello)> {
-        let url = self.url_since(since);
-        let stream = tokio::time::timeout(self.patience, TcpStream::connect(self.addr))
-            .await
-            .with_context(|| format!("connecting to {} timed out", self.addr))?
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
-        stream.set_nodelay(true)?;
-        let mut request = url.as_str().into_client_request()?;
-        request.headers_mut().insert(ORIGIN, self.origin.clone());
-        let (mut socket, _) = tokio::time::timeout(self.patience, client_async(request, stream))
-            .await
-            .with_context(|| format!("the WebSocket handshake with {url} timed out"))?
-            .map_err(|error| match error {
-                tungstenite::Error::Http(response) => anyhow::anyhow!(
-                    "{url} refused the upgrade: {} {}",
-                    response.status(),
-                    response
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default()
-                ),
-                other => anyhow::Error::new(other).context(format!("handshake with {url}")),
-            })?;
-        let hello = loop {
-            let next = tokio::time::timeout(self.patience, socket.next())
-                .await
-                .with_context(|| format!("no hello from {url}"))?;
-            match next {
-                Some(Ok(Message::Text(text))) => break parse_hello(text.as_str())?,
-                Some(Ok(Message::Close(frame))) => {
-                    bail!("{url} closed before its hello: {frame:?}")
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error).context(format!("reading {url}")),
-                None => bail!("{url} ended before its hello"),
-            }
-        };
-        Ok((socket, hello))
-    }
-
-    /// [`Self::connect`], retried as the protocol says a client reconnects: the `n`-th
-    /// retry after `d/2 + random(0, d/2)`, `d = min(30 s, 0.5 s × 2^n)`, for at most the
-    /// patience. Returns the connection and how many attempts it took.
-    async fn connect_retrying(&self, since: Option<u64>) -> Result<((Socket, Hello), u32)> {
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let error = match self.connect(since).await {
-                Ok(connected) => return Ok((connected, attempts)),
-                Err(error) => error,
-            };
-            let d = Duration::from_millis(500)
-                .saturating_mul(1 << (attempts - 1).min(6))
-                .min(Duration::from_secs(30));
-            let delay = d / 2 + d.mul_f64(fastrand::f64() / 2.0);
-            if started.elapsed() + delay >= self.patience {
-                return Err(error.context(format!(
-                    "gave up reconnecting after {attempts} attempts in {:?}",
-                    started.elapsed()
-                )));
-            }
-            eprintln!("attempt {attempts} failed ({error:#}); retrying in {delay:?}");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// Reconnects with `?since=<since>`: the hello, then frames covering every version after
-    /// `since` up to the hello's (or a refetch, which hands the client to the snapshot).
-    /// The hello must be at or above `at_least`, a version placed while it was away.
-    async fn resync(&self, since: u64, at_least: u64) -> Result<Resync> {
-        let started = Instant::now();
-        let ((mut socket, hello), attempts) = self.connect_retrying(Some(since)).await?;
-        ensure!(
-            hello.version >= at_least,
-            "the hello announces version {}, older than {at_least}, placed before the reconnect",
-            hello.version
-        );
-        let mut next = since + 1;
-        while next <= hello.version {
-            let left = self.patience.saturating_sub(started.elapsed());
-            let message = tokio::time::timeout(left, socket.next())
-                .await
-                .with_context(|| {
-                    format!(
-                        "received versions up to {} of {} within {:?}",
-                        next - 1,
-                        hello.version,
-                        self.patience
-                    )
-                })?;
-            match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let frame = UpdateFrame::decode(&bytes).context("a bad update frame")?;
-                    let (first, last) = frame.versions();
-                    ensure!(
-                        first <= next,
-                        "missed versions {next}..{first}: the resync frame starts at {first}"
-                    );
-                    next = next.max(last + 1);
-                }
-                Some(Ok(Message::Text(text))) => {
-                    let message: Value = serde_json::from_str(text.as_str())?;
-                    if message["type"] == "refetch" {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => bail!("closed during the resync: {frame:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error).context("reading the resync"),
-                None => bail!("ended during the resync"),
-            }
-        }
-        Ok(Resync {
-            socket,
-            attempts,
-            took: started.elapsed(),
-        })
-    }
-}
-
-fn parse_hello(text: &str) -> Result<Hello> {
-    let hello: Value = serde_json::from_str(text)
-        .with_context(|| format!("the first message is not JSON: {text}"))?;
+/// Reconnects with `?since=<since>`: the hello, then frames covering every version after
+/// `since` up to the hello's (or a refetch, which hands the client to the snapshot).
+/// The hello must be at or above `at_least`, a version placed while it was away.
+async fn resync(target: &Target, since: u64, at_least: u64) -> Result<Resync> {
+    let started = Instant::now();
+    let ((mut socket, hello), attempts) = target.connect_retrying(Some(since)).await?;
     ensure!(
-        hello["type"] == "hello",
-        "the gateway's first message is not a hello: {text}"
+        hello.version >= at_least,
+        "the hello announces version {}, older than {at_least}, placed before the reconnect",
+        hello.version
     );
-    let number = |key: &str| {
-        hello[key]
-            .as_u64()
-            .with_context(|| format!("the hello has no {key}: {text}"))
-    };
-    Ok(Hello {
-        version: number("version")?,
-        width: number("width")?,
-        height: number("height")?,
-        palette_len: hello["palette"].as_array().map_or(0, Vec::len),
+    let mut next = since + 1;
+    while next <= hello.version {
+        let left = target.patience.saturating_sub(started.elapsed());
+        let message = tokio::time::timeout(left, socket.next())
+            .await
+            .with_context(|| {
+                format!(
+                    "received versions up to {} of {} within {:?}",
+                    next - 1,
+                    hello.version,
+                    target.patience
+                )
+            })?;
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                let frame = UpdateFrame::decode(&bytes).context("a bad update frame")?;
+                let (first, last) = frame.versions();
+                ensure!(
+                    first <= next,
+                    "missed versions {next}..{first}: the resync frame starts at {first}"
+                );
+                next = next.max(last + 1);
+            }
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(text.as_str())?;
+                if message["type"] == "refetch" {
+                    break;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => bail!("closed during the resync: {frame:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error).context("reading the resync"),
+            None => bail!("ended during the resync"),
+        }
+    }
+    Ok(Resync {
+        socket,
+        attempts,
+        took: started.elapsed(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_hello_is_read_for_its_version_and_board() {
-        let hello = parse_hello(
-            r##"{"type":"hello","protocol":1,"clientId":"gw-1","version":7,"width":64,"height":32,"palette":["#FFFFFF","#000000"],"cooldownSeconds":0,"online":2}"##,
-        )
-        .expect("a hello");
-        assert_eq!(
-            (hello.version, hello.width, hello.height, hello.palette_len),
-            (7, 64, 32, 2)
-        );
-        assert!(parse_hello(r#"{"type":"online","count":2}"#).is_err());
-        assert!(parse_hello("not json").is_err());
-    }
 
     #[test]
     fn only_1001_is_going_away() {

@@ -6,10 +6,13 @@
 //!   pods; a click in one shows in the other.
 //! - `gateway-drain`: WebSocket clients held while the caller scales the gateway down; the
 //!   ones on the pod that goes get `1001`, reconnect and resync.
+//! - `place`: pixels placed over one WebSocket through the Ingress, as the page places them.
 
 mod drain;
 mod gateways;
+mod place;
 mod two_pages;
+mod ws;
 
 use std::{fmt, net::IpAddr, process::ExitCode, str::FromStr, time::Duration};
 
@@ -39,6 +42,9 @@ enum Command {
     /// down: prints `ready` once they are connected, then counts the `1001` closes and
     /// checks that each closed client reconnects and resyncs.
     GatewayDrain(drain::Args),
+    /// Pixels placed through the Ingress over one WebSocket, as the page places them;
+    /// prints the version each produced.
+    Place(place::Args),
 }
 
 /// `HOST=ADDRESS`: connect to ADDRESS wherever HOST is named (no DNS knows the canvas's
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::TwoPages(args) => run(two_pages::run(args)),
         Command::GatewayDrain(args) => run(drain::run(args)),
+        Command::Place(args) => run(place::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -85,7 +85,7 @@ pub struct Summary {
 struct PageSummary {
     page: &'static str,
     gateway: String,
-    client_id: String,
+    handle: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,7 +190,7 @@ struct Opened {
     gateway: usize,
     /// That gateway's connections before the page connected.
     count_before: i64,
-    client_id: String,
+    handle: String,
 }
 
 struct Session<'a> {
@@ -341,12 +341,12 @@ impl Session<'_> {
                 PageSummary {
                     page: "painter",
                     gateway: gateways[painter.gateway].name.clone(),
-                    client_id: painter.client_id,
+                    handle: painter.handle,
                 },
                 PageSummary {
                     page: "watcher",
                     gateway: gateways[watcher.gateway].name.clone(),
-                    client_id: watcher.client_id,
+                    handle: watcher.handle,
                 },
             ],
             watcher_opened,
@@ -370,16 +370,16 @@ impl Session<'_> {
         let page = self.open().await?;
         self.wait_live(&page).await?;
         let gateway = gateways::which_gained(gateways, &before, self.patience).await?;
-        let client_id = eval(&page, "window.pixelPlayground.state().clientId")
+        let handle = eval(&page, "window.pixelPlayground.state().clientId")
             .await?
             .as_str()
-            .context("the page has no client id")?
+            .context("the page has no identity")?
             .to_owned();
         Ok(Opened {
             page,
             gateway,
             count_before: before[gateway].unwrap_or_default(),
-            client_id,
+            handle,
         })
     }
 

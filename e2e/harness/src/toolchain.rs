@@ -451,9 +451,13 @@ fn ensure_component(component: &Component, progress: &Progress) -> Result<PathBu
     );
     let started = Instant::now();
     for (package, binary) in component.binaries {
-        if let Err(error) =
-            build_binary(component, &version, package, &staging.join(binary), progress)
-        {
+        if let Err(error) = build_binary(
+            component,
+            &version,
+            package,
+            &staging.join(binary),
+            progress,
+        ) {
             let _ = fs::remove_dir_all(&staging);
             return Err(error);
         }

@@ -1,5 +1,5 @@
-//! The ConfigMap with the canvas settings, the generated Redis password Secret, and the
-//! hash that rolls pods when either changes.
+//! The ConfigMap with the canvas settings, the generated Secrets (the Redis password, the
+//! internal API token), and the hash that rolls pods when any of them changes.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,14 @@ use super::{Inputs, naming::Component};
 
 /// Key of the password in the generated Secret.
 pub const PASSWORD_KEY: &str = "password";
+/// Key of the internal API token in the generated internal Secret.
+pub const API_TOKEN_KEY: &str = "api-token";
+/// Key of the key that signs identity cookies, in the generated internal Secret.
+pub const IDENTITY_KEY_KEY: &str = "identity-key";
+/// Key of the identity key before the last rotation (empty before the first).
+pub const IDENTITY_KEY_PREVIOUS_KEY: &str = "identity-key-previous";
+/// Key of the rotation annotation's value the keys were last rotated for.
+pub const IDENTITY_KEY_ROTATION_KEY: &str = "identity-key-rotation";
 
 /// The canvas settings, as the environment the services read (`envFrom`).
 pub fn config_data(inputs: &Inputs) -> BTreeMap<String, String> {
@@ -53,10 +61,37 @@ pub fn redis_secret(inputs: &Inputs) -> Option<Secret> {
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             PASSWORD_KEY.to_owned(),
-            ByteString(inputs.password.as_bytes().to_vec()),
+            ByteString(inputs.credentials.redis_password.as_bytes().to_vec()),
         )])),
         ..Default::default()
     })
+}
+
+/// The generated Secret of the internal credentials: the token canvas-api requires of its
+/// only caller, the gateway, and the key the gateway signs identity cookies with.
+pub fn internal_secret(inputs: &Inputs) -> Secret {
+    let credentials = &inputs.credentials;
+    let bytes = |value: &str| ByteString(value.as_bytes().to_vec());
+    Secret {
+        metadata: inputs.metadata(inputs.names.internal_secret(), None),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([
+            (API_TOKEN_KEY.to_owned(), bytes(&credentials.api_token)),
+            (
+                IDENTITY_KEY_KEY.to_owned(),
+                bytes(&credentials.identity.current),
+            ),
+            (
+                IDENTITY_KEY_PREVIOUS_KEY.to_owned(),
+                bytes(&credentials.identity.previous),
+            ),
+            (
+                IDENTITY_KEY_ROTATION_KEY.to_owned(),
+                bytes(&credentials.identity.rotation),
+            ),
+        ])),
+        ..Default::default()
+    }
 }
 
 /// What a component's pods consume from the ConfigMap and the Secret, digested. Put in the
@@ -73,9 +108,14 @@ pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
                 feed(&key);
                 feed(&value);
             }
-            feed(&inputs.password);
+            feed(&inputs.credentials.redis_password);
+            feed(&inputs.credentials.api_token);
+            if component == Component::Gateway {
+                feed(&inputs.credentials.identity.current);
+                feed(&inputs.credentials.identity.previous);
+            }
         }
-        Component::Redis => feed(&inputs.password),
+        Component::Redis => feed(&inputs.credentials.redis_password),
         Component::Frontend => {}
     }
     let digest = hasher.finalize();

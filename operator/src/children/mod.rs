@@ -22,7 +22,15 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-pub use self::{config::PASSWORD_KEY, ingress::url, naming::Component, naming::Names};
+pub use self::{
+    config::{
+        API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_PREVIOUS_KEY, IDENTITY_KEY_ROTATION_KEY,
+        PASSWORD_KEY,
+    },
+    ingress::url,
+    naming::Component,
+    naming::Names,
+};
 use crate::api::{PixelCanvas, PullPolicy};
 
 /// Pod template annotation: digest of what the pods consume from the ConfigMap and Secret.
@@ -63,6 +71,65 @@ impl Default for Defaults {
     }
 }
 
+/// The canvas's secrets, as reconcile resolved them: from the Secrets that hold them, or
+/// freshly generated.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The Redis password: from the referenced Secret, the generated one, or new.
+    pub redis_password: String,
+    /// The token the gateway presents to canvas-api's placement endpoint.
+    pub api_token: String,
+    /// The keys the gateway signs and verifies identity cookies with.
+    pub identity: IdentityKeys,
+}
+
+/// The identity keys, as the internal Secret holds them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct IdentityKeys {
+    /// Signs new cookies (and verifies).
+    pub current: String,
+    /// The key before the last rotation, still verifying; empty before the first rotation.
+    pub previous: String,
+    /// The rotation annotation's value these keys were made for; empty before the first.
+    pub rotation: String,
+}
+
+impl std::fmt::Debug for IdentityKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityKeys")
+            .field("rotation", &self.rotation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityKeys {
+    /// The keys after this reconcile: `stored` as they are, unless the canvas asks for a
+    /// rotation (`requested`, its annotation's value) they were not made for; then `fresh`
+    /// becomes the current key and the current one the previous. Nothing stored: `fresh`.
+    pub fn next(stored: Option<Self>, requested: Option<&str>, fresh: String) -> Self {
+        let requested = requested.unwrap_or_default();
+        match stored {
+            None => Self {
+                current: fresh,
+                previous: String::new(),
+                rotation: requested.to_owned(),
+            },
+            Some(stored) if requested.is_empty() || requested == stored.rotation => stored,
+            Some(stored) => Self {
+                current: fresh,
+                previous: stored.current,
+                rotation: requested.to_owned(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
 /// Everything the desired state depends on.
 #[derive(Debug)]
 pub struct Inputs<'a> {
@@ -70,8 +137,7 @@ pub struct Inputs<'a> {
     pub names: Names,
     namespace: String,
     owner: OwnerReference,
-    /// The Redis password: from the referenced Secret, the generated one, or freshly generated.
-    pub password: String,
+    pub credentials: Credentials,
     /// The Pixel Playground image (`repository:tag`): the spec's repository, else the default.
     image: String,
     /// The Redis image: the spec's, else the default.
@@ -81,7 +147,7 @@ pub struct Inputs<'a> {
 impl<'a> Inputs<'a> {
     pub fn new(
         canvas: &'a PixelCanvas,
-        password: String,
+        credentials: Credentials,
         defaults: &Defaults,
     ) -> Result<Self, DesiredError> {
         let spec = &canvas.spec;
@@ -103,7 +169,7 @@ impl<'a> Inputs<'a> {
                 .clone()
                 .unwrap_or_else(|| defaults.redis_image.clone()),
             canvas,
-            password,
+            credentials,
         })
     }
 
@@ -292,6 +358,7 @@ pub fn desired(inputs: &Inputs) -> Desired {
         Some(secret) => apply.push(Child::Secret(secret)),
         None => absent.push((ChildKind::Secret, inputs.names.redis_secret())),
     }
+    apply.push(Child::Secret(config::internal_secret(inputs)));
     apply.push(Child::Service(redis::service(inputs)));
     apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
     apply.push(Child::NetworkPolicy(redis::network_policy(inputs)));

@@ -70,6 +70,12 @@ impl Names {
         format!("{}-redis-auth", self.canvas)
     }
 
+    /// The generated Secret of the canvas's internal credentials (the token the gateway
+    /// presents to canvas-api).
+    pub fn internal_secret(&self) -> String {
+        format!("{}-internal", self.canvas)
+    }
+
     /// The ConfigMap with the canvas settings.
     pub fn config(&self) -> String {
         format!("{}-config", self.canvas)
@@ -115,6 +121,7 @@ mod tests {
         assert_eq!(names.component(Component::Api), "demo-api");
         assert_eq!(names.component(Component::Redis), "demo-redis");
         assert_eq!(names.redis_secret(), "demo-redis-auth");
+        assert_eq!(names.internal_secret(), "demo-internal");
         assert_eq!(names.config(), "demo-config");
         assert_eq!(names.ingress(), "demo");
     }

@@ -20,7 +20,20 @@ fn desired_for(canvas: &PixelCanvas) -> Desired {
 }
 
 fn desired_with(canvas: &PixelCanvas, defaults: &Defaults) -> Desired {
-    desired(&Inputs::new(canvas, "s3cret".to_owned(), defaults).expect("context"))
+    desired(
+        &Inputs::new(canvas, credentials("s3cret", "t0ken-0123456789"), defaults).expect("context"),
+    )
+}
+
+fn credentials(redis_password: &str, api_token: &str) -> Credentials {
+    Credentials {
+        redis_password: redis_password.to_owned(),
+        api_token: api_token.to_owned(),
+        identity: IdentityKeys {
+            current: "identity-key-0123456789-0123456789".to_owned(),
+            ..IdentityKeys::default()
+        },
+    }
 }
 
 fn find<'a>(desired: &'a Desired, kind: &str, name: &str) -> &'a Child {
@@ -109,6 +122,7 @@ fn a_default_canvas_has_the_whole_stack() {
             ("PodDisruptionBudget", "demo-api"),
             ("PodDisruptionBudget", "demo-frontend"),
             ("PodDisruptionBudget", "demo-gateway"),
+            ("Secret", "demo-internal"),
             ("Secret", "demo-redis-auth"),
             ("Service", "demo-api"),
             ("Service", "demo-frontend"),
@@ -332,6 +346,107 @@ fn redis_persists_its_append_only_file_as_the_spec_says() {
     );
 }
 
+/// The write path is closed: canvas-api requires the internal token of the generated
+/// Secret, and only the gateway (besides canvas-api) is given it.
+#[test]
+fn only_the_api_and_the_gateway_get_the_internal_token() {
+    let d = desired_for(&canvas(json!({})));
+    let Child::Secret(secret) = find(&d, "Secret", "demo-internal") else {
+        panic!()
+    };
+    assert_eq!(
+        secret.data.as_ref().expect("data")[API_TOKEN_KEY].0,
+        b"t0ken-0123456789"
+    );
+    for (name, given) in [
+        ("demo-api", true),
+        ("demo-gateway", true),
+        ("demo-frontend", false),
+    ] {
+        let container = &deployment(&d, name)
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+            .containers[0];
+        let token = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == pixel_common::ports::ENV_API_TOKEN);
+        assert_eq!(token.is_some(), given, "{name}");
+        if let Some(token) = token {
+            assert_eq!(token.value, None, "never inline");
+            let from = token
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .expect("from the Secret");
+            assert_eq!(
+                (from.name.as_str(), from.key.as_str()),
+                ("demo-internal", API_TOKEN_KEY)
+            );
+        }
+    }
+}
+
+/// Only the gateway signs identity cookies; they carry `Secure` exactly when the canvas
+/// is served over TLS.
+#[test]
+fn the_gateway_alone_gets_the_identity_key_and_secure_cookies_follow_tls() {
+    let env_of = |d: &Desired, name: &str| -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+        deployment(d, name)
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+            .containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+    };
+    let value_of = |env: &[k8s_openapi::api::core::v1::EnvVar], name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let plain = desired_for(&canvas(json!({"ingress": {"host": "c.example.com"}})));
+    let gateway = env_of(&plain, "demo-gateway");
+    let key = gateway
+        .iter()
+        .find(|e| e.name == pixel_common::ports::ENV_IDENTITY_KEY)
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("the identity key from the Secret");
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("demo-internal", IDENTITY_KEY_KEY)
+    );
+    assert_eq!(
+        value_of(&gateway, pixel_common::ports::ENV_IDENTITY_COOKIE_SECURE).as_deref(),
+        Some("false")
+    );
+    for name in ["demo-api", "demo-frontend"] {
+        assert!(
+            !env_of(&plain, name)
+                .iter()
+                .any(|e| e.name == pixel_common::ports::ENV_IDENTITY_KEY),
+            "{name}"
+        );
+    }
+    let tls = desired_for(&canvas(
+        json!({"ingress": {"host": "c.example.com", "tlsSecretName": "cert"}}),
+    ));
+    assert_eq!(
+        value_of(
+            &env_of(&tls, "demo-gateway"),
+            pixel_common::ports::ENV_IDENTITY_COOKIE_SECURE
+        )
+        .as_deref(),
+        Some("true")
+    );
+}
+
 #[test]
 fn the_generated_secret_holds_the_password_unless_one_is_referenced() {
     let d = desired_for(&canvas(json!({})));
@@ -345,7 +460,11 @@ fn the_generated_secret_holds_the_password_unless_one_is_referenced() {
 
     let c = canvas(json!({"redis": {"passwordSecretRef": {"name": "mine", "key": "pw"}}}));
     let d = desired_for(&c);
-    assert!(!d.apply.iter().any(|child| child.kind() == "Secret"));
+    assert!(
+        !d.apply
+            .iter()
+            .any(|child| child.kind() == "Secret" && child.name() == "demo-redis-auth")
+    );
     assert!(
         d.absent
             .contains(&(ChildKind::Secret, "demo-redis-auth".to_owned()))
@@ -362,7 +481,7 @@ fn the_generated_secret_holds_the_password_unless_one_is_referenced() {
             .env
             .iter()
             .flatten()
-            .filter(|e| e.value_from.is_some())
+            .filter(|e| e.value_from.is_some() && e.name.contains("REDIS_PASSWORD"))
         {
             let r = env
                 .value_from
@@ -393,8 +512,14 @@ fn only_the_pods_that_consume_a_change_roll() {
         );
     }
     let c = canvas(json!({}));
-    let rotated =
-        desired(&Inputs::new(&c, "another".to_owned(), &Defaults::default()).expect("context"));
+    let rotated = desired(
+        &Inputs::new(
+            &c,
+            credentials("another", "t0ken-0123456789"),
+            &Defaults::default(),
+        )
+        .expect("context"),
+    );
     for (name, rolls) in [
         ("demo-api", true),
         ("demo-gateway", true),
@@ -405,6 +530,26 @@ fn only_the_pods_that_consume_a_change_roll() {
             pod_annotation(&base, name) != pod_annotation(&rotated, name),
             rolls,
             "password change, {name}"
+        );
+    }
+    let new_token = desired(
+        &Inputs::new(
+            &c,
+            credentials("s3cret", "another-token-0123"),
+            &Defaults::default(),
+        )
+        .expect("context"),
+    );
+    for (name, rolls) in [
+        ("demo-api", true),
+        ("demo-gateway", true),
+        ("demo-frontend", false),
+        ("demo-redis", false),
+    ] {
+        assert_eq!(
+            pod_annotation(&base, name) != pod_annotation(&new_token, name),
+            rolls,
+            "internal token change, {name}"
         );
     }
     let scaled = desired_for(&canvas(json!({"api": {"replicas": 7}})));
@@ -501,8 +646,11 @@ fn the_ingress_routes_api_ws_and_the_page() {
     let ctx_canvas =
         canvas(json!({"ingress": {"host": "canvas.example.com", "tlsSecretName": "tls"}}));
     assert_eq!(
-        url(&Inputs::new(&ctx_canvas, String::new(), &Defaults::default()).expect("inputs"))
-            .as_deref(),
+        url(
+            &Inputs::new(&ctx_canvas, Credentials::default(), &Defaults::default())
+                .expect("inputs")
+        )
+        .as_deref(),
         Some("https://canvas.example.com/")
     );
 
@@ -550,12 +698,12 @@ fn a_canvas_without_namespace_or_uid_is_an_error() {
     let mut c = canvas(json!({}));
     c.meta_mut().uid = None;
     assert!(matches!(
-        Inputs::new(&c, String::new(), &Defaults::default()),
+        Inputs::new(&c, Credentials::default(), &Defaults::default()),
         Err(DesiredError::NoUid)
     ));
     c.meta_mut().namespace = None;
     assert!(matches!(
-        Inputs::new(&c, String::new(), &Defaults::default()),
+        Inputs::new(&c, Credentials::default(), &Defaults::default()),
         Err(DesiredError::NoNamespace)
     ));
 }
@@ -688,4 +836,68 @@ fn a_changed_operator_default_changes_the_pods_that_rely_on_it() {
         desired_for(&pinned),
         desired_with(&pinned, &local_registry())
     );
+}
+
+#[test]
+fn identity_keys_rotate_once_per_requested_value() {
+    let fresh = || "a fresh key, 32 bytes and more, really".to_owned();
+    let first = IdentityKeys::next(None, None, fresh());
+    assert_eq!((first.previous.as_str(), first.rotation.as_str()), ("", ""));
+    // Kept as they are without a request, and for the request they were made for.
+    assert_eq!(
+        IdentityKeys::next(Some(first.clone()), None, "x".repeat(32)),
+        first
+    );
+    let rotated = IdentityKeys::next(Some(first.clone()), Some("2026-12-02"), "y".repeat(32));
+    assert_eq!(rotated.current, "y".repeat(32));
+    assert_eq!(
+        rotated.previous, first.current,
+        "the old key still verifies"
+    );
+    assert_eq!(rotated.rotation, "2026-12-02");
+    assert_eq!(
+        IdentityKeys::next(Some(rotated.clone()), Some("2026-12-02"), "z".repeat(32)),
+        rotated,
+        "one rotation per value: reconciling again changes nothing"
+    );
+    let again = IdentityKeys::next(Some(rotated.clone()), Some("2027-01-01"), "z".repeat(32));
+    assert_eq!(
+        (again.current.as_str(), again.previous.as_str()),
+        ("z".repeat(32).as_str(), rotated.current.as_str())
+    );
+    // A canvas created with the annotation starts with it acted on.
+    assert_eq!(IdentityKeys::next(None, Some("v1"), fresh()).rotation, "v1");
+}
+
+#[test]
+fn a_rotation_is_in_the_internal_secret_and_rolls_only_the_gateways() {
+    let c = canvas(json!({}));
+    let with_keys = |previous: &str| {
+        let mut credentials = credentials("s3cret", "t0ken-0123456789");
+        credentials.identity.previous = previous.to_owned();
+        desired(&Inputs::new(&c, credentials, &Defaults::default()).expect("inputs"))
+    };
+    let before = with_keys("");
+    let after = with_keys("the previous identity key, 32 bytes long");
+    let Child::Secret(secret) = find(&after, "Secret", "demo-internal") else {
+        panic!()
+    };
+    let data = secret.data.as_ref().expect("data");
+    assert_eq!(
+        data[IDENTITY_KEY_PREVIOUS_KEY].0,
+        b"the previous identity key, 32 bytes long"
+    );
+    assert!(data.contains_key(IDENTITY_KEY_ROTATION_KEY));
+    for (name, rolls) in [
+        ("demo-api", false),
+        ("demo-gateway", true),
+        ("demo-frontend", false),
+        ("demo-redis", false),
+    ] {
+        assert_eq!(
+            pod_annotation(&before, name) != pod_annotation(&after, name),
+            rolls,
+            "identity key rotation, {name}"
+        );
+    }
 }

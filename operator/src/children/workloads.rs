@@ -83,7 +83,35 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
         ));
         env.push(password_env(inputs, ports::ENV_REDIS_PASSWORD));
     }
+    if matches!(s.component, Component::Api | Component::Gateway) {
+        env.push(secret_env(
+            ports::ENV_API_TOKEN,
+            inputs.names.internal_secret(),
+            config::API_TOKEN_KEY,
+        ));
+    }
     if s.component == Component::Gateway {
+        env.push(secret_env(
+            ports::ENV_IDENTITY_KEY,
+            inputs.names.internal_secret(),
+            config::IDENTITY_KEY_KEY,
+        ));
+        env.push(secret_env(
+            ports::ENV_IDENTITY_KEY_PREVIOUS,
+            inputs.names.internal_secret(),
+            config::IDENTITY_KEY_PREVIOUS_KEY,
+        ));
+        // A cookie for a canvas served over TLS is never sent over plain HTTP.
+        env.push(value(
+            ports::ENV_IDENTITY_COOKIE_SECURE,
+            inputs
+                .canvas
+                .spec
+                .ingress
+                .tls_secret_name
+                .is_some()
+                .to_string(),
+        ));
         env.push(value(
             ports::ENV_API_URL,
             format!(
@@ -106,12 +134,17 @@ pub fn password_env(inputs: &Inputs, name: &str) -> EnvVar {
         Some(r) => (r.name.clone(), r.key.clone()),
         None => (inputs.names.redis_secret(), config::PASSWORD_KEY.to_owned()),
     };
+    secret_env(name, secret, &key)
+}
+
+/// An environment variable from a key of a Secret that must exist.
+fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret,
-                key,
+                key: key.to_owned(),
                 optional: Some(false),
             }),
             ..Default::default()

@@ -20,6 +20,8 @@ use crate::{
 
 const NAMESPACE: &str = "art";
 const PASSWORD: &str = "s3cret-s3cret";
+const API_TOKEN: &str = "internal-token-0123456789";
+const IDENTITY_KEY: &str = "identity-key-0123456789-0123456789";
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -214,7 +216,15 @@ fn world(
     let mut canvas = canvas();
     canvas.spec.paused = paused;
     let names = Names::new(&canvas.name_any());
-    let inputs = Inputs::new(&canvas, PASSWORD.to_owned(), defaults).expect("inputs");
+    let credentials = Credentials {
+        redis_password: PASSWORD.to_owned(),
+        api_token: API_TOKEN.to_owned(),
+        identity: IdentityKeys {
+            current: IDENTITY_KEY.to_owned(),
+            ..IdentityKeys::default()
+        },
+    };
+    let inputs = Inputs::new(&canvas, credentials, defaults).expect("inputs");
     let desired = children::desired(&inputs).apply;
     let mut objects = BTreeMap::new();
     let mut paths = Vec::new();
@@ -286,13 +296,15 @@ async fn reconcile_with(
     (result, sent)
 }
 
-/// Every read a reconcile of the steady world makes, in order: the generated password
-/// Secret, each desired child, the children that must not exist, then the canvas's pods.
+/// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
+/// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 17] = [
+const STEADY_READS: [&str; 19] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
+    "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/configmaps/demo-config",
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
+    "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/services/demo-redis",
     "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-redis",
@@ -417,6 +429,7 @@ async fn a_paused_canvas_reads_its_workloads_and_applies_nothing() {
         reads(&sent),
         [
             "/api/v1/namespaces/art/secrets/demo-redis-auth",
+            "/api/v1/namespaces/art/secrets/demo-internal",
             "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
             "/apis/apps/v1/namespaces/art/deployments/demo-api",
             "/apis/apps/v1/namespaces/art/deployments/demo-gateway",

@@ -18,6 +18,7 @@ use axum::{
 use bytes::Bytes;
 use pixel_common::{
     canvas::Point,
+    identity::public_name,
     ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
@@ -44,17 +45,36 @@ pub struct InfoResponse {
     pub version: u64,
 }
 
-/// A placement; other fields are refused.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A placement: a JSON object with exactly these fields (arrays and other shapes are
+/// refused, although serde's derive would read `[x, y, color]` as one).
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceRequest {
-    #[serde(deserialize_with = "json_integer")]
     pub x: i64,
-    #[serde(deserialize_with = "json_integer")]
     pub y: i64,
     /// Palette index.
-    #[serde(deserialize_with = "json_integer")]
     pub color: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceFields {
+    #[serde(deserialize_with = "json_integer")]
+    x: i64,
+    #[serde(deserialize_with = "json_integer")]
+    y: i64,
+    #[serde(deserialize_with = "json_integer")]
+    color: i64,
+}
+
+impl<'de> Deserialize<'de> for PlaceRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let PlaceFields { x, y, color } =
+            PlaceFields::deserialize(serde_json::Value::Object(object))
+                .map_err(serde::de::Error::custom)?;
+        Ok(Self { x, y, color })
+    }
 }
 
 /// A JSON Schema `integer`: any number without a fractional part, so `3.0` too. Integers
@@ -97,7 +117,8 @@ pub struct PixelResponse {
     /// The version of the last placement here; null when nobody placed this pixel.
     pub version: Option<u64>,
     pub placed_at_ms: Option<u64>,
-    pub client_id: Option<String>,
+    /// Who placed it, as shown publicly: an identity's handle, never the identity.
+    pub placed_by: Option<String>,
 }
 
 /// The largest canvas version: Redis counts it with `INCR`, a signed 64-bit integer.
@@ -315,10 +336,13 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
 #[utoipa::path(post, path = "/api/v1/pixels", tag = "canvas",
     params(("X-Client-Id" = String, Header, description = "The placing client: 1 to 64 of A-Z a-z 0-9 . _ -",
         min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    security(("internalToken" = [])),
     request_body = PlaceRequest,
     responses(
         (status = 200, description = "Placed; the new canvas version", body = PlaceResponse),
         (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large or invalid_client_id", body = ErrorBody),
+        (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 429, description = "The client is in its cooldown", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the client may place again"))),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
@@ -333,6 +357,7 @@ pub async fn place(
         Ok(_) => "accepted",
         Err(ApiError::Cooldown { .. }) => "cooldown",
         Err(ApiError::Store(_)) => "unavailable",
+        Err(ApiError::Unauthorized) => "unauthorized",
         Err(_) => "rejected",
     };
     state.metrics.placed(outcome);
@@ -344,6 +369,10 @@ async fn place_checked(
     headers: &HeaderMap,
     body: Result<Json<PlaceRequest>, JsonRejection>,
 ) -> Result<PlaceResponse, ApiError> {
+    // Before anything else: a caller without the token learns nothing about its request.
+    if !state.settings.api_token.admits(headers) {
+        return Err(ApiError::Unauthorized);
+    }
     let Json(request) = body.map_err(ApiError::Body)?;
     let client_id = client_id(headers)?;
     let settings = &state.settings;
@@ -403,7 +432,7 @@ pub async fn pixel(
         color,
         version: record.as_ref().map(|r| r.version),
         placed_at_ms: record.as_ref().map(|r| r.placed_at_ms),
-        client_id: record.map(|r| r.client_id),
+        placed_by: record.map(|r| public_name(&r.client_id)),
     }))
 }
 
@@ -495,6 +524,23 @@ mod tests {
         assert!(!matches_etag(&with("W/\"6\""), 7));
         assert!(!matches_etag(&with("7"), 7));
         assert!(!matches_etag(&HeaderMap::new(), 7));
+    }
+
+    #[test]
+    fn a_placement_is_an_object_with_exactly_its_fields() {
+        let parse = |body: &str| serde_json::from_str::<PlaceRequest>(body);
+        let place = parse(r#"{"x": 1, "y": 2.0, "color": 3}"#).expect("an object");
+        assert_eq!((place.x, place.y, place.color), (1, 2, 3));
+        for bad in [
+            "[1, 2, 3]",
+            r#"{"x": 1, "y": 2}"#,
+            r#"{"x": 1, "y": 2, "color": 3, "z": 4}"#,
+            r#"{"x": 1.5, "y": 2, "color": 3}"#,
+            r#""x""#,
+            "null",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

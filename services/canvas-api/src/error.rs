@@ -4,7 +4,10 @@
 use axum::{
     Json,
     extract::rejection::{JsonRejection, PathRejection, QueryRejection},
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderValue, StatusCode,
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+    },
     response::{IntoResponse, Response},
 };
 use pixel_common::{
@@ -25,7 +28,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
-    /// `body_too_large`, `invalid_client_id`, `invalid_path`, `invalid_query`, `cooldown`,
+    /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`, `cooldown`,
     /// `history_gone`, `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
@@ -52,6 +55,8 @@ pub enum ApiError {
         pixel_common::ports::CLIENT_ID_HEADER
     )]
     ClientId,
+    #[error("placements are accepted only from the canvas's gateway; place through its WebSocket")]
+    Unauthorized,
     #[error("this client placed a pixel recently; retry in {retry_after_ms} ms")]
     Cooldown { retry_after_ms: u64 },
     #[error(
@@ -80,6 +85,7 @@ impl ApiError {
             Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Query(_) | Self::QueryValue(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
             Self::HistoryGone { .. } => (StatusCode::GONE, "history_gone"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -119,11 +125,19 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::Cooldown { retry_after_ms } = self {
-            let seconds = retry_after_ms.div_ceil(1000).max(1);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        match self {
+            Self::Cooldown { retry_after_ms } => {
+                let seconds = retry_after_ms.div_ceil(1000).max(1);
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod caller;
 pub mod error;
 pub mod store;
 
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use clap::Parser;
 use pixel_common::{
     canvas::{CanvasSize, GeometryError, Palette},
-    config::{CanvasArgs, RedisArgs},
+    config::{ApiTokenArgs, CanvasArgs, RedisArgs},
     error::ErrorChain,
     health,
     metrics::{self, HttpMetrics},
@@ -64,6 +65,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub canvas: CanvasArgs,
+
+    #[command(flatten)]
+    pub token: ApiTokenArgs,
 
     /// How many placements the history stream keeps.
     #[arg(long, env = ports::ENV_HISTORY_MAX_LEN, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -113,6 +117,8 @@ pub struct Settings {
     pub cooldown: Duration,
     pub history_max_len: u32,
     pub history_page_max: u32,
+    /// What a placement's caller must present.
+    pub api_token: caller::InternalToken,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,7 +141,7 @@ impl Metrics {
         let placements = Family::<PlacementLabels, Counter>::default();
         registry.register(
             "pixel_placements",
-            "Placement requests, by result (accepted, cooldown, rejected, unavailable)",
+            "Placement requests, by result (accepted, cooldown, rejected, unauthorized, unavailable)",
             placements.clone(),
         );
         Self {
@@ -173,6 +179,7 @@ impl AppState {
             cooldown: Duration::from_secs(args.canvas.canvas_cooldown_seconds.into()),
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
+            api_token: caller::InternalToken::new(&args.token.api_token),
         };
         let store = Store::new(&RedisConfig {
             url: args.redis.redis_url.clone(),
@@ -207,11 +214,40 @@ impl AppState {
 }
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "Pixel Playground canvas API",
-    description = "Read the canvas, place pixels. See docs/protocol.md."
-))]
+#[openapi(
+    info(
+        title = "Pixel Playground canvas API",
+        description = "Read the canvas, place pixels. See docs/protocol.md."
+    ),
+    modifiers(&InternalTokenScheme)
+)]
 struct ApiDoc;
+
+/// The name of the placement endpoint's security scheme in the OpenAPI document.
+pub const INTERNAL_TOKEN_SCHEME: &str = "internalToken";
+
+/// Declares the internal token as an HTTP bearer scheme.
+struct InternalTokenScheme;
+
+impl utoipa::Modify for InternalTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+            INTERNAL_TOKEN_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The canvas's internal token (PIXEL_API_TOKEN): only its gateway holds it",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The API routes and their OpenAPI document, from the same annotated handlers.
 pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
@@ -380,6 +416,8 @@ mod tests {
             "127.0.0.1:0",
             "--redis-url",
             "redis://127.0.0.1:0",
+            "--api-token",
+            "0123456789abcdef",
         ])
         .expect("valid flags")
     }

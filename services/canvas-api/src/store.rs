@@ -4,8 +4,11 @@
 
 use std::{future::Future, time::Duration};
 
-use pixel_common::redis_schema::{
-    COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UPDATES_CHANNEL, VERSION_KEY,
+use pixel_common::{
+    identity::public_name,
+    redis_schema::{
+        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UPDATES_CHANNEL, VERSION_KEY,
+    },
 };
 use redis::{
     AsyncCommands, Client, IntoConnectionInfo, RedisError, Script,
@@ -90,7 +93,8 @@ pub struct HistoryEntry {
     pub x: u16,
     pub y: u16,
     pub color: u8,
-    pub client_id: String,
+    /// Who placed it, as shown publicly: an identity's handle, never the identity.
+    pub placed_by: String,
     pub placed_at_ms: u64,
 }
 
@@ -301,7 +305,7 @@ fn parse_entry(entry: &StreamId) -> Result<HistoryEntry, StoreError> {
         x: entry.get("x").ok_or_else(corrupt)?,
         y: entry.get("y").ok_or_else(corrupt)?,
         color: entry.get("c").ok_or_else(corrupt)?,
-        client_id: entry.get("id").ok_or_else(corrupt)?,
+        placed_by: public_name(&entry.get::<String>("id").ok_or_else(corrupt)?),
         placed_at_ms: entry.get("t").ok_or_else(corrupt)?,
     })
 }

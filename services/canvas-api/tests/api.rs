@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use pixel_common::{
     ports::CLIENT_ID_HEADER,
     redis_schema::{UPDATES_CHANNEL, parse_update_message},
-    testing::RedisServer,
+    testing::{API_TOKEN, RedisServer},
     wire::{PixelUpdate, Snapshot},
 };
 use serde_json::{Value, json};
@@ -49,6 +49,8 @@ fn api(redis: &RedisServer, extra: &[&str]) -> Api {
         "#FFFFFF,#000000,#FF0000,#0000FF",
         "--snapshot-max-age-ms",
         "0",
+        "--api-token",
+        API_TOKEN,
     ];
     argv.extend_from_slice(extra);
     let args = Args::try_parse_from(argv).expect("valid flags");
@@ -131,8 +133,23 @@ impl Api {
     }
 
     async fn post_raw(&self, client: Option<&str>, content_type: &str, body: Vec<u8>) -> Answer {
+        self.post_as(&format!("Bearer {API_TOKEN}"), client, content_type, body)
+            .await
+    }
+
+    /// A placement with `authorization` as its `Authorization` header (empty: none).
+    async fn post_as(
+        &self,
+        authorization: &str,
+        client: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
         let mut request =
             Request::post("/api/v1/pixels").header(header::CONTENT_TYPE, content_type);
+        if !authorization.is_empty() {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
         if let Some(client) = client {
             request = request.header(CLIENT_ID_HEADER, client);
         }
@@ -200,7 +217,7 @@ async fn a_placement_shows_in_every_read() {
     );
     assert_eq!(pixel["color"], 2);
     assert_eq!(pixel["version"], 1);
-    assert_eq!(pixel["clientId"], "alice");
+    assert_eq!(pixel["placedBy"], "alice");
     assert!(
         pixel["placedAtMs"]
             .as_u64()
@@ -211,7 +228,7 @@ async fn a_placement_shows_in_every_read() {
     let untouched = api.get("/api/v1/pixels/0/0").await.json();
     assert_eq!(
         untouched,
-        json!({"x": 0, "y": 0, "color": 0, "version": null, "placedAtMs": null, "clientId": null})
+        json!({"x": 0, "y": 0, "color": 0, "version": null, "placedAtMs": null, "placedBy": null})
     );
 
     let snapshot = api.snapshot().await;
@@ -235,7 +252,7 @@ async fn a_placement_shows_in_every_read() {
     let updates = history["updates"].as_array().expect("updates");
     assert_eq!(updates.len(), 2);
     assert_eq!(updates[0]["version"], 1);
-    assert_eq!(updates[0]["clientId"], "alice");
+    assert_eq!(updates[0]["placedBy"], "alice");
     assert_eq!(
         (
             updates[1]["x"].clone(),
@@ -519,6 +536,10 @@ async fn bad_placements_are_400_with_a_code() {
     for body in [
         &b"{"[..],
         b"[]",
+        b"[1,2,3]",
+        b"[1,2,3,4]",
+        b"\"x\"",
+        b"null",
         b"{\"x\":1,\"y\":1}",
         b"{\"x\":\"1\",\"y\":1,\"color\":1}",
         b"\xff",
@@ -550,6 +571,49 @@ async fn bad_placements_are_400_with_a_code() {
         .assert_error(StatusCode::BAD_REQUEST, "invalid_client_id");
     // Nothing above reached the canvas.
     assert_eq!(api.get("/api/v1/info").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn only_the_gateway_token_places_whatever_client_id_is_sent() {
+    let (_redis, api) = started(&[]).await;
+    let body = json!({"x": 1, "y": 1, "color": 1}).to_string().into_bytes();
+    for authorization in [
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer wrong-token-0123456789",
+        &format!("Bearer {API_TOKEN}x"),
+        &format!("bearer {API_TOKEN}"),
+        &format!("Basic {API_TOKEN}"),
+        API_TOKEN,
+    ] {
+        for client in [Some("anyone"), Some("gw-0123456789abcdef"), None] {
+            let answer = api
+                .post_as(authorization, client, "application/json", body.clone())
+                .await;
+            answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+            assert_eq!(
+                answer
+                    .headers
+                    .get(header::WWW_AUTHENTICATE)
+                    .map(|v| v.as_bytes()),
+                Some(&b"Bearer"[..]),
+                "{authorization:?}"
+            );
+        }
+    }
+    // Not even a malformed body is looked at without the token.
+    api.post_as("", Some("a"), "application/json", b"[1,2,3]".to_vec())
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(api.get("/api/v1/info").await.json()["version"], 0);
+    let metrics = api.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"pixel_placements_total{result="unauthorized"} 25"#),
+        "{text}"
+    );
+    api.placed("a", 1, 1, 1).await;
 }
 
 #[tokio::test]
@@ -791,7 +855,7 @@ async fn acknowledged_placements_survive_a_redis_crash() {
     assert_eq!(snapshot.version(), 40);
     assert_eq!(snapshot.pixels(), expected);
     assert_eq!(
-        api.get("/api/v1/pixels/7/1").await.json()["clientId"],
+        api.get("/api/v1/pixels/7/1").await.json()["placedBy"],
         "c23"
     );
     let history = api.get("/api/v1/history?since=0").await.json();

@@ -6,7 +6,10 @@ use axum::{
 };
 use canvas_api::{AppState, Args, api_router, app, openapi_document};
 use clap::Parser;
-use pixel_common::{ports, testing::RedisServer};
+use pixel_common::{
+    ports,
+    testing::{API_TOKEN, RedisServer},
+};
 use tower::ServiceExt;
 
 /// Every (method, path) the document lists.
@@ -53,7 +56,14 @@ fn the_issue_s_endpoints_and_the_shared_paths_are_documented() {
 #[tokio::test]
 async fn every_documented_route_is_served_and_the_served_document_is_this_one() {
     let redis = RedisServer::start().await;
-    let args = Args::try_parse_from(["canvas-api", "--redis-url", &redis.url()]).expect("flags");
+    let args = Args::try_parse_from([
+        "canvas-api",
+        "--redis-url",
+        &redis.url(),
+        "--api-token",
+        API_TOKEN,
+    ])
+    .expect("flags");
     let state = AppState::new(&args).expect("state");
     let expected = openapi_document(&state.settings);
     let router = app(state, args.max_body_bytes);
@@ -64,6 +74,7 @@ async fn every_documented_route_is_served_and_the_served_document_is_this_one() 
             .uri(&uri)
             .header("content-type", "application/json")
             .header(ports::CLIENT_ID_HEADER, "openapi-test")
+            .header("authorization", format!("Bearer {API_TOKEN}"))
             .body(Body::from(r#"{"x":0,"y":0,"color":0}"#))
             .expect("request");
         let response = router.clone().oneshot(request).await.expect("infallible");
@@ -125,6 +136,8 @@ async fn the_served_document_carries_this_canvas_s_bounds() {
         "32",
         "--canvas-palette",
         "#000000,#FFFFFF,#FF0000",
+        "--api-token",
+        API_TOKEN,
     ])
     .expect("flags");
     let state = AppState::new(&args).expect("state");

@@ -4,7 +4,10 @@
 async fn serves_health_and_stops_on_sigterm() {
     pixel_common::testing::assert_serves_health_and_stops_on_sigterm(
         env!("CARGO_BIN_EXE_canvas-api"),
-        &[],
+        &[(
+            pixel_common::ports::ENV_API_TOKEN,
+            pixel_common::testing::API_TOKEN,
+        )],
     )
     .await;
 }
@@ -14,14 +17,15 @@ async fn serves_health_and_stops_on_sigterm() {
 #[tokio::test]
 async fn two_api_processes_admit_a_racing_client_once() {
     use pixel_common::{
-        ports::{CLIENT_ID_HEADER, ENV_CANVAS_COOLDOWN_SECONDS, ENV_REDIS_URL},
-        testing::{RedisServer, RunningBinary},
+        ports::{CLIENT_ID_HEADER, ENV_API_TOKEN, ENV_CANVAS_COOLDOWN_SECONDS, ENV_REDIS_URL},
+        testing::{API_TOKEN, RedisServer, RunningBinary},
     };
     let redis = RedisServer::start().await;
     let url = redis.url();
     let env = [
         (ENV_REDIS_URL, url.as_str()),
         (ENV_CANVAS_COOLDOWN_SECONDS, "60"),
+        (ENV_API_TOKEN, API_TOKEN),
     ];
     let exe = env!("CARGO_BIN_EXE_canvas-api");
     let (one, two) = (
@@ -32,6 +36,7 @@ async fn two_api_processes_admit_a_racing_client_once() {
     let place = |api: &RunningBinary, client: String| {
         http.post(format!("http://{}/api/v1/pixels", api.addr))
             .header(CLIENT_ID_HEADER, client)
+            .bearer_auth(API_TOKEN)
             .json(&serde_json::json!({"x": 1, "y": 2, "color": 3}))
             .send()
     };

@@ -32,6 +32,31 @@ impl RedisArgs {
     }
 }
 
+/// The internal credential between the gateway and canvas-api ([`ports::ENV_API_TOKEN`]):
+/// canvas-api requires it on placements, the gateway presents it.
+#[derive(Clone, Args)]
+pub struct ApiTokenArgs {
+    /// The token placements carry (`Authorization: Bearer <token>`), at least 16 characters.
+    #[arg(long, env = ports::ENV_API_TOKEN, hide_env_values = true, value_parser = parse_api_token)]
+    pub api_token: String,
+}
+
+impl std::fmt::Debug for ApiTokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTokenArgs").finish_non_exhaustive()
+    }
+}
+
+fn parse_api_token(value: &str) -> Result<String, String> {
+    if value.len() < ports::API_TOKEN_MIN_LEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "must be at least {} printable ASCII characters",
+            ports::API_TOKEN_MIN_LEN
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// The canvas's settings (`spec.canvas` of the `PixelCanvas`).
 #[derive(Debug, Clone, Args)]
 pub struct CanvasArgs {
@@ -70,6 +95,25 @@ mod tests {
         redis: RedisArgs,
         #[command(flatten)]
         canvas: CanvasArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Token {
+        #[command(flatten)]
+        token: ApiTokenArgs,
+    }
+
+    #[test]
+    fn the_api_token_is_required_long_and_never_printed() {
+        assert!(Token::try_parse_from(["x"]).is_err(), "required");
+        assert!(Token::try_parse_from(["x", "--api-token", "short"]).is_err());
+        assert!(
+            Token::try_parse_from(["x", "--api-token", "sixteen chars ok"]).is_err(),
+            "spaces"
+        );
+        let token = Token::try_parse_from(["x", "--api-token", "0123456789abcdef"]).expect("valid");
+        assert_eq!(token.token.api_token, "0123456789abcdef");
+        assert!(!format!("{token:?}").contains("0123"), "{token:?}");
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER}")
 }
 
+/// Annotation on a `PixelCanvas` that rotates its identity key: when its value differs
+/// from the one last acted on, the operator makes a new key, keeps the current one as the
+/// previous (cookies it signed still verify, and are signed anew) and rolls the gateways.
+pub const ROTATE_IDENTITY_KEY_ANNOTATION: &str = "pixel-playground.dev/rotate-identity-key";
+
 /// The default name of the Lease the operator's replicas elect their leader on.
 pub const LEASE_NAME: &str = "pixel-operator";
 

@@ -59,6 +59,12 @@ pub const ENV_MAX_BODY_BYTES: &str = "PIXEL_MAX_BODY_BYTES";
 
 /// The header carrying the placing client's id (set by the gateway).
 pub const CLIENT_ID_HEADER: &str = "x-client-id";
+/// The credential canvas-api's placement endpoint requires of its caller, the gateway
+/// (`Authorization: Bearer <token>`): a per-canvas random token from the `<canvas>-internal`
+/// Secret, so nothing reachable through the Ingress can place a pixel.
+pub const ENV_API_TOKEN: &str = "PIXEL_API_TOKEN";
+/// The shortest internal token the services accept.
+pub const API_TOKEN_MIN_LEN: usize = 16;
 /// The header carrying the canvas version of a snapshot.
 pub const CANVAS_VERSION_HEADER: &str = "x-canvas-version";
 
@@ -114,6 +120,20 @@ pub const ENV_WS_RESYNC_MAX: &str = "PIXEL_WS_RESYNC_MAX";
 pub const ENV_ONLINE_INTERVAL_MS: &str = "PIXEL_ONLINE_INTERVAL_MS";
 /// How long a stopping gateway waits for its connections to close, in milliseconds.
 pub const ENV_SHUTDOWN_GRACE_MS: &str = "PIXEL_SHUTDOWN_GRACE_MS";
+
+// Identity (docs/protocol.md, Identity): the gateway's.
+
+/// The key that signs identity cookies (at least 32 bytes), from the `<canvas>-internal`
+/// Secret.
+pub const ENV_IDENTITY_KEY: &str = "PIXEL_IDENTITY_KEY";
+/// The key before the last rotation: cookies it signed still verify (and are signed anew).
+pub const ENV_IDENTITY_KEY_PREVIOUS: &str = "PIXEL_IDENTITY_KEY_PREVIOUS";
+/// Whether identity cookies carry `Secure` (the canvas is served over TLS).
+pub const ENV_IDENTITY_COOKIE_SECURE: &str = "PIXEL_IDENTITY_COOKIE_SECURE";
+/// Identities one client address may be given per window, across every gateway.
+pub const ENV_IDENTITY_ISSUE_LIMIT: &str = "PIXEL_IDENTITY_ISSUE_LIMIT";
+/// The window of [`ENV_IDENTITY_ISSUE_LIMIT`], in seconds.
+pub const ENV_IDENTITY_ISSUE_WINDOW_SECONDS: &str = "PIXEL_IDENTITY_ISSUE_WINDOW_SECONDS";
 
 // The frontend (docs/protocol.md, Frontend): where the page finds the API and the gateway.
 

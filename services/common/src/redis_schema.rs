@@ -16,6 +16,9 @@ pub const PLACED_KEY: &str = "canvas:placed";
 pub const HISTORY_KEY: &str = "canvas:history";
 /// Prefix of per-client cooldown keys (`SET NX PX`), followed by the client id.
 pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
+/// Prefix of the per-address counters of issued identities (`INCR`, expiring with the
+/// issuance window), followed by the client address.
+pub const IDENTITIES_ISSUED_KEY_PREFIX: &str = "canvas:identities:issued:";
 /// Pub/sub channel where each placement is published as [`update_message`].
 pub const UPDATES_CHANNEL: &str = "canvas:updates";
 /// Hash: gateway id → `"<connections> <expires-at ms>"`, refreshed by each gateway; the

@@ -9,6 +9,11 @@ use tokio::{
     process::{Child, ChildStdout, Command},
 };
 
+/// The internal token (`--api-token`) the tests give canvas-api and the gateway.
+pub const API_TOKEN: &str = "test-internal-token-0123456789";
+/// The identity key (`--identity-key`) the tests give the gateway.
+pub const IDENTITY_KEY: &str = "the tests' identity key, 32 bytes or more";
+
 /// Generous bound for a local process to start or stop; only reached when something is broken.
 const PATIENCE: Duration = Duration::from_secs(30);
 

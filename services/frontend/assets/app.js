@@ -25,13 +25,14 @@ async function main() {
   const view = new View(canvas);
   const setStatus = controls.status();
   const setOnline = controls.online();
+  const setIdentity = controls.identity();
   const colours = controls.palette();
   const wait = controls.cooldown();
   const info = controls.pixelInfo(api);
   let hoveredColour; // the hovered pixel's colour when it was last looked up
 
   let connected = false;
-  let clientId = null; // the gateway's name for this connection (the hello's clientId)
+  let handle = null; // who we place as (the hello's identity.handle); null: watching only
   let cooldownSeconds = 0;
   let nextId = 1;
 
@@ -75,7 +76,10 @@ async function main() {
           // For benchmarks: the first paint needs both the snapshot and this.
           performance.mark("gateway-hello");
           cooldownSeconds = message.cooldownSeconds;
-          clientId = message.clientId;
+          handle = message.identity ? message.identity.handle : null;
+          setIdentity(handle);
+          // The cooldown is the person's, not the connection's: a reload shows what is left.
+          if (message.cooldownMs > 0) wait.start(message.cooldownMs);
           colours.set(message.palette);
           setOnline(message.online);
           sync.hello(message);
@@ -120,7 +124,8 @@ async function main() {
   window.pixelPlayground = Object.freeze({
     state: () => ({
       connected,
-      clientId,
+      handle,
+      cooldownLeftMs: wait.leftMs(),
       synced: sync.synced,
       version: sync.board ? sync.board.version : null,
       drawnVersion: view.drawnVersion,

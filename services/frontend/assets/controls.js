@@ -42,6 +42,17 @@ export function palette(onPick) {
   };
 }
 
+/** Who this page places as: the identity's handle, or that it can only watch. */
+export function identity() {
+  const label = $("identity");
+  return (handle) => {
+    label.textContent = handle === null ? "watching" : `you: ${handle}`;
+    label.title = handle === null
+      ? "this connection has no identity and cannot place"
+      : "your placements show under this name";
+  };
+}
+
 /** The countdown until the next placement is allowed. */
 export function cooldown() {
   const label = $("cooldown");
@@ -70,6 +81,8 @@ export function cooldown() {
       if (timer === null) tick();
     },
     active: () => until > performance.now(),
+    /** How long the countdown still runs, in ms. */
+    leftMs: () => Math.max(0, Math.ceil(until - performance.now())),
     /** A short message shown where the countdown is, when there is none. */
     say(text) {
       note = text;
@@ -123,9 +136,9 @@ export function pixelInfo(api) {
       const info = await api.pixel(pixel.x, pixel.y, inFlight.signal);
       if (current !== pixel) return;
       box.textContent =
-        info.clientId === null
+        info.placedBy === null
           ? `(${pixel.x}, ${pixel.y}) · never painted`
-          : `(${pixel.x}, ${pixel.y}) · ${info.clientId} · ${ago(info.placedAtMs)}`;
+          : `(${pixel.x}, ${pixel.y}) · ${info.placedBy} · ${ago(info.placedAtMs)}`;
     } catch (error) {
       if (error.name !== "AbortError" && current === pixel) box.textContent = `(${pixel.x}, ${pixel.y})`;
     }

@@ -18,10 +18,11 @@ use chromiumoxide::{
     Browser, BrowserConfig, Page,
     cdp::{
         browser_protocol::{
+            browser::BrowserContextId,
             emulation::{SetDeviceMetricsOverrideParams, SetTouchEmulationEnabledParams},
             input::{GestureSourceType, SynthesizeTapGestureParams},
             page::CaptureScreenshotFormat,
-            target::CreateTargetParams,
+            target::{CreateBrowserContextParams, CreateTargetParams},
         },
         js_protocol::runtime::{EvaluateParams, EventExceptionThrown},
     },
@@ -71,12 +72,21 @@ struct Site {
     _redis: RedisServer,
 }
 
-async fn start_site() -> Site {
+/// The site with `canvas` flags given to canvas-api and the gateway besides [`CANVAS`].
+async fn start_site(canvas: &[&str]) -> Site {
     let redis = RedisServer::start().await;
     let redis_url = redis.url();
 
-    let mut api_argv = vec!["canvas-api", "--redis-url", &redis_url];
+    let token = pixel_common::testing::API_TOKEN;
+    let mut api_argv = vec![
+        "canvas-api",
+        "--redis-url",
+        &redis_url,
+        "--api-token",
+        token,
+    ];
     api_argv.extend_from_slice(&CANVAS);
+    api_argv.extend_from_slice(canvas);
     let api_args = canvas_api::Args::try_parse_from(api_argv).expect("canvas-api flags");
     let api = canvas_api::app(
         canvas_api::AppState::new(&api_args).expect("canvas-api state"),
@@ -96,8 +106,13 @@ async fn start_site() -> Site {
         "5",
         "--online-interval-ms",
         "100",
+        "--api-token",
+        token,
+        "--identity-key",
+        pixel_common::testing::IDENTITY_KEY,
     ];
     gateway_argv.extend_from_slice(&CANVAS);
+    gateway_argv.extend_from_slice(canvas);
     let gateway_args = gateway::Args::try_parse_from(gateway_argv).expect("gateway flags");
     let gateway = gateway::Gateway::start(&gateway_args).expect("gateway starts");
     let ws = gateway::app(gateway.clone());
@@ -194,11 +209,24 @@ async fn launch(chromium: &Path, profile: &Path) -> (Browser, tokio::task::JoinH
 /// A page in its own window, so it is visible and draws (a background tab in the same
 /// window would not run requestAnimationFrame). Uncaught exceptions are collected.
 async fn open(browser: &Browser, url: &str, errors: &Arc<Mutex<Vec<String>>>) -> Page {
-    let target = CreateTargetParams::builder()
+    open_in(browser, None, url, errors).await
+}
+
+/// [`open`] in a browser context of its own (its own cookies: another person), or the
+/// default one.
+async fn open_in(
+    browser: &Browser,
+    context: Option<BrowserContextId>,
+    url: &str,
+    errors: &Arc<Mutex<Vec<String>>>,
+) -> Page {
+    let mut target = CreateTargetParams::builder()
         .url("about:blank")
-        .new_window(true)
-        .build()
-        .expect("target params");
+        .new_window(true);
+    if let Some(context) = context {
+        target = target.browser_context_id(context);
+    }
+    let target = target.build().expect("target params");
     let page = browser.new_page(target).await.expect("new page");
     let mut exceptions = page
         .event_listener::<EventExceptionThrown>()
@@ -365,7 +393,7 @@ fn screenshot_dir() -> PathBuf {
 async fn a_click_in_one_page_shows_in_the_other() {
     // First, so a machine without the package fails with the message that says so.
     let chromium = chromium();
-    let site = start_site().await;
+    let site = start_site(&[]).await;
     let url = format!("http://{}/", site.addr);
     let profile = tempfile::Builder::new()
         .prefix("pixel-chromium-")
@@ -397,13 +425,13 @@ async fn a_click_in_one_page_shows_in_the_other() {
     let version = wait_live(&watcher).await;
     assert_eq!(version, start_version + 1, "one placement, one version");
 
-    // Hovering asks canvas-api who placed the pixel: the painter's connection.
-    let placer = eval(&painter, "window.pixelPlayground.state().clientId").await;
+    // Hovering asks canvas-api who placed the pixel: the painter's handle.
+    let placer = eval(&painter, "window.pixelPlayground.state().handle").await;
     let placer = placer
         .as_str()
-        .expect("the painter has a client id")
+        .expect("the painter has an identity")
         .to_owned();
-    assert!(placer.starts_with("gw-"), "{placer}");
+    assert!(placer.starts_with("anon-"), "{placer}");
     let hover = centre_of(&watcher, PIXEL).await;
     watcher.move_mouse(hover).await.expect("hover");
     let info = wait_text(&watcher, "pixel-info", |t| t.contains(&placer)).await;
@@ -434,6 +462,120 @@ async fn a_click_in_one_page_shows_in_the_other() {
         "uncaught exceptions in the page: {errors:?}"
     );
 
+    browser.close().await.expect("close the browser");
+    browser.wait().await.expect("browser exits");
+    events.abort();
+    site.gateway.stop(Duration::from_secs(5)).await;
+}
+
+/// One cooldown per person: after a placement, a reload keeps the page's identity and shows
+/// the cooldown still running (the hello's `cooldownMs`), and a click then places nothing;
+/// another person (a browser context with its own cookies) may place meanwhile. The
+/// history names both by their handles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
+    let chromium = chromium();
+    let site = start_site(&["--canvas-cooldown-seconds", "60"]).await;
+    let url = format!("http://{}/", site.addr);
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (mut browser, events) = launch(&chromium, profile.path()).await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let state = |page: &Page| {
+        let page = page.clone();
+        async move { eval(&page, "window.pixelPlayground.state()").await }
+    };
+    let version_reaches = |page: &Page, version: u64| {
+        let page = page.clone();
+        async move {
+            poll(&format!("the page to reach version {version}"), || async {
+                let now = eval(&page, "window.pixelPlayground.state().version").await;
+                (now.as_u64() == Some(version)).then_some(())
+            })
+            .await;
+        }
+    };
+
+    let page = open(&browser, &url, &errors).await;
+    let start = wait_live(&page).await;
+    let handle = state(&page).await["handle"]
+        .as_str()
+        .expect("the page has an identity")
+        .to_owned();
+    page.click(centre_of(&page, PIXEL).await)
+        .await
+        .expect("click the pixel");
+    version_reaches(&page, start + 1).await;
+    wait_text(&page, "cooldown", |t| t.starts_with("wait ")).await;
+
+    page.reload().await.expect("reload");
+    wait_live(&page).await;
+    let reloaded = state(&page).await;
+    assert_eq!(
+        reloaded["handle"],
+        handle.as_str(),
+        "the same person after a reload"
+    );
+    let left = reloaded["cooldownLeftMs"].as_u64().expect("cooldownLeftMs");
+    assert!(
+        (40_000..=60_000).contains(&left),
+        "cooldown left after the reload: {left}"
+    );
+    let shown = wait_text(&page, "cooldown", |t| t.starts_with("wait ")).await;
+    let seconds: u64 = shown
+        .trim_start_matches("wait ")
+        .trim_end_matches(" s")
+        .parse()
+        .expect("wait <n> s");
+    assert!((40..=60).contains(&seconds), "{shown}");
+    wait_text(&page, "identity", |t| t == format!("you: {handle}")).await;
+    // The page does not send a placement while its cooldown runs.
+    page.click(centre_of(&page, PHONE_PIXEL).await)
+        .await
+        .expect("click during the cooldown");
+
+    let context = browser
+        .create_browser_context(CreateBrowserContextParams::default())
+        .await
+        .expect("a second browser context");
+    let other = open_in(&browser, Some(context), &url, &errors).await;
+    wait_live(&other).await;
+    let other_handle = state(&other).await["handle"]
+        .as_str()
+        .expect("the other person has an identity")
+        .to_owned();
+    assert_ne!(other_handle, handle, "another person, another identity");
+    other
+        .click(centre_of(&other, PHONE_PIXEL).await)
+        .await
+        .expect("click as the other person");
+    version_reaches(&page, start + 2).await;
+
+    let history: Value = reqwest::get(format!("http://{}/api/v1/history?since={start}", site.addr))
+        .await
+        .expect("GET history")
+        .json()
+        .await
+        .expect("JSON");
+    let placers: Vec<&str> = history["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .filter_map(|u| u["placedBy"].as_str())
+        .collect();
+    assert_eq!(
+        placers,
+        [handle.as_str(), other_handle.as_str()],
+        "exactly the two placements, one per person (the click during the cooldown placed nothing): {history}"
+    );
+
+    let errors = errors.lock().expect("lock").clone();
+    assert!(
+        errors.is_empty(),
+        "uncaught exceptions in the page: {errors:?}"
+    );
     browser.close().await.expect("close the browser");
     browser.wait().await.expect("browser exits");
     events.abort();

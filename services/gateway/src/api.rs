@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub enum ApiError {
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("the internal API token is not a valid header value")]
+    Token(#[source] reqwest::header::InvalidHeaderValue),
     #[error("canvas-api did not answer")]
     Request(#[source] reqwest::Error),
     #[error("canvas-api answered {status} with a body that is not its documented one")]
@@ -83,9 +85,18 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` is `http://host:port`; `timeout` bounds each call.
-    pub fn new(base: &str, timeout: Duration) -> Result<Self, ApiError> {
+    /// `base` is `http://host:port`; `token` is the internal credential placements carry;
+    /// `timeout` bounds each call.
+    pub fn new(base: &str, token: &str, timeout: Duration) -> Result<Self, ApiError> {
+        let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(ApiError::Token)?;
+        authorization.set_sensitive(true);
         let http = reqwest::Client::builder()
+            .default_headers(
+                [(reqwest::header::AUTHORIZATION, authorization)]
+                    .into_iter()
+                    .collect(),
+            )
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))

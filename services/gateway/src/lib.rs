@@ -8,6 +8,7 @@
 pub mod address;
 pub mod api;
 pub mod fanout;
+pub mod identity;
 pub mod metrics;
 pub mod protocol;
 pub mod redis_link;
@@ -29,7 +30,7 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::Parser;
 use pixel_common::{
     canvas::GeometryError,
-    config::{CanvasArgs, RedisArgs},
+    config::{ApiTokenArgs, CanvasArgs, RedisArgs},
     error::ErrorChain,
     health, metrics as common_metrics, ports,
     serve::ServeError,
@@ -42,6 +43,7 @@ use crate::{
     address::{AddressLimits, Cidr},
     api::{ApiClient, ApiError},
     fanout::Fanout,
+    identity::{IdentityArgs, IdentityKeys, Issuer},
     metrics::Metrics,
     redis_link::{LinkError, RedisLink},
     socket::{CanvasInfo, Limits, Shared},
@@ -86,6 +88,12 @@ pub struct Args {
 
     #[command(flatten)]
     pub canvas: CanvasArgs,
+
+    #[command(flatten)]
+    pub token: ApiTokenArgs,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 
     /// WebSocket connections this gateway accepts; more are closed with 1013.
     #[arg(long, env = ports::ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
@@ -189,6 +197,8 @@ pub struct Gateway {
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[Cidr]>,
     pub origins: Arc<Origins>,
+    /// Verifies and issues identities.
+    pub issuer: Arc<Issuer>,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// The subscription and online-count tasks.
@@ -201,7 +211,11 @@ impl Gateway {
     pub fn start(args: &Args) -> Result<Self, RunError> {
         let size = args.canvas.size()?;
         let redis = RedisLink::new(&args.redis)?;
-        let api = ApiClient::new(&args.api_url, Duration::from_millis(args.api_timeout_ms))?;
+        let api = ApiClient::new(
+            &args.api_url,
+            &args.token.api_token,
+            Duration::from_millis(args.api_timeout_ms),
+        )?;
         let metrics = Metrics::new();
         let recent = usize::try_from(args.resync_max.min(RECENT_MAX)).unwrap_or(0);
         let fanout = Arc::new(Fanout::new(args.client_queue as usize, recent));
@@ -264,6 +278,15 @@ impl Gateway {
             addresses: Arc::new(AddressLimits::new(args.max_connections_per_address)),
             trusted_proxies: args.trusted_proxies.clone().into(),
             origins: Arc::new(Origins::new(&args.allowed_origins)),
+            issuer: Arc::new(Issuer {
+                keys: IdentityKeys::new(
+                    &args.identity.identity_key,
+                    args.identity.identity_key_previous.as_deref(),
+                    args.identity.identity_cookie_secure,
+                ),
+                limit: args.identity.identity_issue_limit,
+                window: Duration::from_secs(args.identity.identity_issue_window_seconds),
+            }),
             tracker: TaskTracker::new(),
             background,
         })
@@ -373,6 +396,10 @@ mod tests {
             "127.0.0.1:0",
             "--redis-url",
             "redis://127.0.0.1:0",
+            "--api-token",
+            "0123456789abcdef",
+            "--identity-key",
+            "an identity key of thirty-two or more bytes",
         ])
         .expect("flags");
         pixel_common::testing::assert_runs_until_shutdown(|shutdown| run(args, shutdown)).await;

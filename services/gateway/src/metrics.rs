@@ -40,6 +40,7 @@ pub struct Metrics {
     received: Counter,
     sent: Family<Kind, Counter>,
     placements: Family<Outcome, Counter>,
+    seats: Family<Outcome, Counter>,
     updates: Counter,
     lag: Histogram,
     subscribed: Gauge,
@@ -61,6 +62,7 @@ impl Metrics {
         let received = Counter::default();
         let sent = Family::default();
         let placements = Family::default();
+        let seats = Family::default();
         let updates = Counter::default();
         // 0.1 ms .. ~3.3 s.
         let lag = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -97,6 +99,11 @@ impl Metrics {
             placements.clone(),
         );
         r.register(
+            "gateway_identities",
+            "Connections by how they got their seat (verified, renewed, issued, limited, unavailable)",
+            seats.clone(),
+        );
+        r.register(
             "gateway_updates_received",
             "Pixel updates received from the Redis subscription",
             updates.clone(),
@@ -120,6 +127,7 @@ impl Metrics {
             received,
             sent,
             placements,
+            seats,
             updates,
             lag,
             subscribed,
@@ -149,6 +157,12 @@ impl Metrics {
 
     pub fn placement(&self, result: &'static str) {
         self.placements.get_or_create(&Outcome { result }).inc();
+    }
+
+    /// Counts how a connection got its seat: `verified` (its cookie), `renewed` (a cookie of
+    /// the previous key), `issued` (a new identity), `limited` or `unavailable` (a watcher).
+    pub fn seat(&self, result: &'static str) {
+        self.seats.get_or_create(&Outcome { result }).inc();
     }
 
     pub fn update_received(&self) {

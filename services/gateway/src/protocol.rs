@@ -9,7 +9,7 @@ use serde::{
 };
 
 /// The protocol version the hello announces.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Close codes the gateway sends.
 pub mod close {
@@ -39,6 +39,10 @@ pub mod code {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// canvas-api did not answer (in time, or at all).
     pub const UNAVAILABLE: &str = "unavailable";
+    /// The connection has no identity, so it may watch but not place: its address was
+    /// given as many identities as the window allows (see `retryAfterMs`), or they could
+    /// not be counted.
+    pub const IDENTITY_REQUIRED: &str = "identity_required";
 }
 
 /// What a client sends, as a JSON text message. Unknown fields are ignored.
@@ -94,6 +98,16 @@ pub enum RefetchReason {
     Gap,
 }
 
+/// The public side of an identity, as the hello tells it to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityInfo {
+    /// `anonymous` (a signed cookie).
+    pub kind: &'static str,
+    /// The handle shown for this identity's placements.
+    pub handle: String,
+}
+
 /// What the gateway sends as JSON text messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(
@@ -105,7 +119,10 @@ pub enum ServerMessage {
     /// The first message of every connection.
     Hello {
         protocol: u32,
-        client_id: String,
+        /// Who this connection places as; `null` for a watcher.
+        identity: Option<IdentityInfo>,
+        /// How long this identity's cooldown still runs, in ms (0 when it does not).
+        cooldown_ms: u64,
         version: u64,
         width: u16,
         height: u16,
@@ -165,8 +182,12 @@ mod tests {
     #[test]
     fn server_messages_have_the_documented_shape() {
         let hello = ServerMessage::Hello {
-            protocol: 1,
-            client_id: "gw-1".into(),
+            protocol: 2,
+            identity: Some(IdentityInfo {
+                kind: "anonymous",
+                handle: "anon-0a1b2c3d".into(),
+            }),
+            cooldown_ms: 1500,
             version: 7,
             width: 3,
             height: 2,
@@ -176,9 +197,23 @@ mod tests {
         };
         assert_eq!(
             json_of(&hello),
-            json!({"type": "hello", "protocol": 1, "clientId": "gw-1", "version": 7, "width": 3,
-                   "height": 2, "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 5, "online": 9})
+            json!({"type": "hello", "protocol": 2,
+                   "identity": {"kind": "anonymous", "handle": "anon-0a1b2c3d"}, "cooldownMs": 1500,
+                   "version": 7, "width": 3, "height": 2, "palette": ["#FFFFFF", "#000000"],
+                   "cooldownSeconds": 5, "online": 9})
         );
+        let watcher = ServerMessage::Hello {
+            protocol: 2,
+            identity: None,
+            cooldown_ms: 0,
+            version: 7,
+            width: 3,
+            height: 2,
+            palette: vec!["#FFFFFF".into(), "#000000".into()],
+            cooldown_seconds: 5,
+            online: 9,
+        };
+        assert_eq!(json_of(&watcher)["identity"], Value::Null);
         assert_eq!(
             json_of(&ServerMessage::Placed {
                 id: Some(4),

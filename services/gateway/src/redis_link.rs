@@ -6,7 +6,9 @@ use std::{future::Future, time::Duration};
 
 use pixel_common::{
     config::RedisArgs,
-    redis_schema::{ONLINE_KEY, UPDATES_CHANNEL, VERSION_KEY},
+    redis_schema::{
+        COOLDOWN_KEY_PREFIX, IDENTITIES_ISSUED_KEY_PREFIX, ONLINE_KEY, UPDATES_CHANNEL, VERSION_KEY,
+    },
 };
 use redis::{
     AsyncCommands, Client, IntoConnectionInfo, RedisError, Script,
@@ -43,6 +45,25 @@ end
 return total
 ";
 
+/// Counts one more identity issued to an address within the window (which starts with the
+/// first); returns 0 when it is within the limit, else the milliseconds until the window
+/// ends.
+const ISSUE_SCRIPT: &str = r"
+local issued = redis.call('INCR', KEYS[1])
+if issued == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if issued > tonumber(ARGV[2]) then
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    left = tonumber(ARGV[1])
+  end
+  return left
+end
+return 0
+";
+
 /// A handle on Redis; cheap to clone. Connects lazily and reconnects by itself.
 #[derive(Clone)]
 pub struct RedisLink {
@@ -50,6 +71,7 @@ pub struct RedisLink {
     conn: ConnectionManager,
     timeout: Duration,
     online: Script,
+    issue: Script,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -87,6 +109,7 @@ impl RedisLink {
             conn,
             timeout,
             online: Script::new(ONLINE_SCRIPT),
+            issue: Script::new(ISSUE_SCRIPT),
         })
     }
 
@@ -141,6 +164,33 @@ impl RedisLink {
             .arg(count)
             .arg(ttl_ms);
         self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Counts an identity issued to `address`: `Ok(None)` when it stays within `limit` per
+    /// `window`, else `Ok(Some(wait))`, the time until the address may be given another.
+    pub async fn count_issued(
+        &self,
+        address: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, LinkError> {
+        let mut conn = self.conn.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = self.issue.prepare_invoke();
+        invocation
+            .key(format!("{IDENTITIES_ISSUED_KEY_PREFIX}{address}"))
+            .arg(window_ms)
+            .arg(limit);
+        let wait_ms: u64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    /// How long `id` stays in its cooldown (zero when it is not in one).
+    pub async fn cooldown_left(&self, id: &str) -> Result<Duration, LinkError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{COOLDOWN_KEY_PREFIX}{id}");
+        let left: i64 = self.bounded(conn.pttl(key)).await?;
+        Ok(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
     }
 
     /// Removes this gateway's entry from the online count.

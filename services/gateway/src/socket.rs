@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{ApiClient, HistoryError, PlaceOutcome},
     fanout::{Broadcast, Fanout, frames},
+    identity::{Seat, WatchReason},
     metrics::Metrics,
-    protocol::{ClientMessage, PROTOCOL_VERSION, RefetchReason, ServerMessage, close, code},
+    protocol::{
+        ClientMessage, IdentityInfo, PROTOCOL_VERSION, RefetchReason, ServerMessage, close, code,
+    },
 };
 
 /// How long a closing connection waits for the client's close reply (so unread client
@@ -155,36 +158,49 @@ type Answer = BoxFuture<'static, ServerMessage>;
 struct Connection<S> {
     sink: S,
     shared: Shared,
-    client_id: String,
+    seat: Seat,
+    /// What the log calls this connection: its handle, or `watcher`.
+    who: String,
+    cooldown_left: Duration,
     bucket: Bucket,
     strikes: u32,
     last_heard: Instant,
 }
 
+/// Who a connection is, as its upgrade established it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub seat: Seat,
+    /// How long its identity's cooldown still runs.
+    pub cooldown_left: Duration,
+    /// The client's last applied version, when it reconnects.
+    pub since: Option<u64>,
+}
+
 /// Serves one client until it leaves, breaks a limit, or the gateway stops; returns why
-/// it ended. `since` is the client's last applied version, when it reconnects.
-pub async fn serve<S, R>(
-    sink: S,
-    mut stream: R,
-    shared: Shared,
-    client_id: String,
-    since: Option<u64>,
-) -> Ended
+/// it ended.
+pub async fn serve<S, R>(sink: S, mut stream: R, shared: Shared, arrival: Arrival) -> Ended
 where
     S: Sink<Message> + Unpin,
     S::Error: std::error::Error + Send + Sync + 'static,
     R: Stream<Item = Result<Message, ReadError>> + Unpin,
 {
     let limits = Arc::clone(&shared.limits);
+    let who = match &arrival.seat {
+        Seat::Player(player) => player.handle.clone(),
+        Seat::Watcher(_) => "watcher".to_owned(),
+    };
     let mut connection = Connection {
         sink,
         bucket: Bucket::new(limits.placement_rate, limits.placement_burst),
         shared,
-        client_id,
+        seat: arrival.seat,
+        who,
+        cooldown_left: arrival.cooldown_left,
         strikes: 0,
         last_heard: Instant::now(),
     };
-    let ended = connection.run(&mut stream, since).await;
+    let ended = connection.run(&mut stream, arrival.since).await;
     connection.linger(&mut stream).await;
     ended
 }
@@ -244,7 +260,14 @@ where
         let canvas = &self.shared.canvas;
         ServerMessage::Hello {
             protocol: PROTOCOL_VERSION,
-            client_id: self.client_id.clone(),
+            identity: match &self.seat {
+                Seat::Player(player) => Some(IdentityInfo {
+                    kind: "anonymous",
+                    handle: player.handle.clone(),
+                }),
+                Seat::Watcher(_) => None,
+            },
+            cooldown_ms: u64::try_from(self.cooldown_left.as_millis()).unwrap_or(u64::MAX),
             version,
             width: canvas.width,
             height: canvas.height,
@@ -258,11 +281,11 @@ where
         match tokio::time::timeout(self.shared.limits.send_timeout, self.sink.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
-                tracing::debug!(error = %ErrorChain(&error), client = %self.client_id, "cannot write to the client");
+                tracing::debug!(error = %ErrorChain(&error), client = %self.who, "cannot write to the client");
                 Err(Ended::SendFailed)
             }
             Err(_) => {
-                tracing::info!(client = %self.client_id, "a write to the client timed out; dropping it");
+                tracing::info!(client = %self.who, "a write to the client timed out; dropping it");
                 Err(Ended::SendTimedOut)
             }
         }
@@ -276,7 +299,7 @@ where
 
     /// Sends a close frame (best effort) and returns why the connection ends.
     async fn close(&mut self, code: u16, reason: &'static str, ended: Ended) -> Ended {
-        tracing::debug!(client = %self.client_id, code, reason, "closing the connection");
+        tracing::debug!(client = %self.who, code, reason, "closing the connection");
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -394,10 +417,31 @@ where
                 .reject(id, code::RATE_LIMITED, message, Some(wait_ms))
                 .await;
         }
+        let client_id = match &self.seat {
+            Seat::Player(player) => player.id.clone(),
+            Seat::Watcher(reason) => {
+                self.shared.metrics.placement("refused");
+                let (message, retry_after) = match reason {
+                    WatchReason::IssueLimit { retry_after } => (
+                        "this address was given as many identities as it may for now; \
+                         keep your cookie, or place again later",
+                        Some(*retry_after),
+                    ),
+                    WatchReason::Unavailable => (
+                        "no identity could be given to this connection; reconnect shortly",
+                        None,
+                    ),
+                };
+                let retry_ms =
+                    retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+                return self
+                    .reject(id, code::IDENTITY_REQUIRED, message, retry_ms)
+                    .await;
+            }
+        };
         self.strikes = 0;
         let api = self.shared.api.clone();
         let metrics = self.shared.metrics.clone();
-        let client_id = self.client_id.clone();
         answers.push(
             async move { place(&api, &metrics, &client_id, id, (x, y, color)).await }.boxed(),
         );
@@ -453,7 +497,7 @@ where
                 self.send_json(&refetch).await
             }
             Err(RecvError::Lagged(missed)) => {
-                tracing::info!(client = %self.client_id, missed, "client fell behind; closing it");
+                tracing::info!(client = %self.who, missed, "client fell behind; closing it");
                 Err(self
                     .close(
                         close::TOO_SLOW,
@@ -534,7 +578,7 @@ async fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::tests::updates;
+    use crate::{fanout::tests::updates, identity::Player};
     use futures_util::stream;
     use pixel_common::wire::UpdateFrame;
     use serde_json::{Value, json};
@@ -568,6 +612,8 @@ mod tests {
 
     /// A connection at fanout version `version`, whose sink holds `sink_capacity` messages
     /// the test has not read. canvas-api is unreachable (a closed port).
+    const TEST_IDENTITY: &str = "anon.0123456789abcdef0123456789abcdef";
+
     fn start(
         limits: Limits,
         version: u64,
@@ -588,7 +634,12 @@ mod tests {
                 cooldown_seconds: 0,
             }),
             fanout: Arc::clone(&fanout),
-            api: ApiClient::new("http://127.0.0.1:1", Duration::from_secs(2)).expect("client"),
+            api: ApiClient::new(
+                "http://127.0.0.1:1",
+                "0123456789abcdef",
+                Duration::from_secs(2),
+            )
+            .expect("client"),
             online,
             metrics: Metrics::new(),
             stop: stop.clone(),
@@ -600,8 +651,11 @@ mod tests {
             PollSender::new(sink_tx),
             stream,
             shared,
-            "gw-test".to_owned(),
-            since,
+            Arrival {
+                seat: Seat::Player(Player::new(TEST_IDENTITY.to_owned())),
+                cooldown_left: Duration::from_millis(1500),
+                since,
+            },
         ));
         Harness {
             fanout,
@@ -665,8 +719,10 @@ mod tests {
         let mut h = start(limits(), 7, 8, 8, None);
         assert_eq!(
             h.json().await,
-            json!({"type": "hello", "protocol": 1, "clientId": "gw-test", "version": 7, "width": 16,
-                   "height": 8, "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "online": 2})
+            json!({"type": "hello", "protocol": 2,
+                   "identity": {"kind": "anonymous", "handle": pixel_common::identity::handle_of(TEST_IDENTITY)},
+                   "cooldownMs": 1500, "version": 7, "width": 16, "height": 8,
+                   "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "online": 2})
         );
         h.fanout.publish(&updates(8, 3), std::time::Instant::now());
         assert_eq!(frame_versions(h.next().await), (8, 10));

@@ -7,6 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
@@ -20,19 +21,21 @@ use axum::{
     },
     http::{
         HeaderMap, StatusCode,
-        header::{HOST, ORIGIN},
+        header::{HOST, ORIGIN, SET_COOKIE},
     },
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
+use pixel_common::error::ErrorChain;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite;
 
 use crate::{
     Gateway,
     address::{AddressSlot, client_address},
+    identity::Seat,
     protocol::close,
-    socket::{self, ReadError},
+    socket::{self, Arrival, ReadError},
 };
 
 /// Each connection's read buffer: a few client messages (at most 1 MiB each, read in
@@ -105,11 +108,6 @@ pub struct WsQuery {
     pub since: Option<u64>,
 }
 
-/// A new client id: `gw-` and 16 random hex digits.
-fn new_client_id() -> String {
-    format!("gw-{:016x}", rand::random::<u64>())
-}
-
 fn refuse(
     gateway: &Gateway,
     reason: &'static str,
@@ -178,30 +176,30 @@ pub async fn upgrade(
         // tungstenite allocates its whole read buffer per connection (128 KiB by default,
         // 1.3 GB at 10,000 clients); clients send only small messages.
         .read_buffer_size(READ_BUFFER_BYTES);
+    let address = peer.map(|Extension(ConnectInfo(peer))| {
+        let forwarded: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        client_address(peer.ip(), forwarded.as_deref(), &gateway.trusted_proxies)
+    });
     // Before the global slot, so one address cannot fill the gateway: it is refused
     // cheaply, without an upgrade.
-    let address_slot = match peer {
-        Some(Extension(ConnectInfo(peer))) => {
-            let forwarded: Vec<&str> = headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-            let address = client_address(peer.ip(), forwarded.as_deref(), &gateway.trusted_proxies);
-            match gateway.addresses.acquire(address) {
-                Some(slot) => Some(slot),
-                None => {
-                    tracing::info!(%address, "too many connections from one address");
-                    return refuse(
-                        &gateway,
-                        "address",
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections from this address",
-                    );
-                }
+    let address_slot = match address {
+        Some(address) => match gateway.addresses.acquire(address) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::info!(%address, "too many connections from one address");
+                return refuse(
+                    &gateway,
+                    "address",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                );
             }
-        }
+        },
         None => None,
     };
     let tracker = gateway.tracker.clone();
@@ -209,14 +207,25 @@ pub async fn upgrade(
         gateway.shared.metrics.refused("capacity");
         return ws.on_upgrade(move |socket| tracker.track_future(at_capacity(socket, gateway)));
     };
-    ws.on_upgrade(move |socket| {
+    // Only now, so that a refused connection costs no identity.
+    let (seat, cookie) = gateway
+        .issuer
+        .seat(&gateway.redis, &gateway.shared.metrics, &headers, address)
+        .await;
+    let mut response = ws.on_upgrade(move |socket| {
         tracker.track_future(connection(
             socket,
             gateway,
             (slot, address_slot),
+            seat,
             query.since,
         ))
-    })
+    });
+    if let Some(cookie) = cookie {
+        // Browsers keep cookies set on a WebSocket handshake's answer.
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// Closes a socket opened over the connection limit with 1013, within the send timeout.
@@ -242,20 +251,41 @@ async fn connection(
     socket: WebSocket,
     gateway: Gateway,
     slot: (Slot, Option<AddressSlot>),
+    seat: Seat,
     since: Option<u64>,
 ) {
     let metrics = gateway.shared.metrics.clone();
-    let client_id = new_client_id();
     metrics.connected();
-    tracing::debug!(client = %client_id, ?since, "client connected");
+    let who = match &seat {
+        Seat::Player(player) => player.handle.clone(),
+        Seat::Watcher(_) => "watcher".to_owned(),
+    };
+    tracing::debug!(client = %who, ?since, "client connected");
+    // The hello tells a player how long its cooldown still runs (after a reload, say).
+    let cooldown_left = match &seat {
+        Seat::Player(player) if gateway.shared.canvas.cooldown_seconds > 0 => gateway
+            .redis
+            .cooldown_left(&player.id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(error = %ErrorChain(&error), "cannot read a cooldown");
+                Duration::ZERO
+            }),
+        _ => Duration::ZERO,
+    };
     let (mut sink, stream) = socket.split();
     let mut stream = stream.map(|read| read.map_err(read_error));
     let shared = gateway.shared.clone();
-    let ended = socket::serve(&mut sink, &mut stream, shared, client_id.clone(), since).await;
+    let arrival = Arrival {
+        seat,
+        cooldown_left,
+        since,
+    };
+    let ended = socket::serve(&mut sink, &mut stream, shared, arrival).await;
     // The slots are free before the socket is dropped: a client that sees the end may
     // reconnect at once.
     drop(slot);
-    tracing::debug!(client = %client_id, reason = ended.label(), "client disconnected");
+    tracing::debug!(client = %who, reason = ended.label(), "client disconnected");
     metrics.disconnected(ended.label());
 }
 
@@ -307,16 +337,5 @@ mod tests {
         let three = Slot::acquire(&active, 2).expect("a released slot");
         drop((two, three));
         assert_eq!(active.load(Ordering::Acquire), 0);
-    }
-
-    #[test]
-    fn client_ids_are_valid_for_canvas_api() {
-        let id = new_client_id();
-        assert_eq!(id.len(), 19);
-        assert!(
-            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
-            "{id}"
-        );
-        assert_ne!(id, new_client_id());
     }
 }

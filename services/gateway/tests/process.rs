@@ -4,7 +4,16 @@
 async fn serves_health_and_stops_on_sigterm() {
     pixel_common::testing::assert_serves_health_and_stops_on_sigterm(
         env!("CARGO_BIN_EXE_gateway"),
-        &[],
+        &[
+            (
+                pixel_common::ports::ENV_API_TOKEN,
+                pixel_common::testing::API_TOKEN,
+            ),
+            (
+                pixel_common::ports::ENV_IDENTITY_KEY,
+                pixel_common::testing::IDENTITY_KEY,
+            ),
+        ],
     )
     .await;
 }
@@ -15,8 +24,8 @@ async fn serves_health_and_stops_on_sigterm() {
 async fn sigterm_closes_clients_with_1001() {
     use futures_util::StreamExt;
     use pixel_common::{
-        ports::ENV_REDIS_URL,
-        testing::{RedisServer, RunningBinary},
+        ports::{ENV_API_TOKEN, ENV_IDENTITY_KEY, ENV_REDIS_URL},
+        testing::{API_TOKEN, IDENTITY_KEY, RedisServer, RunningBinary},
     };
     use std::time::Duration;
     use tokio_tungstenite::tungstenite::Message;
@@ -27,7 +36,11 @@ async fn sigterm_closes_clients_with_1001() {
     let running = RunningBinary::start(
         env!("CARGO_BIN_EXE_gateway"),
         &["--shutdown-grace-ms", "5000"],
-        &[(ENV_REDIS_URL, url.as_str())],
+        &[
+            (ENV_REDIS_URL, url.as_str()),
+            (ENV_API_TOKEN, API_TOKEN),
+            (ENV_IDENTITY_KEY, IDENTITY_KEY),
+        ],
     )
     .await;
     let started = tokio::time::Instant::now();

@@ -94,7 +94,13 @@ async fn start_api(redis: &RedisServer) -> SocketAddr {
     let mut flags = vec!["--snapshot-max-age-ms", "0"];
     flags.extend_from_slice(&CANVAS);
     let url = redis.url();
-    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    let mut argv = vec![
+        "canvas-api",
+        "--redis-url",
+        &url,
+        "--api-token",
+        pixel_common::testing::API_TOKEN,
+    ];
     argv.extend_from_slice(&flags);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid flags");
     assert_eq!(
@@ -179,6 +185,7 @@ async fn place_steadily(api: SocketAddr, stop: CancellationToken) -> Vec<Attempt
             let answer = http
                 .post(format!("http://{api}/api/v1/pixels"))
                 .header("x-client-id", CLIENT_ID)
+                .bearer_auth(pixel_common::testing::API_TOKEN)
                 .json(&json!({"x": x, "y": y, "color": color}))
                 .send()
                 .await;
@@ -538,7 +545,7 @@ async fn redis_crash(appendfsync: &'static str) {
     let mut history_canvas = vec![0u8; usize::from(SIDE) * usize::from(SIDE)];
     for entry in &entries {
         let update: PixelUpdate = serde_json::from_value(entry.clone()).expect("an update");
-        assert_eq!(entry["clientId"], CLIENT_ID, "{entry}");
+        assert_eq!(entry["placedBy"], CLIENT_ID, "{entry}");
         let k = usize::from(update.y) * usize::from(SIDE) + usize::from(update.x);
         let attempt = attempts.get(k).expect("an attempt wrote this pixel");
         assert_eq!(attempt.color, update.color, "{entry}");

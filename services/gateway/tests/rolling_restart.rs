@@ -430,6 +430,7 @@ async fn a_rolling_restart_under_1000_clients_loses_nothing_and_spreads_reconnec
                 let response = http
                     .post(format!("http://{api}/api/v1/pixels"))
                     .header("x-client-id", "placer")
+                    .bearer_auth(pixel_common::testing::API_TOKEN)
                     .json(&body)
                     .send()
                     .await

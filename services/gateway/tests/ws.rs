@@ -47,6 +47,9 @@ async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> 
         "1000",
         "--placement-burst",
         "100",
+        // Every client here is another person (tests/identity.rs holds them to the limit).
+        "--identity-issue-limit",
+        "1000",
     ];
     flags.extend_from_slice(&CANVAS);
     flags.extend_from_slice(extra);

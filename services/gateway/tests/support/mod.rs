@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use pixel_common::testing::{RedisServer, RunningBinary};
+use pixel_common::testing::{API_TOKEN, IDENTITY_KEY, RedisServer, RunningBinary};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// Bound on one wait; reached only when something hangs.
@@ -17,7 +17,7 @@ pub const HANG: Duration = Duration::from_secs(30);
 /// Redis calls out.
 pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
     let url = redis.url();
-    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    let mut argv = vec!["canvas-api", "--redis-url", &url, "--api-token", API_TOKEN];
     argv.extend_from_slice(canvas);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -47,7 +47,16 @@ pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
 pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> RunningBinary {
     let url = redis.url();
     let api_url = format!("http://{api}");
-    let mut args = vec!["--redis-url", &url, "--api-url", &api_url];
+    let mut args = vec![
+        "--redis-url",
+        &url,
+        "--api-url",
+        &api_url,
+        "--api-token",
+        API_TOKEN,
+        "--identity-key",
+        IDENTITY_KEY,
+    ];
     args.extend_from_slice(extra);
     let gateway = RunningBinary::start(
         env!("CARGO_BIN_EXE_gateway"),
@@ -70,7 +79,7 @@ pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str])
 /// canvas-api on `redis` with `flags`, served on the calling test's runtime.
 pub async fn serve_api(redis: &RedisServer, flags: &[&str]) -> SocketAddr {
     let url = redis.url();
-    let mut argv = vec!["canvas-api", "--redis-url", &url];
+    let mut argv = vec!["canvas-api", "--redis-url", &url, "--api-token", API_TOKEN];
     argv.extend_from_slice(flags);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
     let router = canvas_api::app(
@@ -94,7 +103,17 @@ pub struct ServedGateway {
 pub async fn serve_gateway(redis: &RedisServer, api: SocketAddr, flags: &[&str]) -> ServedGateway {
     let url = redis.url();
     let api_url = format!("http://{api}");
-    let mut argv = vec!["gateway", "--redis-url", &url, "--api-url", &api_url];
+    let mut argv = vec![
+        "gateway",
+        "--redis-url",
+        &url,
+        "--api-url",
+        &api_url,
+        "--api-token",
+        API_TOKEN,
+        "--identity-key",
+        IDENTITY_KEY,
+    ];
     argv.extend_from_slice(flags);
     let args = gateway::Args::try_parse_from(argv).expect("valid gateway flags");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

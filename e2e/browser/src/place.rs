@@ -1,0 +1,116 @@
+//! `place`: pixels placed through the Ingress as the page places them, over one WebSocket
+//! to the gateway, each awaited for its `placed` answer. The only way to place: canvas-api's
+//! REST endpoint refuses every caller but the gateway.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Resolve, ws::Target};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gateway's WebSocket URL through the Ingress: `ws://<host>:<port>/ws`.
+    #[arg(long)]
+    ws_url: String,
+    /// `HOST=ADDRESS` (repeatable): connect to ADDRESS for HOST.
+    #[arg(long)]
+    resolve: Vec<Resolve>,
+    /// `X,Y,COLOR` (repeatable): a pixel to place, in order.
+    #[arg(long = "pixel", required = true, value_parser = parse_pixel)]
+    pixels: Vec<(u64, u64, u64)>,
+    /// Bound on the connection and on each answer, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    patience_secs: u64,
+}
+
+fn parse_pixel(spec: &str) -> Result<(u64, u64, u64), String> {
+    let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let [x, y, color] = parts.as_slice() else {
+        return Err(format!("{spec:?} is not X,Y,COLOR"));
+    };
+    let number = |part: &str| {
+        part.parse::<u64>()
+            .map_err(|e| format!("{part:?} in {spec:?}: {e}"))
+    };
+    Ok((number(x)?, number(y)?, number(color)?))
+}
+
+/// What `place` prints on success.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    check: &'static str,
+    /// The canvas version each placement produced, in the order given.
+    versions: Vec<u64>,
+}
+
+pub async fn run(args: Args) -> Result<Summary> {
+    let target = Target::new(
+        &args.ws_url,
+        &args.resolve,
+        None,
+        Duration::from_secs(args.patience_secs),
+    )
+    .await?;
+    let ((mut socket, _hello), _) = target.connect_retrying(None).await?;
+    let mut versions = Vec::with_capacity(args.pixels.len());
+    for (id, &(x, y, color)) in args.pixels.iter().enumerate() {
+        let message =
+            serde_json::json!({"type": "place", "x": x, "y": y, "color": color, "id": id});
+        socket
+            .send(Message::text(message.to_string()))
+            .await
+            .with_context(|| format!("sending placement {id} ({x},{y})"))?;
+        let started = Instant::now();
+        let version = loop {
+            let left = target.patience.saturating_sub(started.elapsed());
+            let next = tokio::time::timeout(left, socket.next())
+                .await
+                .with_context(|| format!("no answer to placement {id} ({x},{y})"))?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let answer: Value = serde_json::from_str(text.as_str())?;
+                    match answer["type"].as_str() {
+                        Some("placed") if answer["id"] == id => {
+                            break answer["version"]
+                                .as_u64()
+                                .with_context(|| format!("placed without a version: {answer}"))?;
+                        }
+                        Some("error") => bail!("placement {id} ({x},{y}) was refused: {answer}"),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error).context("the placing connection failed"),
+                None => bail!("the placing connection closed before answer {id}"),
+            }
+        };
+        if let Some(&previous) = versions.last() {
+            ensure!(version > previous, "version {version} after {previous}");
+        }
+        versions.push(version);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+    Ok(Summary {
+        check: "place",
+        versions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixels_are_x_y_colour() {
+        assert_eq!(parse_pixel("1, 2,3"), Ok((1, 2, 3)));
+        for bad in ["1,2", "1,2,3,4", "a,2,3", "-1,2,3", ""] {
+            assert!(parse_pixel(bad).is_err(), "{bad}");
+        }
+    }
+}

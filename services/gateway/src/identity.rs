@@ -1,0 +1,361 @@
+//! Who a connection places as: a person, not a connection. A browser's first connection is
+//! given a random anonymous identity in a signed cookie (HttpOnly, SameSite=Lax), set on
+//! the upgrade's answer; every later connection (a reload, a second tab) presents it, so
+//! the cooldown, which canvas-api keys by identity, follows the person. Issuing is limited
+//! per client address in Redis, across every gateway, so clearing cookies in a loop does
+//! not beat the cooldown. Cookie signing is the `cookie` crate's (HMAC-SHA256), keyed by the
+//! canvas's identity key; the previous key still verifies during a rotation.
+
+use std::{net::IpAddr, time::Duration};
+
+use axum::http::{HeaderMap, HeaderValue, header::COOKIE};
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use pixel_common::{
+    error::ErrorChain,
+    identity::{ANONYMOUS_PREFIX, COOKIE_NAME, handle_of, is_identity},
+    ports,
+};
+
+use crate::{metrics::Metrics, redis_link::RedisLink};
+
+/// The shortest identity key accepted (it is expanded into the signing key).
+pub const KEY_MIN_BYTES: usize = 32;
+
+/// The gateway's identity flags.
+#[derive(Clone, clap::Args)]
+pub struct IdentityArgs {
+    /// The key that signs identity cookies, at least 32 bytes.
+    #[arg(long, env = ports::ENV_IDENTITY_KEY, hide_env_values = true, value_parser = identity_key)]
+    pub identity_key: String,
+
+    /// The key before the last rotation (cookies it signed still verify); empty: none.
+    #[arg(long, env = ports::ENV_IDENTITY_KEY_PREVIOUS, hide_env_values = true, value_parser = previous_identity_key)]
+    pub identity_key_previous: Option<String>,
+
+    /// Whether identity cookies carry `Secure` (set when the canvas is served over TLS).
+    #[arg(long, env = ports::ENV_IDENTITY_COOKIE_SECURE, default_value_t = false, action = clap::ArgAction::Set)]
+    pub identity_cookie_secure: bool,
+
+    /// Identities one client address may be given per window, across every gateway.
+    #[arg(long, env = ports::ENV_IDENTITY_ISSUE_LIMIT, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub identity_issue_limit: u32,
+
+    /// The issuance window, in seconds.
+    #[arg(long, env = ports::ENV_IDENTITY_ISSUE_WINDOW_SECONDS, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub identity_issue_window_seconds: u64,
+}
+
+impl std::fmt::Debug for IdentityArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityArgs")
+            .field("identity_cookie_secure", &self.identity_cookie_secure)
+            .field("identity_issue_limit", &self.identity_issue_limit)
+            .field(
+                "identity_issue_window_seconds",
+                &self.identity_issue_window_seconds,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn identity_key(value: &str) -> Result<String, String> {
+    if value.len() < KEY_MIN_BYTES {
+        return Err(format!("must be at least {KEY_MIN_BYTES} bytes"));
+    }
+    Ok(value.to_owned())
+}
+
+fn previous_identity_key(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    identity_key(value)
+}
+/// How long a browser keeps the cookie: the most Chromium allows.
+const COOKIE_MAX_AGE_DAYS: i64 = 400;
+
+/// The keys that sign and verify identity cookies.
+#[derive(Clone)]
+pub struct IdentityKeys {
+    current: Key,
+    previous: Option<Key>,
+    /// Whether cookies carry `Secure` (the canvas is served over TLS).
+    secure: bool,
+}
+
+impl std::fmt::Debug for IdentityKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityKeys")
+            .field("previous", &self.previous.is_some())
+            .field("secure", &self.secure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cookie's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// Signed with the current key.
+    Current(String),
+    /// Signed with the previous key: valid, and to be signed anew.
+    Previous(String),
+    /// No identity cookie, or one that does not verify (forged, altered, or from a key
+    /// older than the previous one).
+    None,
+}
+
+/// A verified identity and its public handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Player {
+    pub id: String,
+    pub handle: String,
+}
+
+impl Player {
+    pub fn new(id: String) -> Self {
+        let handle = handle_of(&id);
+        Self { id, handle }
+    }
+}
+
+impl IdentityKeys {
+    /// `current` and `previous` are the canvas's key material (at least
+    /// [`KEY_MIN_BYTES`] each; checked by the flags' parser).
+    pub fn new(current: &str, previous: Option<&str>, secure: bool) -> Self {
+        Self {
+            current: Key::derive_from(current.as_bytes()),
+            previous: previous
+                .filter(|p| !p.is_empty())
+                .map(|p| Key::derive_from(p.as_bytes())),
+            secure,
+        }
+    }
+
+    /// The identity the request's cookie carries, if it verifies.
+    pub fn presented(&self, headers: &HeaderMap) -> Presented {
+        let values = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok());
+        for header in values {
+            for cookie in Cookie::split_parse(header.to_owned()).flatten() {
+                if cookie.name() != COOKIE_NAME {
+                    continue;
+                }
+                let mut jar = CookieJar::new();
+                jar.add_original(cookie.into_owned());
+                let verified = |key: &Key| {
+                    jar.signed(key)
+                        .get(COOKIE_NAME)
+                        .map(|c| c.value().to_owned())
+                        .filter(|id| is_identity(id))
+                };
+                if let Some(id) = verified(&self.current) {
+                    return Presented::Current(id);
+                }
+                if let Some(id) = self.previous.as_ref().and_then(verified) {
+                    return Presented::Previous(id);
+                }
+            }
+        }
+        Presented::None
+    }
+
+    /// The `Set-Cookie` value that gives the browser `id`, signed with the current key.
+    pub fn set_cookie(&self, id: &str) -> HeaderValue {
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&self.current).add(
+            Cookie::build((COOKIE_NAME, id.to_owned()))
+                .path("/")
+                .http_only(true)
+                .same_site(SameSite::Lax)
+                .secure(self.secure)
+                .max_age(cookie::time::Duration::days(COOKIE_MAX_AGE_DAYS)),
+        );
+        let signed = jar
+            .delta()
+            .next()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        // The signed value is base64 and the attributes are fixed: always a valid header.
+        HeaderValue::from_str(&signed).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// Where a connection sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seat {
+    /// It places as this identity.
+    Player(Player),
+    /// It may watch but not place.
+    Watcher(WatchReason),
+}
+
+/// Why a connection has no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchReason {
+    /// Its address was given as many identities as the window allows; another may be given
+    /// after `retry_after`.
+    IssueLimit { retry_after: Duration },
+    /// Redis, which counts the issued identities, did not answer.
+    Unavailable,
+}
+
+/// Gives connections their seats: verifies cookies, issues identities within the limit.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub keys: IdentityKeys,
+    /// Identities one client address may be given per `window`.
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl Issuer {
+    /// The seat of a connection whose upgrade request has `headers`, from `address` (when
+    /// known), and the `Set-Cookie` its answer carries: a new identity's, or a presented
+    /// one signed anew with the current key.
+    pub async fn seat(
+        &self,
+        redis: &RedisLink,
+        metrics: &Metrics,
+        headers: &HeaderMap,
+        address: Option<IpAddr>,
+    ) -> (Seat, Option<HeaderValue>) {
+        match self.keys.presented(headers) {
+            Presented::Current(id) => {
+                metrics.seat("verified");
+                (Seat::Player(Player::new(id)), None)
+            }
+            Presented::Previous(id) => {
+                metrics.seat("renewed");
+                let cookie = self.keys.set_cookie(&id);
+                (Seat::Player(Player::new(id)), Some(cookie))
+            }
+            Presented::None => {
+                // Connections without an address (an embedded router) share one counter.
+                let address = address.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+                match redis.count_issued(&address, self.limit, self.window).await {
+                    Ok(None) => {
+                        metrics.seat("issued");
+                        let id = new_identity();
+                        let cookie = self.keys.set_cookie(&id);
+                        (Seat::Player(Player::new(id)), Some(cookie))
+                    }
+                    Ok(Some(retry_after)) => {
+                        // Debug only: every connection of a flood would log it.
+                        metrics.seat("limited");
+                        tracing::debug!(%address, "identity issuance limit reached for an address");
+                        (Seat::Watcher(WatchReason::IssueLimit { retry_after }), None)
+                    }
+                    Err(error) => {
+                        metrics.seat("unavailable");
+                        // Counted, and logged at debug: a Redis outage shows in readiness.
+                        tracing::debug!(error = %ErrorChain(&error), "cannot count issued identities");
+                        (Seat::Watcher(WatchReason::Unavailable), None)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A new anonymous identity: 128 random bits.
+pub fn new_identity() -> String {
+    format!("{ANONYMOUS_PREFIX}{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "an identity key of thirty-two or more bytes";
+    const OLD_KEY: &str = "the previous identity key, also 32+ bytes";
+
+    fn request_with(set_cookie: &HeaderValue) -> HeaderMap {
+        // What a browser sends back: the name=value pair, without the attributes.
+        let pair = set_cookie
+            .to_str()
+            .expect("text")
+            .split(';')
+            .next()
+            .expect("a pair")
+            .to_owned();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("other=1; {pair}")).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn an_issued_cookie_verifies_and_carries_its_attributes() {
+        let keys = IdentityKeys::new(KEY, None, false);
+        let id = new_identity();
+        let set = keys.set_cookie(&id);
+        let text = set.to_str().expect("text");
+        assert!(text.starts_with(&format!("{COOKIE_NAME}=")), "{text}");
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=34560000"] {
+            assert!(text.contains(attribute), "{attribute} in {text}");
+        }
+        assert!(!text.contains("Secure"), "{text}");
+        assert!(
+            !text.starts_with(&format!("{COOKIE_NAME}={id}")),
+            "the value carries its signature, not the bare id: {text}"
+        );
+        assert_eq!(keys.presented(&request_with(&set)), Presented::Current(id));
+        let secure = IdentityKeys::new(KEY, None, true).set_cookie("anon-1");
+        assert!(secure.to_str().expect("text").contains("Secure"));
+    }
+
+    #[test]
+    fn forged_altered_and_foreign_cookies_do_not_verify() {
+        let keys = IdentityKeys::new(KEY, None, false);
+        let mut headers = HeaderMap::new();
+        assert_eq!(keys.presented(&headers), Presented::None);
+        let id = new_identity();
+        for forged in [
+            format!("{COOKIE_NAME}={id}"),
+            format!("{COOKIE_NAME}=AAAA{id}"),
+            format!("{COOKIE_NAME}="),
+            "pxp_other=1".to_owned(),
+        ] {
+            headers.insert(COOKIE, HeaderValue::from_str(&forged).expect("header"));
+            assert_eq!(keys.presented(&headers), Presented::None, "{forged}");
+        }
+        let other = IdentityKeys::new("another canvas's key, 32 bytes long", None, false);
+        let foreign = request_with(&other.set_cookie(&id));
+        assert_eq!(keys.presented(&foreign), Presented::None);
+        // A signed value with one character changed.
+        let set = keys.set_cookie(&id);
+        let mut tampered = set.to_str().expect("text").to_owned();
+        let at = COOKIE_NAME.len() + 3;
+        let swapped = if &tampered[at..=at] == "A" { "B" } else { "A" };
+        tampered.replace_range(at..=at, swapped);
+        let tampered = HeaderValue::from_str(&tampered).expect("header");
+        assert_eq!(keys.presented(&request_with(&tampered)), Presented::None);
+    }
+
+    #[test]
+    fn the_previous_key_verifies_during_a_rotation_and_no_older_one() {
+        let id = new_identity();
+        let before = IdentityKeys::new(OLD_KEY, None, false).set_cookie(&id);
+        let rotated = IdentityKeys::new(KEY, Some(OLD_KEY), false);
+        assert_eq!(
+            rotated.presented(&request_with(&before)),
+            Presented::Previous(id.clone())
+        );
+        let again = IdentityKeys::new("a third key, after the next rotation!", Some(KEY), false);
+        assert_eq!(again.presented(&request_with(&before)), Presented::None);
+    }
+
+    #[test]
+    fn identities_are_random_and_valid_client_ids() {
+        let (a, b) = (new_identity(), new_identity());
+        assert_ne!(a, b);
+        assert!(is_identity(&a), "{a}");
+        assert!(a.len() <= 64);
+        let player = Player::new(a.clone());
+        assert_ne!(player.handle, a, "the handle does not reveal the identity");
+    }
+}
