@@ -475,14 +475,18 @@ fn rest_placement_through_the_ingress_is_refused(stage: &Stage) -> Result<()> {
         "gw-0123456789abcdef".to_owned(),
         "real-pods-suite".to_owned(),
     ];
-    claimed.extend(
-        history["updates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|u| u["placedBy"].as_str().map(str::to_owned))
-            .take(3),
+    let handles: Vec<String> = history["updates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["placedBy"].as_str().map(str::to_owned))
+        .take(3)
+        .collect();
+    ensure!(
+        !handles.is_empty(),
+        "no placement in the history to claim the placer of (the pages placed before): {history}"
     );
+    claimed.extend(handles);
     for client_id in &claimed {
         let (status, body) = stage.http_as(
             "POST",
@@ -507,7 +511,8 @@ fn rest_placement_through_the_ingress_is_refused(stage: &Stage) -> Result<()> {
         "the canvas moved from version {before} to {after} although every placement was refused"
     );
     println!(
-        "real-pods: {} REST placements through the Ingress, each claiming another client id,          all refused with 401; the canvas stayed at version {before}",
+        "real-pods: {} REST placements through the Ingress, each claiming another client id, \
+         all refused with 401; the canvas stayed at version {before}",
         claimed.len()
     );
     Ok(())

@@ -69,10 +69,25 @@ struct PlaceFields {
 
 impl<'de> Deserialize<'de> for PlaceRequest {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        let PlaceFields { x, y, color } =
-            PlaceFields::deserialize(serde_json::Value::Object(object))
-                .map_err(serde::de::Error::custom)?;
+        struct ObjectOnly;
+
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = PlaceFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"a JSON object {"x", "y", "color"}"#)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PlaceFields, A::Error> {
+                // The derive reads the fields, refusing unknown and duplicate ones.
+                PlaceFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        let PlaceFields { x, y, color } = deserializer.deserialize_map(ObjectOnly)?;
         Ok(Self { x, y, color })
     }
 }
@@ -535,6 +550,7 @@ mod tests {
             "[1, 2, 3]",
             r#"{"x": 1, "y": 2}"#,
             r#"{"x": 1, "y": 2, "color": 3, "z": 4}"#,
+            r#"{"x": 1, "x": 2, "y": 2, "color": 3}"#,
             r#"{"x": 1.5, "y": 2, "color": 3}"#,
             r#""x""#,
             "null",

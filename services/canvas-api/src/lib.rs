@@ -106,6 +106,8 @@ pub enum RunError {
     Serve(#[from] ServeError),
     #[error("invalid CORS origin {0:?}: expected scheme://host[:port]")]
     CorsOrigin(String),
+    #[error(transparent)]
+    ApiToken(#[from] pixel_common::config::ApiTokenError),
 }
 
 /// The canvas's settings, checked.
@@ -179,7 +181,7 @@ impl AppState {
             cooldown: Duration::from_secs(args.canvas.canvas_cooldown_seconds.into()),
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
-            api_token: caller::InternalToken::new(&args.token.api_token),
+            api_token: caller::InternalToken::new(args.token.check()?),
         };
         let store = Store::new(&RedisConfig {
             url: args.redis.redis_url.clone(),

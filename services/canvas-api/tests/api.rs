@@ -582,6 +582,7 @@ async fn only_the_gateway_token_places_whatever_client_id_is_sent() {
         "Bearer",
         "Bearer ",
         "Bearer wrong-token-0123456789",
+        &format!("Bearer {}x", &API_TOKEN[..API_TOKEN.len() - 1]),
         &format!("Bearer {API_TOKEN}x"),
         &format!("bearer {API_TOKEN}"),
         &format!("Basic {API_TOKEN}"),
@@ -610,7 +611,7 @@ async fn only_the_gateway_token_places_whatever_client_id_is_sent() {
     let metrics = api.get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
-        text.contains(r#"pixel_placements_total{result="unauthorized"} 25"#),
+        text.contains(r#"pixel_placements_total{result="unauthorized"} 28"#),
         "{text}"
     );
     api.placed("a", 1, 1, 1).await;

@@ -36,25 +36,38 @@ impl RedisArgs {
 /// canvas-api requires it on placements, the gateway presents it.
 #[derive(Clone, Args)]
 pub struct ApiTokenArgs {
-    /// The token placements carry (`Authorization: Bearer <token>`), at least 16 characters.
-    #[arg(long, env = ports::ENV_API_TOKEN, hide_env_values = true, value_parser = parse_api_token)]
+    /// The token placements carry (`Authorization: Bearer <token>`), at least 16 printable
+    /// ASCII characters. Checked by [`ApiTokenArgs::check`], not by the parser, whose errors
+    /// would print the value.
+    #[arg(long, env = ports::ENV_API_TOKEN, hide_env_values = true)]
     pub api_token: String,
+}
+
+/// The internal token is too short or holds other than printable ASCII (its value is not
+/// repeated here).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} must be at least {} printable ASCII characters",
+    ports::ENV_API_TOKEN,
+    ports::API_TOKEN_MIN_LEN
+)]
+pub struct ApiTokenError;
+
+impl ApiTokenArgs {
+    /// The token, if it is acceptable.
+    pub fn check(&self) -> Result<&str, ApiTokenError> {
+        let token = &self.api_token;
+        if token.len() < ports::API_TOKEN_MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiTokenError);
+        }
+        Ok(token)
+    }
 }
 
 impl std::fmt::Debug for ApiTokenArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiTokenArgs").finish_non_exhaustive()
     }
-}
-
-fn parse_api_token(value: &str) -> Result<String, String> {
-    if value.len() < ports::API_TOKEN_MIN_LEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "must be at least {} printable ASCII characters",
-            ports::API_TOKEN_MIN_LEN
-        ));
-    }
-    Ok(value.to_owned())
 }
 
 /// The canvas's settings (`spec.canvas` of the `PixelCanvas`).
@@ -106,13 +119,17 @@ mod tests {
     #[test]
     fn the_api_token_is_required_long_and_never_printed() {
         assert!(Token::try_parse_from(["x"]).is_err(), "required");
-        assert!(Token::try_parse_from(["x", "--api-token", "short"]).is_err());
-        assert!(
-            Token::try_parse_from(["x", "--api-token", "sixteen chars ok"]).is_err(),
-            "spaces"
-        );
-        let token = Token::try_parse_from(["x", "--api-token", "0123456789abcdef"]).expect("valid");
-        assert_eq!(token.token.api_token, "0123456789abcdef");
+        let parse =
+            |value: &str| Token::try_parse_from(["x", "--api-token", value]).expect("parses");
+        for bad in ["short", "sixteen chars ok", "0123456789abcde\n"] {
+            let error = parse(bad).token.check().expect_err(bad).to_string();
+            assert!(
+                !error.contains(bad.trim()),
+                "the value is not repeated: {error}"
+            );
+        }
+        let token = parse("0123456789abcdef");
+        assert_eq!(token.token.check().ok(), Some("0123456789abcdef"));
         assert!(!format!("{token:?}").contains("0123"), "{token:?}");
     }
 

@@ -531,7 +531,7 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
         .expect("wait <n> s");
     assert!((40..=60).contains(&seconds), "{shown}");
     wait_text(&page, "identity", |t| t == format!("you: {handle}")).await;
-    // The page does not send a placement while its cooldown runs.
+    // A click during the cooldown places nothing (checked with the history below).
     page.click(centre_of(&page, PHONE_PIXEL).await)
         .await
         .expect("click during the cooldown");

@@ -19,6 +19,10 @@ pub enum ApiError {
     Token(#[source] reqwest::header::InvalidHeaderValue),
     #[error("canvas-api did not answer")]
     Request(#[source] reqwest::Error),
+    #[error(
+        "canvas-api refused the gateway's internal token: PIXEL_API_TOKEN differs between them"
+    )]
+    Unauthorized,
     #[error("canvas-api answered {status} with a body that is not its documented one")]
     Unexpected {
         status: StatusCode,
@@ -141,6 +145,10 @@ impl ApiClient {
                 status,
                 source: None,
             });
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // Not the player's doing: the canvas is misconfigured (or mid-upgrade).
+            return Err(ApiError::Unauthorized);
         }
         let retry_after_ms = response
             .headers()

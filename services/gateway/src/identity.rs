@@ -6,7 +6,10 @@
 //! not beat the cooldown. Cookie signing is the `cookie` crate's (HMAC-SHA256), keyed by the
 //! canvas's identity key; the previous key still verifies during a rotation.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use axum::http::{HeaderMap, HeaderValue, header::COOKIE};
 use cookie::{Cookie, CookieJar, Key, SameSite};
@@ -24,12 +27,13 @@ pub const KEY_MIN_BYTES: usize = 32;
 /// The gateway's identity flags.
 #[derive(Clone, clap::Args)]
 pub struct IdentityArgs {
-    /// The key that signs identity cookies, at least 32 bytes.
-    #[arg(long, env = ports::ENV_IDENTITY_KEY, hide_env_values = true, value_parser = identity_key)]
+    /// The key that signs identity cookies, at least 32 bytes (checked by [`Issuer::new`]:
+    /// the parser's errors would print the value).
+    #[arg(long, env = ports::ENV_IDENTITY_KEY, hide_env_values = true)]
     pub identity_key: String,
 
     /// The key before the last rotation (cookies it signed still verify); empty: none.
-    #[arg(long, env = ports::ENV_IDENTITY_KEY_PREVIOUS, hide_env_values = true, value_parser = previous_identity_key)]
+    #[arg(long, env = ports::ENV_IDENTITY_KEY_PREVIOUS, hide_env_values = true)]
     pub identity_key_previous: Option<String>,
 
     /// Whether identity cookies carry `Secure` (set when the canvas is served over TLS).
@@ -58,18 +62,11 @@ impl std::fmt::Debug for IdentityArgs {
     }
 }
 
-fn identity_key(value: &str) -> Result<String, String> {
-    if value.len() < KEY_MIN_BYTES {
-        return Err(format!("must be at least {KEY_MIN_BYTES} bytes"));
-    }
-    Ok(value.to_owned())
-}
-
-fn previous_identity_key(value: &str) -> Result<String, String> {
-    if value.is_empty() {
-        return Ok(String::new());
-    }
-    identity_key(value)
+/// An identity key is too short (its value is not repeated here).
+#[derive(Debug, thiserror::Error)]
+#[error("{name} must be at least {KEY_MIN_BYTES} bytes")]
+pub struct KeyError {
+    name: &'static str,
 }
 /// How long a browser keeps the cookie: the most Chromium allows.
 const COOKIE_MAX_AGE_DAYS: i64 = 400;
@@ -131,31 +128,41 @@ impl IdentityKeys {
         }
     }
 
-    /// The identity the request's cookie carries, if it verifies.
+    /// The cookie's name: with `Secure`, `__Host-` in front, so that no other host (a
+    /// sibling subdomain) and no plain-HTTP answer can plant one.
+    pub fn cookie_name(&self) -> String {
+        if self.secure {
+            format!("__Host-{COOKIE_NAME}")
+        } else {
+            COOKIE_NAME.to_owned()
+        }
+    }
+
+    /// The identity the request's cookie carries, if it verifies. Only the first two
+    /// cookies of the name are tried: a request cannot make the gateway check many.
     pub fn presented(&self, headers: &HeaderMap) -> Presented {
-        let values = headers
+        let name = self.cookie_name();
+        let candidates = headers
             .get_all(COOKIE)
             .iter()
-            .filter_map(|value| value.to_str().ok());
-        for header in values {
-            for cookie in Cookie::split_parse(header.to_owned()).flatten() {
-                if cookie.name() != COOKIE_NAME {
-                    continue;
-                }
-                let mut jar = CookieJar::new();
-                jar.add_original(cookie.into_owned());
-                let verified = |key: &Key| {
-                    jar.signed(key)
-                        .get(COOKIE_NAME)
-                        .map(|c| c.value().to_owned())
-                        .filter(|id| is_identity(id))
-                };
-                if let Some(id) = verified(&self.current) {
-                    return Presented::Current(id);
-                }
-                if let Some(id) = self.previous.as_ref().and_then(verified) {
-                    return Presented::Previous(id);
-                }
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|header| Cookie::split_parse(header.to_owned()).flatten())
+            .filter(|cookie| cookie.name() == name)
+            .take(2);
+        for cookie in candidates {
+            let mut jar = CookieJar::new();
+            jar.add_original(cookie.into_owned());
+            let verified = |key: &Key| {
+                jar.signed(key)
+                    .get(&name)
+                    .map(|c| c.value().to_owned())
+                    .filter(|id| is_identity(id))
+            };
+            if let Some(id) = verified(&self.current) {
+                return Presented::Current(id);
+            }
+            if let Some(id) = self.previous.as_ref().and_then(verified) {
+                return Presented::Previous(id);
             }
         }
         Presented::None
@@ -165,7 +172,7 @@ impl IdentityKeys {
     pub fn set_cookie(&self, id: &str) -> HeaderValue {
         let mut jar = CookieJar::new();
         jar.signed_mut(&self.current).add(
-            Cookie::build((COOKIE_NAME, id.to_owned()))
+            Cookie::build((self.cookie_name(), id.to_owned()))
                 .path("/")
                 .http_only(true)
                 .same_site(SameSite::Lax)
@@ -195,8 +202,8 @@ pub enum Seat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchReason {
     /// Its address was given as many identities as the window allows; another may be given
-    /// after `retry_after`.
-    IssueLimit { retry_after: Duration },
+    /// from `until` on.
+    IssueLimit { until: Instant },
     /// Redis, which counts the issued identities, did not answer.
     Unavailable,
 }
@@ -211,6 +218,27 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// From the flags, once the keys are checked.
+    pub fn new(args: &IdentityArgs) -> Result<Self, KeyError> {
+        let previous = args
+            .identity_key_previous
+            .as_deref()
+            .filter(|p| !p.is_empty());
+        for (name, key) in [
+            (ports::ENV_IDENTITY_KEY, Some(args.identity_key.as_str())),
+            (ports::ENV_IDENTITY_KEY_PREVIOUS, previous),
+        ] {
+            if key.is_some_and(|key| key.len() < KEY_MIN_BYTES) {
+                return Err(KeyError { name });
+            }
+        }
+        Ok(Self {
+            keys: IdentityKeys::new(&args.identity_key, previous, args.identity_cookie_secure),
+            limit: args.identity_issue_limit,
+            window: Duration::from_secs(args.identity_issue_window_seconds),
+        })
+    }
+
     /// The seat of a connection whose upgrade request has `headers`, from `address` (when
     /// known), and the `Set-Cookie` its answer carries: a new identity's, or a presented
     /// one signed anew with the current key.
@@ -233,7 +261,7 @@ impl Issuer {
             }
             Presented::None => {
                 // Connections without an address (an embedded router) share one counter.
-                let address = address.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+                let address = address.map_or_else(|| "unknown".to_owned(), issuance_bucket);
                 match redis.count_issued(&address, self.limit, self.window).await {
                     Ok(None) => {
                         metrics.seat("issued");
@@ -245,7 +273,8 @@ impl Issuer {
                         // Debug only: every connection of a flood would log it.
                         metrics.seat("limited");
                         tracing::debug!(%address, "identity issuance limit reached for an address");
-                        (Seat::Watcher(WatchReason::IssueLimit { retry_after }), None)
+                        let until = Instant::now() + retry_after;
+                        (Seat::Watcher(WatchReason::IssueLimit { until }), None)
                     }
                     Err(error) => {
                         metrics.seat("unavailable");
@@ -255,6 +284,19 @@ impl Issuer {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whose issuance counter an address counts on: an IPv4 address, or an IPv6 address's /64
+/// (one subscriber's usual allocation: per /128 it would give one a practically unlimited
+/// number of counters).
+fn issuance_bucket(address: IpAddr) -> String {
+    match address.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
 }
@@ -303,9 +345,21 @@ mod tests {
             !text.starts_with(&format!("{COOKIE_NAME}={id}")),
             "the value carries its signature, not the bare id: {text}"
         );
-        assert_eq!(keys.presented(&request_with(&set)), Presented::Current(id));
-        let secure = IdentityKeys::new(KEY, None, true).set_cookie("anon-1");
-        assert!(secure.to_str().expect("text").contains("Secure"));
+        assert_eq!(keys.presented(&request_with(&set)), Presented::Current(id.clone()));
+        let secure_keys = IdentityKeys::new(KEY, None, true);
+        let secure = secure_keys.set_cookie(&id);
+        let text = secure.to_str().expect("text");
+        assert!(
+            text.starts_with(&format!("__Host-{COOKIE_NAME}=")),
+            "{text}"
+        );
+        assert!(text.contains("Secure"), "{text}");
+        assert_eq!(
+            secure_keys.presented(&request_with(&secure)),
+            Presented::Current(id.clone())
+        );
+        // Over TLS, a cookie without the prefix (planted by another host) is not looked at.
+        assert_eq!(secure_keys.presented(&request_with(&set)), Presented::None);
     }
 
     #[test]
@@ -355,7 +409,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(is_identity(&a), "{a}");
         assert!(a.len() <= 64);
-        let player = Player::new(a.clone());
-        assert_ne!(player.handle, a, "the handle does not reveal the identity");
+        // The handle is the contract's digest of the identity (tested there not to show it).
+        assert_eq!(Player::new(a.clone()).handle, handle_of(&a));
     }
 }

@@ -43,7 +43,7 @@ use crate::{
     address::{AddressLimits, Cidr},
     api::{ApiClient, ApiError},
     fanout::Fanout,
-    identity::{IdentityArgs, IdentityKeys, Issuer},
+    identity::{IdentityArgs, Issuer},
     metrics::Metrics,
     redis_link::{LinkError, RedisLink},
     socket::{CanvasInfo, Limits, Shared},
@@ -177,6 +177,10 @@ pub enum RunError {
     #[error("cannot set up the canvas-api client")]
     Api(#[from] ApiError),
     #[error(transparent)]
+    ApiToken(#[from] pixel_common::config::ApiTokenError),
+    #[error(transparent)]
+    IdentityKey(#[from] identity::KeyError),
+    #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("the server task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -211,9 +215,10 @@ impl Gateway {
     pub fn start(args: &Args) -> Result<Self, RunError> {
         let size = args.canvas.size()?;
         let redis = RedisLink::new(&args.redis)?;
+        let issuer = Arc::new(Issuer::new(&args.identity)?);
         let api = ApiClient::new(
             &args.api_url,
-            &args.token.api_token,
+            args.token.check()?,
             Duration::from_millis(args.api_timeout_ms),
         )?;
         let metrics = Metrics::new();
@@ -278,15 +283,7 @@ impl Gateway {
             addresses: Arc::new(AddressLimits::new(args.max_connections_per_address)),
             trusted_proxies: args.trusted_proxies.clone().into(),
             origins: Arc::new(Origins::new(&args.allowed_origins)),
-            issuer: Arc::new(Issuer {
-                keys: IdentityKeys::new(
-                    &args.identity.identity_key,
-                    args.identity.identity_key_previous.as_deref(),
-                    args.identity.identity_cookie_secure,
-                ),
-                limit: args.identity.identity_issue_limit,
-                window: Duration::from_secs(args.identity.identity_issue_window_seconds),
-            }),
+            issuer,
             tracker: TaskTracker::new(),
             background,
         })

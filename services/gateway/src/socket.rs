@@ -419,24 +419,30 @@ where
         }
         let client_id = match &self.seat {
             Seat::Player(player) => player.id.clone(),
-            Seat::Watcher(reason) => {
+            Seat::Watcher(WatchReason::IssueLimit { until }) => {
                 self.shared.metrics.placement("refused");
-                let (message, retry_after) = match reason {
-                    WatchReason::IssueLimit { retry_after } => (
-                        "this address was given as many identities as it may for now; \
-                         keep your cookie, or place again later",
-                        Some(*retry_after),
-                    ),
-                    WatchReason::Unavailable => (
-                        "no identity could be given to this connection; reconnect shortly",
-                        None,
-                    ),
-                };
-                let retry_ms =
-                    retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                let retry_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                let message = "this address was given as many identities as it may for now; \
+                               keep your cookie, or place again later";
                 return self
-                    .reject(id, code::IDENTITY_REQUIRED, message, retry_ms)
+                    .reject(id, code::IDENTITY_REQUIRED, message, Some(retry_ms))
                     .await;
+            }
+            Seat::Watcher(WatchReason::Unavailable) => {
+                // Redis could not count identities at the upgrade: a new connection may
+                // get one, so this one says so and closes for the client to reconnect.
+                self.shared.metrics.placement("refused");
+                let message = "no identity could be given to this connection; reconnecting";
+                self.reject(id, code::IDENTITY_REQUIRED, message, None)
+                    .await?;
+                return Err(self
+                    .close(
+                        close::TRY_AGAIN_LATER,
+                        "reconnect for an identity",
+                        Ended::Unavailable,
+                    )
+                    .await);
             }
         };
         self.strikes = 0;

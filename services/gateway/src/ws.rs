@@ -191,7 +191,9 @@ pub async fn upgrade(
         Some(address) => match gateway.addresses.acquire(address) {
             Some(slot) => Some(slot),
             None => {
-                tracing::info!(%address, "too many connections from one address");
+                // Debug only: every connection of a flood would log it (the refusals are
+                // counted in gateway_connections_refused_total).
+                tracing::debug!(%address, "too many connections from one address");
                 return refuse(
                     &gateway,
                     "address",

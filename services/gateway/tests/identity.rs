@@ -213,8 +213,15 @@ async fn forged_and_foreign_cookies_choose_no_identity() {
     let handle = victim.handle().expect("an identity").to_owned();
     let genuine = victim.set_cookie.clone().expect("a cookie");
     let (name, value) = genuine.split_once('=').expect("name=value");
+    // The cookie crate puts the signature (base64) before the identity.
+    let flipped = {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes[0] = if bytes[0] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).expect("text")
+    };
     let mut forgeries = vec![
         format!("{name}=anon.0123456789abcdef0123456789abcdef"),
+        format!("{name}={flipped}"),
         format!("{name}={}", &value[..value.len() - 2]),
         format!("{name}=x{value}"),
     ];
