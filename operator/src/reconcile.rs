@@ -39,9 +39,10 @@ pub use self::transitions::{Transition, transitions};
 use crate::{
     api::{PixelCanvas, PixelCanvasStatus},
     children::{
-        self, API_TOKEN_KEY, Child, ChildKind, Component, Credentials, Defaults, DesiredError,
-        IDENTITY_KEY_KEY, IDENTITY_KEY_PREVIOUS_KEY, IDENTITY_KEY_ROTATION_KEY, IdentityKeys,
-        Inputs, Names, PASSWORD_KEY, kind_of,
+        self, API_TOKEN_KEY, CONFIG_HASH_ANNOTATION, Child, ChildKind, Component, Credentials,
+        Defaults, DesiredError, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
+        IDENTITY_KEY_ROTATION_KEY, IdentityKeys, Inputs, Names, PASSWORD_KEY, consumed_hash,
+        kind_of,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
         with_child,
     },
@@ -347,6 +348,7 @@ async fn credentials(
             Ok(IdentityKeys {
                 current,
                 previous: key(IDENTITY_KEY_PREVIOUS_KEY)?.unwrap_or_default(),
+                next: key(IDENTITY_KEY_NEXT_KEY)?.unwrap_or_default(),
                 rotation: key(IDENTITY_KEY_ROTATION_KEY)?.unwrap_or_default(),
             })
         })
@@ -355,11 +357,31 @@ async fn credentials(
         .annotations()
         .get(ROTATE_IDENTITY_KEY_ANNOTATION)
         .map(String::as_str);
-    Ok(Credentials {
+    let mut credentials = Credentials {
         redis_password,
         api_token,
-        identity: IdentityKeys::next(stored_identity, requested, new_password()),
-    })
+        identity: stored_identity.clone().unwrap_or_default(),
+    };
+    // Only mid-rotation: do the gateways all run with the key to promote?
+    let gateways_hold_next = match &stored_identity {
+        Some(keys) if keys.rotating() => {
+            let inputs = Inputs::new(canvas, credentials.clone(), &context.defaults)?;
+            let name = names.component(Component::Gateway);
+            let live = Api::<Deployment>::namespaced(context.client.clone(), namespace)
+                .get_opt(&name)
+                .await
+                .map_err(kube_error("get", kind_of::<Deployment>(), &name))?;
+            live.is_some_and(|live| gateways_run(&inputs, &live))
+        }
+        _ => false,
+    };
+    credentials.identity = IdentityKeys::next(
+        stored_identity,
+        requested,
+        new_password(),
+        gateways_hold_next,
+    );
+    Ok(credentials)
 }
 
 /// A key of a Secret as text; `None` when the Secret or the key does not exist.
@@ -420,6 +442,19 @@ async fn password(
             .await?
             .unwrap_or_else(new_password),
     )
+}
+
+/// Whether the live gateway Deployment runs, on every replica, the pod template `inputs`
+/// give it (the same config hash, rolled out).
+fn gateways_run(inputs: &Inputs, live: &Deployment) -> bool {
+    let running = live
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|meta| meta.annotations.as_ref())
+        .and_then(|annotations| annotations.get(CONFIG_HASH_ANNOTATION));
+    running == Some(&consumed_hash(inputs, Component::Gateway))
+        && WorkloadState::of_deployment(live).rolled_out
 }
 
 fn new_password() -> String {
@@ -697,6 +732,55 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn gateways_hold_a_key_once_every_replica_runs_its_template() {
+        use k8s_openapi::api::apps::v1::DeploymentStatus;
+        let mut canvas = PixelCanvas::new(
+            "demo",
+            serde_json::from_value(serde_json::json!({})).expect("spec"),
+        );
+        canvas.meta_mut().namespace = Some("art".to_owned());
+        canvas.meta_mut().uid = Some("uid".to_owned());
+        let mut credentials = Credentials::default();
+        credentials.identity.next = "n".repeat(32);
+        let inputs =
+            Inputs::new(&canvas, credentials.clone(), &Defaults::default()).expect("inputs");
+        let Some(Child::Deployment(mut live)) = children::desired(&inputs)
+            .apply
+            .into_iter()
+            .find(|c| c.kind() == "Deployment" && c.name() == "demo-gateway")
+        else {
+            panic!("a gateway Deployment")
+        };
+        live.metadata.generation = Some(2);
+        let rolled = |updated: i32, observed: i64| DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(2),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(2),
+            ..Default::default()
+        };
+        live.status = Some(rolled(2, 2));
+        assert!(gateways_run(&inputs, &live));
+        live.status = Some(rolled(1, 2));
+        assert!(
+            !gateways_run(&inputs, &live),
+            "a replica still runs the old template"
+        );
+        live.status = Some(rolled(2, 1));
+        assert!(
+            !gateways_run(&inputs, &live),
+            "the controller has not seen the change"
+        );
+        live.status = Some(rolled(2, 2));
+        credentials.identity.next = "m".repeat(32);
+        let other = Inputs::new(&canvas, credentials, &Defaults::default()).expect("inputs");
+        assert!(
+            !gateways_run(&other, &live),
+            "the template carries another key"
+        );
+    }
 
     #[test]
     fn subset_ignores_server_added_fields_but_not_changed_ones() {

@@ -20,6 +20,8 @@ pub const API_TOKEN_KEY: &str = "api-token";
 pub const IDENTITY_KEY_KEY: &str = "identity-key";
 /// Key of the identity key before the last rotation (empty before the first).
 pub const IDENTITY_KEY_PREVIOUS_KEY: &str = "identity-key-previous";
+/// Key of the identity key of a rotation under way (verifying only; empty otherwise).
+pub const IDENTITY_KEY_NEXT_KEY: &str = "identity-key-next";
 /// Key of the rotation annotation's value the keys were last rotated for.
 pub const IDENTITY_KEY_ROTATION_KEY: &str = "identity-key-rotation";
 
@@ -86,6 +88,10 @@ pub fn internal_secret(inputs: &Inputs) -> Secret {
                 bytes(&credentials.identity.previous),
             ),
             (
+                IDENTITY_KEY_NEXT_KEY.to_owned(),
+                bytes(&credentials.identity.next),
+            ),
+            (
                 IDENTITY_KEY_ROTATION_KEY.to_owned(),
                 bytes(&credentials.identity.rotation),
             ),
@@ -113,6 +119,7 @@ pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
             if component == Component::Gateway {
                 feed(&inputs.credentials.identity.current);
                 feed(&inputs.credentials.identity.previous);
+                feed(&inputs.credentials.identity.next);
             }
         }
         Component::Redis => feed(&inputs.credentials.redis_password),

@@ -24,8 +24,8 @@ use kube::{Resource, ResourceExt};
 
 pub use self::{
     config::{
-        API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_PREVIOUS_KEY, IDENTITY_KEY_ROTATION_KEY,
-        PASSWORD_KEY,
+        API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
+        IDENTITY_KEY_ROTATION_KEY, PASSWORD_KEY, consumed_hash,
     },
     ingress::url,
     naming::Component,
@@ -83,13 +83,19 @@ pub struct Credentials {
     pub identity: IdentityKeys,
 }
 
-/// The identity keys, as the internal Secret holds them.
+/// The identity keys, as the internal Secret holds them. A rotation takes two rolls of
+/// the gateways, so that no gateway ever meets a cookie signed with a key it does not
+/// know: first the new key is given to every gateway to verify only (`next`); once they
+/// all run with it, it signs (`current`) and the old one only verifies (`previous`).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct IdentityKeys {
     /// Signs new cookies (and verifies).
     pub current: String,
     /// The key before the last rotation, still verifying; empty before the first rotation.
     pub previous: String,
+    /// The key of a rotation under way, verifying only until every gateway holds it;
+    /// empty otherwise.
+    pub next: String,
     /// The rotation annotation's value these keys were made for; empty before the first.
     pub rotation: String,
 }
@@ -103,24 +109,48 @@ impl std::fmt::Debug for IdentityKeys {
 }
 
 impl IdentityKeys {
-    /// The keys after this reconcile: `stored` as they are, unless the canvas asks for a
-    /// rotation (`requested`, its annotation's value) they were not made for; then `fresh`
-    /// becomes the current key and the current one the previous. Nothing stored: `fresh`.
-    pub fn next(stored: Option<Self>, requested: Option<&str>, fresh: String) -> Self {
+    /// The keys after this reconcile. Nothing stored: `fresh`. A rotation under way is
+    /// finished once `gateways_hold_next` (every gateway pod runs with the `next` key):
+    /// `next` signs, `current` becomes `previous`. Otherwise, when the canvas asks for a
+    /// rotation (`requested`, its annotation's value) the keys were not made for, `fresh`
+    /// becomes `next`. Else `stored` as it is.
+    pub fn next(
+        stored: Option<Self>,
+        requested: Option<&str>,
+        fresh: String,
+        gateways_hold_next: bool,
+    ) -> Self {
         let requested = requested.unwrap_or_default();
         match stored {
             None => Self {
                 current: fresh,
-                previous: String::new(),
                 rotation: requested.to_owned(),
+                ..Self::default()
             },
+            Some(stored) if !stored.next.is_empty() => {
+                if gateways_hold_next {
+                    Self {
+                        current: stored.next,
+                        previous: stored.current,
+                        next: String::new(),
+                        rotation: stored.rotation,
+                    }
+                } else {
+                    stored
+                }
+            }
             Some(stored) if requested.is_empty() || requested == stored.rotation => stored,
             Some(stored) => Self {
-                current: fresh,
-                previous: stored.current,
+                next: fresh,
                 rotation: requested.to_owned(),
+                ..stored
             },
         }
+    }
+
+    /// Whether a rotation waits for the gateways to hold its key.
+    pub fn rotating(&self) -> bool {
+        !self.next.is_empty()
     }
 }
 

@@ -839,34 +839,56 @@ fn a_changed_operator_default_changes_the_pods_that_rely_on_it() {
 }
 
 #[test]
-fn identity_keys_rotate_once_per_requested_value() {
-    let fresh = || "a fresh key, 32 bytes and more, really".to_owned();
-    let first = IdentityKeys::next(None, None, fresh());
-    assert_eq!((first.previous.as_str(), first.rotation.as_str()), ("", ""));
+fn identity_keys_rotate_in_two_steps_once_per_requested_value() {
+    let key = |c: char| c.to_string().repeat(32);
+    let first = IdentityKeys::next(None, None, key('a'), false);
+    assert_eq!(
+        (first.current.as_str(), first.previous.as_str()),
+        (key('a').as_str(), "")
+    );
+    assert!(!first.rotating());
     // Kept as they are without a request, and for the request they were made for.
     assert_eq!(
-        IdentityKeys::next(Some(first.clone()), None, "x".repeat(32)),
+        IdentityKeys::next(Some(first.clone()), None, key('x'), false),
         first
     );
-    let rotated = IdentityKeys::next(Some(first.clone()), Some("2026-12-02"), "y".repeat(32));
-    assert_eq!(rotated.current, "y".repeat(32));
+    // Asked for: the new key first verifies only, on every gateway.
+    let asked = IdentityKeys::next(Some(first.clone()), Some("2026-12-02"), key('b'), false);
     assert_eq!(
-        rotated.previous, first.current,
-        "the old key still verifies"
+        (asked.current.as_str(), asked.next.as_str()),
+        (key('a').as_str(), key('b').as_str())
     );
-    assert_eq!(rotated.rotation, "2026-12-02");
+    assert_eq!(asked.rotation, "2026-12-02");
+    assert!(asked.rotating());
+    // Until every gateway holds it, nothing moves, whatever is asked meanwhile.
     assert_eq!(
-        IdentityKeys::next(Some(rotated.clone()), Some("2026-12-02"), "z".repeat(32)),
-        rotated,
+        IdentityKeys::next(Some(asked.clone()), Some("2026-12-02"), key('x'), false),
+        asked
+    );
+    assert_eq!(
+        IdentityKeys::next(Some(asked.clone()), Some("later"), key('x'), false),
+        asked
+    );
+    // Then it signs, and the old key verifies.
+    let promoted = IdentityKeys::next(Some(asked.clone()), Some("2026-12-02"), key('x'), true);
+    assert_eq!(
+        (
+            promoted.current.as_str(),
+            promoted.previous.as_str(),
+            promoted.next.as_str()
+        ),
+        (key('b').as_str(), key('a').as_str(), "")
+    );
+    assert_eq!(
+        IdentityKeys::next(Some(promoted.clone()), Some("2026-12-02"), key('x'), true),
+        promoted,
         "one rotation per value: reconciling again changes nothing"
     );
-    let again = IdentityKeys::next(Some(rotated.clone()), Some("2027-01-01"), "z".repeat(32));
-    assert_eq!(
-        (again.current.as_str(), again.previous.as_str()),
-        ("z".repeat(32).as_str(), rotated.current.as_str())
-    );
     // A canvas created with the annotation starts with it acted on.
-    assert_eq!(IdentityKeys::next(None, Some("v1"), fresh()).rotation, "v1");
+    assert_eq!(
+        IdentityKeys::next(None, Some("v1"), key('a'), false).rotation,
+        "v1"
+    );
 }
 
 #[test]

@@ -101,6 +101,11 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
             inputs.names.internal_secret(),
             config::IDENTITY_KEY_PREVIOUS_KEY,
         ));
+        env.push(secret_env(
+            ports::ENV_IDENTITY_KEY_NEXT,
+            inputs.names.internal_secret(),
+            config::IDENTITY_KEY_NEXT_KEY,
+        ));
         // A cookie for a canvas served over TLS is never sent over plain HTTP.
         env.push(value(
             ports::ENV_IDENTITY_COOKIE_SECURE,

@@ -128,6 +128,9 @@ pub const ENV_SHUTDOWN_GRACE_MS: &str = "PIXEL_SHUTDOWN_GRACE_MS";
 pub const ENV_IDENTITY_KEY: &str = "PIXEL_IDENTITY_KEY";
 /// The key before the last rotation: cookies it signed still verify (and are signed anew).
 pub const ENV_IDENTITY_KEY_PREVIOUS: &str = "PIXEL_IDENTITY_KEY_PREVIOUS";
+/// The key of a rotation under way: it verifies (cookies a gateway that already signs with
+/// it gave) but does not sign yet.
+pub const ENV_IDENTITY_KEY_NEXT: &str = "PIXEL_IDENTITY_KEY_NEXT";
 /// Whether identity cookies carry `Secure` (the canvas is served over TLS).
 pub const ENV_IDENTITY_COOKIE_SECURE: &str = "PIXEL_IDENTITY_COOKIE_SECURE";
 /// Identities one client address may be given per window, across every gateway.

@@ -36,6 +36,11 @@ pub struct IdentityArgs {
     #[arg(long, env = ports::ENV_IDENTITY_KEY_PREVIOUS, hide_env_values = true)]
     pub identity_key_previous: Option<String>,
 
+    /// The key of a rotation under way: it verifies, and will sign once every gateway has
+    /// it; empty: none.
+    #[arg(long, env = ports::ENV_IDENTITY_KEY_NEXT, hide_env_values = true)]
+    pub identity_key_next: Option<String>,
+
     /// Whether identity cookies carry `Secure` (set when the canvas is served over TLS).
     #[arg(long, env = ports::ENV_IDENTITY_COOKIE_SECURE, default_value_t = false, action = clap::ArgAction::Set)]
     pub identity_cookie_secure: bool,
@@ -76,6 +81,7 @@ const COOKIE_MAX_AGE_DAYS: i64 = 400;
 pub struct IdentityKeys {
     current: Key,
     previous: Option<Key>,
+    next: Option<Key>,
     /// Whether cookies carry `Secure` (the canvas is served over TLS).
     secure: bool,
 }
@@ -84,6 +90,7 @@ impl std::fmt::Debug for IdentityKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityKeys")
             .field("previous", &self.previous.is_some())
+            .field("next", &self.next.is_some())
             .field("secure", &self.secure)
             .finish_non_exhaustive()
     }
@@ -96,6 +103,8 @@ pub enum Presented {
     Current(String),
     /// Signed with the previous key: valid, and to be signed anew.
     Previous(String),
+    /// Signed with the next key, by a gateway a rotation reached first: valid, kept.
+    Upcoming(String),
     /// No identity cookie, or one that does not verify (forged, altered, or from a key
     /// older than the previous one).
     None,
@@ -117,13 +126,26 @@ impl Player {
 
 impl IdentityKeys {
     /// `current` and `previous` are the canvas's key material (at least
-    /// [`KEY_MIN_BYTES`] each; checked by the flags' parser).
+    /// [`KEY_MIN_BYTES`] each; checked by [`Issuer::new`]).
     pub fn new(current: &str, previous: Option<&str>, secure: bool) -> Self {
+        Self::rotating(current, previous, None, secure)
+    }
+
+    /// [`Self::new`] during a rotation: `next` verifies too.
+    pub fn rotating(
+        current: &str,
+        previous: Option<&str>,
+        next: Option<&str>,
+        secure: bool,
+    ) -> Self {
+        let key = |k: Option<&str>| {
+            k.filter(|k| !k.is_empty())
+                .map(|k| Key::derive_from(k.as_bytes()))
+        };
         Self {
             current: Key::derive_from(current.as_bytes()),
-            previous: previous
-                .filter(|p| !p.is_empty())
-                .map(|p| Key::derive_from(p.as_bytes())),
+            previous: key(previous),
+            next: key(next),
             secure,
         }
     }
@@ -163,6 +185,9 @@ impl IdentityKeys {
             }
             if let Some(id) = self.previous.as_ref().and_then(verified) {
                 return Presented::Previous(id);
+            }
+            if let Some(id) = self.next.as_ref().and_then(verified) {
+                return Presented::Upcoming(id);
             }
         }
         Presented::None
@@ -220,20 +245,27 @@ pub struct Issuer {
 impl Issuer {
     /// From the flags, once the keys are checked.
     pub fn new(args: &IdentityArgs) -> Result<Self, KeyError> {
-        let previous = args
-            .identity_key_previous
-            .as_deref()
-            .filter(|p| !p.is_empty());
+        let given = |key: &Option<String>| key.clone().filter(|k| !k.is_empty());
+        let (previous, next) = (
+            given(&args.identity_key_previous),
+            given(&args.identity_key_next),
+        );
         for (name, key) in [
             (ports::ENV_IDENTITY_KEY, Some(args.identity_key.as_str())),
-            (ports::ENV_IDENTITY_KEY_PREVIOUS, previous),
+            (ports::ENV_IDENTITY_KEY_PREVIOUS, previous.as_deref()),
+            (ports::ENV_IDENTITY_KEY_NEXT, next.as_deref()),
         ] {
             if key.is_some_and(|key| key.len() < KEY_MIN_BYTES) {
                 return Err(KeyError { name });
             }
         }
         Ok(Self {
-            keys: IdentityKeys::new(&args.identity_key, previous, args.identity_cookie_secure),
+            keys: IdentityKeys::rotating(
+                &args.identity_key,
+                previous.as_deref(),
+                next.as_deref(),
+                args.identity_cookie_secure,
+            ),
             limit: args.identity_issue_limit,
             window: Duration::from_secs(args.identity_issue_window_seconds),
         })
@@ -250,7 +282,7 @@ impl Issuer {
         address: Option<IpAddr>,
     ) -> (Seat, Option<HeaderValue>) {
         match self.keys.presented(headers) {
-            Presented::Current(id) => {
+            Presented::Current(id) | Presented::Upcoming(id) => {
                 metrics.seat("verified");
                 (Seat::Player(Player::new(id)), None)
             }
@@ -345,7 +377,10 @@ mod tests {
             !text.starts_with(&format!("{COOKIE_NAME}={id}")),
             "the value carries its signature, not the bare id: {text}"
         );
-        assert_eq!(keys.presented(&request_with(&set)), Presented::Current(id.clone()));
+        assert_eq!(
+            keys.presented(&request_with(&set)),
+            Presented::Current(id.clone())
+        );
         let secure_keys = IdentityKeys::new(KEY, None, true);
         let secure = secure_keys.set_cookie(&id);
         let text = secure.to_str().expect("text");
@@ -401,6 +436,29 @@ mod tests {
         );
         let again = IdentityKeys::new("a third key, after the next rotation!", Some(KEY), false);
         assert_eq!(again.presented(&request_with(&before)), Presented::None);
+    }
+
+    #[test]
+    fn mid_rotation_the_next_key_verifies_without_signing() {
+        let id = new_identity();
+        let promoted = IdentityKeys::new(KEY, Some(OLD_KEY), false).set_cookie(&id);
+        // A gateway not yet promoted: it signs with the old key and knows the new one.
+        let before = IdentityKeys::rotating(OLD_KEY, None, Some(KEY), false);
+        assert_eq!(
+            before.presented(&request_with(&promoted)),
+            Presented::Upcoming(id.clone())
+        );
+        let own = before.set_cookie(&id);
+        assert_eq!(
+            before.presented(&request_with(&own)),
+            Presented::Current(id.clone())
+        );
+        // And the promoted gateway reads what the other still signs.
+        let after = IdentityKeys::new(KEY, Some(OLD_KEY), false);
+        assert_eq!(
+            after.presented(&request_with(&own)),
+            Presented::Previous(id)
+        );
     }
 
     #[test]

@@ -243,6 +243,8 @@ async fn forged_and_foreign_cookies_choose_no_identity() {
     }
 }
 
+/// The two steps of a rotation (docs/protocol.md, Identity): whichever gateways a browser
+/// meets while they roll, its identity verifies.
 #[tokio::test]
 async fn after_a_key_rotation_old_cookies_still_verify_and_are_signed_anew() {
     let redis = RedisServer::start().await;
@@ -269,6 +271,19 @@ async fn after_a_key_rotation_old_cookies_still_verify_and_are_signed_anew() {
         .clone()
         .expect("signed anew with the new key");
     assert_ne!(renewed, old_cookie);
+    // A gateway the rotation's first step reached (the new key to verify only) reads the
+    // renewed cookie as it is, and signs new ones with the old key still.
+    let first_step = gateway_on(&redis, api, &["--identity-key-next", new_key]).await;
+    let back = visit(&first_step, Some(&renewed)).await;
+    assert_eq!(
+        back.handle(),
+        Some(handle.as_str()),
+        "no identity lost mid-rotation"
+    );
+    assert!(
+        back.set_cookie.is_none(),
+        "kept, not signed back with the old key"
+    );
     // After the next rotation only the renewed cookie still verifies.
     let next = gateway_on(
         &redis,
