@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use pixel_common::{operator_contract::LEASE_NAME, ports};
+use pixel_common::{
+    operator_contract::{LEASE_NAME, ROTATE_IDENTITY_KEY_ANNOTATION},
+    ports,
+};
 use pixel_harness::{
     cluster::{Cluster, OPERATOR_NAMESPACE},
     deps,
@@ -45,7 +48,7 @@ struct Stage<'a> {
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 10] = [
+const CHECKS: [(&str, Check); 11] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -69,6 +72,10 @@ const CHECKS: [(&str, Check); 10] = [
         redis_pod_deleted_keeps_every_pixel,
     ),
     ("network-policy-guards-redis", network_policy_guards_redis),
+    (
+        "identity-key-rotation-keeps-identities",
+        identity_key_rotation_keeps_identities,
+    ),
     (
         "operator-pod-deleted-standby-reconciles",
         operator_pod_deleted_standby_reconciles,
@@ -295,11 +302,24 @@ impl Stage<'_> {
     /// Places `pixels` through the Ingress as the page does (over the gateway's
     /// WebSocket, `pixel-browser-check place`); returns the versions they produced.
     fn place(&self, pixels: &[(u32, u32, u32)]) -> Result<Vec<u64>> {
+        Ok(self.place_as(None, pixels)?.0)
+    }
+
+    /// [`Self::place`] as the person whose identity cookie `cookie_file` keeps (a browser
+    /// across visits); also returns the handle they placed as.
+    fn place_as(
+        &self,
+        cookie_file: Option<&std::path::Path>,
+        pixels: &[(u32, u32, u32)],
+    ) -> Result<(Vec<u64>, String)> {
         let mut cmd = self.browser_check("place")?;
         cmd.args([
             "--ws-url",
             &format!("ws://{HOST}:{}{}", self.ingress_port, ports::WS_PATH),
         ]);
+        if let Some(file) = cookie_file {
+            cmd.arg("--cookie-file").arg(file);
+        }
         for (x, y, color) in pixels {
             cmd.args(["--pixel", &format!("{x},{y},{color}")]);
         }
@@ -315,7 +335,11 @@ impl Stage<'_> {
             versions.len(),
             pixels.len()
         );
-        Ok(versions)
+        let handle = summary["handle"]
+            .as_str()
+            .with_context(|| format!("placed without an identity: {summary}"))?
+            .to_owned();
+        Ok((versions, handle))
     }
 
     /// An HTTP request through the Ingress controller, with the canvas's host.
@@ -784,6 +808,88 @@ fn network_policy_guards_redis(stage: &Stage) -> Result<()> {
     for component in ["api", "gateway"] {
         stage.wait_ready_pods(component, 2, Duration::from_secs(90))?;
     }
+    Ok(())
+}
+
+/// `kubectl annotate pxc real pixel-playground.dev/rotate-identity-key=…`: the operator
+/// rotates the identity key in two steps, each a roll of the gateway pods (the new key first
+/// verifies only, then signs), and a person who placed before the rotation is still the
+/// same person after it, with the cookie the old key signed.
+fn identity_key_rotation_keeps_identities(stage: &Stage) -> Result<()> {
+    let cookie = tempfile::NamedTempFile::new()?;
+    let (_, before) = stage.place_as(Some(cookie.path()), &[(40, 40, 3)])?;
+    // The keys as the Secret holds them (base64: compared, never decoded).
+    let secret = |key: &str| -> Result<String> {
+        let secret = stage.kubectl_json(&[
+            "get",
+            "secret",
+            &format!("{CANVAS}-internal"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])?;
+        Ok(secret["data"][key].as_str().unwrap_or_default().to_owned())
+    };
+    let generation = || -> Result<u64> {
+        stage
+            .kubectl(&[
+                "get",
+                &format!("deploy/{CANVAS}-gateway"),
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.metadata.generation}",
+            ])?
+            .trim()
+            .parse()
+            .context("the gateway Deployment's generation")
+    };
+    let (key_before, generation_before) = (secret("identity-key")?, generation()?);
+    let value = format!("real-pods-{}", fastrand::u64(..));
+    let started = Instant::now();
+    stage.kubectl(&[
+        "annotate",
+        "pxc",
+        CANVAS,
+        "-n",
+        NAMESPACE,
+        &format!("{ROTATE_IDENTITY_KEY_ANNOTATION}={value}"),
+        "--overwrite",
+    ])?;
+    process::wait_until(
+        "the rotation to finish (the new key signing, none pending)",
+        Duration::from_secs(300),
+        || {
+            Ok(secret("identity-key")? != key_before
+                && secret("identity-key-next")?.is_empty()
+                && secret("identity-key-previous")? == key_before)
+        },
+    )?;
+    stage.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deploy/{CANVAS}-gateway"),
+        "-n",
+        NAMESPACE,
+        "--timeout=240s",
+    ])?;
+    stage.wait_ready_pods("gateway", 2, Duration::from_secs(180))?;
+    let rolls = generation()? - generation_before;
+    ensure!(
+        rolls == 2,
+        "the gateway rolled {rolls} times, not the rotation's 2"
+    );
+    let (_, after) = stage.place_as(Some(cookie.path()), &[(41, 40, 4)])?;
+    ensure!(
+        after == before,
+        "placed as {before} before the rotation and as {after} after it"
+    );
+    println!(
+        "real-pods: the identity key rotated in two gateway rolls in {:.1} s; the person who \
+         placed as {before} before placed as {after} after, with the cookie the old key signed",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

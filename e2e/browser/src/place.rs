@@ -24,6 +24,10 @@ pub struct Args {
     /// `X,Y,COLOR` (repeatable): a pixel to place, in order.
     #[arg(long = "pixel", required = true, value_parser = parse_pixel)]
     pixels: Vec<(u64, u64, u64)>,
+    /// Where the identity cookie is kept between runs, as a browser keeps it: read before
+    /// connecting when the file exists, written with the cookie the connection ends with.
+    #[arg(long)]
+    cookie_file: Option<std::path::PathBuf>,
     /// Bound on the connection and on each answer, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
     patience_secs: u64,
@@ -47,6 +51,8 @@ pub struct Summary {
     check: &'static str,
     /// The canvas version each placement produced, in the order given.
     versions: Vec<u64>,
+    /// Who placed them: the hello's identity handle.
+    handle: Option<String>,
 }
 
 pub async fn run(args: Args) -> Result<Summary> {
@@ -57,7 +63,15 @@ pub async fn run(args: Args) -> Result<Summary> {
         Duration::from_secs(args.patience_secs),
     )
     .await?;
-    let ((mut socket, _hello), _) = target.connect_retrying(None).await?;
+    if let Some(file) = &args.cookie_file
+        && let Ok(cookie) = std::fs::read_to_string(file)
+    {
+        target.keep_cookie(cookie.trim().to_owned());
+    }
+    let ((mut socket, hello), _) = target.connect_retrying(None).await?;
+    if let (Some(file), Some(cookie)) = (&args.cookie_file, target.cookie()) {
+        std::fs::write(file, cookie).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let mut versions = Vec::with_capacity(args.pixels.len());
     for (id, &(x, y, color)) in args.pixels.iter().enumerate() {
         let message =
@@ -99,6 +113,7 @@ pub async fn run(args: Args) -> Result<Summary> {
     Ok(Summary {
         check: "place",
         versions,
+        handle: hello.handle,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct Hello {
     pub width: u64,
     pub height: u64,
     pub palette_len: usize,
+    /// The identity this connection places as (`null` for a watcher).
+    pub handle: Option<String>,
 }
 
 impl Target {
@@ -87,6 +89,18 @@ impl Target {
             patience,
             cookie: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Sends `cookie` (`name=value`, as a browser sends it back) from the next handshake on.
+    pub fn keep_cookie(&self, cookie: String) {
+        if let Ok(mut kept) = self.cookie.lock() {
+            *kept = Some(cookie);
+        }
+    }
+
+    /// The cookie the handshakes send, if any (the last one a gateway set, or kept).
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.lock().ok().and_then(|c| c.clone())
     }
 
     /// The WebSocket URL, as given.
@@ -206,6 +220,7 @@ pub fn parse_hello(text: &str) -> Result<Hello> {
         width: number("width")?,
         height: number("height")?,
         palette_len: hello["palette"].as_array().map_or(0, Vec::len),
+        handle: hello["identity"]["handle"].as_str().map(str::to_owned),
     })
 }
 
