@@ -31,7 +31,7 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     pixel_harness::deps::ensure_free_space(&paths::repo_root(), TEST_BUILD_BYTES, "a test build")?;
     // On a fresh machine the Go tools take half an hour to build; they need no test's
     // result, so they build meanwhile on the cores the tests leave idle.
-    let toolchain = toolchain::BackgroundBuild::start();
+    let toolchain = toolchain::BackgroundBuild::start(true);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_test = |extra: &[&str]| {
         let mut cmd = Command::new(&cargo);
@@ -191,7 +191,7 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster, suites_to_run: Suites) 
     let operator = Operator::start(&operator_kubeconfig, &report_dir.join("operator.log"), &[])?;
     let path = prepend_path(tools.kubectl.parent().context("kubectl has a directory")?);
     let run = process::output_unchecked(
-        Command::new(&tools.chainsaw)
+        Command::new(toolchain::ensure_chainsaw()?)
             .env("KUBECONFIG", cluster.kubeconfig())
             // Scripts in the suites run the pinned kubectl.
             .env("PATH", path)

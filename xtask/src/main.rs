@@ -89,7 +89,14 @@ fn main() -> ExitCode {
         Command::Image => image::run(),
         Command::Deny => deny::run(),
         Command::Fuzz(args) => fuzz::run(&args),
-        Command::Toolchain => pixel_harness::toolchain::ensure().map(|tools| tools.print()),
+        Command::Toolchain => pixel_harness::toolchain::ensure().and_then(|tools| {
+            tools.print();
+            println!(
+                "  {}",
+                pixel_harness::toolchain::ensure_chainsaw()?.display()
+            );
+            Ok(())
+        }),
         Command::Bench(args) => bench::run(&args),
         Command::ApiFuzz => api_fuzz::run(),
     };

@@ -34,7 +34,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
     // The images need no cluster: they build while the Go tools do (those at the lowest
     // priority, so the image build goes first).
-    let toolchain = toolchain::BackgroundBuild::start();
+    let toolchain = toolchain::BackgroundBuild::start(false);
     println!("Building the images (cargo xtask image)...");
     let built = images::build_all(&images::output_dir())?;
     let tools = toolchain.wait()?;

@@ -111,11 +111,11 @@ const KUBE_ROUTER: Component = Component {
         "kube-router",
     )],
 };
-const COMPONENTS: [&Component; 8] = [
+/// What a cluster runs; chainsaw, which only the test suites need, is built apart.
+const COMPONENTS: [&Component; 7] = [
     &KUBERNETES,
     &ETCD,
     &KWOK,
-    &CHAINSAW,
     &CONTAINERD,
     &COREDNS,
     &TRAEFIK,
@@ -165,7 +165,6 @@ pub struct Tools {
     pub etcd: PathBuf,
     pub kwok: PathBuf,
     pub kwokctl: PathBuf,
-    pub chainsaw: PathBuf,
     pub containerd: PathBuf,
     pub containerd_shim: PathBuf,
     pub ctr: PathBuf,
@@ -187,7 +186,6 @@ impl Tools {
             &self.etcd,
             &self.kwok,
             &self.kwokctl,
-            &self.chainsaw,
             &self.containerd,
             &self.containerd_shim,
             &self.ctr,
@@ -207,6 +205,8 @@ struct Progress {
     every: Duration,
     /// Set by the owner of a background build that no longer wants it.
     cancelled: Arc<AtomicBool>,
+    /// Build chainsaw too (for the test suites).
+    with_chainsaw: bool,
 }
 
 impl Progress {
@@ -214,6 +214,7 @@ impl Progress {
         Self {
             every: Duration::from_secs(20),
             cancelled: Arc::new(AtomicBool::new(false)),
+            with_chainsaw: false,
         }
     }
 }
@@ -233,11 +234,13 @@ pub struct BackgroundBuild {
 }
 
 impl BackgroundBuild {
-    pub fn start() -> Self {
+    /// `with_chainsaw`: also the test suites' runner, which a cluster does not need.
+    pub fn start(with_chainsaw: bool) -> Self {
         let progress = Progress {
             // Quieter than in the foreground: the caller's output runs meanwhile.
             every: Duration::from_secs(120),
             cancelled: Arc::new(AtomicBool::new(false)),
+            with_chainsaw,
         };
         let cancelled = Arc::clone(&progress.cancelled);
         let thread = thread::spawn(move || ensure_with(&progress));
@@ -272,16 +275,18 @@ fn ensure_with(progress: &Progress) -> Result<Tools> {
     for component in COMPONENTS {
         dirs.push(ensure_component(component, progress)?);
     }
+    if progress.with_chainsaw {
+        ensure_component(&CHAINSAW, progress)?;
+    }
     let [
         kubernetes,
         etcd,
         kwok,
-        chainsaw,
         containerd,
         coredns,
         traefik,
         kube_router,
-    ] = <[PathBuf; 8]>::try_from(dirs).expect("one dir per component");
+    ] = <[PathBuf; 7]>::try_from(dirs).expect("one dir per component");
     Ok(Tools {
         kubernetes_version: pinned_version(&KUBERNETES)?,
         kube_apiserver: kubernetes.join("kube-apiserver"),
@@ -293,7 +298,6 @@ fn ensure_with(progress: &Progress) -> Result<Tools> {
         etcd: etcd.join("etcd"),
         kwok: kwok.join("kwok"),
         kwokctl: kwok.join("kwokctl"),
-        chainsaw: chainsaw.join("chainsaw"),
         containerd: containerd.join("containerd"),
         containerd_shim: containerd.join("containerd-shim-runc-v2"),
         ctr: containerd.join("ctr"),
@@ -301,6 +305,12 @@ fn ensure_with(progress: &Progress) -> Result<Tools> {
         traefik: traefik.join("traefik"),
         kube_router: kube_router.join("kube-router"),
     })
+}
+
+/// Builds chainsaw (the test suites' runner) when the cache lacks it and returns its path.
+pub fn ensure_chainsaw() -> Result<PathBuf> {
+    check_go()?;
+    Ok(ensure_component(&CHAINSAW, &Progress::foreground())?.join("chainsaw"))
 }
 
 /// Builds Centrifugo when the cache lacks it and returns the binary's path.
@@ -608,7 +618,7 @@ mod tests {
 
     #[test]
     fn every_component_pins_its_module() {
-        for component in COMPONENTS {
+        for component in COMPONENTS.into_iter().chain([&CHAINSAW, &CENTRIFUGO]) {
             let version = pinned_version(component).expect("pinned");
             assert!(version.starts_with('v'), "{}: {version}", component.name);
         }
