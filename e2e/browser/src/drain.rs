@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::{
@@ -37,7 +37,7 @@ use pixel_common::wire::UpdateFrame;
 use crate::{
     POLL, Resolve,
     gateways::{self, Gateway},
-    ws::{Hello, Socket, Target},
+    ws::{self, Hello, Socket, Target},
 };
 
 /// After the expected closes, how long without another close before they count as done.
@@ -477,35 +477,7 @@ async fn place(target: &Target, gateways: &[Gateway], hello: &Hello) -> Result<u
         hello.height.saturating_sub(1),
     );
     let color = usize::from(hello.palette_len > 1);
-    let message = serde_json::json!({"type": "place", "x": x, "y": y, "color": color, "id": 1});
-    socket
-        .send(Message::text(message.to_string()))
-        .await
-        .context("sending the placement")?;
-    let started = Instant::now();
-    let version = loop {
-        let left = target.patience.saturating_sub(started.elapsed());
-        let next = tokio::time::timeout(left, socket.next())
-            .await
-            .context("no answer to the placement")?;
-        match next {
-            Some(Ok(Message::Text(text))) => {
-                let answer: Value = serde_json::from_str(text.as_str())?;
-                match answer["type"].as_str() {
-                    Some("placed") if answer["id"] == 1 => {
-                        break answer["version"]
-                            .as_u64()
-                            .with_context(|| format!("placed without a version: {answer}"))?;
-                    }
-                    Some("error") => bail!("the placement was refused: {answer}"),
-                    _ => {}
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return Err(error).context("the placing connection failed"),
-            None => bail!("the placing connection closed before the answer"),
-        }
-    };
+    let version = ws::place(&mut socket, target.patience, 1, (x, y, color as u64)).await?;
     ensure!(
         version > greeting.version,
         "placed version {version} is not above the hello's {}",

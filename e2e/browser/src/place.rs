@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{Context, Result, ensure};
 use serde::Serialize;
-use serde_json::Value;
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Resolve, ws::Target};
+use crate::{
+    Resolve,
+    ws::{self, Target},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -74,36 +73,7 @@ pub async fn run(args: Args) -> Result<Summary> {
     }
     let mut versions = Vec::with_capacity(args.pixels.len());
     for (id, &(x, y, color)) in args.pixels.iter().enumerate() {
-        let message =
-            serde_json::json!({"type": "place", "x": x, "y": y, "color": color, "id": id});
-        socket
-            .send(Message::text(message.to_string()))
-            .await
-            .with_context(|| format!("sending placement {id} ({x},{y})"))?;
-        let started = Instant::now();
-        let version = loop {
-            let left = target.patience.saturating_sub(started.elapsed());
-            let next = tokio::time::timeout(left, socket.next())
-                .await
-                .with_context(|| format!("no answer to placement {id} ({x},{y})"))?;
-            match next {
-                Some(Ok(Message::Text(text))) => {
-                    let answer: Value = serde_json::from_str(text.as_str())?;
-                    match answer["type"].as_str() {
-                        Some("placed") if answer["id"] == id => {
-                            break answer["version"]
-                                .as_u64()
-                                .with_context(|| format!("placed without a version: {answer}"))?;
-                        }
-                        Some("error") => bail!("placement {id} ({x},{y}) was refused: {answer}"),
-                        _ => {}
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error).context("the placing connection failed"),
-                None => bail!("the placing connection closed before answer {id}"),
-            }
-        };
+        let version = ws::place(&mut socket, target.patience, id as u64, (x, y, color)).await?;
         if let Some(&previous) = versions.last() {
             ensure!(version > previous, "version {version} after {previous}");
         }

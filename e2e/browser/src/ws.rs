@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::{net::TcpStream, time::Instant};
 use tokio_tungstenite::{
@@ -199,6 +199,46 @@ impl Target {
             }
             eprintln!("attempt {attempts} failed ({error:#}); retrying in {delay:?}");
             tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Places pixel (`x`, `y`) in `color` on `socket`, as message `id`, and returns the canvas
+/// version it produced; a refusal, a broken connection or no answer within `patience` is
+/// an error.
+pub async fn place(
+    socket: &mut Socket,
+    patience: Duration,
+    id: u64,
+    (x, y, color): (u64, u64, u64),
+) -> Result<u64> {
+    let message = serde_json::json!({"type": "place", "x": x, "y": y, "color": color, "id": id});
+    socket
+        .send(Message::text(message.to_string()))
+        .await
+        .with_context(|| format!("sending placement {id} ({x},{y})"))?;
+    let started = Instant::now();
+    loop {
+        let left = patience.saturating_sub(started.elapsed());
+        let next = tokio::time::timeout(left, socket.next())
+            .await
+            .with_context(|| format!("no answer to placement {id} ({x},{y})"))?;
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let answer: Value = serde_json::from_str(text.as_str())?;
+                match answer["type"].as_str() {
+                    Some("placed") if answer["id"] == id => {
+                        return answer["version"]
+                            .as_u64()
+                            .with_context(|| format!("placed without a version: {answer}"));
+                    }
+                    Some("error") => bail!("placement {id} ({x},{y}) was refused: {answer}"),
+                    _ => {}
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error).context("the placing connection failed"),
+            None => bail!("the placing connection closed before answer {id}"),
         }
     }
 }
