@@ -248,6 +248,25 @@ async fn open_in(
     page
 }
 
+/// Fails on any uncaught exception a page threw, then closes the browser and stops the
+/// site's gateway.
+async fn finish(
+    mut browser: Browser,
+    events: tokio::task::JoinHandle<()>,
+    errors: &Arc<Mutex<Vec<String>>>,
+    site: Site,
+) {
+    let errors = errors.lock().expect("lock").clone();
+    assert!(
+        errors.is_empty(),
+        "uncaught exceptions in the page: {errors:?}"
+    );
+    browser.close().await.expect("close the browser");
+    browser.wait().await.expect("browser exits");
+    events.abort();
+    site.gateway.stop(Duration::from_secs(5)).await;
+}
+
 /// Evaluates a JavaScript expression and returns its JSON value.
 async fn eval(page: &Page, expression: &str) -> Value {
     let params = EvaluateParams::builder()
@@ -399,7 +418,7 @@ async fn a_click_in_one_page_shows_in_the_other() {
         .prefix("pixel-chromium-")
         .tempdir()
         .expect("profile dir");
-    let (mut browser, events) = launch(&chromium, profile.path()).await;
+    let (browser, events) = launch(&chromium, profile.path()).await;
     let errors = Arc::new(Mutex::new(Vec::new()));
 
     let painter = open(&browser, &url, &errors).await;
@@ -456,16 +475,7 @@ async fn a_click_in_one_page_shows_in_the_other() {
     wait_colour(&watcher, "the phone page", PHONE_PIXEL, BLUE.1).await;
     save_screenshot(&watcher, "frontend-phone.png").await;
 
-    let errors = errors.lock().expect("lock").clone();
-    assert!(
-        errors.is_empty(),
-        "uncaught exceptions in the page: {errors:?}"
-    );
-
-    browser.close().await.expect("close the browser");
-    browser.wait().await.expect("browser exits");
-    events.abort();
-    site.gateway.stop(Duration::from_secs(5)).await;
+    finish(browser, events, &errors, site).await;
 }
 
 /// One cooldown per person: after a placement, a reload keeps the page's identity and shows
@@ -481,7 +491,7 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
         .prefix("pixel-chromium-")
         .tempdir()
         .expect("profile dir");
-    let (mut browser, events) = launch(&chromium, profile.path()).await;
+    let (browser, events) = launch(&chromium, profile.path()).await;
     let errors = Arc::new(Mutex::new(Vec::new()));
     let state = |page: &Page| {
         let page = page.clone();
@@ -571,13 +581,5 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
         "exactly the two placements, one per person (the click during the cooldown placed nothing): {history}"
     );
 
-    let errors = errors.lock().expect("lock").clone();
-    assert!(
-        errors.is_empty(),
-        "uncaught exceptions in the page: {errors:?}"
-    );
-    browser.close().await.expect("close the browser");
-    browser.wait().await.expect("browser exits");
-    events.abort();
-    site.gateway.stop(Duration::from_secs(5)).await;
+    finish(browser, events, &errors, site).await;
 }
