@@ -370,7 +370,7 @@ impl Session<'_> {
         let page = self.open().await?;
         self.wait_live(&page).await?;
         let gateway = gateways::which_gained(gateways, &before, self.patience).await?;
-        let handle = eval(&page, "window.pixelPlayground.state().clientId")
+        let handle = eval(&page, "window.pixelPlayground.state().handle")
             .await?
             .as_str()
             .context("the page has no identity")?
