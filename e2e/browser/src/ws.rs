@@ -204,8 +204,9 @@ impl Target {
 }
 
 /// Places pixel (`x`, `y`) in `color` on `socket`, as message `id`, and returns the canvas
-/// version it produced; a refusal, a broken connection or no answer within `patience` is
-/// an error.
+/// version it produced. Like the page, it waits out a `rate_limited` answer's
+/// `retryAfterMs` and sends again; any other refusal, a broken connection or no answer
+/// within `patience` is an error.
 pub async fn place(
     socket: &mut Socket,
     patience: Duration,
@@ -213,32 +214,39 @@ pub async fn place(
     (x, y, color): (u64, u64, u64),
 ) -> Result<u64> {
     let message = serde_json::json!({"type": "place", "x": x, "y": y, "color": color, "id": id});
-    socket
-        .send(Message::text(message.to_string()))
-        .await
-        .with_context(|| format!("sending placement {id} ({x},{y})"))?;
     let started = Instant::now();
-    loop {
-        let left = patience.saturating_sub(started.elapsed());
-        let next = tokio::time::timeout(left, socket.next())
+    'send: loop {
+        socket
+            .send(Message::text(message.to_string()))
             .await
-            .with_context(|| format!("no answer to placement {id} ({x},{y})"))?;
-        match next {
-            Some(Ok(Message::Text(text))) => {
-                let answer: Value = serde_json::from_str(text.as_str())?;
-                match answer["type"].as_str() {
-                    Some("placed") if answer["id"] == id => {
-                        return answer["version"]
-                            .as_u64()
-                            .with_context(|| format!("placed without a version: {answer}"));
+            .with_context(|| format!("sending placement {id} ({x},{y})"))?;
+        loop {
+            let left = patience.saturating_sub(started.elapsed());
+            let next = tokio::time::timeout(left, socket.next())
+                .await
+                .with_context(|| format!("no answer to placement {id} ({x},{y})"))?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let answer: Value = serde_json::from_str(text.as_str())?;
+                    match answer["type"].as_str() {
+                        Some("placed") if answer["id"] == id => {
+                            return answer["version"]
+                                .as_u64()
+                                .with_context(|| format!("placed without a version: {answer}"));
+                        }
+                        Some("error") if answer["code"] == "rate_limited" => {
+                            let wait = answer["retryAfterMs"].as_u64().unwrap_or(200);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                            continue 'send;
+                        }
+                        Some("error") => bail!("placement {id} ({x},{y}) was refused: {answer}"),
+                        _ => {}
                     }
-                    Some("error") => bail!("placement {id} ({x},{y}) was refused: {answer}"),
-                    _ => {}
                 }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error).context("the placing connection failed"),
+                None => bail!("the placing connection closed before answer {id}"),
             }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return Err(error).context("the placing connection failed"),
-            None => bail!("the placing connection closed before answer {id}"),
         }
     }
 }
