@@ -103,6 +103,13 @@ impl Target {
         self.cookie.lock().ok().and_then(|c| c.clone())
     }
 
+    /// Bound on one handshake: shorter than the patience, so that a handshake the Ingress
+    /// holds while it still routes to a pod that is gone (a rollout's old pod, until its
+    /// endpoints update) leaves time for another attempt, which lands elsewhere.
+    fn attempt_limit(&self) -> Duration {
+        self.patience.min(Duration::from_secs(8))
+    }
+
     /// The WebSocket URL, as given.
     pub fn url(&self) -> &str {
         &self.url
@@ -134,7 +141,7 @@ impl Target {
                 .insert(COOKIE, HeaderValue::from_str(&cookie)?);
         }
         let (mut socket, response) =
-            tokio::time::timeout(self.patience, client_async(request, stream))
+            tokio::time::timeout(self.attempt_limit(), client_async(request, stream))
                 .await
                 .with_context(|| format!("the WebSocket handshake with {url} timed out"))?
                 .map_err(|error| match error {
