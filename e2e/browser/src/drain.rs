@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode
 use pixel_common::wire::UpdateFrame;
 
 use crate::{
-    POLL, Resolve,
+    POLL,
     gateways::{self, Gateway},
     ws::{self, Hello, Socket, Target},
 };
@@ -49,13 +49,8 @@ pub const READY: &str = "ready";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The gateway's WebSocket URL through the Ingress: `ws://<host>:<port>/ws`.
-    #[arg(long)]
-    ws_url: String,
-    /// `HOST=ADDRESS` (repeatable): connect to ADDRESS for HOST; the request still names
-    /// HOST (its `Host` header), as a browser's would.
-    #[arg(long)]
-    resolve: Vec<Resolve>,
+    #[command(flatten)]
+    endpoint: ws::Endpoint,
     /// The `Origin` header, as a browser on the canvas's page sends it; by default
     /// `http://` and the URL's host and port (the page's own origin).
     #[arg(long)]
@@ -160,8 +155,8 @@ pub async fn run(args: Args) -> Result<Summary> {
         args.clients
     );
     let target = Target::new(
-        &args.ws_url,
-        &args.resolve,
+        &args.endpoint.ws_url,
+        &args.endpoint.resolve,
         args.origin.as_deref(),
         Duration::from_secs(args.patience_secs),
     )

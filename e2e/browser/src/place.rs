@@ -7,19 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
-use crate::{
-    Resolve,
-    ws::{self, Target},
-};
+use crate::ws::{self, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The gateway's WebSocket URL through the Ingress: `ws://<host>:<port>/ws`.
-    #[arg(long)]
-    ws_url: String,
-    /// `HOST=ADDRESS` (repeatable): connect to ADDRESS for HOST.
-    #[arg(long)]
-    resolve: Vec<Resolve>,
+    #[command(flatten)]
+    endpoint: ws::Endpoint,
     /// `X,Y,COLOR` (repeatable): a pixel to place, in order.
     #[arg(long = "pixel", required = true, value_parser = parse_pixel)]
     pixels: Vec<(u64, u64, u64)>,
@@ -56,8 +49,8 @@ pub struct Summary {
 
 pub async fn run(args: Args) -> Result<Summary> {
     let target = Target::new(
-        &args.ws_url,
-        &args.resolve,
+        &args.endpoint.ws_url,
+        &args.endpoint.resolve,
         None,
         Duration::from_secs(args.patience_secs),
     )

@@ -23,6 +23,18 @@ use tokio_tungstenite::{
 
 use crate::Resolve;
 
+/// Where a check's WebSocket clients connect (its flags).
+#[derive(Debug, clap::Args)]
+pub struct Endpoint {
+    /// The gateway's WebSocket URL through the Ingress: `ws://<host>:<port>/ws`.
+    #[arg(long)]
+    pub ws_url: String,
+    /// `HOST=ADDRESS` (repeatable): connect to ADDRESS for HOST; the request still names
+    /// HOST (its `Host` header), as a browser's would.
+    #[arg(long)]
+    pub resolve: Vec<Resolve>,
+}
+
 /// Where and how the clients connect.
 #[derive(Debug)]
 pub struct Target {

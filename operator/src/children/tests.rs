@@ -25,6 +25,17 @@ fn desired_with(canvas: &PixelCanvas, defaults: &Defaults) -> Desired {
     )
 }
 
+/// Asserts which pods a change from `base` to `changed` rolls (their config hash moves).
+fn assert_rolls(base: &Desired, changed: &Desired, change: &str, rolls: [(&str, bool); 4]) {
+    for (name, rolls) in rolls {
+        assert_eq!(
+            pod_annotation(base, name) != pod_annotation(changed, name),
+            rolls,
+            "{change}, {name}"
+        );
+    }
+}
+
 fn credentials(redis_password: &str, api_token: &str) -> Credentials {
     Credentials {
         redis_password: redis_password.to_owned(),
@@ -499,18 +510,17 @@ fn only_the_pods_that_consume_a_change_roll() {
     let recoloured = desired_for(&canvas(
         json!({"canvas": {"palette": ["#000000", "#FFFFFF"]}}),
     ));
-    for (name, rolls) in [
-        ("demo-api", true),
-        ("demo-gateway", true),
-        ("demo-frontend", false),
-        ("demo-redis", false),
-    ] {
-        assert_eq!(
-            pod_annotation(&base, name) != pod_annotation(&recoloured, name),
-            rolls,
-            "palette change, {name}"
-        );
-    }
+    assert_rolls(
+        &base,
+        &recoloured,
+        "palette change",
+        [
+            ("demo-api", true),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", false),
+        ],
+    );
     let c = canvas(json!({}));
     let rotated = desired(
         &Inputs::new(
@@ -520,18 +530,17 @@ fn only_the_pods_that_consume_a_change_roll() {
         )
         .expect("context"),
     );
-    for (name, rolls) in [
-        ("demo-api", true),
-        ("demo-gateway", true),
-        ("demo-frontend", false),
-        ("demo-redis", true),
-    ] {
-        assert_eq!(
-            pod_annotation(&base, name) != pod_annotation(&rotated, name),
-            rolls,
-            "password change, {name}"
-        );
-    }
+    assert_rolls(
+        &base,
+        &rotated,
+        "password change",
+        [
+            ("demo-api", true),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", true),
+        ],
+    );
     let new_token = desired(
         &Inputs::new(
             &c,
@@ -540,18 +549,17 @@ fn only_the_pods_that_consume_a_change_roll() {
         )
         .expect("context"),
     );
-    for (name, rolls) in [
-        ("demo-api", true),
-        ("demo-gateway", true),
-        ("demo-frontend", false),
-        ("demo-redis", false),
-    ] {
-        assert_eq!(
-            pod_annotation(&base, name) != pod_annotation(&new_token, name),
-            rolls,
-            "internal token change, {name}"
-        );
-    }
+    assert_rolls(
+        &base,
+        &new_token,
+        "internal token change",
+        [
+            ("demo-api", true),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", false),
+        ],
+    );
     let scaled = desired_for(&canvas(json!({"api": {"replicas": 7}})));
     for name in ["demo-api", "demo-gateway", "demo-frontend", "demo-redis"] {
         assert_eq!(
@@ -913,16 +921,15 @@ fn a_rotation_is_in_the_internal_secret_and_rolls_only_the_gateways() {
         data[IDENTITY_KEY_ROTATION_KEY].0, b"",
         "no rotation asked for yet"
     );
-    for (name, rolls) in [
-        ("demo-api", false),
-        ("demo-gateway", true),
-        ("demo-frontend", false),
-        ("demo-redis", false),
-    ] {
-        assert_eq!(
-            pod_annotation(&before, name) != pod_annotation(&after, name),
-            rolls,
-            "identity key rotation, {name}"
-        );
-    }
+    assert_rolls(
+        &before,
+        &after,
+        "identity key rotation",
+        [
+            ("demo-api", false),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", false),
+        ],
+    );
 }

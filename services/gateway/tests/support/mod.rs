@@ -40,24 +40,35 @@ pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
     addr
 }
 
-/// The gateway binary on `redis` and the canvas-api at `api`, with `extra` flags, once
-/// `/readyz` answers 200. Logs only warnings and the info lines of the gateway and its
-/// server (`listening` among them): nothing reads its stdout after the start, so a chatty
-/// log would fill the pipe and stall it.
-pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> RunningBinary {
-    let url = redis.url();
+/// The gateway's command line on `redis` and the canvas-api at `api`, with the tests'
+/// credentials, then `extra` (which may override them).
+fn gateway_argv(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> Vec<String> {
     let api_url = format!("http://{api}");
-    let mut args = vec![
+    let mut argv = vec![
+        "gateway",
         "--redis-url",
-        &url,
+        &redis.url(),
         "--api-url",
         &api_url,
         "--api-token",
         API_TOKEN,
         "--identity-key",
         IDENTITY_KEY,
-    ];
-    args.extend_from_slice(extra);
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    argv.extend(extra.iter().map(|flag| (*flag).to_owned()));
+    argv
+}
+
+/// The gateway binary on `redis` and the canvas-api at `api`, with `extra` flags, once
+/// `/readyz` answers 200. Logs only warnings and the info lines of the gateway and its
+/// server (`listening` among them): nothing reads its stdout after the start, so a chatty
+/// log would fill the pipe and stall it.
+pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str]) -> RunningBinary {
+    let argv = gateway_argv(redis, api, extra);
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
     let gateway = RunningBinary::start(
         env!("CARGO_BIN_EXE_gateway"),
         &args,
@@ -101,20 +112,7 @@ pub struct ServedGateway {
 
 /// A gateway on `redis` and the canvas-api at `api` with `flags`, once `/readyz` answers 200.
 pub async fn serve_gateway(redis: &RedisServer, api: SocketAddr, flags: &[&str]) -> ServedGateway {
-    let url = redis.url();
-    let api_url = format!("http://{api}");
-    let mut argv = vec![
-        "gateway",
-        "--redis-url",
-        &url,
-        "--api-url",
-        &api_url,
-        "--api-token",
-        API_TOKEN,
-        "--identity-key",
-        IDENTITY_KEY,
-    ];
-    argv.extend_from_slice(flags);
+    let argv = gateway_argv(redis, api, flags);
     let args = gateway::Args::try_parse_from(argv).expect("valid gateway flags");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
