@@ -10,7 +10,10 @@
 
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{Condition, Time},
+    },
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -128,6 +131,36 @@ pub struct CanvasSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 86400))]
     pub cooldown_seconds: i32,
+
+    /// Seconds a person may undo their last placement, which gets back the colour it
+    /// replaced and refunds the cooldown (0 to 3600; 0 disables undo).
+    #[serde(default = "default_undo_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub undo_seconds: i32,
+
+    /// Freezes the canvas: placements and undos are refused (`canvas_closed`); it stays
+    /// readable. Pods roll to take the change.
+    #[serde(default)]
+    pub read_only: bool,
+
+    /// When the canvas takes placements; before `start` and from `end` on they are refused
+    /// (`canvas_closed`), and the page counts down to the opening or says it has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// Opening hours of the canvas, as RFC 3339 instants (`2026-12-24T18:00:00Z`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.start) || !has(self.end) || timestamp(self.end) > timestamp(self.start)").message("canvas.schedule.end must come after canvas.schedule.start"))]
+pub struct ScheduleSpec {
+    /// Placements open at this instant. Unset: open already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Time>,
+
+    /// Placements close at this instant. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
 }
 
 /// The image for every Pixel Playground container.
@@ -410,6 +443,9 @@ fn default_side() -> i32 {
 }
 fn default_palette() -> Vec<String> {
     DEFAULT_PALETTE.iter().map(|c| (*c).to_owned()).collect()
+}
+fn default_undo_seconds() -> i32 {
+    5
 }
 fn default_tag() -> String {
     env!("CARGO_PKG_VERSION").to_owned()

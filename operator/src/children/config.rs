@@ -28,7 +28,7 @@ pub const IDENTITY_KEY_ROTATION_KEY: &str = "identity-key-rotation";
 /// The canvas settings, as the environment the services read (`envFrom`).
 pub fn config_data(inputs: &Inputs) -> BTreeMap<String, String> {
     let canvas = &inputs.canvas.spec.canvas;
-    BTreeMap::from([
+    let mut data = BTreeMap::from([
         (ports::ENV_CANVAS_WIDTH.to_owned(), canvas.width.to_string()),
         (
             ports::ENV_CANVAS_HEIGHT.to_owned(),
@@ -42,7 +42,33 @@ pub fn config_data(inputs: &Inputs) -> BTreeMap<String, String> {
             ports::ENV_CANVAS_COOLDOWN_SECONDS.to_owned(),
             canvas.cooldown_seconds.to_string(),
         ),
-    ])
+        (
+            ports::ENV_CANVAS_UNDO_SECONDS.to_owned(),
+            canvas.undo_seconds.to_string(),
+        ),
+        (
+            ports::ENV_CANVAS_READ_ONLY.to_owned(),
+            canvas.read_only.to_string(),
+        ),
+    ]);
+    // Unset ends are absent, not empty: the services read an empty value as an instant.
+    let schedule = canvas.schedule.as_ref();
+    let ends = [
+        (
+            ports::ENV_CANVAS_OPENS_AT,
+            schedule.and_then(|s| s.start.as_ref()),
+        ),
+        (
+            ports::ENV_CANVAS_CLOSES_AT,
+            schedule.and_then(|s| s.end.as_ref()),
+        ),
+    ];
+    for (name, at) in ends {
+        if let Some(at) = at {
+            data.insert(name.to_owned(), at.0.to_string());
+        }
+    }
+    data
 }
 
 pub fn config_map(inputs: &Inputs) -> ConfigMap {

@@ -1,5 +1,6 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use kube::Resource;
+use pixel_common::ports;
 use serde_json::json;
 
 use super::*;
@@ -568,6 +569,46 @@ fn only_the_pods_that_consume_a_change_roll() {
             "scaling rolls nothing, {name}"
         );
     }
+}
+
+#[test]
+fn undo_freeze_and_schedule_reach_the_config_and_roll_api_and_gateway() {
+    let config = |desired: &Desired| match find(desired, "ConfigMap", "demo-config") {
+        Child::ConfigMap(map) => map.data.clone().unwrap_or_default(),
+        other => panic!("not a ConfigMap: {other:?}"),
+    };
+    let base = desired_for(&canvas(json!({})));
+    let defaults = config(&base);
+    assert_eq!(defaults[ports::ENV_CANVAS_UNDO_SECONDS], "5");
+    assert_eq!(defaults[ports::ENV_CANVAS_READ_ONLY], "false");
+    assert!(!defaults.contains_key(ports::ENV_CANVAS_OPENS_AT));
+    assert!(!defaults.contains_key(ports::ENV_CANVAS_CLOSES_AT));
+
+    let changed = desired_for(&canvas(json!({"canvas": {
+        "undoSeconds": 0,
+        "readOnly": true,
+        "schedule": {"start": "2026-12-24T18:00:00+01:00", "end": "2026-12-26T00:00:00Z"},
+    }})));
+    let data = config(&changed);
+    assert_eq!(data[ports::ENV_CANVAS_UNDO_SECONDS], "0");
+    assert_eq!(data[ports::ENV_CANVAS_READ_ONLY], "true");
+    assert_eq!(data[ports::ENV_CANVAS_OPENS_AT], "2026-12-24T17:00:00Z");
+    assert_eq!(data[ports::ENV_CANVAS_CLOSES_AT], "2026-12-26T00:00:00Z");
+    let only_end = desired_for(&canvas(
+        json!({"canvas": {"schedule": {"end": "2026-12-26T00:00:00Z"}}}),
+    ));
+    assert!(!config(&only_end).contains_key(ports::ENV_CANVAS_OPENS_AT));
+    assert_rolls(
+        &base,
+        &changed,
+        "freeze",
+        [
+            ("demo-api", true),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", false),
+        ],
+    );
 }
 
 #[test]

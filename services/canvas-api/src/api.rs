@@ -23,13 +23,14 @@ use pixel_common::{
     wire::SNAPSHOT_CONTENT_TYPE,
 };
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
     cache::Encoding,
     error::{ApiError, ErrorBody},
-    store::{HistoryEntry, Placed, Placement},
+    store::{HistoryEntry, Placed, Placement, Undo},
 };
 
 /// The canvas's settings and current version.
@@ -41,6 +42,14 @@ pub struct InfoResponse {
     /// `#RRGGBB` colours; a pixel's colour is an index into this list.
     pub palette: Vec<String>,
     pub cooldown_seconds: u32,
+    /// Seconds a person may undo their last placement; 0 when undo is off.
+    pub undo_seconds: u32,
+    /// Frozen: placements are refused with `canvas_closed`.
+    pub read_only: bool,
+    /// When placements open (ms since the Unix epoch); null: open already.
+    pub opens_at_ms: Option<u64>,
+    /// When placements close (ms since the Unix epoch); null: never.
+    pub closes_at_ms: Option<u64>,
     /// Bumped by one per placement; 0 before the first.
     pub version: u64,
 }
@@ -122,6 +131,20 @@ pub struct PlaceResponse {
     pub placed_at_ms: u64,
 }
 
+/// An undone placement: the pixel and the colour it has again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UndoResponse {
+    /// The canvas version the undo produced.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch, by Redis's clock.
+    pub placed_at_ms: u64,
+    pub x: u16,
+    pub y: u16,
+    /// The palette index the pixel has again.
+    pub color: u8,
+}
+
 /// One pixel and who placed it last.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -185,6 +208,10 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, A
         height: settings.size.height(),
         palette: settings.palette.to_strings(),
         cooldown_seconds: settings.cooldown_seconds,
+        undo_seconds: settings.undo_seconds,
+        read_only: settings.opening.read_only,
+        opens_at_ms: settings.opening.opens_at_ms,
+        closes_at_ms: settings.opening.closes_at_ms,
         version: state.store.version().await?,
     }))
 }
@@ -358,6 +385,7 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
         (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large or invalid_client_id", body = ErrorBody),
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "canvas_closed: the canvas is frozen or outside its schedule", body = ErrorBody),
         (status = 429, description = "The client is in its cooldown", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the client may place again"))),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
@@ -391,6 +419,9 @@ async fn place_checked(
     let Json(request) = body.map_err(ApiError::Body)?;
     let client_id = client_id(headers)?;
     let settings = &state.settings;
+    if let Some(closed) = settings.opening.closed_now() {
+        return Err(ApiError::Closed(closed));
+    }
     let point = settings.size.point(request.x, request.y)?;
     let color = settings.palette.index(request.color)?;
     let placed = state
@@ -402,6 +433,7 @@ async fn place_checked(
             color,
             client_id,
             cooldown: settings.cooldown,
+            undo_window: Duration::from_secs(settings.undo_seconds.into()),
             history_max_len: settings.history_max_len,
         })
         .await?;
@@ -418,6 +450,69 @@ async fn place_checked(
             })
         }
         Placed::InCooldown { retry_after_ms } => Err(ApiError::Cooldown { retry_after_ms }),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/pixels/undo", tag = "canvas",
+    params(("X-Client-Id" = String, Header, description = "The client whose last placement to undo: 1 to 64 of A-Z a-z 0-9 . _ -",
+        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    security(("internalToken" = [])),
+    responses(
+        (status = 200, description = "Undone: the pixel has its earlier colour again, as a new version", body = UndoResponse),
+        (status = 400, description = "invalid_client_id", body = ErrorBody),
+        (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "canvas_closed: the canvas is frozen or outside its schedule", body = ErrorBody),
+        (status = 409, description = "nothing_to_undo (no placement within the undo window) or undo_superseded (the pixel was placed over since)", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn undo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<UndoResponse>, ApiError> {
+    let result = undo_checked(&state, &headers).await;
+    let outcome = match &result {
+        Ok(_) => "undone",
+        Err(ApiError::Store(_)) => "unavailable",
+        Err(ApiError::Unauthorized) => "unauthorized",
+        Err(_) => "rejected",
+    };
+    state.metrics.placed(outcome);
+    result.map(Json)
+}
+
+async fn undo_checked(state: &AppState, headers: &HeaderMap) -> Result<UndoResponse, ApiError> {
+    if !state.settings.api_token.admits(headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    let client_id = client_id(headers)?;
+    let settings = &state.settings;
+    if let Some(closed) = settings.opening.closed_now() {
+        return Err(ApiError::Closed(closed));
+    }
+    match state
+        .store
+        .undo(client_id, settings.history_max_len)
+        .await?
+    {
+        Undo::Undone {
+            version,
+            placed_at_ms,
+            x,
+            y,
+            color,
+        } => {
+            state.cache.acknowledged(version);
+            Ok(UndoResponse {
+                version,
+                placed_at_ms,
+                x,
+                y,
+                color,
+            })
+        }
+        Undo::NothingToUndo => Err(ApiError::NothingToUndo),
+        Undo::Superseded => Err(ApiError::UndoSuperseded),
     }
 }
 

@@ -13,6 +13,7 @@ use axum::{
 use pixel_common::{
     canvas::{GeometryError, PaletteError},
     error::ErrorChain,
+    opening::Closed,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,8 +29,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
-    /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`, `cooldown`,
-    /// `history_gone`, `not_found`, `method_not_allowed`, `unavailable`, `internal`.
+    /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`,
+    /// `cooldown`, `canvas_closed`, `nothing_to_undo`, `undo_superseded`, `history_gone`,
+    /// `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
     pub message: String,
@@ -59,6 +61,16 @@ pub enum ApiError {
     Unauthorized,
     #[error("this client placed a pixel recently; retry in {retry_after_ms} ms")]
     Cooldown { retry_after_ms: u64 },
+    #[error("{0}")]
+    Closed(Closed),
+    #[error(
+        "no placement of this client to undo: none within the undo window, or it was undone already"
+    )]
+    NothingToUndo,
+    #[error(
+        "the pixel was placed over since this client's placement, which is no longer there to undo"
+    )]
+    UndoSuperseded,
     #[error(
         "history after version {since} is no longer kept (or the canvas is behind it); refetch the snapshot"
     )]
@@ -87,6 +99,9 @@ impl ApiError {
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
+            Self::Closed(_) => (StatusCode::FORBIDDEN, "canvas_closed"),
+            Self::NothingToUndo => (StatusCode::CONFLICT, "nothing_to_undo"),
+            Self::UndoSuperseded => (StatusCode::CONFLICT, "undo_superseded"),
             Self::HistoryGone { .. } => (StatusCode::GONE, "history_gone"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -26,6 +26,7 @@ use pixel_common::{
     error::ErrorChain,
     health,
     metrics::{self, HttpMetrics},
+    opening::{Opening, ScheduleError},
     ports,
     serve::{ServeError, serve},
     telemetry::LogArgs,
@@ -100,6 +101,8 @@ pub struct Args {
 pub enum RunError {
     #[error("invalid canvas size")]
     Size(#[from] GeometryError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     #[error("cannot set up the Redis client")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -117,6 +120,8 @@ pub struct Settings {
     pub palette: Palette,
     pub cooldown_seconds: u32,
     pub cooldown: Duration,
+    pub undo_seconds: u32,
+    pub opening: Opening,
     pub history_max_len: u32,
     pub history_page_max: u32,
     /// What a placement's caller must present.
@@ -179,6 +184,8 @@ impl AppState {
             palette: args.canvas.canvas_palette.clone(),
             cooldown_seconds: args.canvas.canvas_cooldown_seconds,
             cooldown: Duration::from_secs(args.canvas.canvas_cooldown_seconds.into()),
+            undo_seconds: args.canvas.canvas_undo_seconds,
+            opening: args.canvas.opening()?,
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
             api_token: caller::InternalToken::new(args.token.check()?),
@@ -258,6 +265,7 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::canvas))
         .routes(routes!(api::canvas_png))
         .routes(routes!(api::place))
+        .routes(routes!(api::undo))
         .routes(routes!(api::pixel))
         .routes(routes!(api::history))
         .routes(routes!(api::openapi_json))

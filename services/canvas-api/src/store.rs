@@ -7,7 +7,8 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     identity::public_name,
     redis_schema::{
-        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UPDATES_CHANNEL, VERSION_KEY,
+        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UNDO_KEY_PREFIX, UPDATES_CHANNEL,
+        VERSION_KEY,
     },
 };
 use redis::{
@@ -30,8 +31,10 @@ pub enum StoreError {
 }
 
 /// Sets the pixel, bumps the version, records who placed it, appends to the history stream
-/// and publishes the update; first enforces the client's cooldown with `SET NX PX`.
-/// Returns `{1, version, placed_at_ms}` or `{0, retry_after_ms}`.
+/// and publishes the update; first enforces the client's cooldown with `SET NX PX`. With an
+/// undo window, keeps what the placement replaced (colour and record) under the client's
+/// undo key for [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}` or
+/// `{0, retry_after_ms}`.
 const PLACE_SCRIPT: &str = r"
 local cooldown = tonumber(ARGV[4])
 if cooldown > 0 and not redis.call('SET', KEYS[5], '1', 'NX', 'PX', cooldown) then
@@ -39,15 +42,52 @@ if cooldown > 0 and not redis.call('SET', KEYS[5], '1', 'NX', 'PX', cooldown) th
   if left < 1 then left = 1 end
   return {0, left}
 end
-redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])
+local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
 local now = redis.call('TIME')
 local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local record = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
   'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms)
 redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
+local undo = tonumber(ARGV[9])
+if undo > 0 then
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[6], 'i', ARGV[1], 'x', ARGV[6], 'y', ARGV[7], 'v', version,
+    'c', previous, 'r', record or '')
+  redis.call('PEXPIRE', KEYS[6], undo)
+end
 return {1, tonumber(version), tonumber(ms)}
+";
+
+/// Undoes the client's last placement if it is still within the window and still the
+/// pixel's last: the old colour and record come back as a new version (history entry with
+/// `u 1`, published like any placement) and the cooldown is refunded. One undo per
+/// placement. Returns `{1, version, placed_at_ms, x, y, colour}`, `{0}` (nothing to undo)
+/// or `{2}` (the pixel was placed over since).
+const UNDO_SCRIPT: &str = r"
+local fields = redis.call('HGETALL', KEYS[6])
+if #fields == 0 then return {0} end
+local undo = {}
+for i = 1, #fields, 2 do undo[fields[i]] = fields[i + 1] end
+redis.call('DEL', KEYS[6])
+local current = redis.call('HGET', KEYS[3], undo.i)
+if not current or string.match(current, '^%d+') ~= undo.v then return {2} end
+redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. undo.i, undo.c)
+local version = string.format('%d', redis.call('INCR', KEYS[2]))
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+if undo.r == '' then
+  redis.call('HDEL', KEYS[3], undo.i)
+else
+  redis.call('HSET', KEYS[3], undo.i, undo.r)
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[2], version .. '-0',
+  'x', undo.x, 'y', undo.y, 'c', undo.c, 'id', ARGV[1], 't', ms, 'u', '1')
+redis.call('PUBLISH', ARGV[3], version .. ' ' .. undo.x .. ' ' .. undo.y .. ' ' .. undo.c)
+redis.call('DEL', KEYS[5])
+return {1, tonumber(version), tonumber(ms), tonumber(undo.x), tonumber(undo.y), tonumber(undo.c)}
 ";
 
 /// Where Redis is and how long to wait for it.
@@ -67,6 +107,8 @@ pub struct Placement<'a> {
     pub color: u8,
     pub client_id: &'a str,
     pub cooldown: Duration,
+    /// How long the client may undo it; zero keeps no undo record.
+    pub undo_window: Duration,
     pub history_max_len: u32,
 }
 
@@ -75,6 +117,23 @@ pub struct Placement<'a> {
 pub enum Placed {
     Accepted { version: u64, placed_at_ms: u64 },
     InCooldown { retry_after_ms: u64 },
+}
+
+/// What an undo did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// The pixel got its old colour back as `version`.
+    Undone {
+        version: u64,
+        placed_at_ms: u64,
+        x: u16,
+        y: u16,
+        color: u8,
+    },
+    /// No placement of this client within the window (or it was undone already).
+    NothingToUndo,
+    /// The pixel was placed over since, so the placement is no longer there to undo.
+    Superseded,
 }
 
 /// Who last placed a pixel, and when.
@@ -96,6 +155,9 @@ pub struct HistoryEntry {
     /// Who placed it, as shown publicly: an identity's handle, never the identity.
     pub placed_by: String,
     pub placed_at_ms: u64,
+    /// True when this entry undid the placer's previous placement (restoring its colour).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undo: bool,
 }
 
 /// A handle on the canvas in Redis; cheap to clone. Connects lazily and reconnects by
@@ -106,6 +168,7 @@ pub struct Store {
     conn: ConnectionManager,
     timeout: Duration,
     place: Script,
+    undo: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,6 +205,7 @@ impl Store {
             conn,
             timeout: config.timeout,
             place: Script::new(PLACE_SCRIPT),
+            undo: Script::new(UNDO_SCRIPT),
         })
     }
 
@@ -205,7 +269,7 @@ impl Store {
     /// Applies a placement atomically (see [`PLACE_SCRIPT`]).
     pub async fn place(&self, placement: &Placement<'_>) -> Result<Placed, StoreError> {
         let mut conn = self.conn.clone();
-        let cooldown_ms = u64::try_from(placement.cooldown.as_millis()).unwrap_or(u64::MAX);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.place.prepare_invoke();
         invocation
             .key(PIXELS_KEY)
@@ -213,14 +277,16 @@ impl Store {
             .key(PLACED_KEY)
             .key(HISTORY_KEY)
             .key(format!("{COOLDOWN_KEY_PREFIX}{}", placement.client_id))
+            .key(format!("{UNDO_KEY_PREFIX}{}", placement.client_id))
             .arg(placement.index)
             .arg(placement.color)
             .arg(placement.client_id)
-            .arg(cooldown_ms)
+            .arg(millis(placement.cooldown))
             .arg(placement.history_max_len)
             .arg(placement.x)
             .arg(placement.y)
-            .arg(UPDATES_CHANNEL);
+            .arg(UPDATES_CHANNEL)
+            .arg(millis(placement.undo_window));
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         match reply.as_slice() {
             [1, version, placed_at_ms] => Ok(Placed::Accepted {
@@ -232,6 +298,42 @@ impl Store {
             }),
             other => Err(StoreError::Corrupt(format!(
                 "placement script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Undoes `client_id`'s last placement (see [`UNDO_SCRIPT`]).
+    pub async fn undo(&self, client_id: &str, history_max_len: u32) -> Result<Undo, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.undo.prepare_invoke();
+        invocation
+            .key(PIXELS_KEY)
+            .key(VERSION_KEY)
+            .key(PLACED_KEY)
+            .key(HISTORY_KEY)
+            .key(format!("{COOLDOWN_KEY_PREFIX}{client_id}"))
+            .key(format!("{UNDO_KEY_PREFIX}{client_id}"))
+            .arg(client_id)
+            .arg(history_max_len)
+            .arg(UPDATES_CHANNEL);
+        let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let narrow = |value: u64| {
+            u16::try_from(value)
+                .map_err(|_| StoreError::Corrupt(format!("undo script answered {reply:?}")))
+        };
+        match reply.as_slice() {
+            [1, version, placed_at_ms, x, y, color] => Ok(Undo::Undone {
+                version: *version,
+                placed_at_ms: *placed_at_ms,
+                x: narrow(*x)?,
+                y: narrow(*y)?,
+                color: u8::try_from(narrow(*color)?)
+                    .map_err(|_| StoreError::Corrupt(format!("undo colour {color}")))?,
+            }),
+            [0] => Ok(Undo::NothingToUndo),
+            [2] => Ok(Undo::Superseded),
+            other => Err(StoreError::Corrupt(format!(
+                "undo script answered {other:?}"
             ))),
         }
     }
@@ -307,6 +409,7 @@ fn parse_entry(entry: &StreamId) -> Result<HistoryEntry, StoreError> {
         color: entry.get("c").ok_or_else(corrupt)?,
         placed_by: public_name(&entry.get::<String>("id").ok_or_else(corrupt)?),
         placed_at_ms: entry.get("t").ok_or_else(corrupt)?,
+        undo: entry.contains_key("u"),
     })
 }
 

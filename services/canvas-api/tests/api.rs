@@ -157,6 +157,18 @@ impl Api {
             .await
     }
 
+    /// `POST /api/v1/pixels/undo` as the gateway, for `client`.
+    async fn undo(&self, client: &str) -> Answer {
+        self.send(
+            Request::post("/api/v1/pixels/undo")
+                .header(header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+                .header(CLIENT_ID_HEADER, client)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
     async fn place(&self, client: &str, x: i64, y: i64, color: i64) -> Answer {
         let body = json!({"x": x, "y": y, "color": color}).to_string();
         self.post_raw(Some(client), "application/json", body.into_bytes())
@@ -196,7 +208,8 @@ async fn info_reports_the_settings_and_the_version() {
     assert_eq!(
         info.json(),
         json!({"width": 16, "height": 8, "palette": ["#FFFFFF", "#000000", "#FF0000", "#0000FF"],
-               "cooldownSeconds": 5, "version": 0})
+               "cooldownSeconds": 5, "undoSeconds": 5, "readOnly": false,
+               "opensAtMs": null, "closesAtMs": null, "version": 0})
     );
     api.placed("a", 1, 1, 1).await;
     assert_eq!(api.get("/api/v1/info").await.json()["version"], 1);
@@ -735,6 +748,150 @@ async fn cooldown_is_429_with_retry_after_per_client() {
     // Another client is not affected, and a rejected placement does not change the canvas.
     assert_eq!(api.placed("b", 1, 0, 2).await, 2);
     assert_eq!(api.get("/api/v1/pixels/1/0").await.json()["color"], 2);
+}
+
+#[tokio::test]
+async fn an_undo_restores_the_colour_and_record_as_a_new_version_and_refunds_the_cooldown() {
+    let (redis, api) = started(&["--canvas-cooldown-seconds", "60"]).await;
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(UPDATES_CHANNEL).await.expect("subscribe");
+    api.placed("bob", 2, 3, 1).await;
+    api.placed("alice", 2, 3, 2).await;
+    api.place("alice", 5, 5, 3)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+
+    let undone = api.undo("alice").await;
+    assert_eq!(undone.status, StatusCode::OK, "{}", undone.json());
+    let undone = undone.json();
+    assert_eq!(
+        (
+            &undone["version"],
+            &undone["x"],
+            &undone["y"],
+            &undone["color"]
+        ),
+        (&json!(3), &json!(2), &json!(3), &json!(1)),
+        "{undone}"
+    );
+    // Every reader sees an ordinary update: the pixel, its record, the history, the channel.
+    let pixel = api.get("/api/v1/pixels/2/3").await.json();
+    assert_eq!(
+        (&pixel["color"], &pixel["version"], &pixel["placedBy"]),
+        (&json!(1), &json!(1), &json!("bob")),
+        "bob's placement is the pixel's last again: {pixel}"
+    );
+    let history = api.get("/api/v1/history?since=2").await.json();
+    assert_eq!(
+        history["updates"],
+        json!([{"version": 3, "x": 2, "y": 3, "color": 1, "placedBy": "alice",
+                "placedAtMs": undone["placedAtMs"], "undo": true}])
+    );
+    let published: Vec<PixelUpdate> =
+        tokio::time::timeout(HANG, pubsub.on_message().take(3).collect::<Vec<_>>())
+            .await
+            .expect("three messages arrive")
+            .iter()
+            .map(|message| parse_update_message(message.get_payload_bytes()).expect("an update"))
+            .collect();
+    assert_eq!(
+        published.last(),
+        Some(&PixelUpdate {
+            version: 3,
+            x: 2,
+            y: 3,
+            color: 1
+        })
+    );
+    assert_eq!(api.snapshot().await.version(), 3);
+
+    // Refunded: alice places at once; one undo per placement.
+    api.placed("alice", 5, 5, 3).await;
+    api.undo("alice").await;
+    api.undo("alice")
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+    api.undo("carol")
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+    // A pixel never placed before goes back to colour 0 with no record.
+    let pixel = api.get("/api/v1/pixels/5/5").await.json();
+    assert_eq!(
+        (&pixel["color"], &pixel["placedBy"]),
+        (&json!(0), &json!(null))
+    );
+}
+
+#[tokio::test]
+async fn an_undo_after_the_pixel_was_placed_over_or_the_window_is_refused() {
+    let (_redis, api) = started(&["--canvas-undo-seconds", "1"]).await;
+    api.placed("alice", 1, 1, 2).await;
+    api.placed("bob", 1, 1, 3).await;
+    api.undo("alice")
+        .await
+        .assert_error(StatusCode::CONFLICT, "undo_superseded");
+    assert_eq!(api.get("/api/v1/pixels/1/1").await.json()["color"], 3);
+
+    api.placed("alice", 4, 4, 2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.undo("alice")
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+    assert_eq!(api.get("/api/v1/pixels/4/4").await.json()["color"], 2);
+
+    let (_redis, off) = started(&["--canvas-undo-seconds", "0"]).await;
+    off.placed("alice", 4, 4, 2).await;
+    off.undo("alice")
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+}
+
+#[tokio::test]
+async fn a_closed_canvas_refuses_placements_and_undos_and_says_until_when() {
+    let (_redis, frozen) = started(&["--canvas-read-only", "true"]).await;
+    let refused = frozen.place("a", 0, 0, 1).await;
+    refused.assert_error(StatusCode::FORBIDDEN, "canvas_closed");
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("frozen"))
+    );
+    frozen
+        .undo("a")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "canvas_closed");
+    assert_eq!(frozen.get("/api/v1/info").await.json()["readOnly"], true);
+
+    let (_redis, early) = started(&["--canvas-opens-at", "2999-01-01T00:00:00Z"]).await;
+    let refused = early.place("a", 0, 0, 1).await;
+    refused.assert_error(StatusCode::FORBIDDEN, "canvas_closed");
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "the canvas opens at 2999-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        early.get("/api/v1/info").await.json()["opensAtMs"],
+        32_472_144_000_000_u64
+    );
+
+    let (_redis, ended) = started(&["--canvas-closes-at", "2020-01-01T00:00:00Z"]).await;
+    ended
+        .place("a", 0, 0, 1)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "canvas_closed");
+    for api in [&frozen, &early, &ended] {
+        assert_eq!(api.snapshot().await.version(), 0, "nothing was placed");
+    }
+
+    let (_redis, open) = started(&[
+        "--canvas-opens-at",
+        "2020-01-01T00:00:00Z",
+        "--canvas-closes-at",
+        "2999-01-01T00:00:00Z",
+    ])
+    .await;
+    assert_eq!(open.placed("a", 0, 0, 1).await, 1);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::{
     canvas::{CanvasSize, DEFAULT_PALETTE, GeometryError, MAX_SIDE, Palette},
+    opening::{Opening, ScheduleError},
     ports,
 };
 
@@ -88,12 +89,37 @@ pub struct CanvasArgs {
     /// Seconds a client waits between placements; 0 disables the cooldown.
     #[arg(long, env = ports::ENV_CANVAS_COOLDOWN_SECONDS, default_value_t = 0)]
     pub canvas_cooldown_seconds: u32,
+
+    /// Seconds a person may undo their last placement; 0 disables undo.
+    #[arg(long, env = ports::ENV_CANVAS_UNDO_SECONDS, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub canvas_undo_seconds: u32,
+
+    /// Frozen: placements and undos are refused with `canvas_closed`.
+    #[arg(long, env = ports::ENV_CANVAS_READ_ONLY, default_value_t = false, action = clap::ArgAction::Set)]
+    pub canvas_read_only: bool,
+
+    /// When the canvas opens (RFC 3339); placements before are refused.
+    #[arg(long, env = ports::ENV_CANVAS_OPENS_AT)]
+    pub canvas_opens_at: Option<jiff::Timestamp>,
+
+    /// When the canvas closes (RFC 3339); placements from then on are refused.
+    #[arg(long, env = ports::ENV_CANVAS_CLOSES_AT)]
+    pub canvas_closes_at: Option<jiff::Timestamp>,
 }
 
 impl CanvasArgs {
     /// The checked canvas size.
     pub fn size(&self) -> Result<CanvasSize, GeometryError> {
         CanvasSize::new(self.canvas_width, self.canvas_height)
+    }
+
+    /// The checked opening hours.
+    pub fn opening(&self) -> Result<Opening, ScheduleError> {
+        Opening::new(
+            self.canvas_read_only,
+            self.canvas_opens_at,
+            self.canvas_closes_at,
+        )
     }
 }
 
@@ -143,6 +169,35 @@ mod tests {
         assert_eq!(both.redis.timeout(), Duration::from_millis(500));
         assert_eq!(both.canvas.size().map(|s| s.pixel_count()), Ok(1_000_000));
         assert_eq!(both.canvas.canvas_palette, Palette::default());
+        assert_eq!(both.canvas.canvas_undo_seconds, 5);
+        assert_eq!(both.canvas.opening(), Ok(Opening::default()));
+    }
+
+    #[test]
+    fn the_schedule_parses_rfc3339_and_read_only_a_bool() {
+        let both = Both::try_parse_from([
+            "x",
+            "--canvas-read-only",
+            "true",
+            "--canvas-opens-at",
+            "2026-12-01T10:00:00Z",
+            "--canvas-closes-at",
+            "2026-12-01T11:00:00+00:00",
+        ])
+        .expect("parses");
+        let opening = both.canvas.opening().expect("ordered");
+        assert!(opening.read_only);
+        assert_eq!(opening.opens_at_ms, Some(1_796_119_200_000));
+        assert_eq!(opening.closes_at_ms, Some(1_796_122_800_000));
+        let reversed = Both::try_parse_from([
+            "x",
+            "--canvas-opens-at",
+            "2026-12-01T11:00:00Z",
+            "--canvas-closes-at",
+            "2026-12-01T10:00:00Z",
+        ])
+        .expect("parses");
+        assert!(reversed.canvas.opening().is_err());
     }
 
     #[test]
@@ -152,6 +207,9 @@ mod tests {
             ["x", "--canvas-height", "4097"],
             ["x", "--canvas-palette", "#FFFFFF"],
             ["x", "--redis-timeout-ms", "0"],
+            ["x", "--canvas-undo-seconds", "3601"],
+            ["x", "--canvas-read-only", "yes"],
+            ["x", "--canvas-opens-at", "tomorrow"],
         ] {
             assert!(Both::try_parse_from(bad).is_err(), "{bad:?}");
         }

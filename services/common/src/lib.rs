@@ -23,6 +23,8 @@ pub mod identity;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]
+pub mod opening;
+#[cfg(feature = "runtime")]
 pub mod serve;
 #[cfg(feature = "runtime")]
 pub mod shutdown;

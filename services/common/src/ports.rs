@@ -48,6 +48,14 @@ pub const ENV_CANVAS_HEIGHT: &str = "PIXEL_CANVAS_HEIGHT";
 pub const ENV_CANVAS_PALETTE: &str = "PIXEL_CANVAS_PALETTE";
 /// Seconds a client waits between placements (`spec.canvas.cooldownSeconds`); 0 disables.
 pub const ENV_CANVAS_COOLDOWN_SECONDS: &str = "PIXEL_CANVAS_COOLDOWN_SECONDS";
+/// Seconds a person may undo their last placement (`spec.canvas.undoSeconds`); 0 disables.
+pub const ENV_CANVAS_UNDO_SECONDS: &str = "PIXEL_CANVAS_UNDO_SECONDS";
+/// `true` while the canvas is frozen (`spec.canvas.readOnly`).
+pub const ENV_CANVAS_READ_ONLY: &str = "PIXEL_CANVAS_READ_ONLY";
+/// When the canvas opens, RFC 3339 (`spec.canvas.schedule.start`); unset: open already.
+pub const ENV_CANVAS_OPENS_AT: &str = "PIXEL_CANVAS_OPENS_AT";
+/// When the canvas closes, RFC 3339 (`spec.canvas.schedule.end`); unset: never.
+pub const ENV_CANVAS_CLOSES_AT: &str = "PIXEL_CANVAS_CLOSES_AT";
 /// How many placements the history stream keeps.
 pub const ENV_HISTORY_MAX_LEN: &str = "PIXEL_HISTORY_MAX_LEN";
 /// The most placements one `GET /api/v1/history` answer carries.
@@ -70,6 +78,8 @@ pub const CANVAS_VERSION_HEADER: &str = "x-canvas-version";
 
 /// canvas-api's placement endpoint (`POST`), which the gateway calls.
 pub const API_PIXELS_PATH: &str = "/api/v1/pixels";
+/// canvas-api's undo endpoint (`POST`): the caller's last placement, within the window.
+pub const API_UNDO_PATH: &str = "/api/v1/pixels/undo";
 /// canvas-api's history endpoint (`GET ?since=<version>`), which the gateway calls to resync.
 pub const API_HISTORY_PATH: &str = "/api/v1/history";
 /// canvas-api's info endpoint (`GET`).

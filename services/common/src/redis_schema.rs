@@ -11,11 +11,15 @@ pub const PIXELS_KEY: &str = "canvas:pixels";
 pub const VERSION_KEY: &str = "canvas:version";
 /// Hash: pixel index → `"<version> <placed-at ms> <client id>"` of the last placement there.
 pub const PLACED_KEY: &str = "canvas:placed";
-/// Stream: one entry per placement, with ID `<version>-0` and fields `x y c id t`, trimmed
-/// to a configured length.
+/// Stream: one entry per placement, with ID `<version>-0` and fields `x y c id t` (and
+/// `u 1` when the entry is an undo), trimmed to a configured length.
 pub const HISTORY_KEY: &str = "canvas:history";
 /// Prefix of per-client cooldown keys (`SET NX PX`), followed by the client id.
 pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
+/// Prefix of per-client undo records, followed by the client id: a hash of the client's
+/// last placement (`i` index, `x`, `y`, `v` its version, `c` the colour before it, `r` the
+/// pixel's record before it, empty when there was none), expiring with the undo window.
+pub const UNDO_KEY_PREFIX: &str = "canvas:undo:";
 /// Prefix of the per-address counters of issued identities (`INCR`, expiring with the
 /// issuance window), followed by the client address.
 pub const IDENTITIES_ISSUED_KEY_PREFIX: &str = "canvas:identities:issued:";

@@ -3,7 +3,8 @@
 //   wire.js        binary formats          api.js       canvas-api calls
 //   board.js       the canvas in memory    sync.js      snapshot + frames + history
 //   connection.js  WebSocket + reconnect   view.js      zoom, pan, drawing
-//   gestures.js    mouse and touch input   controls.js  palette, cooldown, status, info
+//   gestures.js    mouse and touch input   controls.js  palette, cooldown, undo, opening
+//                                                       hours, status, info
 
 import { canvasApi } from "./api.js";
 import { CanvasSync } from "./sync.js";
@@ -29,12 +30,15 @@ async function main() {
   const colours = controls.palette();
   const wait = controls.cooldown();
   const info = controls.pixelInfo(api);
+  const hours = controls.opening();
   let hoveredColour; // the hovered pixel's colour when it was last looked up
 
   let connected = false;
   let handle = null; // who we place as (the hello's identity.handle); null: watching only
   let cooldownSeconds = 0;
+  let undoSeconds = 0;
   let nextId = 1;
+  let lastPlacementId = null; // the id of our newest placement: only its answer offers undo
 
   const showState = () => {
     if (!connected) return;
@@ -76,6 +80,8 @@ async function main() {
           // For benchmarks: the first paint needs both the snapshot and this.
           performance.mark("gateway-hello");
           cooldownSeconds = message.cooldownSeconds;
+          undoSeconds = message.undoSeconds ?? 0;
+          hours.set(message);
           handle = message.identity ? message.identity.handle : null;
           setIdentity(handle);
           // The cooldown is the person's, not the connection's: a reload shows what is left.
@@ -93,6 +99,12 @@ async function main() {
           break;
         case "placed":
           if (cooldownSeconds > 0) wait.start(cooldownSeconds * 1000);
+          if (message.id === lastPlacementId) undoButton.offer(undoSeconds * 1000);
+          break;
+        case "undone":
+          // The pixel comes back through the update frames; the cooldown is refunded.
+          wait.clear();
+          wait.say("undone");
           break;
         case "error":
           if (message.retryAfterMs) wait.start(message.retryAfterMs);
@@ -104,10 +116,16 @@ async function main() {
     },
   });
 
+  const undoButton = controls.undo(() => {
+    if (!connection.send({ type: "undo", id: nextId++ })) wait.say("offline: not undone");
+  });
+
   attachGestures(canvas, view, {
     onTap: (pixel) => {
-      if (wait.active()) return;
+      if (hours.closed() !== null || wait.active()) return;
       const message = { type: "place", x: pixel.x, y: pixel.y, color: colours.selected(), id: nextId++ };
+      lastPlacementId = message.id;
+      undoButton.withdraw();
       if (!connection.send(message)) wait.say("offline: not placed");
     },
     onHover: (pixel) => {
@@ -126,6 +144,8 @@ async function main() {
       connected,
       handle,
       cooldownLeftMs: wait.leftMs(),
+      undoOffered: undoButton.offered(),
+      closed: hours.closed(),
       synced: sync.synced,
       version: sync.board ? sync.board.version : null,
       drawnVersion: view.drawnVersion,

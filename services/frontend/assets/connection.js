@@ -1,5 +1,5 @@
 // The WebSocket to the gateway (docs/protocol.md, WebSocket protocol): JSON text messages
-// and binary update frames in, `place` messages out. It reconnects on its own with
+// and binary update frames in, `place` and `undo` messages out. It reconnects on its own with
 // jittered exponential backoff, and with ?since=<last applied version> so the gateway
 // sends only what was missed.
 

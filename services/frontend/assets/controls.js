@@ -1,5 +1,5 @@
-// The page around the board: palette, cooldown countdown, connection state, online count
-// and the pixel-info box. Each is a small function of the DOM it owns.
+// The page around the board: palette, cooldown countdown, undo, opening hours, connection
+// state, online count and the pixel-info box. Each is a small function of the DOM it owns.
 
 const $ = (id) => document.getElementById(id);
 
@@ -80,6 +80,14 @@ export function cooldown() {
       note = "";
       if (timer === null) tick();
     },
+    /** Ends the countdown at once (an undo refunded the cooldown). */
+    clear() {
+      until = 0;
+      note = "";
+      clearTimeout(timer);
+      timer = null;
+      tick();
+    },
     active: () => until > performance.now(),
     /** How long the countdown still runs, in ms. */
     leftMs: () => Math.max(0, Math.ceil(until - performance.now())),
@@ -89,6 +97,94 @@ export function cooldown() {
       if (timer === null) tick();
     },
   };
+}
+
+/** The undo button, offered for the undo window after each placement; Ctrl+Z presses it. */
+export function undo(onUndo) {
+  const button = $("undo");
+  let timer = null;
+  const withdraw = () => {
+    clearTimeout(timer);
+    timer = null;
+    button.hidden = true;
+  };
+  button.addEventListener("click", () => {
+    withdraw();
+    onUndo();
+  });
+  window.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "z" && !button.hidden) {
+      event.preventDefault();
+      button.click();
+    }
+  });
+  return {
+    /** Offers the undo for `ms`. */
+    offer(ms) {
+      withdraw();
+      if (ms <= 0) return;
+      button.hidden = false;
+      timer = setTimeout(withdraw, ms);
+    },
+    withdraw,
+    offered: () => !button.hidden,
+  };
+}
+
+/**
+ * Whether the canvas takes placements (the hello's readOnly, opensAtMs, closesAtMs): a notice
+ * that counts down to the opening, and `closed()`, the reason it refuses now (null: open).
+ */
+export function opening() {
+  const label = $("opening");
+  let rules = { readOnly: false, opensAtMs: null, closesAtMs: null };
+  let timer = null;
+
+  const closed = () => {
+    const now = Date.now();
+    if (rules.readOnly) return "frozen";
+    if (rules.opensAtMs !== null && now < rules.opensAtMs) return "not_open_yet";
+    if (rules.closesAtMs !== null && now >= rules.closesAtMs) return "ended";
+    return null;
+  };
+
+  const render = () => {
+    clearTimeout(timer);
+    timer = null;
+    const reason = closed();
+    const now = Date.now();
+    label.hidden = reason === null;
+    if (reason === "frozen") label.textContent = "frozen: no placements for now";
+    if (reason === "ended") label.textContent = "this canvas has ended";
+    if (reason === "not_open_yet") label.textContent = `opens in ${span(rules.opensAtMs - now)}`;
+    // Re-render at the next change: each second before the opening, or at the closing.
+    const next = reason === "not_open_yet"
+      ? 1000
+      : reason === null && rules.closesAtMs !== null ? rules.closesAtMs - now : null;
+    if (next !== null) timer = setTimeout(render, Math.min(Math.max(next, 50), 2 ** 31 - 1));
+  };
+
+  return {
+    set(hello) {
+      rules = {
+        readOnly: Boolean(hello.readOnly),
+        opensAtMs: hello.opensAtMs ?? null,
+        closesAtMs: hello.closesAtMs ?? null,
+      };
+      render();
+    },
+    closed,
+  };
+}
+
+/** A duration in words: `2 d 3 h`, `4 h 5 min`, `6 min 7 s`, `8 s`. */
+function span(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  const [d, h, m] = [Math.floor(s / 86400), Math.floor((s % 86400) / 3600), Math.floor((s % 3600) / 60)];
+  if (d > 0) return `${d} d ${h} h`;
+  if (h > 0) return `${h} h ${m} min`;
+  if (m > 0) return `${m} min ${s % 60} s`;
+  return `${s} s`;
 }
 
 /** The connection indicator: a state for the colour and a text for people. */

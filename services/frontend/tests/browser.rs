@@ -583,3 +583,178 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
 
     finish(browser, events, &errors, site).await;
 }
+
+/// Undo (Pxls-style): right after a placement the page offers to take it back; pressing
+/// the button restores the old colour in this page and another person's, and refunds the
+/// cooldown, so the next click places at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown() {
+    let chromium = chromium();
+    // A long window, so a slow machine still presses the button within it.
+    let site = start_site(&[
+        "--canvas-cooldown-seconds",
+        "60",
+        "--canvas-undo-seconds",
+        "60",
+    ])
+    .await;
+    let url = format!("http://{}/", site.addr);
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (browser, events) = launch(&chromium, profile.path()).await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+
+    let placer = open(&browser, &url, &errors).await;
+    let context = browser
+        .create_browser_context(CreateBrowserContextParams::default())
+        .await
+        .expect("a second browser context");
+    let watcher = open_in(&browser, Some(context), &url, &errors).await;
+    let start = wait_live(&placer).await;
+    wait_live(&watcher).await;
+    let undo_offered = "window.pixelPlayground.state().undoOffered";
+    assert_eq!(
+        eval(&placer, undo_offered).await,
+        false,
+        "nothing to undo yet"
+    );
+
+    placer
+        .find_element(format!("button.swatch[data-index='{}']", RED.0))
+        .await
+        .expect("red swatch")
+        .click()
+        .await
+        .expect("click the swatch");
+    placer
+        .click(centre_of(&placer, PIXEL).await)
+        .await
+        .expect("click the pixel");
+    wait_colour(&watcher, "the other person's page", PIXEL, RED.1).await;
+    poll("the undo button", || async {
+        (eval(&placer, undo_offered).await == true).then_some(())
+    })
+    .await;
+    wait_text(&placer, "cooldown", |t| t.starts_with("wait ")).await;
+
+    placer
+        .find_element("#undo")
+        .await
+        .expect("the undo button")
+        .click()
+        .await
+        .expect("click undo");
+    wait_colour(&watcher, "the other person's page", PIXEL, "#FFFFFF").await;
+    wait_colour(&placer, "the placer's page", PIXEL, "#FFFFFF").await;
+    wait_text(&placer, "cooldown", |t| t == "undone").await;
+    let state = eval(&placer, "window.pixelPlayground.state()").await;
+    assert_eq!(state["cooldownLeftMs"], 0, "refunded: {state}");
+    assert_eq!(
+        state["undoOffered"], false,
+        "one undo per placement: {state}"
+    );
+    assert_eq!(
+        wait_live(&watcher).await,
+        start + 2,
+        "the undo is a new version"
+    );
+
+    // Refunded for real: the server takes the next placement at once.
+    placer
+        .click(centre_of(&placer, PHONE_PIXEL).await)
+        .await
+        .expect("click again");
+    wait_colour(&watcher, "the other person's page", PHONE_PIXEL, RED.1).await;
+    let history: Value = reqwest::get(format!("http://{}/api/v1/history?since={start}", site.addr))
+        .await
+        .expect("GET history")
+        .json()
+        .await
+        .expect("JSON");
+    let entries: Vec<(u64, u64, bool)> = history["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .map(|u| {
+            (
+                u["x"].as_u64().expect("x"),
+                u["color"].as_u64().expect("color"),
+                u["undo"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [(5, 2, false), (5, 0, true), (6, 2, false)],
+        "{history}"
+    );
+
+    finish(browser, events, &errors, site).await;
+}
+
+/// A frozen canvas (`readOnly`) and one whose schedule has not begun: the page says so
+/// (the hello carries both), a click places nothing, and the gateway refuses a placement
+/// sent anyway with `canvas_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_canvas_refuses_placements_and_says_so() {
+    let chromium = chromium();
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (browser, events) = launch(&chromium, profile.path()).await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+
+    let frozen = start_site(&["--canvas-read-only", "true"]).await;
+    let page = open(&browser, &format!("http://{}/", frozen.addr), &errors).await;
+    wait_live(&page).await;
+    wait_text(&page, "opening", |t| t.starts_with("frozen")).await;
+    assert_eq!(
+        eval(&page, "window.pixelPlayground.state().closed").await,
+        "frozen"
+    );
+    page.click(centre_of(&page, PIXEL).await)
+        .await
+        .expect("click the pixel");
+    // The page does not send; a client that does is refused by the server.
+    let answer = eval(
+        &page,
+        "new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/ws`);
+            ws.onmessage = (event) => {
+                const message = JSON.parse(event.data);
+                if (message.type === 'hello') ws.send(JSON.stringify({type: 'place', x: 1, y: 1, color: 1, id: 7}));
+                if (message.type === 'error' || message.type === 'placed') { resolve(message); ws.close(); }
+            };
+        })",
+    )
+    .await;
+    assert_eq!(answer["code"], "canvas_closed", "{answer}");
+    let info: Value = reqwest::get(format!("http://{}/api/v1/info", frozen.addr))
+        .await
+        .expect("GET info")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(info["version"], 0, "nothing was placed: {info}");
+
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
+    let opens_at = later.to_string();
+    let scheduled = start_site(&["--canvas-opens-at", &opens_at]).await;
+    let page = open(&browser, &format!("http://{}/", scheduled.addr), &errors).await;
+    wait_live(&page).await;
+    let notice = wait_text(&page, "opening", |t| t.starts_with("opens in ")).await;
+    assert!(
+        notice.starts_with("opens in 1 h 59 min") || notice.starts_with("opens in 2 h"),
+        "{notice}"
+    );
+    assert_eq!(
+        eval(&page, "window.pixelPlayground.state().closed").await,
+        "not_open_yet"
+    );
+
+    scheduled.gateway.stop(Duration::from_secs(5)).await;
+    finish(browser, events, &errors, frozen).await;
+}

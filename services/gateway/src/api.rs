@@ -1,10 +1,10 @@
-//! canvas-api as the gateway calls it: placements and history, over one keep-alive HTTP
+//! canvas-api as the gateway calls it: placements, undos and history, over one keep-alive HTTP
 //! connection pool, every call bounded by a timeout.
 
 use std::time::Duration;
 
 use pixel_common::{
-    ports::{API_HISTORY_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER},
+    ports::{API_HISTORY_PATH, API_PIXELS_PATH, API_UNDO_PATH, CLIENT_ID_HEADER},
     wire::PixelUpdate,
 };
 use reqwest::{StatusCode, header::RETRY_AFTER};
@@ -42,14 +42,11 @@ pub enum HistoryError {
     Api(#[from] ApiError),
 }
 
-/// canvas-api's answer to a placement.
+/// canvas-api's answer to a placement or an undo: what it did, or why it refused (its
+/// error code and message, both meant for the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlaceOutcome {
-    Placed {
-        version: u64,
-        placed_at_ms: u64,
-    },
-    /// canvas-api refused it: its error code and message (both meant for the client).
+pub enum Outcome<T> {
+    Done(T),
     Refused {
         code: String,
         message: String,
@@ -57,11 +54,22 @@ pub enum PlaceOutcome {
     },
 }
 
-#[derive(Debug, Deserialize)]
+/// An accepted placement.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PlaceAnswer {
-    version: u64,
-    placed_at_ms: u64,
+pub struct Placed {
+    pub version: u64,
+    pub placed_at_ms: u64,
+}
+
+/// An undone placement: the pixel has `color` again, as `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Undone {
+    pub version: u64,
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,25 +128,39 @@ impl ApiClient {
         x: i64,
         y: i64,
         color: i64,
-    ) -> Result<PlaceOutcome, ApiError> {
-        let response = self
+    ) -> Result<Outcome<Placed>, ApiError> {
+        let body = serde_json::json!({"x": x, "y": y, "color": color});
+        self.post(API_PIXELS_PATH, client_id, Some(&body)).await
+    }
+
+    /// `POST /api/v1/pixels/undo` on behalf of `client_id`.
+    pub async fn undo(&self, client_id: &str) -> Result<Outcome<Undone>, ApiError> {
+        self.post(API_UNDO_PATH, client_id, None).await
+    }
+
+    /// A POST on behalf of `client_id`: the answer's body when it succeeds, canvas-api's
+    /// refusal when it refuses the client's request.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        client_id: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Outcome<T>, ApiError> {
+        let mut request = self
             .http
-            .post(format!("{}{API_PIXELS_PATH}", self.base))
-            .header(CLIENT_ID_HEADER, client_id)
-            .json(&serde_json::json!({"x": x, "y": y, "color": color}))
-            .send()
-            .await
-            .map_err(ApiError::Request)?;
+            .post(format!("{}{path}", self.base))
+            .header(CLIENT_ID_HEADER, client_id);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(ApiError::Request)?;
         let status = response.status();
         if status.is_success() {
-            let answer: PlaceAnswer = response
+            let answer = response
                 .json()
                 .await
                 .map_err(|source| unexpected(status, source))?;
-            return Ok(PlaceOutcome::Placed {
-                version: answer.version,
-                placed_at_ms: answer.placed_at_ms,
-            });
+            return Ok(Outcome::Done(answer));
         }
         if status.is_server_error() {
             return Err(ApiError::Unexpected {
@@ -160,7 +182,7 @@ impl ApiClient {
             .json()
             .await
             .map_err(|source| unexpected(status, source))?;
-        Ok(PlaceOutcome::Refused {
+        Ok(Outcome::Refused {
             code: answer.error.code,
             message: answer.error.message,
             retry_after_ms,

@@ -45,8 +45,9 @@ use crate::{
     fanout::Fanout,
     identity::{IdentityArgs, Issuer},
     metrics::Metrics,
+    protocol::CanvasInfo,
     redis_link::{LinkError, RedisLink},
-    socket::{CanvasInfo, Limits, Shared},
+    socket::{Limits, Shared},
     subscriber::Subscriber,
     ws::Origins,
 };
@@ -172,6 +173,8 @@ pub struct Args {
 pub enum RunError {
     #[error("invalid canvas size")]
     Size(#[from] GeometryError),
+    #[error(transparent)]
+    Schedule(#[from] pixel_common::opening::ScheduleError),
     #[error("cannot set up the Redis client")]
     Redis(#[from] LinkError),
     #[error("cannot set up the canvas-api client")]
@@ -214,6 +217,7 @@ impl Gateway {
     /// Must be called inside a Tokio runtime; Redis and canvas-api may still be down.
     pub fn start(args: &Args) -> Result<Self, RunError> {
         let size = args.canvas.size()?;
+        let opening = args.canvas.opening()?;
         let redis = RedisLink::new(&args.redis)?;
         let issuer = Arc::new(Issuer::new(&args.identity)?);
         let api = ApiClient::new(
@@ -244,6 +248,10 @@ impl Gateway {
                 height: size.height(),
                 palette: args.canvas.canvas_palette.to_strings(),
                 cooldown_seconds: args.canvas.canvas_cooldown_seconds,
+                undo_seconds: args.canvas.canvas_undo_seconds,
+                read_only: opening.read_only,
+                opens_at_ms: opening.opens_at_ms,
+                closes_at_ms: opening.closes_at_ms,
             }),
             fanout: Arc::clone(&fanout),
             api: api.clone(),

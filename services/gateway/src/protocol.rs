@@ -60,6 +60,20 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<u64>,
     },
+    /// Undo this person's last placement, within the canvas's undo window.
+    Undo {
+        #[serde(default)]
+        id: Option<u64>,
+    },
+}
+
+impl ClientMessage {
+    /// The `id` to echo in the answer.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Self::Place { id, .. } | Self::Undo { id } => *id,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ClientMessage {
@@ -108,6 +122,24 @@ pub struct IdentityInfo {
     pub handle: String,
 }
 
+/// The canvas's settings, as the hello carries them (the fields of `GET /api/v1/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanvasInfo {
+    pub width: u16,
+    pub height: u16,
+    pub palette: Vec<String>,
+    pub cooldown_seconds: u32,
+    /// Seconds a person may undo their last placement (0: undo is off).
+    pub undo_seconds: u32,
+    /// Frozen: placements are refused with `canvas_closed`.
+    pub read_only: bool,
+    /// When placements open, ms since the Unix epoch (null: open already).
+    pub opens_at_ms: Option<u64>,
+    /// When placements close, ms since the Unix epoch (null: never).
+    pub closes_at_ms: Option<u64>,
+}
+
 /// What the gateway sends as JSON text messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(
@@ -124,10 +156,8 @@ pub enum ServerMessage {
         /// How long this identity's cooldown still runs, in ms (0 when it does not).
         cooldown_ms: u64,
         version: u64,
-        width: u16,
-        height: u16,
-        palette: Vec<String>,
-        cooldown_seconds: u32,
+        #[serde(flatten)]
+        canvas: CanvasInfo,
         online: u64,
     },
     /// A placement was accepted: the canvas version it produced.
@@ -136,6 +166,15 @@ pub enum ServerMessage {
         id: Option<u64>,
         version: u64,
         placed_at_ms: u64,
+    },
+    /// An undo was done: the pixel has `color` again, as canvas version `version`.
+    Undone {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        version: u64,
+        x: u16,
+        y: u16,
+        color: u8,
     },
     /// A message was refused.
     Error {
@@ -181,6 +220,16 @@ mod tests {
 
     #[test]
     fn server_messages_have_the_documented_shape() {
+        let canvas = CanvasInfo {
+            width: 3,
+            height: 2,
+            palette: vec!["#FFFFFF".into(), "#000000".into()],
+            cooldown_seconds: 5,
+            undo_seconds: 5,
+            read_only: false,
+            opens_at_ms: None,
+            closes_at_ms: Some(1_800_000_000_000),
+        };
         let hello = ServerMessage::Hello {
             protocol: 2,
             identity: Some(IdentityInfo {
@@ -189,10 +238,7 @@ mod tests {
             }),
             cooldown_ms: 1500,
             version: 7,
-            width: 3,
-            height: 2,
-            palette: vec!["#FFFFFF".into(), "#000000".into()],
-            cooldown_seconds: 5,
+            canvas: canvas.clone(),
             online: 9,
         };
         assert_eq!(
@@ -200,17 +246,15 @@ mod tests {
             json!({"type": "hello", "protocol": 2,
                    "identity": {"kind": "anonymous", "handle": "anon-0a1b2c3d"}, "cooldownMs": 1500,
                    "version": 7, "width": 3, "height": 2, "palette": ["#FFFFFF", "#000000"],
-                   "cooldownSeconds": 5, "online": 9})
+                   "cooldownSeconds": 5, "undoSeconds": 5, "readOnly": false,
+                   "opensAtMs": null, "closesAtMs": 1_800_000_000_000_u64, "online": 9})
         );
         let watcher = ServerMessage::Hello {
             protocol: 2,
             identity: None,
             cooldown_ms: 0,
             version: 7,
-            width: 3,
-            height: 2,
-            palette: vec!["#FFFFFF".into(), "#000000".into()],
-            cooldown_seconds: 5,
+            canvas,
             online: 9,
         };
         assert_eq!(json_of(&watcher)["identity"], Value::Null);
@@ -230,6 +274,16 @@ mod tests {
                 retry_after_ms: Some(3000)
             }),
             json!({"type": "error", "code": "cooldown", "message": "wait", "retryAfterMs": 3000})
+        );
+        assert_eq!(
+            json_of(&ServerMessage::Undone {
+                id: Some(5),
+                version: 9,
+                x: 1,
+                y: 2,
+                color: 0
+            }),
+            json!({"type": "undone", "id": 5, "version": 9, "x": 1, "y": 2, "color": 0})
         );
         assert_eq!(
             json_of(&ServerMessage::Online { count: 3 }),
@@ -258,9 +312,18 @@ mod tests {
                 id: Some(9)
             }
         );
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"undo","id":3}"#).ok(),
+            Some(ClientMessage::Undo { id: Some(3) })
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"undo"}"#).ok(),
+            Some(ClientMessage::Undo { id: None })
+        );
         for bad in [
             "",
             "{}",
+            r#"["undo"]"#,
             r#"{"type":"place","x":1,"y":2}"#,
             r#"{"type":"place","x":1.5,"y":2,"color":0}"#,
             r#"{"type":"erase","x":1,"y":2,"color":0}"#,

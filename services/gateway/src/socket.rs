@@ -20,12 +20,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{ApiClient, HistoryError, PlaceOutcome},
+    api::{ApiClient, ApiError, HistoryError, Outcome},
     fanout::{Broadcast, Fanout, frames},
     identity::{Seat, WatchReason},
     metrics::Metrics,
     protocol::{
-        ClientMessage, IdentityInfo, PROTOCOL_VERSION, RefetchReason, ServerMessage, close, code,
+        CanvasInfo, ClientMessage, IdentityInfo, PROTOCOL_VERSION, RefetchReason, ServerMessage,
+        close, code,
     },
 };
 
@@ -57,15 +58,6 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// The most missed updates sent from history on `?since=`.
     pub resync_max: u64,
-}
-
-/// The canvas's settings, as the hello carries them.
-#[derive(Debug, Clone)]
-pub struct CanvasInfo {
-    pub width: u16,
-    pub height: u16,
-    pub palette: Vec<String>,
-    pub cooldown_seconds: u32,
 }
 
 /// What every connection of a gateway shares; cheap to clone.
@@ -269,10 +261,7 @@ where
             },
             cooldown_ms: u64::try_from(self.cooldown_left.as_millis()).unwrap_or(u64::MAX),
             version,
-            width: canvas.width,
-            height: canvas.height,
-            palette: canvas.palette.clone(),
-            cooldown_seconds: canvas.cooldown_seconds,
+            canvas: CanvasInfo::clone(canvas),
             online,
         }
     }
@@ -403,12 +392,15 @@ where
         text: &str,
         answers: &mut FuturesUnordered<Answer>,
     ) -> Result<(), Ended> {
-        let Ok(ClientMessage::Place { x, y, color, id }) = serde_json::from_str(text) else {
-            let message = r#"expected {"type":"place","x":<int>,"y":<int>,"color":<int>}"#;
+        let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+            let message =
+                r#"expected {"type":"place","x":<int>,"y":<int>,"color":<int>} or {"type":"undo"}"#;
             return self
                 .reject(id_of(text), code::INVALID_MESSAGE, message, None)
                 .await;
         };
+        let id = message.id();
+        // Undos count against the rate too: each is a write to the canvas.
         if let Err(wait) = self.bucket.take(Instant::now()) {
             self.shared.metrics.placement("rate_limited");
             let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -449,7 +441,15 @@ where
         let api = self.shared.api.clone();
         let metrics = self.shared.metrics.clone();
         answers.push(
-            async move { place(&api, &metrics, &client_id, id, (x, y, color)).await }.boxed(),
+            async move {
+                match message {
+                    ClientMessage::Place { x, y, color, .. } => {
+                        place(&api, &metrics, &client_id, id, (x, y, color)).await
+                    }
+                    ClientMessage::Undo { .. } => undo(&api, &metrics, &client_id, id).await,
+                }
+            }
+            .boxed(),
         );
         Ok(())
     }
@@ -544,19 +544,50 @@ async fn place(
     id: Option<u64>,
     (x, y, color): (i64, i64, i64),
 ) -> ServerMessage {
-    match api.place(client_id, x, y, color).await {
-        Ok(PlaceOutcome::Placed {
-            version,
-            placed_at_ms,
-        }) => {
-            metrics.placement("accepted");
-            ServerMessage::Placed {
-                id,
-                version,
-                placed_at_ms,
-            }
+    let outcome = api.place(client_id, x, y, color).await;
+    answer(metrics, "accepted", id, outcome, |placed| {
+        ServerMessage::Placed {
+            id,
+            version: placed.version,
+            placed_at_ms: placed.placed_at_ms,
         }
-        Ok(PlaceOutcome::Refused {
+    })
+}
+
+/// Forwards an undo to canvas-api and turns its answer into the client's.
+async fn undo(
+    api: &ApiClient,
+    metrics: &Metrics,
+    client_id: &str,
+    id: Option<u64>,
+) -> ServerMessage {
+    let outcome = api.undo(client_id).await;
+    answer(metrics, "undone", id, outcome, |undone| {
+        ServerMessage::Undone {
+            id,
+            version: undone.version,
+            x: undone.x,
+            y: undone.y,
+            color: undone.color,
+        }
+    })
+}
+
+/// The client's answer to canvas-api's: `done` when it did it, its refusal relayed, or
+/// `unavailable` when it gave no usable answer. Counts the result.
+fn answer<T>(
+    metrics: &Metrics,
+    done_label: &'static str,
+    id: Option<u64>,
+    outcome: Result<Outcome<T>, ApiError>,
+    done: impl FnOnce(T) -> ServerMessage,
+) -> ServerMessage {
+    match outcome {
+        Ok(Outcome::Done(value)) => {
+            metrics.placement(done_label);
+            done(value)
+        }
+        Ok(Outcome::Refused {
             code,
             message,
             retry_after_ms,
@@ -638,6 +669,10 @@ mod tests {
                 height: 8,
                 palette: vec!["#FFFFFF".into(), "#000000".into()],
                 cooldown_seconds: 0,
+                undo_seconds: 5,
+                read_only: false,
+                opens_at_ms: None,
+                closes_at_ms: None,
             }),
             fanout: Arc::clone(&fanout),
             api: ApiClient::new(
@@ -728,7 +763,8 @@ mod tests {
             json!({"type": "hello", "protocol": 2,
                    "identity": {"kind": "anonymous", "handle": pixel_common::identity::handle_of(TEST_IDENTITY)},
                    "cooldownMs": 1500, "version": 7, "width": 16, "height": 8,
-                   "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "online": 2})
+                   "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "undoSeconds": 5,
+                   "readOnly": false, "opensAtMs": null, "closesAtMs": null, "online": 2})
         );
         h.fanout.publish(&updates(8, 3), std::time::Instant::now());
         assert_eq!(frame_versions(h.next().await), (8, 10));

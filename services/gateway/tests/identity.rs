@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
-use pixel_common::testing::{IDENTITY_KEY, RedisServer};
+use pixel_common::{
+    testing::{IDENTITY_KEY, RedisServer},
+    wire::UpdateFrame,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
@@ -112,18 +115,90 @@ impl Visit {
 
     /// Places a pixel and returns the answer (`placed` or `error`).
     async fn place(&mut self, x: u16, y: u16) -> Value {
-        let message = json!({"type": "place", "x": x, "y": y, "color": 1, "id": 1});
+        self.ask(json!({"type": "place", "x": x, "y": y, "color": 1, "id": 1}))
+            .await
+    }
+
+    /// Undoes this person's last placement and returns the answer (`undone` or `error`).
+    async fn undo(&mut self) -> Value {
+        self.ask(json!({"type": "undo", "id": 2})).await
+    }
+
+    async fn ask(&mut self, message: Value) -> Value {
         self.ws
             .send(Message::Text(message.to_string().into()))
             .await
             .expect("send");
         loop {
             let answer = next_json(&mut self.ws).await;
-            if matches!(answer["type"].as_str(), Some("placed" | "error")) {
+            if matches!(answer["type"].as_str(), Some("placed" | "undone" | "error")) {
+                assert_eq!(answer["id"], message["id"], "{answer}");
                 return answer;
             }
         }
     }
+
+    /// The next update frame's pixels as `(x, y, colour)`.
+    async fn frame(&mut self) -> Vec<(u16, u16, u8)> {
+        loop {
+            let message = tokio::time::timeout(HANG, self.ws.next())
+                .await
+                .expect("the gateway sends instead of hanging");
+            if let Some(Ok(Message::Binary(bytes))) = message {
+                let frame = UpdateFrame::decode(&bytes).expect("a frame");
+                return frame
+                    .updates()
+                    .iter()
+                    .map(|u| (u.x, u.y, u.color))
+                    .collect();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_undo_is_the_persons_own_reaches_every_client_and_refunds_the_cooldown() {
+    let redis = RedisServer::start().await;
+    let (_api, gateway) = start(&redis, &[]).await;
+    let mut placer = visit(&gateway, None).await;
+    let cookie = placer.set_cookie.clone().expect("a cookie");
+    let mut other = visit(&gateway, None).await;
+    assert_eq!(other.undo().await["code"], "nothing_to_undo");
+    assert_eq!(placer.place(4, 4).await["type"], "placed");
+    assert_eq!(other.frame().await, [(4, 4, 1)]);
+    // The undo belongs to the person: another connection with the cookie may do it.
+    drop(placer);
+    let mut reload = visit(&gateway, Some(&cookie)).await;
+    assert!(reload.hello["cooldownMs"].as_u64().is_some_and(|ms| ms > 0));
+    assert_eq!(reload.hello["undoSeconds"], 5);
+    let undone = reload.undo().await;
+    assert_eq!(
+        undone,
+        json!({"type": "undone", "id": 2, "version": 2, "x": 4, "y": 4, "color": 0})
+    );
+    assert_eq!(other.frame().await, [(4, 4, 0)], "every client sees it");
+    assert_eq!(
+        reload.place(5, 5).await["type"],
+        "placed",
+        "the cooldown was refunded"
+    );
+    assert_eq!(reload.place(6, 6).await["code"], "cooldown");
+}
+
+#[tokio::test]
+async fn a_frozen_canvas_says_so_in_the_hello_and_refuses_placements() {
+    let redis = RedisServer::start().await;
+    let frozen = ["--canvas-read-only", "true"];
+    let mut api_flags = vec!["--snapshot-max-age-ms", "0"];
+    api_flags.extend_from_slice(&CANVAS);
+    api_flags.extend_from_slice(&frozen);
+    let api = support::serve_api(&redis, &api_flags).await;
+    let gateway = gateway_on(&redis, api, &frozen).await;
+    let mut player = visit(&gateway, None).await;
+    assert_eq!(player.hello["readOnly"], true, "{}", player.hello);
+    let refused = player.place(1, 1).await;
+    assert_eq!(refused["code"], "canvas_closed", "{refused}");
+    assert_eq!(player.undo().await["code"], "canvas_closed");
 }
 
 #[tokio::test]
