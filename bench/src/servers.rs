@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use pixel_common::{
     ports::{
         ENV_API_TOKEN, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT,
-        ENV_CANVAS_WIDTH, ENV_IDENTITY_KEY, ENV_LISTEN_ADDR, ENV_REDIS_URL,
-        ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
+        ENV_CANVAS_WIDTH, ENV_IDENTITY_KEY, ENV_LISTEN_ADDR, ENV_PLACEMENT_BURST,
+        ENV_PLACEMENT_RATE, ENV_REDIS_URL, ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
     },
     redis_schema::PIXELS_KEY,
 };
@@ -118,6 +118,10 @@ impl Servers {
             .env(ENV_CANVAS_HEIGHT, &side)
             .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
             .env(ENV_API_TOKEN, API_TOKEN)
+            // The per-person rate is checked on every placement, as in production, but
+            // set above what the load's few client ids send.
+            .env(ENV_PLACEMENT_RATE, "1000000")
+            .env(ENV_PLACEMENT_BURST, "1000000")
             .env("RUST_LOG", "warn");
         servers.spawn("canvas-api", &mut api, log_dir)?;
         servers.wait_ready(log_dir)?;

@@ -48,7 +48,7 @@ struct Stage<'a> {
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 11] = [
+const CHECKS: [(&str, Check); 12] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -75,6 +75,10 @@ const CHECKS: [(&str, Check); 11] = [
     (
         "identity-key-rotation-keeps-identities",
         identity_key_rotation_keeps_identities,
+    ),
+    (
+        "frozen-canvas-refuses-through-the-ingress",
+        frozen_canvas_refuses_through_the_ingress,
     ),
     (
         "operator-pod-deleted-standby-reconciles",
@@ -282,6 +286,52 @@ impl Stage<'_> {
             ));
         }
         Ok(gateways)
+    }
+
+    /// Merges `patch` into the canvas's spec and waits until canvas-api and the gateways
+    /// have rolled to it (the operator applied new Deployments, and they rolled out).
+    fn roll_canvas(&self, patch: &str) -> Result<()> {
+        let generation = |component: &str| -> Result<u64> {
+            self.kubectl(&[
+                "get",
+                &format!("deploy/{CANVAS}-{component}"),
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.metadata.generation}",
+            ])?
+            .trim()
+            .parse()
+            .with_context(|| format!("the {component} Deployment's generation"))
+        };
+        let before = [generation("api")?, generation("gateway")?];
+        self.kubectl(&[
+            "patch",
+            &format!("pxc/{CANVAS}"),
+            "-n",
+            NAMESPACE,
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{patch}}}"),
+        ])?;
+        process::wait_until(
+            "the operator to apply the new canvas-api and gateway Deployments",
+            Duration::from_secs(120),
+            || Ok(generation("api")? > before[0] && generation("gateway")? > before[1]),
+        )?;
+        for component in ["api", "gateway"] {
+            self.kubectl(&[
+                "rollout",
+                "status",
+                &format!("deploy/{CANVAS}-{component}"),
+                "-n",
+                NAMESPACE,
+                "--timeout=240s",
+            ])?;
+            self.wait_ready_pods(component, 2, Duration::from_secs(180))?;
+        }
+        Ok(())
     }
 
     /// Patches the canvas's gateway replicas.
@@ -895,6 +945,51 @@ fn identity_key_rotation_keeps_identities(stage: &Stage) -> Result<()> {
 
 /// The operator pod holding the lease is deleted: the standby takes the lease and a change
 /// to the canvas is reconciled (new pods start on the real node and serve).
+/// `spec.canvas.readOnly` on a live canvas: once canvas-api and the gateways have rolled,
+/// a placement through the Ingress, sent as the page sends it, is refused with
+/// `canvas_closed`, the API says the canvas is frozen, and nothing moves; thawed, the same
+/// person places again.
+fn frozen_canvas_refuses_through_the_ingress(stage: &Stage) -> Result<()> {
+    let info = || -> Result<Value> {
+        let (status, body) = stage.http("GET", ports::API_INFO_PATH, None)?;
+        ensure!(status == 200, "GET info answered {status}: {body}");
+        serde_json::from_str(&body).context("info is not JSON")
+    };
+    let cookie = tempfile::NamedTempFile::new()?;
+    let started = Instant::now();
+    stage.roll_canvas(r#"{"canvas":{"readOnly":true}}"#)?;
+    let frozen_after = started.elapsed();
+    let before = info()?;
+    ensure!(
+        before["readOnly"] == true,
+        "the API does not say frozen: {before}"
+    );
+    let refused = stage
+        .place_as(Some(cookie.path()), &[(42, 42, 5)])
+        .err()
+        .context("a placement on the frozen canvas was accepted")?;
+    let refused = format!("{refused:#}");
+    ensure!(
+        refused.contains("canvas_closed"),
+        "refused, but not as canvas_closed: {refused}"
+    );
+    let after = info()?;
+    ensure!(
+        after["version"] == before["version"],
+        "the frozen canvas moved: {before} -> {after}"
+    );
+    stage.roll_canvas(r#"{"canvas":{"readOnly":false}}"#)?;
+    let (versions, _) = stage.place_as(Some(cookie.path()), &[(42, 42, 5)])?;
+    println!(
+        "real-pods: frozen in {:.1} s (api and gateways rolled); a placement through the \
+         Ingress was refused with canvas_closed at version {}; thawed, it placed as version {}",
+        frozen_after.as_secs_f64(),
+        before["version"],
+        versions[0]
+    );
+    Ok(())
+}
+
 fn operator_pod_deleted_standby_reconciles(stage: &Stage) -> Result<()> {
     let holder = || -> Result<String> {
         Ok(stage

@@ -386,7 +386,7 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "canvas_closed: the canvas is frozen or outside its schedule", body = ErrorBody),
-        (status = 429, description = "The client is in its cooldown", body = ErrorBody,
+        (status = 429, description = "cooldown (the client is in its cooldown) or rate_limited (it placed faster than PIXEL_PLACEMENT_RATE allows); retryAfterMs in the body", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the client may place again"))),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ))]
@@ -399,6 +399,7 @@ pub async fn place(
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(ApiError::Cooldown { .. }) => "cooldown",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
         Err(ApiError::Store(_)) => "unavailable",
         Err(ApiError::Unauthorized) => "unauthorized",
         Err(_) => "rejected",
@@ -434,6 +435,7 @@ async fn place_checked(
             client_id,
             cooldown: settings.cooldown,
             undo_window: Duration::from_secs(settings.undo_seconds.into()),
+            rate: settings.rate,
             history_max_len: settings.history_max_len,
         })
         .await?;
@@ -450,6 +452,7 @@ async fn place_checked(
             })
         }
         Placed::InCooldown { retry_after_ms } => Err(ApiError::Cooldown { retry_after_ms }),
+        Placed::RateLimited { retry_after_ms } => Err(ApiError::RateLimited { retry_after_ms }),
     }
 }
 

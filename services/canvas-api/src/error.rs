@@ -27,14 +27,19 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
     /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`,
-    /// `cooldown`, `canvas_closed`, `nothing_to_undo`, `undo_superseded`, `history_gone`,
+    /// `cooldown`, `rate_limited`, `canvas_closed`, `nothing_to_undo`, `undo_superseded`, `history_gone`,
     /// `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
     pub message: String,
+    /// With `cooldown` and `rate_limited`: when the client may place again, in ms (the
+    /// `Retry-After` header rounds it up to seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a request failed.
@@ -61,6 +66,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("this client placed a pixel recently; retry in {retry_after_ms} ms")]
     Cooldown { retry_after_ms: u64 },
+    #[error("this client places faster than the canvas allows; retry in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
     #[error("{0}")]
     Closed(Closed),
     #[error(
@@ -99,6 +106,7 @@ impl ApiError {
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Closed(_) => (StatusCode::FORBIDDEN, "canvas_closed"),
             Self::NothingToUndo => (StatusCode::CONFLICT, "nothing_to_undo"),
             Self::UndoSuperseded => (StatusCode::CONFLICT, "undo_superseded"),
@@ -133,15 +141,22 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %ErrorChain(&self), code, "request rejected");
         }
+        let retry_after_ms = match self {
+            Self::Cooldown { retry_after_ms } | Self::RateLimited { retry_after_ms } => {
+                Some(retry_after_ms)
+            }
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
                 message: self.public_message(),
+                retry_after_ms,
             },
         };
         let mut response = (status, Json(body)).into_response();
         match self {
-            Self::Cooldown { retry_after_ms } => {
+            Self::Cooldown { retry_after_ms } | Self::RateLimited { retry_after_ms } => {
                 let seconds = retry_after_ms.div_ceil(1000).max(1);
                 response
                     .headers_mut()

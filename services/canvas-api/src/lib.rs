@@ -45,7 +45,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     cache::SnapshotCache,
-    store::{RedisConfig, Store, StoreError},
+    store::{PlacementRate, RedisConfig, Store, StoreError},
 };
 
 /// Configuration, from flags or the environment the operator sets on the pod.
@@ -69,6 +69,15 @@ pub struct Args {
 
     #[command(flatten)]
     pub token: ApiTokenArgs,
+
+    /// Placements per second one person (client id) may sustain, across every connection,
+    /// gateway and API replica; 0: no limit.
+    #[arg(long, env = ports::ENV_PLACEMENT_RATE, default_value_t = 5.0, value_parser = placement_rate)]
+    pub placement_rate: f64,
+
+    /// Placements one person may make at once.
+    #[arg(long, env = ports::ENV_PLACEMENT_BURST, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub placement_burst: u32,
 
     /// How many placements the history stream keeps.
     #[arg(long, env = ports::ENV_HISTORY_MAX_LEN, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -94,6 +103,18 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A placement rate: 0 (no limit) or 0.001 to 1,000,000 per second.
+fn placement_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if rate == 0.0 || (0.001..=1_000_000.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err("expected 0 (no limit) or 0.001 to 1000000 placements per second".to_owned())
+    }
 }
 
 /// Why the service cannot start.
@@ -122,6 +143,7 @@ pub struct Settings {
     pub cooldown: Duration,
     pub undo_seconds: u32,
     pub opening: Opening,
+    pub rate: PlacementRate,
     pub history_max_len: u32,
     pub history_page_max: u32,
     /// What a placement's caller must present.
@@ -186,6 +208,14 @@ impl AppState {
             cooldown: Duration::from_secs(args.canvas.canvas_cooldown_seconds.into()),
             undo_seconds: args.canvas.canvas_undo_seconds,
             opening: args.canvas.opening()?,
+            rate: PlacementRate {
+                interval: if args.placement_rate > 0.0 {
+                    Duration::from_secs_f64(1.0 / args.placement_rate).max(Duration::from_micros(1))
+                } else {
+                    Duration::ZERO
+                },
+                burst: args.placement_burst,
+            },
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
             api_token: caller::InternalToken::new(args.token.check()?),

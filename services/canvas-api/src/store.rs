@@ -7,8 +7,8 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     identity::public_name,
     redis_schema::{
-        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, UNDO_KEY_PREFIX, UPDATES_CHANNEL,
-        VERSION_KEY,
+        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, RATE_KEY_PREFIX, UNDO_KEY_PREFIX,
+        UPDATES_CHANNEL, VERSION_KEY,
     },
 };
 use redis::{
@@ -31,21 +31,38 @@ pub enum StoreError {
 }
 
 /// Sets the pixel, bumps the version, records who placed it, appends to the history stream
-/// and publishes the update; first enforces the client's cooldown with `SET NX PX`. With an
-/// undo window, keeps what the placement replaced (colour and record) under the client's
-/// undo key for [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}` or
-/// `{0, retry_after_ms}`.
+/// and publishes the update. First enforces the client's placement rate (GCRA: the key
+/// holds the theoretical arrival time, in µs, of its placements; `burst` placements at
+/// once, then one per `interval`), then its cooldown with `SET NX PX`; a refused placement
+/// consumes neither. With an undo window, keeps what the placement replaced (colour and
+/// record) under the client's undo key for [`UNDO_SCRIPT`]. Returns
+/// `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown) or `{2, retry_after_ms}`
+/// (rate).
 const PLACE_SCRIPT: &str = r"
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local ms = string.format('%d', math.floor(now_us / 1000))
+local interval = tonumber(ARGV[10])
+local next_arrival
+if interval > 0 then
+  local arrival = tonumber(redis.call('GET', KEYS[7]) or now_us)
+  if arrival < now_us then arrival = now_us end
+  next_arrival = arrival + interval
+  local early = next_arrival - now_us - tonumber(ARGV[11]) * interval
+  if early > 0 then return {2, math.ceil(early / 1000)} end
+end
 local cooldown = tonumber(ARGV[4])
 if cooldown > 0 and not redis.call('SET', KEYS[5], '1', 'NX', 'PX', cooldown) then
   local left = redis.call('PTTL', KEYS[5])
   if left < 1 then left = 1 end
   return {0, left}
 end
+if next_arrival then
+  redis.call('SET', KEYS[7], string.format('%d', next_arrival), 'PX',
+    math.ceil((next_arrival - now_us) / 1000))
+end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
-local now = redis.call('TIME')
-local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local record = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
@@ -109,7 +126,18 @@ pub struct Placement<'a> {
     pub cooldown: Duration,
     /// How long the client may undo it; zero keeps no undo record.
     pub undo_window: Duration,
+    /// The client's placement rate: one per `interval` (zero: unlimited), `burst` at once.
+    pub rate: PlacementRate,
     pub history_max_len: u32,
+}
+
+/// How fast one client may place, across every connection and replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementRate {
+    /// The time one placement costs; zero: no limit.
+    pub interval: Duration,
+    /// Placements at once.
+    pub burst: u32,
 }
 
 /// What Redis decided.
@@ -117,6 +145,7 @@ pub struct Placement<'a> {
 pub enum Placed {
     Accepted { version: u64, placed_at_ms: u64 },
     InCooldown { retry_after_ms: u64 },
+    RateLimited { retry_after_ms: u64 },
 }
 
 /// What an undo did.
@@ -278,6 +307,7 @@ impl Store {
             .key(HISTORY_KEY)
             .key(format!("{COOLDOWN_KEY_PREFIX}{}", placement.client_id))
             .key(format!("{UNDO_KEY_PREFIX}{}", placement.client_id))
+            .key(format!("{RATE_KEY_PREFIX}{}", placement.client_id))
             .arg(placement.index)
             .arg(placement.color)
             .arg(placement.client_id)
@@ -286,7 +316,9 @@ impl Store {
             .arg(placement.x)
             .arg(placement.y)
             .arg(UPDATES_CHANNEL)
-            .arg(millis(placement.undo_window));
+            .arg(millis(placement.undo_window))
+            .arg(u64::try_from(placement.rate.interval.as_micros()).unwrap_or(u64::MAX))
+            .arg(placement.rate.burst);
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         match reply.as_slice() {
             [1, version, placed_at_ms] => Ok(Placed::Accepted {
@@ -294,6 +326,9 @@ impl Store {
                 placed_at_ms: *placed_at_ms,
             }),
             [0, retry_after_ms] => Ok(Placed::InCooldown {
+                retry_after_ms: *retry_after_ms,
+            }),
+            [2, retry_after_ms] => Ok(Placed::RateLimited {
                 retry_after_ms: *retry_after_ms,
             }),
             other => Err(StoreError::Corrupt(format!(

@@ -32,7 +32,8 @@ fn api_on(redis: &RedisServer, extra: &[&str]) -> Api {
     api(redis, extra)
 }
 
-/// An app on `redis` with a 16x8 canvas, 4 colours, no snapshot caching, plus `extra` flags.
+/// An app on `redis` with a 16x8 canvas, 4 colours, no snapshot caching, no placement rate,
+/// plus `extra` flags.
 fn api(redis: &RedisServer, extra: &[&str]) -> Api {
     let url = redis.url();
     let mut argv = vec![
@@ -51,6 +52,9 @@ fn api(redis: &RedisServer, extra: &[&str]) -> Api {
         "0",
         "--api-token",
         API_TOKEN,
+        // Tests place as few clients, fast; the rate has its own test.
+        "--placement-rate",
+        "0",
     ];
     argv.extend_from_slice(extra);
     let args = Args::try_parse_from(argv).expect("valid flags");
@@ -892,6 +896,38 @@ async fn a_closed_canvas_refuses_placements_and_undos_and_says_until_when() {
     ])
     .await;
     assert_eq!(open.placed("a", 0, 0, 1).await, 1);
+}
+
+#[tokio::test]
+async fn one_client_is_held_to_its_rate_across_replicas_and_others_are_not() {
+    let redis = RedisServer::start().await;
+    let rate = ["--placement-rate", "2", "--placement-burst", "3"];
+    let (one, two) = (api_on(&redis, &rate), api_on(&redis, &rate));
+    for (k, api) in [&one, &two, &one].into_iter().enumerate() {
+        api.placed("a", k as i64, 0, 1).await;
+    }
+    let refused = two.place("a", 5, 0, 1).await;
+    refused.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry = refused.json()["error"]["retryAfterMs"]
+        .as_u64()
+        .expect("retryAfterMs");
+    assert!((1..=500).contains(&retry), "one interval at most: {retry}");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    // A refused placement costs nothing; another client has its own allowance.
+    assert_eq!(one.get("/api/v1/pixels/5/0").await.json()["color"], 0);
+    for k in 0..3 {
+        two.placed("b", k, 1, 2).await;
+    }
+    tokio::time::sleep(Duration::from_millis(retry + 10)).await;
+    one.placed("a", 5, 0, 1).await;
+    one.place("a", 6, 0, 1)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+
+    let unlimited = api_on(&redis, &["--placement-rate", "0"]);
+    for k in 0..30 {
+        unlimited.placed("c", k % 16, 2, 1).await;
+    }
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ pub const ENV_CANVAS_READ_ONLY: &str = "PIXEL_CANVAS_READ_ONLY";
 pub const ENV_CANVAS_OPENS_AT: &str = "PIXEL_CANVAS_OPENS_AT";
 /// When the canvas closes, RFC 3339 (`spec.canvas.schedule.end`); unset: never.
 pub const ENV_CANVAS_CLOSES_AT: &str = "PIXEL_CANVAS_CLOSES_AT";
+/// Placements per second one person (client id) may sustain across every connection and
+/// replica; 0: no limit.
+pub const ENV_PLACEMENT_RATE: &str = "PIXEL_PLACEMENT_RATE";
+/// Placements one person may make at once (the rate's burst).
+pub const ENV_PLACEMENT_BURST: &str = "PIXEL_PLACEMENT_BURST";
 /// How many placements the history stream keeps.
 pub const ENV_HISTORY_MAX_LEN: &str = "PIXEL_HISTORY_MAX_LEN";
 /// The most placements one `GET /api/v1/history` answer carries.

@@ -16,6 +16,10 @@ pub const PLACED_KEY: &str = "canvas:placed";
 pub const HISTORY_KEY: &str = "canvas:history";
 /// Prefix of per-client cooldown keys (`SET NX PX`), followed by the client id.
 pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
+/// Prefix of per-client placement-rate keys, followed by the client id: the theoretical
+/// arrival time of the client's placements (GCRA), in µs since the Unix epoch by Redis's
+/// clock; its whole burst is allowed again from then on, and the key expires then.
+pub const RATE_KEY_PREFIX: &str = "canvas:rate:";
 /// Prefix of per-client undo records, followed by the client id: a hash of the client's
 /// last placement (`i` index, `x`, `y`, `v` its version, `c` the colour before it, `r` the
 /// pixel's record before it, empty when there was none), expiring with the undo window.

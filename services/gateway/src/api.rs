@@ -78,9 +78,13 @@ struct ErrorAnswer {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorDetail {
     code: String,
     message: String,
+    /// Exact, where `Retry-After` has whole seconds.
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,7 +189,7 @@ impl ApiClient {
         Ok(Outcome::Refused {
             code: answer.error.code,
             message: answer.error.message,
-            retry_after_ms,
+            retry_after_ms: answer.error.retry_after_ms.or(retry_after_ms),
         })
     }
 

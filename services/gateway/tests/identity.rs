@@ -185,6 +185,48 @@ async fn an_undo_is_the_persons_own_reaches_every_client_and_refunds_the_cooldow
     assert_eq!(reload.place(6, 6).await["code"], "cooldown");
 }
 
+/// Without a cooldown the placement rate is what binds: per person, so more connections
+/// with the same cookie (tabs, or a script) share one allowance, on every gateway.
+#[tokio::test]
+async fn the_placement_rate_is_per_person_not_per_connection() {
+    let redis = RedisServer::start().await;
+    let geometry = &CANVAS[..6];
+    let mut api_flags = vec!["--placement-rate", "0.1", "--placement-burst", "3"];
+    api_flags.extend_from_slice(geometry);
+    let api = support::serve_api(&redis, &api_flags).await;
+    let mut gateway_flags = vec!["--batch-ms", "5"];
+    gateway_flags.extend_from_slice(geometry);
+    let (one, two) = (
+        support::serve_gateway(&redis, api, &gateway_flags).await,
+        support::serve_gateway(&redis, api, &gateway_flags).await,
+    );
+    let first = visit(&one, None).await;
+    let cookie = first.set_cookie.clone().expect("a cookie");
+    let mut tabs = vec![first];
+    for gateway in [&one, &two, &two] {
+        tabs.push(visit(gateway, Some(&cookie)).await);
+    }
+    let mut answers = Vec::new();
+    for (k, tab) in tabs.iter_mut().enumerate() {
+        for n in 0..2 {
+            answers.push(tab.place(k as u16, n).await);
+        }
+    }
+    let placed = answers.iter().filter(|a| a["type"] == "placed").count();
+    assert_eq!(placed, 3, "one burst for the person: {answers:?}");
+    let refused = answers
+        .iter()
+        .find(|a| a["type"] == "error")
+        .expect("a refusal");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(
+        refused["retryAfterMs"].as_u64().is_some_and(|ms| ms > 1000),
+        "exact, from canvas-api: {refused}"
+    );
+    // Another person has an allowance of their own.
+    assert_eq!(visit(&two, None).await.place(9, 5).await["type"], "placed");
+}
+
 #[tokio::test]
 async fn a_frozen_canvas_says_so_in_the_hello_and_refuses_placements() {
     let redis = RedisServer::start().await;

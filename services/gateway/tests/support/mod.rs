@@ -12,12 +12,27 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 /// Bound on one wait; reached only when something hangs.
 pub const HANG: Duration = Duration::from_secs(30);
 
+/// canvas-api's command line on the Redis at `url`, with the tests' token and no
+/// per-person placement rate (the tests place fast as few people; the gateway's own limits
+/// are under test here), before the caller's flags, which may override it.
+fn api_argv(url: &str) -> Vec<&str> {
+    vec![
+        "canvas-api",
+        "--redis-url",
+        url,
+        "--api-token",
+        API_TOKEN,
+        "--placement-rate",
+        "0",
+    ]
+}
+
 /// canvas-api on `redis` with `canvas` flags, in this process but on its own runtime
 /// thread: the test's clients keep their runtime busy, which must not time canvas-api's
 /// Redis calls out.
 pub async fn start_api(redis: &RedisServer, canvas: &[&str]) -> SocketAddr {
     let url = redis.url();
-    let mut argv = vec!["canvas-api", "--redis-url", &url, "--api-token", API_TOKEN];
+    let mut argv = api_argv(&url);
     argv.extend_from_slice(canvas);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -90,7 +105,7 @@ pub async fn start_gateway(redis: &RedisServer, api: SocketAddr, extra: &[&str])
 /// canvas-api on `redis` with `flags`, served on the calling test's runtime.
 pub async fn serve_api(redis: &RedisServer, flags: &[&str]) -> SocketAddr {
     let url = redis.url();
-    let mut argv = vec!["canvas-api", "--redis-url", &url, "--api-token", API_TOKEN];
+    let mut argv = api_argv(&url);
     argv.extend_from_slice(flags);
     let args = canvas_api::Args::try_parse_from(argv).expect("valid canvas-api flags");
     let router = canvas_api::app(
