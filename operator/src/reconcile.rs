@@ -41,8 +41,8 @@ use crate::{
     children::{
         self, API_TOKEN_KEY, CONFIG_HASH_ANNOTATION, Child, ChildKind, Component, Credentials,
         Defaults, DesiredError, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
-        IDENTITY_KEY_ROTATION_KEY, IdentityKeys, Inputs, Names, PASSWORD_KEY, consumed_hash,
-        kind_of,
+        IDENTITY_KEY_ROTATION_KEY, IdentityKeys, Inputs, MODERATOR_TOKEN_KEY, Names, PASSWORD_KEY,
+        consumed_hash, kind_of,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
         with_child,
     },
@@ -342,6 +342,22 @@ async fn credentials(
         }
     };
     let api_token = key(API_TOKEN_KEY)?.unwrap_or_else(new_password);
+    let moderator = names.moderator_secret();
+    let moderator_token = secrets
+        .get_opt(&moderator)
+        .await
+        .map_err(kube_error("get", kind_of::<Secret>(), &moderator))?
+        .map(|secret| {
+            secret_text(
+                secret,
+                MODERATOR_TOKEN_KEY,
+                &format!("{namespace}/{moderator}"),
+            )
+        })
+        .transpose()?
+        .flatten()
+        .filter(|token| !token.is_empty())
+        .unwrap_or_else(new_password);
     let stored_identity = key(IDENTITY_KEY_KEY)?
         .filter(|current| !current.is_empty())
         .map(|current| -> Result<IdentityKeys, ReconcileError> {
@@ -361,6 +377,7 @@ async fn credentials(
         redis_password,
         api_token,
         identity: stored_identity.clone().unwrap_or_default(),
+        moderator_token,
     };
     // Only mid-rotation: do the gateways all run with the key to promote?
     let gateways_hold_next = match &stored_identity {

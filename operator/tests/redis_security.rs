@@ -55,6 +55,7 @@ fn render(canvas: &PixelCanvas) -> Desired {
             current: "identity-key-0123456789-0123456789".to_owned(),
             ..IdentityKeys::default()
         },
+        moderator_token: "moderator-token-0123456789".to_owned(),
     };
     desired(&Inputs::new(canvas, credentials, &Defaults::default()).expect("context"))
 }

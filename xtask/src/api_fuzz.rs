@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use pixel_common::ports::{
     ENV_API_TOKEN, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT, ENV_CANVAS_WIDTH,
-    ENV_LISTEN_ADDR, ENV_REDIS_URL, READYZ_PATH,
+    ENV_LISTEN_ADDR, ENV_MODERATOR_TOKEN, ENV_REDIS_URL, READYZ_PATH,
 };
 use pixel_harness::{
     deps, paths,
@@ -28,10 +28,12 @@ use pixel_harness::{
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// The issue's floor.
 const MIN_REQUESTS: u64 = 1000;
-/// Test cases per operation and phase: about 1,600 requests over the seven operations.
-const MAX_EXAMPLES: u32 = 300;
+/// Test cases per operation and phase: about 2,500 requests over the thirteen operations.
+const MAX_EXAMPLES: u32 = 150;
 /// The internal token the fuzzed canvas-api requires on placements.
 const FUZZ_API_TOKEN: &str = "api-fuzz-internal-token";
+/// The moderator token it requires on the moderation API.
+const FUZZ_MODERATOR_TOKEN: &str = "api-fuzz-moderator-token";
 /// Fixed, so a failure reproduces; schemathesis prints it too.
 const SEED: u64 = 20_261_125;
 /// A small canvas, so generated coordinates land on it; no cooldown, so placements succeed.
@@ -42,10 +44,37 @@ const CANVAS: [(&str, &str); 3] = [
 ];
 /// `since` ahead of the canvas is valid by the document and answered `410 history_gone`, as
 /// docs/protocol.md says; schemathesis's positive-data check must count it as accepted.
-const CONFIG: &str = r#"[[operations]]
+///
+/// A rollback the document allows may still be refused as the document's descriptions say:
+/// not exactly one of its two shapes (`400`), an area off this canvas or a version ahead of
+/// it (`400`), a point the history no longer reaches (`410`). Unbanning a player without a
+/// ban is `404 not_banned`.
+///
+/// Each operation is fuzzed with the credential its security scheme names (and, by the
+/// `ignored_auth` check, without it).
+fn schemathesis_config() -> String {
+    format!(
+        r#"[auth.openapi.internalToken]
+bearer = "{FUZZ_API_TOKEN}"
+
+[auth.openapi.moderatorToken]
+bearer = "{FUZZ_MODERATOR_TOKEN}"
+
+[[operations]]
 include-path = "/api/v1/history"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 410]
-"#;
+
+[[operations]]
+include-path = "/api/v1/moderation/rollbacks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 410]
+
+[[operations]]
+include-path-regex = "^/api/v1/moderation/bans/"
+include-method = "DELETE"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 404]
+"#
+    )
+}
 
 /// `cargo xtask api-fuzz`, also run by `cargo xtask test`.
 pub fn run() -> Result<()> {
@@ -77,6 +106,7 @@ pub fn run() -> Result<()> {
             .env(ENV_LISTEN_ADDR, format!("127.0.0.1:{api_port}"))
             .env(ENV_REDIS_URL, format!("redis://127.0.0.1:{redis_port}"))
             .env(ENV_API_TOKEN, FUZZ_API_TOKEN)
+            .env(ENV_MODERATOR_TOKEN, FUZZ_MODERATOR_TOKEN)
             .env("RUST_LOG", "warn")
             .envs(CANVAS),
         dir.path(),
@@ -89,7 +119,7 @@ pub fn run() -> Result<()> {
         .with_context(|| format!("see {}", dir.path().join("canvas-api.log").display()))?;
 
     let config = dir.path().join("schemathesis.toml");
-    std::fs::write(&config, CONFIG)?;
+    std::fs::write(&config, schemathesis_config())?;
     let reports = dir.path().join("reports");
     let ndjson = reports.join("events.ndjson");
     let mut cmd = Command::new(&schemathesis);
@@ -98,12 +128,6 @@ pub fn run() -> Result<()> {
         .arg(&config)
         .args(["run", &format!("{api_url}/api/v1/openapi.json")])
         .args(["--checks", "all"])
-        // Placements are fuzzed as the gateway sends them; the `ignored_auth` check
-        // verifies that they are refused without the token.
-        .args([
-            "--header",
-            &format!("Authorization: Bearer {FUZZ_API_TOKEN}"),
-        ])
         .args(["--max-examples", &MAX_EXAMPLES.to_string()])
         .args(["--seed", &SEED.to_string()])
         // No --max-time: with it, fuzzing repeats until the time is spent.

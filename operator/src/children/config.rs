@@ -1,5 +1,5 @@
 //! The ConfigMap with the canvas settings, the generated Secrets (the Redis password, the
-//! internal API token), and the hash that rolls pods when any of them changes.
+//! internal API token and identity keys, the moderator token), and the hash that rolls pods when any of them changes.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,8 @@ pub const IDENTITY_KEY_KEY: &str = "identity-key";
 pub const IDENTITY_KEY_PREVIOUS_KEY: &str = "identity-key-previous";
 /// Key of the identity key of a rotation under way (verifying only; empty otherwise).
 pub const IDENTITY_KEY_NEXT_KEY: &str = "identity-key-next";
+/// Key of the moderator token in the generated moderator Secret.
+pub const MODERATOR_TOKEN_KEY: &str = "token";
 /// Key of the rotation annotation's value the keys were last rotated for.
 pub const IDENTITY_KEY_ROTATION_KEY: &str = "identity-key-rotation";
 
@@ -95,6 +97,20 @@ pub fn redis_secret(inputs: &Inputs) -> Option<Secret> {
     })
 }
 
+/// The generated Secret of the moderator token, which moderators are given (by whoever may
+/// read it: `kubectl get secret <name>-moderator`) for the moderation API.
+pub fn moderator_secret(inputs: &Inputs) -> Secret {
+    Secret {
+        metadata: inputs.metadata(inputs.names.moderator_secret(), Some(Component::Api)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            MODERATOR_TOKEN_KEY.to_owned(),
+            ByteString(inputs.credentials.moderator_token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// The generated Secret of the internal credentials: the token canvas-api requires of its
 /// only caller, the gateway, and the key the gateway signs identity cookies with.
 pub fn internal_secret(inputs: &Inputs) -> Secret {
@@ -142,6 +158,9 @@ pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
             }
             feed(&inputs.credentials.redis_password);
             feed(&inputs.credentials.api_token);
+            if component == Component::Api {
+                feed(&inputs.credentials.moderator_token);
+            }
             if component == Component::Gateway {
                 feed(&inputs.credentials.identity.current);
                 feed(&inputs.credentials.identity.previous);

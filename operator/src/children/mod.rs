@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 pub use self::{
     config::{
         API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
-        IDENTITY_KEY_ROTATION_KEY, PASSWORD_KEY, consumed_hash,
+        IDENTITY_KEY_ROTATION_KEY, MODERATOR_TOKEN_KEY, PASSWORD_KEY, consumed_hash,
     },
     ingress::url,
     naming::Component,
@@ -81,6 +81,8 @@ pub struct Credentials {
     pub api_token: String,
     /// The keys the gateway signs and verifies identity cookies with.
     pub identity: IdentityKeys,
+    /// The token moderators present to canvas-api's moderation API.
+    pub moderator_token: String,
 }
 
 /// The identity keys, as the internal Secret holds them. A rotation takes two rolls of
@@ -389,6 +391,7 @@ pub fn desired(inputs: &Inputs) -> Desired {
         None => absent.push((ChildKind::Secret, inputs.names.redis_secret())),
     }
     apply.push(Child::Secret(config::internal_secret(inputs)));
+    apply.push(Child::Secret(config::moderator_secret(inputs)));
     apply.push(Child::Service(redis::service(inputs)));
     apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
     apply.push(Child::NetworkPolicy(redis::network_policy(inputs)));

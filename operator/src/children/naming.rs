@@ -76,6 +76,12 @@ impl Names {
         format!("{}-internal", self.canvas)
     }
 
+    /// The generated Secret of the canvas's moderator token, for people to hold (so it is
+    /// not the internal Secret, whose keys only the pods need).
+    pub fn moderator_secret(&self) -> String {
+        format!("{}-moderator", self.canvas)
+    }
+
     /// The ConfigMap with the canvas settings.
     pub fn config(&self) -> String {
         format!("{}-config", self.canvas)
@@ -122,6 +128,7 @@ mod tests {
         assert_eq!(names.component(Component::Redis), "demo-redis");
         assert_eq!(names.redis_secret(), "demo-redis-auth");
         assert_eq!(names.internal_secret(), "demo-internal");
+        assert_eq!(names.moderator_secret(), "demo-moderator");
         assert_eq!(names.config(), "demo-config");
         assert_eq!(names.ingress(), "demo");
     }

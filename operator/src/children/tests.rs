@@ -45,6 +45,7 @@ fn credentials(redis_password: &str, api_token: &str) -> Credentials {
             current: "identity-key-0123456789-0123456789".to_owned(),
             ..IdentityKeys::default()
         },
+        moderator_token: "moderator-token-0123456789".to_owned(),
     }
 }
 
@@ -135,6 +136,7 @@ fn a_default_canvas_has_the_whole_stack() {
             ("PodDisruptionBudget", "demo-frontend"),
             ("PodDisruptionBudget", "demo-gateway"),
             ("Secret", "demo-internal"),
+            ("Secret", "demo-moderator"),
             ("Secret", "demo-redis-auth"),
             ("Service", "demo-api"),
             ("Service", "demo-frontend"),
@@ -375,31 +377,53 @@ fn only_the_api_and_the_gateway_get_the_internal_token() {
         ("demo-gateway", true),
         ("demo-frontend", false),
     ] {
-        let container = &deployment(&d, name)
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .expect("pod spec")
-            .containers[0];
-        let token = container
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == pixel_common::ports::ENV_API_TOKEN);
-        assert_eq!(token.is_some(), given, "{name}");
-        if let Some(token) = token {
-            assert_eq!(token.value, None, "never inline");
-            let from = token
-                .value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-                .expect("from the Secret");
-            assert_eq!(
-                (from.name.as_str(), from.key.as_str()),
-                ("demo-internal", API_TOKEN_KEY)
-            );
-        }
+        assert_eq!(
+            secret_env(&d, name, pixel_common::ports::ENV_API_TOKEN),
+            given.then(|| ("demo-internal".to_owned(), API_TOKEN_KEY.to_owned())),
+            "{name}"
+        );
     }
+}
+
+#[test]
+fn only_the_api_gets_the_moderator_token_from_a_secret_of_its_own() {
+    let d = desired_for(&canvas(json!({})));
+    let Child::Secret(secret) = find(&d, "Secret", "demo-moderator") else {
+        panic!()
+    };
+    assert_eq!(
+        secret.data.as_ref().expect("data")[MODERATOR_TOKEN_KEY].0,
+        b"moderator-token-0123456789"
+    );
+    for (name, given) in [
+        ("demo-api", true),
+        ("demo-gateway", false),
+        ("demo-frontend", false),
+    ] {
+        assert_eq!(
+            secret_env(&d, name, pixel_common::ports::ENV_MODERATOR_TOKEN),
+            given.then(|| ("demo-moderator".to_owned(), MODERATOR_TOKEN_KEY.to_owned())),
+            "{name}"
+        );
+    }
+}
+
+/// The Secret and key a Deployment's container takes `env` from (never inline).
+fn secret_env(d: &Desired, deployment_name: &str, env: &str) -> Option<(String, String)> {
+    let container = &deployment(d, deployment_name)
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0];
+    let var = container.env.iter().flatten().find(|e| e.name == env)?;
+    assert_eq!(var.value, None, "never inline");
+    let from = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("from a Secret");
+    Some((from.name.clone(), from.key.clone()))
 }
 
 /// Only the gateway signs identity cookies; they carry `Secure` exactly when the canvas

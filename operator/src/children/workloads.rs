@@ -90,6 +90,13 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
             config::API_TOKEN_KEY,
         ));
     }
+    if s.component == Component::Api {
+        env.push(secret_env(
+            ports::ENV_MODERATOR_TOKEN,
+            inputs.names.moderator_secret(),
+            config::MODERATOR_TOKEN_KEY,
+        ));
+    }
     if s.component == Component::Gateway {
         env.push(secret_env(
             ports::ENV_IDENTITY_KEY,

@@ -223,6 +223,7 @@ fn world(
             current: IDENTITY_KEY.to_owned(),
             ..IdentityKeys::default()
         },
+        moderator_token: "moderator-token-0123456789".to_owned(),
     };
     let inputs = Inputs::new(&canvas, credentials, defaults).expect("inputs");
     let desired = children::desired(&inputs).apply;
@@ -299,12 +300,14 @@ async fn reconcile_with(
 /// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
 /// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 19] = [
+const STEADY_READS: [&str; 21] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
+    "/api/v1/namespaces/art/secrets/demo-moderator",
     "/api/v1/namespaces/art/configmaps/demo-config",
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
+    "/api/v1/namespaces/art/secrets/demo-moderator",
     "/api/v1/namespaces/art/services/demo-redis",
     "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-redis",
@@ -430,6 +433,7 @@ async fn a_paused_canvas_reads_its_workloads_and_applies_nothing() {
         [
             "/api/v1/namespaces/art/secrets/demo-redis-auth",
             "/api/v1/namespaces/art/secrets/demo-internal",
+            "/api/v1/namespaces/art/secrets/demo-moderator",
             "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
             "/apis/apps/v1/namespaces/art/deployments/demo-api",
             "/apis/apps/v1/namespaces/art/deployments/demo-gateway",

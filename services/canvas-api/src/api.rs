@@ -385,7 +385,7 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
         (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large or invalid_client_id", body = ErrorBody),
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "canvas_closed: the canvas is frozen or outside its schedule", body = ErrorBody),
+        (status = 403, description = "canvas_closed (the canvas is frozen or outside its schedule) or banned (a moderator banned the client)", body = ErrorBody),
         (status = 429, description = "cooldown (the client is in its cooldown) or rate_limited (it placed faster than PIXEL_PLACEMENT_RATE allows); retryAfterMs in the body", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the client may place again"))),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
@@ -453,6 +453,7 @@ async fn place_checked(
         }
         Placed::InCooldown { retry_after_ms } => Err(ApiError::Cooldown { retry_after_ms }),
         Placed::RateLimited { retry_after_ms } => Err(ApiError::RateLimited { retry_after_ms }),
+        Placed::Banned => Err(ApiError::Banned),
     }
 }
 
@@ -465,7 +466,7 @@ async fn place_checked(
         (status = 400, description = "invalid_client_id", body = ErrorBody),
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "canvas_closed: the canvas is frozen or outside its schedule", body = ErrorBody),
+        (status = 403, description = "canvas_closed (the canvas is frozen or outside its schedule) or banned (a moderator banned the client)", body = ErrorBody),
         (status = 409, description = "nothing_to_undo (no placement within the undo window) or undo_superseded (the pixel was placed over since)", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ))]
@@ -516,6 +517,7 @@ async fn undo_checked(state: &AppState, headers: &HeaderMap) -> Result<UndoRespo
         }
         Undo::NothingToUndo => Err(ApiError::NothingToUndo),
         Undo::Superseded => Err(ApiError::UndoSuperseded),
+        Undo::Banned => Err(ApiError::Banned),
     }
 }
 

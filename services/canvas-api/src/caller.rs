@@ -7,11 +7,11 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, header::AUTHORIZATION};
 use subtle::ConstantTimeEq;
 
-/// The internal token; never printed.
+/// A bearer credential (the internal token, the moderator token); never printed.
 #[derive(Clone)]
-pub struct InternalToken(Arc<[u8]>);
+pub struct BearerToken(Arc<[u8]>);
 
-impl InternalToken {
+impl BearerToken {
     pub fn new(token: &str) -> Self {
         Self(token.as_bytes().into())
     }
@@ -26,9 +26,9 @@ impl InternalToken {
     }
 }
 
-impl std::fmt::Debug for InternalToken {
+impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InternalToken(..)")
+        f.write_str("BearerToken(..)")
     }
 }
 
@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_bearer_token_is_admitted() {
-        let token = InternalToken::new("0123456789abcdef");
+        let token = BearerToken::new("0123456789abcdef");
         assert!(token.admits(&with("Bearer 0123456789abcdef")));
         for wrong in [
             "Bearer 0123456789abcdeg",
@@ -59,6 +59,6 @@ mod tests {
             assert!(!token.admits(&with(wrong)), "{wrong}");
         }
         assert!(!token.admits(&HeaderMap::new()));
-        assert_eq!(format!("{token:?}"), "InternalToken(..)");
+        assert_eq!(format!("{token:?}"), "BearerToken(..)");
     }
 }

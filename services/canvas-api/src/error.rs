@@ -31,7 +31,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
     /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`,
-    /// `cooldown`, `rate_limited`, `canvas_closed`, `nothing_to_undo`, `undo_superseded`, `history_gone`,
+    /// `cooldown`, `rate_limited`, `canvas_closed`, `banned`, `nothing_to_undo`, `undo_superseded`,
+    /// `invalid_player`, `not_banned`, `history_gone`,
     /// `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
@@ -51,6 +52,8 @@ pub enum ApiError {
     UnknownColor(#[from] PaletteError),
     #[error("invalid request body")]
     Body(#[source] JsonRejection),
+    #[error("{0}")]
+    BodyValue(String),
     #[error("invalid path")]
     Path(#[source] PathRejection),
     #[error("invalid query")]
@@ -70,6 +73,16 @@ pub enum ApiError {
     RateLimited { retry_after_ms: u64 },
     #[error("{0}")]
     Closed(Closed),
+    #[error("this player is banned from placing on this canvas")]
+    Banned,
+    #[error("moderation needs this canvas's moderator token (Authorization: Bearer)")]
+    NotModerator,
+    #[error("a player is named by their public name: 1 to 64 of A-Z a-z 0-9 . _ -")]
+    InvalidPlayer,
+    #[error("this player has no ban")]
+    NotBanned,
+    #[error(transparent)]
+    RollbackGone(crate::rollback::PlanError),
     #[error(
         "no placement of this client to undo: none within the undo window, or it was undone already"
     )]
@@ -100,7 +113,7 @@ impl ApiError {
             Self::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 (StatusCode::BAD_REQUEST, "body_too_large")
             }
-            Self::Body(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::Body(_) | Self::BodyValue(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Query(_) | Self::QueryValue(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
@@ -108,6 +121,11 @@ impl ApiError {
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Closed(_) => (StatusCode::FORBIDDEN, "canvas_closed"),
+            Self::Banned => (StatusCode::FORBIDDEN, "banned"),
+            Self::NotModerator => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::InvalidPlayer => (StatusCode::BAD_REQUEST, "invalid_player"),
+            Self::NotBanned => (StatusCode::NOT_FOUND, "not_banned"),
+            Self::RollbackGone(_) => (StatusCode::GONE, "history_gone"),
             Self::NothingToUndo => (StatusCode::CONFLICT, "nothing_to_undo"),
             Self::UndoSuperseded => (StatusCode::CONFLICT, "undo_superseded"),
             Self::HistoryGone { .. } => (StatusCode::GONE, "history_gone"),
@@ -162,7 +180,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::NotModerator => {
                 response
                     .headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

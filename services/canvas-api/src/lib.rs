@@ -9,6 +9,8 @@ pub mod api;
 pub mod cache;
 pub mod caller;
 pub mod error;
+pub mod moderation;
+pub mod rollback;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -70,6 +72,11 @@ pub struct Args {
     #[command(flatten)]
     pub token: ApiTokenArgs,
 
+    /// The token moderators present (`Authorization: Bearer <token>`) on the moderation
+    /// API, at least 16 printable ASCII characters. Unset: moderation is off.
+    #[arg(long, env = ports::ENV_MODERATOR_TOKEN, hide_env_values = true)]
+    pub moderator_token: Option<String>,
+
     /// Placements per second one person (client id) may sustain, across every connection,
     /// gateway and API replica; 0: no limit.
     #[arg(long, env = ports::ENV_PLACEMENT_RATE, default_value_t = 5.0, value_parser = placement_rate)]
@@ -105,6 +112,19 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+/// The moderator token, checked like the internal token, from which it must differ (the
+/// gateway's credential must not moderate, nor a moderator's place).
+fn moderator_token(args: &Args) -> Result<Option<caller::BearerToken>, RunError> {
+    let Some(token) = &args.moderator_token else {
+        return Ok(None);
+    };
+    let printable = token.bytes().all(|b| b.is_ascii_graphic());
+    if token.len() < ports::API_TOKEN_MIN_LEN || !printable || *token == args.token.api_token {
+        return Err(RunError::ModeratorToken);
+    }
+    Ok(Some(caller::BearerToken::new(token)))
+}
+
 /// A placement rate: 0 (no limit) or 0.001 to 1,000,000 per second.
 fn placement_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
@@ -132,6 +152,12 @@ pub enum RunError {
     CorsOrigin(String),
     #[error(transparent)]
     ApiToken(#[from] pixel_common::config::ApiTokenError),
+    #[error(
+        "{} must be at least {} printable ASCII characters, and not the internal token",
+        ports::ENV_MODERATOR_TOKEN,
+        ports::API_TOKEN_MIN_LEN
+    )]
+    ModeratorToken,
 }
 
 /// The canvas's settings, checked.
@@ -147,7 +173,9 @@ pub struct Settings {
     pub history_max_len: u32,
     pub history_page_max: u32,
     /// What a placement's caller must present.
-    pub api_token: caller::InternalToken,
+    pub api_token: caller::BearerToken,
+    /// What a moderator must present; `None`: moderation is off.
+    pub moderator_token: Option<caller::BearerToken>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,7 +246,8 @@ impl AppState {
             },
             history_max_len: args.history_max_len,
             history_page_max: args.history_page_max,
-            api_token: caller::InternalToken::new(args.token.check()?),
+            api_token: caller::BearerToken::new(args.token.check()?),
+            moderator_token: moderator_token(args)?,
         };
         let store = Store::new(&RedisConfig {
             url: args.redis.redis_url.clone(),
@@ -258,33 +287,43 @@ impl AppState {
         title = "Pixel Playground canvas API",
         description = "Read the canvas, place pixels. See docs/protocol.md."
     ),
-    modifiers(&InternalTokenScheme)
+    modifiers(&BearerTokenScheme)
 )]
 struct ApiDoc;
 
 /// The name of the placement endpoint's security scheme in the OpenAPI document.
 pub const INTERNAL_TOKEN_SCHEME: &str = "internalToken";
+/// The name of the moderation API's security scheme in the OpenAPI document.
+pub const MODERATOR_TOKEN_SCHEME: &str = "moderatorToken";
 
-/// Declares the internal token as an HTTP bearer scheme.
-struct InternalTokenScheme;
+/// Declares the internal and the moderator token as HTTP bearer schemes.
+struct BearerTokenScheme;
 
-impl utoipa::Modify for InternalTokenScheme {
+impl utoipa::Modify for BearerTokenScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-            INTERNAL_TOKEN_SCHEME,
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "The canvas's internal token (PIXEL_API_TOKEN): only its gateway holds it",
-                    ))
-                    .build(),
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let schemes = [
+            (
+                INTERNAL_TOKEN_SCHEME,
+                "The canvas's internal token (PIXEL_API_TOKEN): only its gateway holds it",
             ),
-        );
+            (
+                MODERATOR_TOKEN_SCHEME,
+                "The canvas's moderator token (PIXEL_MODERATOR_TOKEN), from its <name>-moderator Secret",
+            ),
+        ];
+        for (name, description) in schemes {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(description))
+                        .build(),
+                ),
+            );
+        }
     }
 }
 
@@ -296,6 +335,10 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::canvas_png))
         .routes(routes!(api::place))
         .routes(routes!(api::undo))
+        .routes(routes!(moderation::bans))
+        .routes(routes!(moderation::ban, moderation::unban))
+        .routes(routes!(moderation::roll_back))
+        .routes(routes!(moderation::audit))
         .routes(routes!(api::pixel))
         .routes(routes!(api::history))
         .routes(routes!(api::openapi_json))
@@ -319,6 +362,21 @@ pub fn openapi_document(settings: &Settings) -> serde_json::Value {
         )) {
             property["minimum"] = 0.into();
             property["maximum"] = max.into();
+        }
+        // An area's corner and size on this canvas.
+        let area_bound = match name {
+            "x" => Some(("x", "width")),
+            "y" => Some(("y", "height")),
+            _ => None,
+        };
+        if let Some((corner, extent)) = area_bound {
+            let area = "/components/schemas/AreaRequest/properties";
+            if let Some(property) = doc.pointer_mut(&format!("{area}/{corner}")) {
+                property["maximum"] = max.into();
+            }
+            if let Some(property) = doc.pointer_mut(&format!("{area}/{extent}")) {
+                property["maximum"] = (max + 1).into();
+            }
         }
         let parameters = doc
             .pointer_mut("/paths/~1api~1v1~1pixels~1{x}~1{y}/get/parameters")

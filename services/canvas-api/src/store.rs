@@ -7,8 +7,8 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     identity::public_name,
     redis_schema::{
-        COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY, RATE_KEY_PREFIX, UNDO_KEY_PREFIX,
-        UPDATES_CHANNEL, VERSION_KEY,
+        AUDIT_KEY, BANS_KEY, COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY,
+        RATE_KEY_PREFIX, UNDO_KEY_PREFIX, UPDATES_CHANNEL, VERSION_KEY,
     },
 };
 use redis::{
@@ -31,14 +31,18 @@ pub enum StoreError {
 }
 
 /// Sets the pixel, bumps the version, records who placed it, appends to the history stream
-/// and publishes the update. First enforces the client's placement rate (GCRA: the key
+/// (with the colour it replaced, for rollbacks) and publishes the update. First refuses a
+/// banned client (by its public name), then enforces its placement rate (GCRA: the key
 /// holds the theoretical arrival time, in µs, of its placements; `burst` placements at
 /// once, then one per `interval`), then its cooldown with `SET NX PX`; a refused placement
-/// consumes neither. With an undo window, keeps what the placement replaced (colour and
-/// record) under the client's undo key for [`UNDO_SCRIPT`]. Returns
-/// `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown) or `{2, retry_after_ms}`
-/// (rate).
+/// consumes neither. A shadow-banned client is answered as if placed (the current version,
+/// its rate and cooldown consumed) and nothing is written. With an undo window, keeps what
+/// the placement replaced (colour and record) under the client's undo key for
+/// [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
+/// `{2, retry_after_ms}` (rate) or `{3}` (banned).
 const PLACE_SCRIPT: &str = r"
+local ban = redis.call('HGET', KEYS[8], ARGV[12])
+if ban == 'ban' then return {3} end
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local ms = string.format('%d', math.floor(now_us / 1000))
@@ -61,12 +65,15 @@ if next_arrival then
   redis.call('SET', KEYS[7], string.format('%d', next_arrival), 'PX',
     math.ceil((next_arrival - now_us) / 1000))
 end
+if ban == 'shadow' then
+  return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms)}
+end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
 local record = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
-  'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms)
+  'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms, 'p', previous)
 redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
 local undo = tonumber(ARGV[9])
 if undo > 0 then
@@ -79,11 +86,13 @@ return {1, tonumber(version), tonumber(ms)}
 ";
 
 /// Undoes the client's last placement if it is still within the window and still the
-/// pixel's last: the old colour and record come back as a new version (history entry with
-/// `u 1`, published like any placement) and the cooldown is refunded. One undo per
-/// placement. Returns `{1, version, placed_at_ms, x, y, colour}`, `{0}` (nothing to undo)
-/// or `{2}` (the pixel was placed over since).
+/// pixel's last: the old colour and record come back as a new version (history entry of
+/// kind `u`, published like any placement) and the cooldown is refunded. One undo per
+/// placement; none for a banned client. Returns `{1, version, placed_at_ms, x, y, colour}`,
+/// `{0}` (nothing to undo), `{2}` (the pixel was placed over since) or `{3}` (banned).
 const UNDO_SCRIPT: &str = r"
+local ban = redis.call('HGET', KEYS[7], ARGV[4])
+if ban == 'ban' then return {3} end
 local fields = redis.call('HGETALL', KEYS[6])
 if #fields == 0 then return {0} end
 local undo = {}
@@ -91,7 +100,7 @@ for i = 1, #fields, 2 do undo[fields[i]] = fields[i + 1] end
 redis.call('DEL', KEYS[6])
 local current = redis.call('HGET', KEYS[3], undo.i)
 if not current or string.match(current, '^%d+') ~= undo.v then return {2} end
-redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. undo.i, undo.c)
+local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. undo.i, undo.c)[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
 local now = redis.call('TIME')
 local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
@@ -101,10 +110,37 @@ else
   redis.call('HSET', KEYS[3], undo.i, undo.r)
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[2], version .. '-0',
-  'x', undo.x, 'y', undo.y, 'c', undo.c, 'id', ARGV[1], 't', ms, 'u', '1')
+  'x', undo.x, 'y', undo.y, 'c', undo.c, 'id', ARGV[1], 't', ms, 'p', previous, 'k', 'u')
 redis.call('PUBLISH', ARGV[3], version .. ' ' .. undo.x .. ' ' .. undo.y .. ' ' .. undo.c)
 redis.call('DEL', KEYS[5])
 return {1, tonumber(version), tonumber(ms), tonumber(undo.x), tonumber(undo.y), tonumber(undo.c)}
+";
+
+/// Applies a moderator's rollback: for each `index x y colour expected` group of ARGV
+/// (after `by`, the history length and the channel), sets the pixel to `colour` as a new
+/// version attributed to `by` (history kind `r`) unless its colour is no longer `expected`
+/// (someone placed there since the rollback was planned: theirs stands). Returns
+/// `{applied, skipped, version}`.
+const ROLLBACK_SCRIPT: &str = r"
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local applied, skipped = 0, 0
+for i = 4, #ARGV, 5 do
+  local index, x, y, colour, expected = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local current = redis.call('BITFIELD', KEYS[1], 'GET', 'u8', '#' .. index)[1]
+  if tostring(current) ~= expected then
+    skipped = skipped + 1
+  else
+    redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. index, colour)
+    local version = string.format('%d', redis.call('INCR', KEYS[2]))
+    redis.call('HSET', KEYS[3], index, version .. ' ' .. ms .. ' ' .. ARGV[1])
+    redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[2], version .. '-0',
+      'x', x, 'y', y, 'c', colour, 'id', ARGV[1], 't', ms, 'p', current, 'k', 'r')
+    redis.call('PUBLISH', ARGV[3], version .. ' ' .. x .. ' ' .. y .. ' ' .. colour)
+    applied = applied + 1
+  end
+end
+return {applied, skipped, tonumber(redis.call('GET', KEYS[2]) or '0')}
 ";
 
 /// Where Redis is and how long to wait for it.
@@ -143,9 +179,18 @@ pub struct PlacementRate {
 /// What Redis decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
-    Accepted { version: u64, placed_at_ms: u64 },
-    InCooldown { retry_after_ms: u64 },
-    RateLimited { retry_after_ms: u64 },
+    Accepted {
+        version: u64,
+        placed_at_ms: u64,
+    },
+    InCooldown {
+        retry_after_ms: u64,
+    },
+    RateLimited {
+        retry_after_ms: u64,
+    },
+    /// The client is banned from placing.
+    Banned,
 }
 
 /// What an undo did.
@@ -163,7 +208,65 @@ pub enum Undo {
     NothingToUndo,
     /// The pixel was placed over since, so the placement is no longer there to undo.
     Superseded,
+    /// The client is banned from placing.
+    Banned,
 }
+
+/// One pixel a rollback sets: to `color`, unless it no longer has `expected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub index: usize,
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
+    pub expected: u8,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RolledBack {
+    pub applied: u64,
+    /// Changes not made: someone placed on the pixel after the rollback was planned.
+    pub skipped: u64,
+    /// The canvas version after the last batch.
+    pub version: u64,
+}
+
+/// A ban: placements refused (`banned`), or, shadow, answered as placed and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanKind {
+    Ban,
+    Shadow,
+}
+
+impl BanKind {
+    fn stored(self) -> &'static str {
+        match self {
+            Self::Ban => "ban",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// One moderation action in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Milliseconds since the Unix epoch, by Redis's clock.
+    pub at_ms: u64,
+    /// Who did it.
+    pub by: String,
+    /// `ban`, `unban` or `rollback`.
+    pub action: String,
+    /// What exactly, as the request gave it and with its result.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// Changes per rollback script: each batch is atomic; between them placements go on.
+const ROLLBACK_BATCH: usize = 500;
+/// Moderation actions the audit log keeps.
+const AUDIT_MAX_LEN: usize = 10_000;
 
 /// Who last placed a pixel, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +274,29 @@ pub struct PlacedRecord {
     pub version: u64,
     pub placed_at_ms: u64,
     pub client_id: String,
+}
+
+/// What made a history entry.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A person placed the pixel.
+    #[default]
+    Place,
+    /// A person undid their previous placement there.
+    Undo,
+    /// A moderator's rollback set it.
+    Rollback,
 }
 
 /// A placement in the history (also its JSON form in `GET /api/v1/history`).
@@ -184,9 +310,12 @@ pub struct HistoryEntry {
     /// Who placed it, as shown publicly: an identity's handle, never the identity.
     pub placed_by: String,
     pub placed_at_ms: u64,
-    /// True when this entry undid the placer's previous placement (restoring its colour).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub undo: bool,
+    #[serde(default)]
+    pub kind: EntryKind,
+    /// The colour this entry replaced (not served: rollbacks read it); `None` in entries
+    /// written before it was recorded.
+    #[serde(skip)]
+    pub previous: Option<u8>,
 }
 
 /// A handle on the canvas in Redis; cheap to clone. Connects lazily and reconnects by
@@ -198,6 +327,7 @@ pub struct Store {
     timeout: Duration,
     place: Script,
     undo: Script,
+    rollback: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -235,6 +365,7 @@ impl Store {
             timeout: config.timeout,
             place: Script::new(PLACE_SCRIPT),
             undo: Script::new(UNDO_SCRIPT),
+            rollback: Script::new(ROLLBACK_SCRIPT),
         })
     }
 
@@ -308,6 +439,7 @@ impl Store {
             .key(format!("{COOLDOWN_KEY_PREFIX}{}", placement.client_id))
             .key(format!("{UNDO_KEY_PREFIX}{}", placement.client_id))
             .key(format!("{RATE_KEY_PREFIX}{}", placement.client_id))
+            .key(BANS_KEY)
             .arg(placement.index)
             .arg(placement.color)
             .arg(placement.client_id)
@@ -318,7 +450,8 @@ impl Store {
             .arg(UPDATES_CHANNEL)
             .arg(millis(placement.undo_window))
             .arg(u64::try_from(placement.rate.interval.as_micros()).unwrap_or(u64::MAX))
-            .arg(placement.rate.burst);
+            .arg(placement.rate.burst)
+            .arg(public_name(placement.client_id));
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         match reply.as_slice() {
             [1, version, placed_at_ms] => Ok(Placed::Accepted {
@@ -331,6 +464,7 @@ impl Store {
             [2, retry_after_ms] => Ok(Placed::RateLimited {
                 retry_after_ms: *retry_after_ms,
             }),
+            [3] => Ok(Placed::Banned),
             other => Err(StoreError::Corrupt(format!(
                 "placement script answered {other:?}"
             ))),
@@ -348,9 +482,11 @@ impl Store {
             .key(HISTORY_KEY)
             .key(format!("{COOLDOWN_KEY_PREFIX}{client_id}"))
             .key(format!("{UNDO_KEY_PREFIX}{client_id}"))
+            .key(BANS_KEY)
             .arg(client_id)
             .arg(history_max_len)
-            .arg(UPDATES_CHANNEL);
+            .arg(UPDATES_CHANNEL)
+            .arg(public_name(client_id));
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         let narrow = |value: u64| {
             u16::try_from(value)
@@ -367,6 +503,7 @@ impl Store {
             }),
             [0] => Ok(Undo::NothingToUndo),
             [2] => Ok(Undo::Superseded),
+            [3] => Ok(Undo::Banned),
             other => Err(StoreError::Corrupt(format!(
                 "undo script answered {other:?}"
             ))),
@@ -419,6 +556,163 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Applies a rollback's changes in atomic batches (see [`ROLLBACK_SCRIPT`]), as
+    /// placements attributed to `by`.
+    pub async fn roll_back(
+        &self,
+        by: &str,
+        changes: &[Change],
+        history_max_len: u32,
+    ) -> Result<RolledBack, StoreError> {
+        let mut total = RolledBack {
+            version: self.version().await?,
+            ..RolledBack::default()
+        };
+        for batch in changes.chunks(ROLLBACK_BATCH) {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.rollback.prepare_invoke();
+            invocation
+                .key(PIXELS_KEY)
+                .key(VERSION_KEY)
+                .key(PLACED_KEY)
+                .key(HISTORY_KEY)
+                .arg(by)
+                .arg(history_max_len)
+                .arg(UPDATES_CHANNEL);
+            for change in batch {
+                invocation
+                    .arg(change.index)
+                    .arg(change.x)
+                    .arg(change.y)
+                    .arg(change.color)
+                    .arg(change.expected);
+            }
+            let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let [applied, skipped, version] = reply.as_slice() else {
+                return Err(StoreError::Corrupt(format!(
+                    "rollback script answered {reply:?}"
+                )));
+            };
+            total.applied += applied;
+            total.skipped += skipped;
+            total.version = *version;
+        }
+        Ok(total)
+    }
+
+    /// Every history entry with a version above `since`, oldest first, read page by page.
+    pub async fn history_after(&self, since: u64) -> Result<Vec<HistoryEntry>, StoreError> {
+        const PAGE: usize = 1000;
+        let mut entries: Vec<HistoryEntry> = Vec::new();
+        let mut after = since;
+        loop {
+            let (_, page) = self.history(after, PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(entries);
+            };
+            after = last.version;
+            let full = page.len() == PAGE;
+            entries.extend(page);
+            if !full {
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// The oldest history entry kept, if any.
+    pub async fn oldest_entry(&self) -> Result<Option<HistoryEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let range: StreamRangeReply = self
+            .bounded(conn.xrange_count(HISTORY_KEY, "-", "+", 1))
+            .await?;
+        range.ids.first().map(parse_entry).transpose()
+    }
+
+    /// Bans `player` (a public name).
+    pub async fn ban(&self, player: &str, kind: BanKind) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hset::<_, _, _, ()>(BANS_KEY, player, kind.stored()))
+            .await
+    }
+
+    /// Lifts `player`'s ban; false when there was none.
+    pub async fn unban(&self, player: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = self.bounded(conn.hdel(BANS_KEY, player)).await?;
+        Ok(removed > 0)
+    }
+
+    /// Every ban, by player.
+    pub async fn bans(&self) -> Result<Vec<(String, BanKind)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: std::collections::BTreeMap<String, String> =
+            self.bounded(conn.hgetall(BANS_KEY)).await?;
+        all.into_iter()
+            .map(|(player, kind)| match kind.as_str() {
+                "ban" => Ok((player, BanKind::Ban)),
+                "shadow" => Ok((player, BanKind::Shadow)),
+                other => Err(StoreError::Corrupt(format!("ban {other:?} of {player}"))),
+            })
+            .collect()
+    }
+
+    /// Appends a moderation action to the audit log (stamped by Redis's clock).
+    pub async fn audit(
+        &self,
+        by: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let detail = detail.to_string();
+        self.bounded(
+            redis::cmd("XADD")
+                .arg(AUDIT_KEY)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(AUDIT_MAX_LEN)
+                .arg("*")
+                .arg("by")
+                .arg(by)
+                .arg("action")
+                .arg(action)
+                .arg("detail")
+                .arg(detail)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// The newest `limit` moderation actions, newest first.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let range: StreamRangeReply = self
+            .bounded(conn.xrevrange_count(AUDIT_KEY, "+", "-", limit))
+            .await?;
+        range
+            .ids
+            .iter()
+            .map(|entry| {
+                let corrupt = || StoreError::Corrupt(format!("audit entry {}", entry.id));
+                let at_ms = entry
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .ok_or_else(corrupt)?;
+                let detail: String = entry.get("detail").ok_or_else(corrupt)?;
+                Ok(AuditEntry {
+                    at_ms,
+                    by: entry.get("by").ok_or_else(corrupt)?,
+                    action: entry.get("action").ok_or_else(corrupt)?,
+                    detail: serde_json::from_str(&detail).map_err(|_| corrupt())?,
+                })
+            })
+            .collect()
+    }
+}
+
 fn parse_record(record: &str) -> Result<PlacedRecord, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("pixel record {record:?}"));
     let mut parts = record.splitn(3, ' ');
@@ -444,7 +738,13 @@ fn parse_entry(entry: &StreamId) -> Result<HistoryEntry, StoreError> {
         color: entry.get("c").ok_or_else(corrupt)?,
         placed_by: public_name(&entry.get::<String>("id").ok_or_else(corrupt)?),
         placed_at_ms: entry.get("t").ok_or_else(corrupt)?,
-        undo: entry.contains_key("u"),
+        kind: match entry.get::<String>("k").as_deref() {
+            None => EntryKind::Place,
+            Some("u") => EntryKind::Undo,
+            Some("r") => EntryKind::Rollback,
+            Some(_) => return Err(corrupt()),
+        },
+        previous: entry.get("p"),
     })
 }
 

@@ -161,6 +161,22 @@ impl Api {
             .await
     }
 
+    /// A moderation request with `token` as the bearer credential (empty: none).
+    async fn moderate(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).expect("request")).await
+    }
+
     /// `POST /api/v1/pixels/undo` as the gateway, for `client`.
     async fn undo(&self, client: &str) -> Answer {
         self.send(
@@ -790,7 +806,7 @@ async fn an_undo_restores_the_colour_and_record_as_a_new_version_and_refunds_the
     assert_eq!(
         history["updates"],
         json!([{"version": 3, "x": 2, "y": 3, "color": 1, "placedBy": "alice",
-                "placedAtMs": undone["placedAtMs"], "undo": true}])
+                "placedAtMs": undone["placedAtMs"], "kind": "undo"}])
     );
     let published: Vec<PixelUpdate> =
         tokio::time::timeout(HANG, pubsub.on_message().take(3).collect::<Vec<_>>())
@@ -927,6 +943,305 @@ async fn one_client_is_held_to_its_rate_across_replicas_and_others_are_not() {
     let unlimited = api_on(&redis, &["--placement-rate", "0"]);
     for k in 0..30 {
         unlimited.placed("c", k % 16, 2, 1).await;
+    }
+}
+
+const MODERATOR_TOKEN: &str = "moderators-token-0123456789";
+
+/// canvas-api with moderation on.
+async fn moderated() -> (RedisServer, Api) {
+    started(&["--moderator-token", MODERATOR_TOKEN]).await
+}
+
+#[tokio::test]
+async fn only_the_moderator_token_moderates() {
+    let (_redis, api) = moderated().await;
+    let (_plain_redis, off) = started(&[]).await;
+    let ban = Some(json!({}));
+    for (target, token) in [
+        (&api, ""),
+        (&api, API_TOKEN),
+        (&api, "moderators-token-012345678"),
+        (&off, MODERATOR_TOKEN),
+    ] {
+        for (method, path, body) in [
+            ("GET", "/api/v1/moderation/bans", None),
+            ("PUT", "/api/v1/moderation/bans/anon-0a1b2c3d", ban.clone()),
+            ("DELETE", "/api/v1/moderation/bans/anon-0a1b2c3d", None),
+            (
+                "POST",
+                "/api/v1/moderation/rollbacks",
+                Some(json!({"player": "x", "sinceMs": 0})),
+            ),
+            ("GET", "/api/v1/moderation/audit", None),
+        ] {
+            let answer = target.moderate(method, path, token, body).await;
+            answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+    assert_eq!(
+        api.moderate("GET", "/api/v1/moderation/bans", MODERATOR_TOKEN, None)
+            .await
+            .json(),
+        json!({"bans": []})
+    );
+    // Nor may the moderator token place.
+    let placement = json!({"x": 1, "y": 1, "color": 1}).to_string().into_bytes();
+    api.post_as(
+        &format!("Bearer {MODERATOR_TOKEN}"),
+        Some("m"),
+        "application/json",
+        placement,
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let same = Args::try_parse_from([
+        "canvas-api",
+        "--api-token",
+        API_TOKEN,
+        "--moderator-token",
+        API_TOKEN,
+    ])
+    .expect("parses");
+    assert!(AppState::new(&same).is_err(), "the two tokens must differ");
+}
+
+#[tokio::test]
+async fn a_banned_player_is_refused_a_shadow_banned_one_is_dropped_and_both_are_audited() {
+    let (_redis, api) = moderated().await;
+    let identity = "anon.0123456789abcdef0123456789abcdef";
+    let handle = pixel_common::identity::handle_of(identity);
+    api.placed(identity, 0, 0, 1).await;
+    let path = format!("/api/v1/moderation/bans/{handle}");
+    let banned = api
+        .moderate(
+            "PUT",
+            &path,
+            MODERATOR_TOKEN,
+            Some(json!({"reason": "griefing"})),
+        )
+        .await;
+    assert_eq!(banned.json(), json!({"player": handle, "shadow": false}));
+    api.place(identity, 1, 0, 1)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "banned");
+    api.undo(identity)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "banned");
+    api.placed("anon.ffffffffffffffffffffffffffffffff", 2, 0, 1)
+        .await;
+
+    api.moderate("PUT", &path, MODERATOR_TOKEN, Some(json!({"shadow": true})))
+        .await;
+    let before = api.snapshot().await.version();
+    let shadow = api.place(identity, 3, 0, 2).await;
+    assert_eq!(shadow.status, StatusCode::OK, "answered as placed");
+    assert_eq!(shadow.json()["version"], before, "but no new version");
+    assert_eq!(api.get("/api/v1/pixels/3/0").await.json()["color"], 0);
+    assert_eq!(
+        api.moderate("GET", "/api/v1/moderation/bans", MODERATOR_TOKEN, None)
+            .await
+            .json(),
+        json!({"bans": [{"player": handle, "shadow": true}]})
+    );
+
+    api.moderate("DELETE", &path, MODERATOR_TOKEN, None).await;
+    api.moderate("DELETE", &path, MODERATOR_TOKEN, None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_banned");
+    api.placed(identity, 3, 0, 2).await;
+
+    let audit = api
+        .moderate("GET", "/api/v1/moderation/audit", MODERATOR_TOKEN, None)
+        .await
+        .json();
+    let actions: Vec<(&str, &Value)> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["action"].as_str().expect("action"), &e["detail"]))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("unban", &json!({"player": handle})),
+            (
+                "ban",
+                &json!({"player": handle, "shadow": true, "reason": null})
+            ),
+            (
+                "ban",
+                &json!({"player": handle, "shadow": false, "reason": "griefing"})
+            ),
+        ],
+        "newest first: {audit}"
+    );
+    assert!(
+        audit["entries"][0]["atMs"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000)
+    );
+    assert_eq!(audit["entries"][0]["by"], "moderator");
+
+    for (body, code) in [
+        (json!([1]), "invalid_body"),
+        (json!({"shadow": "yes"}), "invalid_body"),
+        (json!({"reason": "x".repeat(501)}), "invalid_body"),
+        (json!({"extra": 1}), "invalid_body"),
+    ] {
+        api.moderate("PUT", &path, MODERATOR_TOKEN, Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, code);
+    }
+    api.moderate(
+        "PUT",
+        "/api/v1/moderation/bans/a%20b",
+        MODERATOR_TOKEN,
+        Some(json!({})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_player");
+}
+
+#[tokio::test]
+async fn a_rollback_restores_an_area_or_takes_back_a_player_as_new_placements() {
+    let (_redis, api) = moderated().await;
+    let good = "anon.11111111111111111111111111111111";
+    let bad = "anon.22222222222222222222222222222222";
+    api.placed(good, 1, 1, 1).await;
+    api.placed(good, 2, 1, 2).await;
+    let before = api.placed(good, 9, 5, 2).await;
+    // Vandalism: over the area, and a pixel outside it.
+    for (x, y) in [(1, 1), (2, 1), (3, 2), (9, 5)] {
+        api.placed(bad, x, y, 3).await;
+    }
+    api.placed(bad, 1, 1, 1).await;
+    let snapshot_of = |snapshot: &Snapshot, x: usize, y: usize| snapshot.pixels()[y * 16 + x];
+
+    let rollback = |body: Value| {
+        let api = &api;
+        async move {
+            let answer = api
+                .moderate(
+                    "POST",
+                    "/api/v1/moderation/rollbacks",
+                    MODERATOR_TOKEN,
+                    Some(body),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.json());
+            answer.json()
+        }
+    };
+    let done =
+        rollback(json!({"area": {"x": 0, "y": 0, "width": 4, "height": 4}, "toVersion": before}))
+            .await;
+    assert_eq!(
+        done["placed"], 2,
+        "(1,1) is back to 1 already; (2,1) and (3,2) change: {done}"
+    );
+    assert_eq!(done["skipped"], 0);
+    let snapshot = api.snapshot().await;
+    assert_eq!(
+        snapshot.version(),
+        done["version"].as_u64().expect("version")
+    );
+    assert_eq!(
+        [(1, 1), (2, 1), (3, 2), (9, 5)].map(|(x, y)| snapshot_of(&snapshot, x, y)),
+        [1, 2, 0, 3],
+        "the area as it was; outside it, the vandal's pixel stays"
+    );
+    let pixel = api.get("/api/v1/pixels/2/1").await.json();
+    assert_eq!(pixel["placedBy"], "moderator");
+    let history = api
+        .get(&format!("/api/v1/history?since={}", before + 5))
+        .await
+        .json();
+    let kinds: Vec<&str> = history["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .map(|u| u["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["rollback", "rollback"]);
+
+    // Every placement of the vandal since the start, wherever it still shows: (9,5) only now.
+    let bad_handle = pixel_common::identity::handle_of(bad);
+    let done = rollback(json!({"player": bad_handle, "sinceMs": 0})).await;
+    assert_eq!(done["placed"], 1, "{done}");
+    assert_eq!(
+        snapshot_of(&api.snapshot().await, 9, 5),
+        2,
+        "back to the good colour"
+    );
+
+    let audit = api
+        .moderate(
+            "GET",
+            "/api/v1/moderation/audit?limit=1",
+            MODERATOR_TOKEN,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(audit["entries"][0]["action"], "rollback");
+    assert_eq!(audit["entries"][0]["detail"]["placed"], 1);
+
+    for body in [
+        json!({}),
+        json!([]),
+        json!({"area": {"x": 0, "y": 0, "width": 1, "height": 1}}),
+        json!({"area": {"x": 0, "y": 0, "width": 1, "height": 1}, "toVersion": 1, "toMs": 1}),
+        json!({"area": {"x": 0, "y": 0, "width": 0, "height": 1}, "toVersion": 1}),
+        json!({"player": "x"}),
+        json!({"player": "x", "sinceMs": 0, "toVersion": 1}),
+        json!({"area": {"x": 0, "y": 0, "width": 1, "height": 1}, "toVersion": 10_000}),
+    ] {
+        api.moderate(
+            "POST",
+            "/api/v1/moderation/rollbacks",
+            MODERATOR_TOKEN,
+            Some(body.clone()),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    }
+    api.moderate(
+        "POST",
+        "/api/v1/moderation/rollbacks",
+        MODERATOR_TOKEN,
+        Some(json!({"area": {"x": 10, "y": 0, "width": 10, "height": 1}, "toVersion": 1})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "out_of_bounds");
+}
+
+#[tokio::test]
+async fn a_rollback_beyond_the_kept_history_is_410() {
+    let (_redis, api) = started(&[
+        "--moderator-token",
+        MODERATOR_TOKEN,
+        "--history-max-len",
+        "2",
+    ])
+    .await;
+    for x in 0..5 {
+        api.placed("anon.33333333333333333333333333333333", x, 0, 1)
+            .await;
+    }
+    for body in [
+        json!({"area": {"x": 0, "y": 0, "width": 16, "height": 8}, "toVersion": 1}),
+        json!({"area": {"x": 0, "y": 0, "width": 16, "height": 8}, "toMs": 0}),
+        json!({"player": "anon-x", "sinceMs": 0}),
+    ] {
+        api.moderate(
+            "POST",
+            "/api/v1/moderation/rollbacks",
+            MODERATOR_TOKEN,
+            Some(body),
+        )
+        .await
+        .assert_error(StatusCode::GONE, "history_gone");
     }
 }
 

@@ -12,6 +12,8 @@ use pixel_common::{
 };
 use tower::ServiceExt;
 
+const MODERATOR_TOKEN: &str = "openapi-test-moderator-token";
+
 /// Every (method, path) the document lists.
 fn documented() -> Vec<(Method, String)> {
     let (_, doc) = api_router();
@@ -43,6 +45,12 @@ fn the_issue_s_endpoints_and_the_shared_paths_are_documented() {
         (Method::POST, ports::API_PIXELS_PATH),
         (Method::GET, "/api/v1/pixels/{x}/{y}"),
         (Method::GET, ports::API_HISTORY_PATH),
+        (Method::POST, ports::API_UNDO_PATH),
+        (Method::GET, "/api/v1/moderation/bans"),
+        (Method::PUT, "/api/v1/moderation/bans/{player}"),
+        (Method::DELETE, "/api/v1/moderation/bans/{player}"),
+        (Method::POST, "/api/v1/moderation/rollbacks"),
+        (Method::GET, "/api/v1/moderation/audit"),
         (Method::GET, "/api/v1/openapi.json"),
         (Method::GET, ports::READYZ_PATH),
     ] {
@@ -62,20 +70,37 @@ async fn every_documented_route_is_served_and_the_served_document_is_this_one() 
         &redis.url(),
         "--api-token",
         API_TOKEN,
+        "--moderator-token",
+        MODERATOR_TOKEN,
     ])
     .expect("flags");
     let state = AppState::new(&args).expect("state");
     let expected = openapi_document(&state.settings);
     let router = app(state, args.max_body_bytes);
+    // In document order, which bans before it unbans and places before it undoes.
     for (method, path) in documented() {
-        let uri = path.replace("{x}", "0").replace("{y}", "0") + "?since=0";
+        let uri = path
+            .replace("{x}", "0")
+            .replace("{y}", "0")
+            .replace("{player}", "anon-0a1b2c3d")
+            + "?since=0";
+        let (token, body) = if path.starts_with("/api/v1/moderation") {
+            let body = if path.ends_with("rollbacks") {
+                r#"{"area":{"x":0,"y":0,"width":2,"height":2},"toVersion":0}"#
+            } else {
+                "{}"
+            };
+            (MODERATOR_TOKEN, body)
+        } else {
+            (API_TOKEN, r#"{"x":0,"y":0,"color":0}"#)
+        };
         let request = Request::builder()
             .method(method.clone())
             .uri(&uri)
             .header("content-type", "application/json")
             .header(ports::CLIENT_ID_HEADER, "openapi-test")
-            .header("authorization", format!("Bearer {API_TOKEN}"))
-            .body(Body::from(r#"{"x":0,"y":0,"color":0}"#))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body))
             .expect("request");
         let response = router.clone().oneshot(request).await.expect("infallible");
         assert!(

@@ -76,6 +76,10 @@ pub const CLIENT_ID_HEADER: &str = "x-client-id";
 /// (`Authorization: Bearer <token>`): a per-canvas random token from the `<canvas>-internal`
 /// Secret, so nothing reachable through the Ingress can place a pixel.
 pub const ENV_API_TOKEN: &str = "PIXEL_API_TOKEN";
+/// The credential of the canvas's moderators on canvas-api's moderation API
+/// (`Authorization: Bearer <token>`), from the `<canvas>-moderator` Secret; unset: no
+/// moderation.
+pub const ENV_MODERATOR_TOKEN: &str = "PIXEL_MODERATOR_TOKEN";
 /// The shortest internal token the services accept.
 pub const API_TOKEN_MIN_LEN: usize = 16;
 /// The header carrying the canvas version of a snapshot.

@@ -11,11 +11,18 @@ pub const PIXELS_KEY: &str = "canvas:pixels";
 pub const VERSION_KEY: &str = "canvas:version";
 /// Hash: pixel index → `"<version> <placed-at ms> <client id>"` of the last placement there.
 pub const PLACED_KEY: &str = "canvas:placed";
-/// Stream: one entry per placement, with ID `<version>-0` and fields `x y c id t` (and
-/// `u 1` when the entry is an undo), trimmed to a configured length.
+/// Stream: one entry per placement, with ID `<version>-0` and fields `x y c id t p` (`p`:
+/// the colour it replaced), and `k` (`u` undo, `r` rollback) when it is not a person's
+/// placement; trimmed to a configured length.
 pub const HISTORY_KEY: &str = "canvas:history";
 /// Prefix of per-client cooldown keys (`SET NX PX`), followed by the client id.
 pub const COOLDOWN_KEY_PREFIX: &str = "canvas:cooldown:";
+/// Hash: banned player (public name) → `ban` (placements refused) or `shadow` (answered as
+/// placed, nothing written).
+pub const BANS_KEY: &str = "canvas:bans";
+/// Stream: one entry per moderation action (ID by Redis's clock), fields `by`, `action`
+/// (`ban`, `unban`, `rollback`) and `detail` (JSON); about 10,000 kept.
+pub const AUDIT_KEY: &str = "canvas:audit";
 /// Prefix of per-client placement-rate keys, followed by the client id: the theoretical
 /// arrival time of the client's placements (GCRA), in µs since the Unix epoch by Redis's
 /// clock; its whole burst is allowed again from then on, and the key expires then.

@@ -74,6 +74,11 @@ struct Site {
 
 /// The site with `canvas` flags given to canvas-api and the gateway besides [`CANVAS`].
 async fn start_site(canvas: &[&str]) -> Site {
+    start_site_with(canvas, &[]).await
+}
+
+/// [`start_site`], with `api_only` flags for canvas-api alone.
+async fn start_site_with(canvas: &[&str], api_only: &[&str]) -> Site {
     let redis = RedisServer::start().await;
     let redis_url = redis.url();
 
@@ -87,6 +92,7 @@ async fn start_site(canvas: &[&str]) -> Site {
     ];
     api_argv.extend_from_slice(&CANVAS);
     api_argv.extend_from_slice(canvas);
+    api_argv.extend_from_slice(api_only);
     let api_args = canvas_api::Args::try_parse_from(api_argv).expect("canvas-api flags");
     let api = canvas_api::app(
         canvas_api::AppState::new(&api_args).expect("canvas-api state"),
@@ -681,7 +687,7 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
             (
                 u["x"].as_u64().expect("x"),
                 u["color"].as_u64().expect("color"),
-                u["undo"] == true,
+                u["kind"] == "undo",
             )
         })
         .collect();
@@ -757,4 +763,106 @@ async fn a_closed_canvas_refuses_placements_and_says_so() {
 
     scheduled.gateway.stop(Duration::from_secs(5)).await;
     finish(browser, events, &errors, frozen).await;
+}
+
+/// Moderation seen from the pages: a banned player's click is refused and the page says so;
+/// a rollback of an area to the version before the vandalism restores exactly the earlier
+/// pixels in every connected page, while the vandal's pixel outside the area stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
+    const TOKEN: &str = "browser-test-moderator-token";
+    const OUTSIDE: (u32, u32) = (12, 6);
+    let chromium = chromium();
+    let site = start_site_with(&[], &["--moderator-token", TOKEN]).await;
+    let url = format!("http://{}/", site.addr);
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (browser, events) = launch(&chromium, profile.path()).await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let api = |path: &str| format!("http://{}/api/v1/moderation/{path}", site.addr);
+    let http = reqwest::Client::new();
+
+    let player = open(&browser, &url, &errors).await;
+    let context = browser
+        .create_browser_context(CreateBrowserContextParams::default())
+        .await
+        .expect("a second browser context");
+    let vandal = open_in(&browser, Some(context), &url, &errors).await;
+    wait_live(&player).await;
+    wait_live(&vandal).await;
+    let pick = |page: &Page, index: usize| {
+        let page = page.clone();
+        async move {
+            page.find_element(format!("button.swatch[data-index='{index}']"))
+                .await
+                .expect("swatch")
+                .click()
+                .await
+                .expect("click the swatch");
+        }
+    };
+    let paint = |page: &Page, pixel: (u32, u32)| {
+        let page = page.clone();
+        async move {
+            page.click(centre_of(&page, pixel).await)
+                .await
+                .expect("click the pixel");
+        }
+    };
+
+    pick(&player, RED.0).await;
+    paint(&player, PIXEL).await;
+    wait_colour(&vandal, "the vandal's page", PIXEL, RED.1).await;
+    let before = wait_live(&vandal).await;
+    pick(&vandal, BLUE.0).await;
+    for pixel in [PIXEL, PHONE_PIXEL, OUTSIDE] {
+        paint(&vandal, pixel).await;
+        wait_colour(&player, "the player's page", pixel, BLUE.1).await;
+    }
+
+    let handle = eval(&vandal, "window.pixelPlayground.state().handle").await;
+    let handle = handle.as_str().expect("the vandal has a handle");
+    let banned = http
+        .put(api(&format!("bans/{handle}")))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"reason": "vandalism"}))
+        .send()
+        .await
+        .expect("PUT ban");
+    assert!(banned.status().is_success(), "{}", banned.status());
+    paint(&vandal, (0, 0)).await;
+    wait_text(&vandal, "cooldown", |t| t.contains("banned")).await;
+
+    let area =
+        serde_json::json!({"area": {"x": 0, "y": 0, "width": 8, "height": 8}, "toVersion": before});
+    let done: Value = http
+        .post(api("rollbacks"))
+        .bearer_auth(TOKEN)
+        .json(&area)
+        .send()
+        .await
+        .expect("POST rollback")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(done["placed"], 2, "{done}");
+    for (page, which) in [
+        (&player, "the player's page"),
+        (&vandal, "the vandal's page"),
+    ] {
+        wait_colour(page, which, PIXEL, RED.1).await;
+        wait_colour(page, which, PHONE_PIXEL, "#FFFFFF").await;
+        wait_colour(page, which, OUTSIDE, BLUE.1).await;
+        wait_colour(page, which, (0, 0), "#FFFFFF").await;
+    }
+    let version = done["version"].as_u64().expect("version");
+    assert_eq!(
+        wait_live(&player).await,
+        version,
+        "the rollback's versions, in order"
+    );
+
+    finish(browser, events, &errors, site).await;
 }
