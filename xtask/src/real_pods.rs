@@ -288,22 +288,26 @@ impl Stage<'_> {
         Ok(gateways)
     }
 
+    /// The `metadata.generation` of the component's Deployment: it moves when the operator
+    /// applies a changed one.
+    fn generation(&self, component: &str) -> Result<u64> {
+        self.kubectl(&[
+            "get",
+            &format!("deploy/{CANVAS}-{component}"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])?
+        .trim()
+        .parse()
+        .with_context(|| format!("the {component} Deployment's generation"))
+    }
+
     /// Merges `patch` into the canvas's spec and waits until canvas-api and the gateways
     /// have rolled to it (the operator applied new Deployments, and they rolled out).
     fn roll_canvas(&self, patch: &str) -> Result<()> {
-        let generation = |component: &str| -> Result<u64> {
-            self.kubectl(&[
-                "get",
-                &format!("deploy/{CANVAS}-{component}"),
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.metadata.generation}",
-            ])?
-            .trim()
-            .parse()
-            .with_context(|| format!("the {component} Deployment's generation"))
-        };
+        let generation = |component| self.generation(component);
         let before = [generation("api")?, generation("gateway")?];
         self.kubectl(&[
             "patch",
@@ -881,20 +885,7 @@ fn identity_key_rotation_keeps_identities(stage: &Stage) -> Result<()> {
         ])?;
         Ok(secret["data"][key].as_str().unwrap_or_default().to_owned())
     };
-    let generation = || -> Result<u64> {
-        stage
-            .kubectl(&[
-                "get",
-                &format!("deploy/{CANVAS}-gateway"),
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.metadata.generation}",
-            ])?
-            .trim()
-            .parse()
-            .context("the gateway Deployment's generation")
-    };
+    let generation = || stage.generation("gateway");
     let (key_before, generation_before) = (secret("identity-key")?, generation()?);
     let value = format!("real-pods-{}", fastrand::u64(..));
     let started = Instant::now();

@@ -212,6 +212,36 @@ async fn launch(chromium: &Path, profile: &Path) -> (Browser, tokio::task::JoinH
     (browser, events)
 }
 
+/// Uncaught exceptions the pages threw, collected for [`finish`].
+type Errors = Arc<Mutex<Vec<String>>>;
+
+/// Chromium on a fresh profile (kept while the returned directory lives), its event
+/// task, and the collector of its pages' uncaught exceptions.
+async fn start_chromium(
+    chromium: &Path,
+) -> (
+    Browser,
+    tokio::task::JoinHandle<()>,
+    Errors,
+    tempfile::TempDir,
+) {
+    let profile = tempfile::Builder::new()
+        .prefix("pixel-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let (browser, events) = launch(chromium, profile.path()).await;
+    (browser, events, Arc::new(Mutex::new(Vec::new())), profile)
+}
+
+/// [`open`] in a browser context of its own: its own cookies, so another person.
+async fn open_as_another_person(browser: &Browser, url: &str, errors: &Errors) -> Page {
+    let context = browser
+        .create_browser_context(CreateBrowserContextParams::default())
+        .await
+        .expect("a browser context");
+    open_in(browser, Some(context), url, errors).await
+}
+
 /// A page in its own window, so it is visible and draws (a background tab in the same
 /// window would not run requestAnimationFrame). Uncaught exceptions are collected.
 async fn open(browser: &Browser, url: &str, errors: &Arc<Mutex<Vec<String>>>) -> Page {
@@ -420,12 +450,7 @@ async fn a_click_in_one_page_shows_in_the_other() {
     let chromium = chromium();
     let site = start_site(&[]).await;
     let url = format!("http://{}/", site.addr);
-    let profile = tempfile::Builder::new()
-        .prefix("pixel-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let (browser, events) = launch(&chromium, profile.path()).await;
-    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
 
     let painter = open(&browser, &url, &errors).await;
     let watcher = open(&browser, &url, &errors).await;
@@ -493,12 +518,7 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
     let chromium = chromium();
     let site = start_site(&["--canvas-cooldown-seconds", "60"]).await;
     let url = format!("http://{}/", site.addr);
-    let profile = tempfile::Builder::new()
-        .prefix("pixel-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let (browser, events) = launch(&chromium, profile.path()).await;
-    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
     let state = |page: &Page| {
         let page = page.clone();
         async move { eval(&page, "window.pixelPlayground.state()").await }
@@ -552,11 +572,7 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
         .await
         .expect("click during the cooldown");
 
-    let context = browser
-        .create_browser_context(CreateBrowserContextParams::default())
-        .await
-        .expect("a second browser context");
-    let other = open_in(&browser, Some(context), &url, &errors).await;
+    let other = open_as_another_person(&browser, &url, &errors).await;
     wait_live(&other).await;
     let other_handle = state(&other).await["handle"]
         .as_str()
@@ -605,19 +621,10 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
     ])
     .await;
     let url = format!("http://{}/", site.addr);
-    let profile = tempfile::Builder::new()
-        .prefix("pixel-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let (browser, events) = launch(&chromium, profile.path()).await;
-    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
 
     let placer = open(&browser, &url, &errors).await;
-    let context = browser
-        .create_browser_context(CreateBrowserContextParams::default())
-        .await
-        .expect("a second browser context");
-    let watcher = open_in(&browser, Some(context), &url, &errors).await;
+    let watcher = open_as_another_person(&browser, &url, &errors).await;
     let start = wait_live(&placer).await;
     wait_live(&watcher).await;
     let undo_offered = "window.pixelPlayground.state().undoOffered";
@@ -706,12 +713,7 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_canvas_refuses_placements_and_says_so() {
     let chromium = chromium();
-    let profile = tempfile::Builder::new()
-        .prefix("pixel-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let (browser, events) = launch(&chromium, profile.path()).await;
-    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
 
     let frozen = start_site(&["--canvas-read-only", "true"]).await;
     let page = open(&browser, &format!("http://{}/", frozen.addr), &errors).await;
@@ -775,21 +777,12 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
     let chromium = chromium();
     let site = start_site_with(&[], &["--moderator-token", TOKEN]).await;
     let url = format!("http://{}/", site.addr);
-    let profile = tempfile::Builder::new()
-        .prefix("pixel-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let (browser, events) = launch(&chromium, profile.path()).await;
-    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
     let api = |path: &str| format!("http://{}/api/v1/moderation/{path}", site.addr);
     let http = reqwest::Client::new();
 
     let player = open(&browser, &url, &errors).await;
-    let context = browser
-        .create_browser_context(CreateBrowserContextParams::default())
-        .await
-        .expect("a second browser context");
-    let vandal = open_in(&browser, Some(context), &url, &errors).await;
+    let vandal = open_as_another_person(&browser, &url, &errors).await;
     wait_live(&player).await;
     wait_live(&vandal).await;
     let pick = |page: &Page, index: usize| {
