@@ -309,16 +309,7 @@ impl Stage<'_> {
     fn roll_canvas(&self, patch: &str) -> Result<()> {
         let generation = |component| self.generation(component);
         let before = [generation("api")?, generation("gateway")?];
-        self.kubectl(&[
-            "patch",
-            &format!("pxc/{CANVAS}"),
-            "-n",
-            NAMESPACE,
-            "--type",
-            "merge",
-            "-p",
-            &format!("{{\"spec\":{patch}}}"),
-        ])?;
+        self.patch_spec(patch)?;
         process::wait_until(
             "the operator to apply the new canvas-api and gateway Deployments",
             Duration::from_secs(120),
@@ -338,8 +329,8 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Patches the canvas's gateway replicas.
-    fn scale_gateway(&self, replicas: u32) -> Result<()> {
+    /// Merges `patch` (JSON) into the canvas's spec.
+    fn patch_spec(&self, patch: &str) -> Result<()> {
         self.kubectl(&[
             "patch",
             &format!("pxc/{CANVAS}"),
@@ -348,9 +339,14 @@ impl Stage<'_> {
             "--type",
             "merge",
             "-p",
-            &format!("{{\"spec\":{{\"gateway\":{{\"replicas\":{replicas}}}}}}}"),
+            &format!("{{\"spec\":{patch}}}"),
         ])
         .map(drop)
+    }
+
+    /// Patches the canvas's gateway replicas.
+    fn scale_gateway(&self, replicas: u32) -> Result<()> {
+        self.patch_spec(&format!("{{\"gateway\":{{\"replicas\":{replicas}}}}}"))
     }
 
     /// Places `pixels` through the Ingress as the page does (over the gateway's

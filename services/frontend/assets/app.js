@@ -86,6 +86,8 @@ async function main() {
           setIdentity(handle);
           // The cooldown is the person's, not the connection's: a reload shows what is left.
           if (message.cooldownMs > 0) wait.start(message.cooldownMs);
+          // So is the undo: a reload right after a placement may still take it back.
+          undoButton.offer(message.undoMs ?? 0);
           colours.set(message.palette);
           setOnline(message.online);
           sync.hello(message);

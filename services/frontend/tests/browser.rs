@@ -606,8 +606,8 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
     finish(browser, events, &errors, site).await;
 }
 
-/// Undo (Pxls-style): right after a placement the page offers to take it back; pressing
-/// the button restores the old colour in this page and another person's, and refunds the
+/// Undo (Pxls-style): right after a placement the page offers to take it back, also after
+/// a reload; pressing the button restores the old colour in this page and another person's, and refunds the
 /// cooldown, so the next click places at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown() {
@@ -651,6 +651,13 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
     })
     .await;
     wait_text(&placer, "cooldown", |t| t.starts_with("wait ")).await;
+    // A reload keeps the offer: the hello says how long the undo still runs.
+    placer.reload().await.expect("reload");
+    wait_live(&placer).await;
+    poll("the undo button after the reload", || async {
+        (eval(&placer, undo_offered).await == true).then_some(())
+    })
+    .await;
 
     placer
         .find_element("#undo")
@@ -674,7 +681,15 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
         "the undo is a new version"
     );
 
-    // Refunded for real: the server takes the next placement at once.
+    // Refunded for real: the server takes the next placement at once (red again: the
+    // reload reset the palette's choice).
+    placer
+        .find_element(format!("button.swatch[data-index='{}']", RED.0))
+        .await
+        .expect("red swatch")
+        .click()
+        .await
+        .expect("click the swatch");
     placer
         .click(centre_of(&placer, PHONE_PIXEL).await)
         .await

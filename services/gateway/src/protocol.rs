@@ -155,6 +155,8 @@ pub enum ServerMessage {
         identity: Option<IdentityInfo>,
         /// How long this identity's cooldown still runs, in ms (0 when it does not).
         cooldown_ms: u64,
+        /// How long its last placement may still be undone, in ms (0: nothing to undo).
+        undo_ms: u64,
         version: u64,
         #[serde(flatten)]
         canvas: CanvasInfo,
@@ -237,6 +239,7 @@ mod tests {
                 handle: "anon-0a1b2c3d".into(),
             }),
             cooldown_ms: 1500,
+            undo_ms: 800,
             version: 7,
             canvas: canvas.clone(),
             online: 9,
@@ -245,7 +248,7 @@ mod tests {
             json_of(&hello),
             json!({"type": "hello", "protocol": 2,
                    "identity": {"kind": "anonymous", "handle": "anon-0a1b2c3d"}, "cooldownMs": 1500,
-                   "version": 7, "width": 3, "height": 2, "palette": ["#FFFFFF", "#000000"],
+                   "undoMs": 800, "version": 7, "width": 3, "height": 2, "palette": ["#FFFFFF", "#000000"],
                    "cooldownSeconds": 5, "undoSeconds": 5, "readOnly": false,
                    "opensAtMs": null, "closesAtMs": 1_800_000_000_000_u64, "online": 9})
         );
@@ -253,6 +256,7 @@ mod tests {
             protocol: 2,
             identity: None,
             cooldown_ms: 0,
+            undo_ms: 0,
             version: 7,
             canvas,
             online: 9,

@@ -7,7 +7,8 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     config::RedisArgs,
     redis_schema::{
-        COOLDOWN_KEY_PREFIX, IDENTITIES_ISSUED_KEY_PREFIX, ONLINE_KEY, UPDATES_CHANNEL, VERSION_KEY,
+        COOLDOWN_KEY_PREFIX, IDENTITIES_ISSUED_KEY_PREFIX, ONLINE_KEY, UNDO_KEY_PREFIX,
+        UPDATES_CHANNEL, VERSION_KEY,
     },
 };
 use redis::{
@@ -185,12 +186,24 @@ impl RedisLink {
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
-    /// How long `id` stays in its cooldown (zero when it is not in one).
-    pub async fn cooldown_left(&self, id: &str) -> Result<Duration, LinkError> {
+    /// How long `id` stays in its cooldown, and how long its last placement may still be
+    /// undone (each zero when there is none), read at once.
+    pub async fn timers(&self, id: &str) -> Result<Timers, LinkError> {
         let mut conn = self.conn.clone();
-        let key = format!("{COOLDOWN_KEY_PREFIX}{id}");
-        let left: i64 = self.bounded(conn.pttl(key)).await?;
-        Ok(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+        let (cooldown, undo): (i64, i64) = self
+            .bounded(
+                redis::pipe()
+                    .pttl(format!("{COOLDOWN_KEY_PREFIX}{id}"))
+                    .pttl(format!("{UNDO_KEY_PREFIX}{id}"))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        // PTTL answers -2 (no key) or -1 (no expiry, never written so): none left.
+        let left = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Ok(Timers {
+            cooldown: left(cooldown),
+            undo: left(undo),
+        })
     }
 
     /// Removes this gateway's entry from the online count.
@@ -210,4 +223,11 @@ impl RedisLink {
         })
         .await
     }
+}
+
+/// A person's running timers, for the hello.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timers {
+    pub cooldown: Duration,
+    pub undo: Duration,
 }

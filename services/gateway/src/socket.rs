@@ -28,6 +28,7 @@ use crate::{
         CanvasInfo, ClientMessage, IdentityInfo, PROTOCOL_VERSION, RefetchReason, ServerMessage,
         close, code,
     },
+    redis_link::Timers,
 };
 
 /// How long a closing connection waits for the client's close reply (so unread client
@@ -153,7 +154,7 @@ struct Connection<S> {
     seat: Seat,
     /// What the log calls this connection: its handle, or `watcher`.
     who: String,
-    cooldown_left: Duration,
+    timers: Timers,
     bucket: Bucket,
     strikes: u32,
     last_heard: Instant,
@@ -163,8 +164,8 @@ struct Connection<S> {
 #[derive(Debug, Clone)]
 pub struct Arrival {
     pub seat: Seat,
-    /// How long its identity's cooldown still runs.
-    pub cooldown_left: Duration,
+    /// How long its identity's cooldown and undo still run.
+    pub timers: Timers,
     /// The client's last applied version, when it reconnects.
     pub since: Option<u64>,
 }
@@ -188,7 +189,7 @@ where
         shared,
         seat: arrival.seat,
         who,
-        cooldown_left: arrival.cooldown_left,
+        timers: arrival.timers,
         strikes: 0,
         last_heard: Instant::now(),
     };
@@ -259,7 +260,8 @@ where
                 }),
                 Seat::Watcher(_) => None,
             },
-            cooldown_ms: u64::try_from(self.cooldown_left.as_millis()).unwrap_or(u64::MAX),
+            cooldown_ms: millis(self.timers.cooldown),
+            undo_ms: millis(self.timers.undo),
             version,
             canvas: CanvasInfo::clone(canvas),
             online,
@@ -528,6 +530,10 @@ where
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The `id` of a message that did not parse as a whole, when it has one.
 fn id_of(text: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(text)
@@ -694,7 +700,10 @@ mod tests {
             shared,
             Arrival {
                 seat: Seat::Player(Player::new(TEST_IDENTITY.to_owned())),
-                cooldown_left: Duration::from_millis(1500),
+                timers: Timers {
+                    cooldown: Duration::from_millis(1500),
+                    undo: Duration::ZERO,
+                },
                 since,
             },
         ));
@@ -762,7 +771,7 @@ mod tests {
             h.json().await,
             json!({"type": "hello", "protocol": 2,
                    "identity": {"kind": "anonymous", "handle": pixel_common::identity::handle_of(TEST_IDENTITY)},
-                   "cooldownMs": 1500, "version": 7, "width": 16, "height": 8,
+                   "cooldownMs": 1500, "undoMs": 0, "version": 7, "width": 16, "height": 8,
                    "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "undoSeconds": 5,
                    "readOnly": false, "opensAtMs": null, "closesAtMs": null, "online": 2})
         );

@@ -7,7 +7,6 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use axum::{
@@ -35,6 +34,7 @@ use crate::{
     address::{AddressSlot, client_address},
     identity::Seat,
     protocol::close,
+    redis_link::Timers,
     socket::{self, Arrival, ReadError},
 };
 
@@ -263,24 +263,26 @@ async fn connection(
         Seat::Watcher(_) => "watcher".to_owned(),
     };
     tracing::debug!(client = %who, ?since, "client connected");
-    // The hello tells a player how long its cooldown still runs (after a reload, say).
-    let cooldown_left = match &seat {
-        Seat::Player(player) if gateway.shared.canvas.cooldown_seconds > 0 => gateway
+    // The hello tells a player how long its cooldown and its undo still run (after a
+    // reload, say).
+    let canvas = &gateway.shared.canvas;
+    let timers = match &seat {
+        Seat::Player(player) if canvas.cooldown_seconds > 0 || canvas.undo_seconds > 0 => gateway
             .redis
-            .cooldown_left(&player.id)
+            .timers(&player.id)
             .await
             .unwrap_or_else(|error| {
-                tracing::debug!(error = %ErrorChain(&error), "cannot read a cooldown");
-                Duration::ZERO
+                tracing::debug!(error = %ErrorChain(&error), "cannot read a player's timers");
+                Timers::default()
             }),
-        _ => Duration::ZERO,
+        _ => Timers::default(),
     };
     let (mut sink, stream) = socket.split();
     let mut stream = stream.map(|read| read.map_err(read_error));
     let shared = gateway.shared.clone();
     let arrival = Arrival {
         seat,
-        cooldown_left,
+        timers,
         since,
     };
     let ended = socket::serve(&mut sink, &mut stream, shared, arrival).await;

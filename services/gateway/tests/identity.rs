@@ -171,6 +171,11 @@ async fn an_undo_is_the_persons_own_reaches_every_client_and_refunds_the_cooldow
     let mut reload = visit(&gateway, Some(&cookie)).await;
     assert!(reload.hello["cooldownMs"].as_u64().is_some_and(|ms| ms > 0));
     assert_eq!(reload.hello["undoSeconds"], 5);
+    let undo_left = reload.hello["undoMs"].as_u64().expect("undoMs");
+    assert!(
+        (1..=5000).contains(&undo_left),
+        "the undo still runs: {undo_left}"
+    );
     let undone = reload.undo().await;
     assert_eq!(
         undone,
@@ -255,6 +260,7 @@ async fn a_reload_keeps_the_identity_and_its_cooldown_and_shows_what_is_left() {
     let handle = first.handle().expect("and an identity").to_owned();
     assert!(handle.starts_with("anon-"), "{handle}");
     assert_eq!(first.hello["cooldownMs"], 0);
+    assert_eq!(first.hello["undoMs"], 0, "nothing placed yet");
     assert_eq!(first.place(1, 1).await["type"], "placed");
 
     // A reload: a new connection with the cookie is the same person.
