@@ -190,3 +190,14 @@ async fn the_served_document_carries_this_canvas_s_bounds() {
             .is_none()
     );
 }
+
+/// What a history entry keeps for rollbacks (the colour it replaced) is not served.
+#[test]
+fn internal_fields_stay_out_of_the_document() {
+    let (_, doc) = api_router();
+    let doc = serde_json::to_value(&doc).expect("JSON");
+    let entry = &doc["components"]["schemas"]["HistoryEntry"]["properties"];
+    assert!(entry.get("placedBy").is_some(), "{entry}");
+    assert!(entry.get("kind").is_some(), "{entry}");
+    assert!(entry.get("previous").is_none(), "{entry}");
+}
