@@ -70,17 +70,15 @@ if ban == 'shadow' then
 end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
-local record = redis.call('HGET', KEYS[3], ARGV[1])
+local undo = tonumber(ARGV[9])
+local record = undo > 0 and redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
   'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms, 'p', previous)
 redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
-local undo = tonumber(ARGV[9])
 if undo > 0 then
-  redis.call('DEL', KEYS[6])
-  redis.call('HSET', KEYS[6], 'i', ARGV[1], 'x', ARGV[6], 'y', ARGV[7], 'v', version,
-    'c', previous, 'r', record or '')
-  redis.call('PEXPIRE', KEYS[6], undo)
+  redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. version ..
+    ' ' .. previous .. ' ' .. (record or ''), 'PX', undo)
 end
 return {1, tonumber(version), tonumber(ms)}
 ";
@@ -93,11 +91,13 @@ return {1, tonumber(version), tonumber(ms)}
 const UNDO_SCRIPT: &str = r"
 local ban = redis.call('HGET', KEYS[7], ARGV[4])
 if ban == 'ban' then return {3} end
-local fields = redis.call('HGETALL', KEYS[6])
-if #fields == 0 then return {0} end
-local undo = {}
-for i = 1, #fields, 2 do undo[fields[i]] = fields[i + 1] end
+local kept = redis.call('GET', KEYS[6])
+if not kept then return {0} end
 redis.call('DEL', KEYS[6])
+local undo = {}
+undo.i, undo.x, undo.y, undo.v, undo.c, undo.r =
+  string.match(kept, '^(%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+if not undo.i then return redis.error_reply('corrupt undo record ' .. kept) end
 local current = redis.call('HGET', KEYS[3], undo.i)
 if not current or string.match(current, '^%d+') ~= undo.v then return {2} end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. undo.i, undo.c)[1]

@@ -27,9 +27,9 @@ pub const AUDIT_KEY: &str = "canvas:audit";
 /// arrival time of the client's placements (GCRA), in µs since the Unix epoch by Redis's
 /// clock; its whole burst is allowed again from then on, and the key expires then.
 pub const RATE_KEY_PREFIX: &str = "canvas:rate:";
-/// Prefix of per-client undo records, followed by the client id: a hash of the client's
-/// last placement (`i` index, `x`, `y`, `v` its version, `c` the colour before it, `r` the
-/// pixel's record before it, empty when there was none), expiring with the undo window.
+/// Prefix of per-client undo records, followed by the client id: the client's last
+/// placement as `"<index> <x> <y> <version> <colour before> <record before>"` (the record as
+/// in [`PLACED_KEY`], empty when there was none), expiring with the undo window.
 pub const UNDO_KEY_PREFIX: &str = "canvas:undo:";
 /// Prefix of the per-address counters of issued identities (`INCR`, expiring with the
 /// issuance window), followed by the client address.
