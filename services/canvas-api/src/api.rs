@@ -361,18 +361,30 @@ fn matches_etag(headers: &HeaderMap, version: u64) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == wanted)
 }
 
-/// The client id header: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+/// A client id or a player's public name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn is_client_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The client id header.
 fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(CLIENT_ID_HEADER)
         .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            (1..=64).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
+        .filter(|id| is_client_name(id))
         .ok_or(ApiError::ClientId)
+}
+
+/// The client a placement or an undo is for, while the canvas takes them.
+fn open_for<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<&'h str, ApiError> {
+    let client_id = client_id(headers)?;
+    match state.settings.opening.closed_now() {
+        Some(closed) => Err(ApiError::Closed(closed)),
+        None => Ok(client_id),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/pixels", tag = "canvas",
@@ -418,11 +430,8 @@ async fn place_checked(
         return Err(ApiError::Unauthorized);
     }
     let Json(request) = body.map_err(ApiError::Body)?;
-    let client_id = client_id(headers)?;
+    let client_id = open_for(state, headers)?;
     let settings = &state.settings;
-    if let Some(closed) = settings.opening.closed_now() {
-        return Err(ApiError::Closed(closed));
-    }
     let point = settings.size.point(request.x, request.y)?;
     let color = settings.palette.index(request.color)?;
     let placed = state
@@ -489,11 +498,8 @@ async fn undo_checked(state: &AppState, headers: &HeaderMap) -> Result<UndoRespo
     if !state.settings.api_token.admits(headers) {
         return Err(ApiError::Unauthorized);
     }
-    let client_id = client_id(headers)?;
+    let client_id = open_for(state, headers)?;
     let settings = &state.settings;
-    if let Some(closed) = settings.opening.closed_now() {
-        return Err(ApiError::Closed(closed));
-    }
     match state
         .store
         .undo(client_id, settings.history_max_len)

@@ -176,11 +176,9 @@ fn object_body<T: DeserializeOwned>(
 
 /// A player's public name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 fn player(name: &str) -> Result<&str, ApiError> {
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    valid.then_some(name).ok_or(ApiError::InvalidPlayer)
+    crate::api::is_client_name(name)
+        .then_some(name)
+        .ok_or(ApiError::InvalidPlayer)
 }
 
 #[utoipa::path(get, path = "/api/v1/moderation/bans", tag = "moderation",

@@ -303,6 +303,16 @@ async fn finish(
     site.gateway.stop(Duration::from_secs(5)).await;
 }
 
+/// Chooses palette entry `index` with a real click on its swatch.
+async fn pick_colour(page: &Page, index: usize) {
+    page.find_element(format!("button.swatch[data-index='{index}']"))
+        .await
+        .expect("swatch")
+        .click()
+        .await
+        .expect("click the swatch");
+}
+
 /// Evaluates a JavaScript expression and returns its JSON value.
 async fn eval(page: &Page, expression: &str) -> Value {
     let params = EvaluateParams::builder()
@@ -413,12 +423,7 @@ async fn tap_as_phone(page: &Page, pixel: (u32, u32), colour: usize) {
         (eval(page, &fits).await == true).then_some(())
     })
     .await;
-    page.find_element(format!("button.swatch[data-index='{colour}']"))
-        .await
-        .expect("swatch")
-        .click()
-        .await
-        .expect("choose the colour");
+    pick_colour(page, colour).await;
     let at = centre_of(page, pixel).await;
     // A tap synthesized from a touch source: the page sees pointer events of type "touch".
     let tap = SynthesizeTapGestureParams::builder()
@@ -460,13 +465,7 @@ async fn a_click_in_one_page_shows_in_the_other() {
     wait_colour(&watcher, "the watching page", PIXEL, "#FFFFFF").await;
 
     // Choose red in the palette, then click the pixel, both with real mouse events.
-    painter
-        .find_element(format!("button.swatch[data-index='{}']", RED.0))
-        .await
-        .expect("red swatch")
-        .click()
-        .await
-        .expect("click the swatch");
+    pick_colour(&painter, RED.0).await;
     let target = centre_of(&painter, PIXEL).await;
     painter.click(target).await.expect("click the pixel");
 
@@ -634,13 +633,7 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
         "nothing to undo yet"
     );
 
-    placer
-        .find_element(format!("button.swatch[data-index='{}']", RED.0))
-        .await
-        .expect("red swatch")
-        .click()
-        .await
-        .expect("click the swatch");
+    pick_colour(&placer, RED.0).await;
     placer
         .click(centre_of(&placer, PIXEL).await)
         .await
@@ -683,13 +676,7 @@ async fn an_undo_restores_the_old_colour_in_both_pages_and_refunds_the_cooldown(
 
     // Refunded for real: the server takes the next placement at once (red again: the
     // reload reset the palette's choice).
-    placer
-        .find_element(format!("button.swatch[data-index='{}']", RED.0))
-        .await
-        .expect("red swatch")
-        .click()
-        .await
-        .expect("click the swatch");
+    pick_colour(&placer, RED.0).await;
     placer
         .click(centre_of(&placer, PHONE_PIXEL).await)
         .await
@@ -800,17 +787,6 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
     let vandal = open_as_another_person(&browser, &url, &errors).await;
     wait_live(&player).await;
     wait_live(&vandal).await;
-    let pick = |page: &Page, index: usize| {
-        let page = page.clone();
-        async move {
-            page.find_element(format!("button.swatch[data-index='{index}']"))
-                .await
-                .expect("swatch")
-                .click()
-                .await
-                .expect("click the swatch");
-        }
-    };
     let paint = |page: &Page, pixel: (u32, u32)| {
         let page = page.clone();
         async move {
@@ -820,11 +796,11 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
         }
     };
 
-    pick(&player, RED.0).await;
+    pick_colour(&player, RED.0).await;
     paint(&player, PIXEL).await;
     wait_colour(&vandal, "the vandal's page", PIXEL, RED.1).await;
     let before = wait_live(&vandal).await;
-    pick(&vandal, BLUE.0).await;
+    pick_colour(&vandal, BLUE.0).await;
     for pixel in [PIXEL, PHONE_PIXEL, OUTSIDE] {
         paint(&vandal, pixel).await;
         wait_colour(&player, "the player's page", pixel, BLUE.1).await;
