@@ -19,6 +19,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// An RFC 1123 label, such as a namespace name.
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A DNS subdomain name (RFC 1123), as Kubernetes requires of object and host names.
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
@@ -91,6 +93,10 @@ pub struct PixelCanvasSpec {
     /// How the canvas is exposed outside the cluster.
     #[serde(default)]
     pub ingress: IngressSpec,
+
+    /// Who may reach canvas-api besides the canvas's gateway.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 
     /// When true, the operator stops changing the canvas's children (status stays current).
     #[serde(default)]
@@ -345,6 +351,33 @@ pub struct IngressSpec {
     pub tls_secret_name: Option<String>,
 }
 
+/// The namespaces whose pods may open canvas-api's port. The canvas's gateway always may;
+/// every other pod is refused by the NetworkPolicy `<name>-api`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Namespaces of the Ingress controller's pods, which route `/api` to canvas-api (unset: `ingress-nginx`, and `kube-system`, where k3s runs Traefik).
+    #[serde(default = "default_ingress_controller_namespaces")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub ingress_controller_namespaces: Vec<String>,
+
+    /// Namespaces of the metrics scrapers that read canvas-api's `/metrics` (unset: `monitoring`, where kube-prometheus runs Prometheus).
+    #[serde(default = "default_metrics_namespaces")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub metrics_namespaces: Vec<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            ingress_controller_namespaces: default_ingress_controller_namespaces(),
+            metrics_namespaces: default_metrics_namespaces(),
+        }
+    }
+}
+
 /// What the operator observed, written only when it changes.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -461,6 +494,12 @@ fn default_storage_size() -> Quantity {
 }
 fn default_password_key() -> String {
     "password".to_owned()
+}
+fn default_ingress_controller_namespaces() -> Vec<String> {
+    vec!["ingress-nginx".to_owned(), "kube-system".to_owned()]
+}
+fn default_metrics_namespaces() -> Vec<String> {
+    vec!["monitoring".to_owned()]
 }
 fn default_true() -> bool {
     true

@@ -23,6 +23,9 @@ use pixel_harness::{
 use crate::browser_check;
 
 const NAMESPACE: &str = "real-pods";
+/// Stands for the Ingress controller's namespace: the canvas's `spec.networkPolicy` admits it
+/// to canvas-api (the suite's own Traefik runs on the node, which policies do not filter).
+const EDGE_NAMESPACE: &str = "real-pods-edge";
 const CANVAS: &str = "real";
 const HOST: &str = "real-pods.localtest.me";
 
@@ -33,7 +36,8 @@ fn canvas_manifest() -> String {
         "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata:\n  name: {CANVAS}\nspec:\n  \
          canvas: {{width: 64, height: 64, cooldownSeconds: 0}}\n  api: {{replicas: 2}}\n  \
          gateway: {{replicas: 2}}\n  frontend: {{replicas: 1}}\n  \
-         redis: {{appendFsync: Always, storage: {{size: 1Gi}}}}\n  ingress: {{host: {HOST}}}\n"
+         redis: {{appendFsync: Always, storage: {{size: 1Gi}}}}\n  ingress: {{host: {HOST}}}\n  \
+         networkPolicy: {{ingressControllerNamespaces: [{EDGE_NAMESPACE}], metricsNamespaces: []}}\n"
     )
 }
 
@@ -71,7 +75,10 @@ const CHECKS: [(&str, Check); 12] = [
         "redis-pod-deleted-keeps-every-pixel",
         redis_pod_deleted_keeps_every_pixel,
     ),
-    ("network-policy-guards-redis", network_policy_guards_redis),
+    (
+        "network-policy-guards-redis-and-the-api",
+        network_policy_guards_redis_and_the_api,
+    ),
     (
         "identity-key-rotation-keeps-identities",
         identity_key_rotation_keeps_identities,
@@ -139,6 +146,7 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
             "delete",
             "namespace",
             NAMESPACE,
+            EDGE_NAMESPACE,
             "--ignore-not-found",
             "--wait=true",
             "--timeout=180s",
@@ -148,6 +156,7 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
     cluster.ensure_storage(tools)?;
     cluster.place_on_real_node(tools, OPERATOR_NAMESPACE)?;
     cluster.place_on_real_node(tools, NAMESPACE)?;
+    cluster.place_on_real_node(tools, EDGE_NAMESPACE)?;
     cluster.run_operator_in_cluster(
         tools,
         &redis.reference,
@@ -176,14 +185,78 @@ impl Stage<'_> {
     }
 
     fn apply(&self, manifest: &str) -> Result<()> {
+        self.apply_in(NAMESPACE, manifest)
+    }
+
+    fn apply_in(&self, namespace: &str, manifest: &str) -> Result<()> {
         let path = self
             .cluster
             .kubeconfig()
             .with_file_name(format!("real-pods-{}.yaml", fastrand::u32(..)));
         std::fs::write(&path, manifest)?;
-        let applied = self.kubectl(&["apply", "-n", NAMESPACE, "-f", &path.to_string_lossy()]);
+        let applied = self.kubectl(&["apply", "-n", namespace, "-f", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
         applied.map(drop)
+    }
+
+    /// Starts a pod `name` in `namespace`, of the canvas's Redis image, labelled as the
+    /// canvas's `component` would be, and waits for it; its name, for [`Self::dial`].
+    fn probe_pod(&self, namespace: &str, name: &str, component: &str) -> Result<String> {
+        let image = self.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &format!("{CANVAS}-redis-0"),
+            "-o",
+            "jsonpath={.spec.containers[0].image}",
+        ])?;
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app.kubernetes.io/name: pixel-playground, app.kubernetes.io/instance: {CANVAS}-probe, app.kubernetes.io/component: {component}}}\nspec:\n  \
+             securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {{type: RuntimeDefault}}}}\n  \
+             containers:\n  - name: probe\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    \
+             command: [redis-server, --port, \"7777\", --save, \"\", --appendonly, \"no\"]\n    \
+             securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}\n"
+        );
+        self.apply_in(namespace, &manifest)?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "-n",
+            namespace,
+            "--timeout=120s",
+        ])?;
+        Ok(format!("{namespace}/{name}"))
+    }
+
+    /// What `redis-cli` in the probe pod `pod` (`namespace/name`) says when it pings
+    /// `address:port`: a network refusal, or the answer of whatever listens there.
+    fn dial(&self, pod: &str, address: &str, port: &str) -> Result<String> {
+        let (namespace, name) = pod
+            .split_once('/')
+            .context("a probe pod is namespace/name")?;
+        let attempt = process::output_unchecked(
+            self.cluster.kubectl(self.tools).args([
+                "exec",
+                "-n",
+                namespace,
+                name,
+                "--",
+                "redis-cli",
+                "-h",
+                address,
+                "-p",
+                port,
+                "ping",
+            ]),
+            Duration::from_secs(60),
+        )?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&attempt.stdout),
+            String::from_utf8_lossy(&attempt.stderr)
+        ))
     }
 
     fn wait_canvas_ready(&self) -> Result<()> {
@@ -783,81 +856,77 @@ fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
 }
 
 /// A pod of the namespace that is neither the canvas's API nor its gateway cannot open
-/// Redis's port; the API and the gateway can (their readiness needs Redis).
-fn network_policy_guards_redis(stage: &Stage) -> Result<()> {
-    let redis_image = stage.kubectl(&[
-        "get",
-        "pod",
-        "-n",
-        NAMESPACE,
-        &format!("{CANVAS}-redis-0"),
-        "-o",
-        "jsonpath={.spec.containers[0].image}",
-    ])?;
-    let probe = "intruder";
+/// Redis's port, nor canvas-api's; a pod of the namespace `spec.networkPolicy` names for the
+/// Ingress controller reaches canvas-api but not Redis; the API and the gateway still reach
+/// Redis (their readiness needs it) and the API through the Ingress still answers.
+fn network_policy_guards_redis_and_the_api(stage: &Stage) -> Result<()> {
     // Labelled as the canvas's frontend: in the namespace, of the canvas, and still not allowed.
-    let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {probe}\n  labels: {{app.kubernetes.io/name: pixel-playground, app.kubernetes.io/instance: {CANVAS}-probe, app.kubernetes.io/component: frontend}}\nspec:\n  \
-         securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {{type: RuntimeDefault}}}}\n  \
-         containers:\n  - name: probe\n    image: {redis_image}\n    imagePullPolicy: IfNotPresent\n    \
-         command: [redis-server, --port, \"7777\", --save, \"\", --appendonly, \"no\"]\n    \
-         securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}\n"
-    );
-    stage.apply(&manifest)?;
-    stage.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("pod/{probe}"),
-        "-n",
-        NAMESPACE,
-        "--timeout=120s",
-    ])?;
-    // Its address, not its name: the policy is on the packets, whatever DNS says.
-    let redis = stage
+    let intruder = stage.probe_pod(NAMESPACE, "intruder", "frontend")?;
+    let edge = stage.probe_pod(EDGE_NAMESPACE, "edge", "ingress")?;
+    // Addresses, not names: the policy is on the packets, whatever DNS says.
+    let pod_ip = |pod: &str| -> Result<String> {
+        Ok(stage
+            .kubectl(&[
+                "get",
+                "pod",
+                "-n",
+                NAMESPACE,
+                pod,
+                "-o",
+                "jsonpath={.status.podIP}",
+            ])?
+            .trim()
+            .to_owned())
+    };
+    let redis = pod_ip(&format!("{CANVAS}-redis-0"))?;
+    let api_pod = stage
         .kubectl(&[
             "get",
-            "pod",
+            "pods",
             "-n",
             NAMESPACE,
-            &format!("{CANVAS}-redis-0"),
+            "-l",
+            "app.kubernetes.io/component=api",
             "-o",
-            "jsonpath={.status.podIP}",
+            "jsonpath={.items[0].metadata.name}",
         ])?
         .trim()
         .to_owned();
-    let attempt = process::output_unchecked(
-        stage.cluster.kubectl(stage.tools).args([
-            "exec",
-            "-n",
-            NAMESPACE,
-            probe,
-            "--",
-            "redis-cli",
-            "-h",
-            &redis,
-            "-p",
-            "6379",
-            "ping",
-        ]),
-        Duration::from_secs(60),
-    )?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&attempt.stdout),
-        String::from_utf8_lossy(&attempt.stderr)
-    );
-    let _ = stage.kubectl(&["delete", "pod", probe, "-n", NAMESPACE, "--wait=false"]);
-    ensure!(
-        !said.contains("NOAUTH") && !said.contains("PONG") && !said.contains("WRONGPASS"),
-        "a pod that is not the API or the gateway reached Redis: {said}"
-    );
-    ensure!(
-        said.contains("refused") || said.contains("timed out") || said.contains("Timeout"),
-        "the refusal is not a network one: {said}"
-    );
+    let api = pod_ip(&api_pod)?;
+    let api_port = ports::CANVAS_API.to_string();
+    let outcome = (|| -> Result<()> {
+        for (from, to, port) in [
+            (&intruder, &redis, "6379"),
+            (&intruder, &api, api_port.as_str()),
+            (&edge, &redis, "6379"),
+        ] {
+            let said = stage.dial(from, to, port)?;
+            ensure!(
+                said.contains("refused") || said.contains("timed out") || said.contains("Timeout"),
+                "{from} reached {to}:{port}, which its NetworkPolicy should refuse: {said}"
+            );
+        }
+        // canvas-api answers the RESP ping it does not speak: the connection was admitted.
+        let said = stage.dial(&edge, &api, &api_port)?;
+        ensure!(
+            !said.contains("refused") && !said.contains("timed out") && !said.contains("Timeout"),
+            "{edge}, in the namespace spec.networkPolicy admits, could not reach {api}:{api_port}: {said}"
+        );
+        Ok(())
+    })();
+    for (namespace, pod) in [(NAMESPACE, "intruder"), (EDGE_NAMESPACE, "edge")] {
+        let _ = stage.kubectl(&["delete", "pod", pod, "-n", namespace, "--wait=false"]);
+    }
+    outcome?;
     for component in ["api", "gateway"] {
         stage.wait_ready_pods(component, 2, Duration::from_secs(90))?;
     }
+    // The gateway still reaches canvas-api: a placement through the Ingress lands.
+    let (versions, _) = stage.place_as(None, &[(41, 41, 2)])?;
+    ensure!(
+        versions.len() == 1,
+        "a placement through the Ingress after the probes: {versions:?}"
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 mod config;
 mod ingress;
 pub mod naming;
+mod network;
 mod redis;
 mod security;
 mod workloads;
@@ -392,9 +393,11 @@ pub fn desired(inputs: &Inputs) -> Desired {
     }
     apply.push(Child::Secret(config::internal_secret(inputs)));
     apply.push(Child::Secret(config::moderator_secret(inputs)));
+    // Before the pods they guard: Redis and canvas-api are never open, not even on creation.
+    apply.push(Child::NetworkPolicy(network::redis(inputs)));
+    apply.push(Child::NetworkPolicy(network::api(inputs)));
     apply.push(Child::Service(redis::service(inputs)));
     apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
-    apply.push(Child::NetworkPolicy(redis::network_policy(inputs)));
     for component in workloads::STATELESS {
         let Some((deployment, service, budget)) = workloads::objects(inputs, component) else {
             continue;

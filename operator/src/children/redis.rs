@@ -1,5 +1,5 @@
-//! Redis: a one-replica StatefulSet with its append-only file on a PVC, a headless Service,
-//! and a NetworkPolicy that lets only canvas-api and gateway pods reach it.
+//! Redis: a one-replica StatefulSet with its append-only file on a PVC and a headless
+//! Service (its NetworkPolicy is in `network`).
 
 use k8s_openapi::{
     api::{
@@ -9,23 +9,15 @@ use k8s_openapi::{
             Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, VolumeMount,
             VolumeResourceRequirements,
         },
-        networking::v1::{
-            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-            NetworkPolicySpec,
-        },
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
+        apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
 use pixel_common::ports;
 
-use super::{
-    Inputs,
-    naming::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
-    pod_template, security, workloads,
-};
+use super::{Inputs, naming::Component, pod_template, security, workloads};
 use crate::api::AppendFsync;
 
 /// Redis's data volume (and volumeClaimTemplate) name.
@@ -198,51 +190,5 @@ pub fn service(inputs: &Inputs) -> Service {
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-/// Only this canvas's canvas-api and gateway pods may connect to its Redis, on its port.
-pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
-    let clients = LabelSelector {
-        match_labels: Some(
-            [
-                (LABEL_NAME.to_owned(), super::naming::APP.to_owned()),
-                (LABEL_INSTANCE.to_owned(), inputs.names.canvas().to_owned()),
-            ]
-            .into(),
-        ),
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: LABEL_COMPONENT.to_owned(),
-            operator: "In".to_owned(),
-            values: Some(vec![
-                Component::Api.as_str().to_owned(),
-                Component::Gateway.as_str().to_owned(),
-            ]),
-        }]),
-    };
-    NetworkPolicy {
-        metadata: inputs.metadata(
-            inputs.names.component(Component::Redis),
-            Some(Component::Redis),
-        ),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(inputs.names.selector(Component::Redis)),
-                ..Default::default()
-            }),
-            policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(clients),
-                    ..Default::default()
-                }]),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(i32::from(ports::REDIS))),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                }]),
-            }]),
-            ..Default::default()
-        }),
     }
 }

@@ -131,6 +131,7 @@ fn a_default_canvas_has_the_whole_stack() {
             ("Deployment", "demo-frontend"),
             ("Deployment", "demo-gateway"),
             ("Ingress", "demo"),
+            ("NetworkPolicy", "demo-api"),
             ("NetworkPolicy", "demo-redis"),
             ("PodDisruptionBudget", "demo-api"),
             ("PodDisruptionBudget", "demo-frontend"),
@@ -638,40 +639,114 @@ fn undo_freeze_and_schedule_reach_the_config_and_roll_api_and_gateway() {
 #[test]
 fn only_api_and_gateway_pods_reach_redis() {
     let d = desired_for(&canvas(json!({})));
-    let Child::NetworkPolicy(policy) = find(&d, "NetworkPolicy", "demo-redis") else {
-        panic!()
+    let policy = find(&d, "NetworkPolicy", "demo-redis");
+    assert_eq!(
+        admitted(policy),
+        (
+            Vec::new(),
+            vec!["api".to_owned(), "gateway".to_owned()],
+            6379
+        )
+    );
+}
+
+/// What a policy admits: the namespaces its peers name, the components of the canvas's
+/// pods it admits, and its one port. It guards the pods its name says.
+fn admitted(policy: &Child) -> (Vec<String>, Vec<String>, i32) {
+    let Child::NetworkPolicy(policy) = policy else {
+        panic!("not a NetworkPolicy")
     };
     let spec = policy.spec.as_ref().expect("spec");
+    let guarded = Component::ALL
+        .into_iter()
+        .find(|c| Names::new("demo").component(*c) == policy.name_any())
+        .expect("named after a component");
     assert_eq!(
         spec.pod_selector
             .as_ref()
             .and_then(|s| s.match_labels.clone()),
-        Some(Names::new("demo").selector(Component::Redis))
+        Some(Names::new("demo").selector(guarded))
     );
     let rules = spec.ingress.as_ref().expect("ingress rules");
-    assert_eq!(rules.len(), 1);
-    let peer = rules[0].from.as_ref().expect("from")[0]
-        .pod_selector
-        .as_ref()
-        .expect("pod selector");
-    assert_eq!(
-        peer.match_labels.as_ref().expect("labels")[naming::LABEL_INSTANCE],
-        "demo"
-    );
-    let expr = &peer.match_expressions.as_ref().expect("expressions")[0];
-    assert_eq!(
-        (expr.key.as_str(), expr.operator.as_str()),
-        (naming::LABEL_COMPONENT, "In")
-    );
-    assert_eq!(
-        expr.values.clone().expect("values"),
-        vec!["api".to_owned(), "gateway".to_owned()]
-    );
+    assert_eq!(rules.len(), 1, "one rule: its peers and its one port");
+    let (mut namespaces, mut components) = (Vec::new(), Vec::new());
+    for peer in rules[0].from.as_ref().expect("from") {
+        let values = |selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                      key: &str| {
+            let expr = &selector.match_expressions.as_ref().expect("expressions")[0];
+            assert_eq!((expr.key.as_str(), expr.operator.as_str()), (key, "In"));
+            expr.values.clone().expect("values")
+        };
+        match (&peer.pod_selector, &peer.namespace_selector) {
+            (Some(pods), None) => {
+                assert_eq!(
+                    pods.match_labels.as_ref().expect("labels")[naming::LABEL_INSTANCE],
+                    "demo",
+                    "only this canvas's pods"
+                );
+                components.extend(values(pods, naming::LABEL_COMPONENT));
+            }
+            (None, Some(ns)) => namespaces.extend(values(ns, "kubernetes.io/metadata.name")),
+            other => panic!("a peer of another shape: {other:?}"),
+        }
+    }
     let ports = rules[0].ports.as_ref().expect("ports");
+    let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)) = ports[0].port
+    else {
+        panic!("no numeric port")
+    };
+    (namespaces, components, port)
+}
+
+#[test]
+fn only_the_gateway_the_ingress_controller_and_scrapers_reach_the_api() {
+    let d = desired_for(&canvas(json!({})));
+    let policy = find(&d, "NetworkPolicy", "demo-api");
     assert_eq!(
-        ports[0].port,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6379))
+        admitted(policy),
+        (
+            vec![
+                "ingress-nginx".to_owned(),
+                "kube-system".to_owned(),
+                "monitoring".to_owned()
+            ],
+            vec!["gateway".to_owned()],
+            3001
+        )
     );
+
+    let d = desired_for(&canvas(json!({"networkPolicy": {
+        "ingressControllerNamespaces": ["traefik", "shared"],
+        "metricsNamespaces": ["shared"],
+    }})));
+    assert_eq!(
+        admitted(find(&d, "NetworkPolicy", "demo-api")).0,
+        vec!["shared".to_owned(), "traefik".to_owned()],
+        "each namespace once"
+    );
+
+    // No namespace at all: the gateway alone, and no empty selector (which would admit all).
+    let d = desired_for(&canvas(json!({"networkPolicy": {
+        "ingressControllerNamespaces": [],
+        "metricsNamespaces": [],
+    }})));
+    assert_eq!(
+        admitted(find(&d, "NetworkPolicy", "demo-api")),
+        (Vec::new(), vec!["gateway".to_owned()], 3001)
+    );
+}
+
+#[test]
+fn network_policies_come_before_the_pods_they_guard() {
+    let d = desired_for(&canvas(json!({})));
+    let position = |kind: &str, name: &str| {
+        d.apply
+            .iter()
+            .position(|c| c.kind() == kind && c.name() == name)
+            .expect("present")
+    };
+    assert!(position("NetworkPolicy", "demo-redis") < position("StatefulSet", "demo-redis"));
+    assert!(position("NetworkPolicy", "demo-api") < position("Deployment", "demo-api"));
 }
 
 #[test]
