@@ -52,6 +52,13 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     process::run(&mut Command::new("sync"), Duration::from_secs(300))?;
     process::run(&mut cargo_test(&[]), Duration::from_secs(3600))?;
 
+    println!("== sign-in: Chromium against a real OpenID Connect provider (zitadel/oidc)");
+    let provider = toolchain::ensure_oidc_provider()?;
+    // The same build as above (`--workspace`, so no feature set differs), one test of it.
+    let mut sign_in = cargo_test(&["--test", "browser", "--", "--ignored", "sign_in"]);
+    sign_in.env(pixel_common::ports::ENV_TEST_OIDC_PROVIDER, &provider);
+    process::run(&mut sign_in, Duration::from_secs(600))?;
+
     println!("== fuzzing: the decoders and the client-message parser (cargo-fuzz)");
     crate::fuzz::run(&crate::fuzz::FuzzArgs::default())?;
     println!("== fuzzing: canvas-api against its OpenAPI document (schemathesis)");

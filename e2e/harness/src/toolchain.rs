@@ -127,6 +127,13 @@ const CENTRIFUGO: Component = Component {
     pinned_module: "github.com/centrifugal/centrifugo/v6",
     binaries: &[("github.com/centrifugal/centrifugo/v6", "centrifugo")],
 };
+/// Not in [`COMPONENTS`]: only the sign-in tests need it (zitadel/oidc's example
+/// OpenID Connect provider: in-memory users from a file, a login form, PKCE).
+const OIDC_PROVIDER: Component = Component {
+    name: "oidc-provider",
+    pinned_module: "github.com/zitadel/oidc/v3",
+    binaries: &[("github.com/zitadel/oidc/v3/example/server", "oidc-provider")],
+};
 /// Where each tool's release builds set the version it reports, and whether that version
 /// keeps its leading `v`.
 const VERSION_VARS: [(&str, &str, bool); 4] = [
@@ -311,6 +318,13 @@ fn ensure_with(progress: &Progress) -> Result<Tools> {
 pub fn ensure_chainsaw() -> Result<PathBuf> {
     check_go()?;
     Ok(ensure_component(&CHAINSAW, &Progress::foreground())?.join("chainsaw"))
+}
+
+/// Builds the sign-in tests' OpenID Connect provider when the cache lacks it and returns
+/// the binary's path.
+pub fn ensure_oidc_provider() -> Result<PathBuf> {
+    check_go()?;
+    Ok(ensure_component(&OIDC_PROVIDER, &Progress::foreground())?.join("oidc-provider"))
 }
 
 /// Builds Centrifugo when the cache lacks it and returns the binary's path.
@@ -618,7 +632,10 @@ mod tests {
 
     #[test]
     fn every_component_pins_its_module() {
-        for component in COMPONENTS.into_iter().chain([&CHAINSAW, &CENTRIFUGO]) {
+        for component in COMPONENTS
+            .into_iter()
+            .chain([&CHAINSAW, &CENTRIFUGO, &OIDC_PROVIDER])
+        {
             let version = pinned_version(component).expect("pinned");
             assert!(version.starts_with('v'), "{}: {version}", component.name);
         }

@@ -18,7 +18,7 @@ use axum::{
 use bytes::Bytes;
 use pixel_common::{
     canvas::Point,
-    identity::public_name,
+    identity::{is_signed_in, public_name},
     ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
@@ -157,6 +157,9 @@ pub struct PixelResponse {
     pub placed_at_ms: Option<u64>,
     /// Who placed it, as shown publicly: an identity's handle, never the identity.
     pub placed_by: Option<String>,
+    /// A signed-in placer's display name, as their provider gave it (never an email).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed_by_name: Option<String>,
 }
 
 /// The largest canvas version: Redis counts it with `INCR`, a signed 64-bit integer.
@@ -547,6 +550,12 @@ pub async fn pixel(
     } else {
         0
     };
+    let placed_by_name = match &record {
+        Some(record) if is_signed_in(&record.client_id) => {
+            state.store.display_name(&record.client_id).await?
+        }
+        _ => None,
+    };
     Ok(Json(PixelResponse {
         x,
         y,
@@ -554,6 +563,7 @@ pub async fn pixel(
         version: record.as_ref().map(|r| r.version),
         placed_at_ms: record.as_ref().map(|r| r.placed_at_ms),
         placed_by: record.map(|r| public_name(&r.client_id)),
+        placed_by_name,
     }))
 }
 

@@ -7,7 +7,7 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     identity::public_name,
     redis_schema::{
-        AUDIT_KEY, BANS_KEY, COOLDOWN_KEY_PREFIX, HISTORY_KEY, PIXELS_KEY, PLACED_KEY,
+        AUDIT_KEY, BANS_KEY, COOLDOWN_KEY_PREFIX, HISTORY_KEY, NAMES_KEY, PIXELS_KEY, PLACED_KEY,
         RATE_KEY_PREFIX, UNDO_KEY_PREFIX, UPDATES_CHANNEL, VERSION_KEY,
     },
 };
@@ -525,6 +525,18 @@ impl Store {
             .await?;
         let record = record.map(|r| parse_record(&r)).transpose()?;
         Ok((color.first().copied().unwrap_or(0), record))
+    }
+
+    /// The display name the gateway recorded for a signed-in identity at its last sign-in.
+    pub async fn display_name(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            redis::cmd("HGET")
+                .arg(NAMES_KEY)
+                .arg(client_id)
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     /// The current version and up to `limit` history entries with versions above `since`,

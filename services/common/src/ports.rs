@@ -157,6 +157,39 @@ pub const ENV_IDENTITY_ISSUE_LIMIT: &str = "PIXEL_IDENTITY_ISSUE_LIMIT";
 /// The window of [`ENV_IDENTITY_ISSUE_LIMIT`], in seconds.
 pub const ENV_IDENTITY_ISSUE_WINDOW_SECONDS: &str = "PIXEL_IDENTITY_ISSUE_WINDOW_SECONDS";
 
+// Sign-in (docs/protocol.md, Sign-in): the gateway's OpenID Connect relying party. Sign-in
+// mode is on when the issuer is set; identities are then only ever signed-in people.
+
+/// The OpenID Connect issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
+pub const ENV_OIDC_ISSUER: &str = "PIXEL_OIDC_ISSUER";
+/// The client ID registered with the provider.
+pub const ENV_OIDC_CLIENT_ID: &str = "PIXEL_OIDC_CLIENT_ID";
+/// The client secret, from the Secret `spec.auth.clientSecretRef` names.
+pub const ENV_OIDC_CLIENT_SECRET: &str = "PIXEL_OIDC_CLIENT_SECRET";
+/// The callback URL registered with the provider: `<public origin>` + [`AUTH_CALLBACK_PATH`].
+pub const ENV_OIDC_REDIRECT_URL: &str = "PIXEL_OIDC_REDIRECT_URL";
+/// Email domains whose people may sign in, comma-separated (empty: any).
+pub const ENV_OIDC_ALLOWED_EMAIL_DOMAINS: &str = "PIXEL_OIDC_ALLOWED_EMAIL_DOMAINS";
+/// Groups whose members may sign in, comma-separated (empty: any).
+pub const ENV_OIDC_ALLOWED_GROUPS: &str = "PIXEL_OIDC_ALLOWED_GROUPS";
+/// The claim that lists a person's groups.
+pub const ENV_OIDC_GROUPS_CLAIM: &str = "PIXEL_OIDC_GROUPS_CLAIM";
+/// Whether signed-out visitors may watch the canvas.
+pub const ENV_OIDC_WATCHERS_ALLOWED: &str = "PIXEL_OIDC_WATCHERS_ALLOWED";
+/// How long a sign-in lasts, in seconds.
+pub const ENV_OIDC_SESSION_SECONDS: &str = "PIXEL_OIDC_SESSION_SECONDS";
+/// Starts a sign-in; `?next=` says where to come back to.
+pub const AUTH_LOGIN_PATH: &str = "/auth/login";
+/// Where the provider sends the browser back with the authorization code.
+pub const AUTH_CALLBACK_PATH: &str = "/auth/callback";
+/// Signs out (`POST`).
+pub const AUTH_LOGOUT_PATH: &str = "/auth/logout";
+/// The prefix the Ingress routes to the gateway for the three above.
+pub const AUTH_PATH_PREFIX: &str = "/auth";
+/// Tests: the OpenID Connect provider binary the sign-in browser test runs (`cargo xtask
+/// test` builds it and sets this).
+pub const ENV_TEST_OIDC_PROVIDER: &str = "PIXEL_TEST_OIDC_PROVIDER";
+
 // The frontend (docs/protocol.md, Frontend): where the page finds the API and the gateway.
 
 /// The API base URL the page uses: a path on the page's own origin (`/api/v1`, behind the

@@ -34,6 +34,9 @@ pub const UNDO_KEY_PREFIX: &str = "canvas:undo:";
 /// Prefix of the per-address counters of issued identities (`INCR`, expiring with the
 /// issuance window), followed by the client address.
 pub const IDENTITIES_ISSUED_KEY_PREFIX: &str = "canvas:identities:issued:";
+/// Hash: a signed-in identity → the display name its provider gave at its last sign-in
+/// (shown in the pixel info beside the handle).
+pub const NAMES_KEY: &str = "canvas:names";
 /// Pub/sub channel where each placement is published as [`update_message`].
 pub const UPDATES_CHANNEL: &str = "canvas:updates";
 /// Hash: gateway id → `"<connections> <expires-at ms>"`, refreshed by each gateway; the

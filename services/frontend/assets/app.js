@@ -26,7 +26,7 @@ async function main() {
   const view = new View(canvas);
   const setStatus = controls.status();
   const setOnline = controls.online();
-  const setIdentity = controls.identity();
+  const setIdentity = controls.identity(config.wsUrl);
   const colours = controls.palette();
   const wait = controls.cooldown();
   const info = controls.pixelInfo(api);
@@ -35,6 +35,7 @@ async function main() {
 
   let connected = false;
   let handle = null; // who we place as (the hello's identity.handle); null: watching only
+  let signedIn = false; // whether that identity is a signed-in person
   let cooldownSeconds = 0;
   let undoSeconds = 0;
   let nextId = 1;
@@ -83,7 +84,8 @@ async function main() {
           undoSeconds = message.undoSeconds ?? 0;
           hours.set(message);
           handle = message.identity ? message.identity.handle : null;
-          setIdentity(handle);
+          signedIn = message.identity?.kind === "signed_in";
+          setIdentity({ identity: message.identity ?? null, signIn: Boolean(message.signIn) });
           // The cooldown is the person's, not the connection's: a reload shows what is left.
           if (message.cooldownMs > 0) wait.start(message.cooldownMs);
           // So is the undo: a reload right after a placement may still take it back.
@@ -145,6 +147,7 @@ async function main() {
     state: () => ({
       connected,
       handle,
+      signedIn,
       cooldownLeftMs: wait.leftMs(),
       undoOffered: undoButton.offered(),
       closed: hours.closed(),

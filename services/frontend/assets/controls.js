@@ -42,14 +42,34 @@ export function palette(onPick) {
   };
 }
 
-/** Who this page places as: the identity's handle, or that it can only watch. */
-export function identity() {
+/**
+ * Who this page places as (the hello's identity and signIn): a signed-in person's name, an
+ * anonymous handle, or that it can only watch; on a sign-in canvas, the sign-in link or the
+ * sign-out button. `wsUrl` locates the gateway, which serves /auth/… beside /ws.
+ */
+export function identity(wsUrl) {
   const label = $("identity");
-  return (handle) => {
-    label.textContent = handle === null ? "watching" : `you: ${handle}`;
-    label.title = handle === null
-      ? "this connection has no identity and cannot place"
-      : "your placements show under this name";
+  const signIn = $("sign-in");
+  const signOut = $("sign-out");
+  const gateway = new URL(wsUrl, location.href);
+  gateway.protocol = gateway.protocol === "wss:" ? "https:" : "http:";
+  // Back to this page afterwards: a path when the gateway shares its origin, else the URL
+  // (the gateway accepts only its allowed origins).
+  const here = () =>
+    gateway.origin === location.origin ? location.pathname + location.search : location.href;
+  const auth = (path) => `${gateway.origin}${path}?next=${encodeURIComponent(here())}`;
+  return ({ identity, signIn: signInCanvas }) => {
+    const signedIn = identity?.kind === "signed_in";
+    label.textContent = identity
+      ? `you: ${identity.name ?? identity.handle}`
+      : signInCanvas ? "watching · sign in to place" : "watching";
+    label.title = identity
+      ? `your placements show as ${identity.handle}`
+      : "this connection has no identity and cannot place";
+    signIn.hidden = !signInCanvas || identity !== null;
+    signIn.href = auth("/auth/login");
+    signOut.hidden = !signedIn;
+    signOut.action = auth("/auth/logout");
   };
 }
 
@@ -234,7 +254,7 @@ export function pixelInfo(api) {
       box.textContent =
         info.placedBy === null
           ? `(${pixel.x}, ${pixel.y}) · never painted`
-          : `(${pixel.x}, ${pixel.y}) · ${info.placedBy} · ${ago(info.placedAtMs)}`;
+          : `(${pixel.x}, ${pixel.y}) · ${info.placedByName ?? info.placedBy} · ${ago(info.placedAtMs)}`;
     } catch (error) {
       if (error.name !== "AbortError" && current === pixel) box.textContent = `(${pixel.x}, ${pixel.y})`;
     }

@@ -138,9 +138,23 @@ pub fn content_security_policy(api: &PublicUrl, ws: &PublicUrl) -> String {
             connect.push_str(origin);
         }
     }
+    // The one form is sign-out, posted to the gateway's `/auth/logout` (the gateway's
+    // origin is the WebSocket's, in HTTP).
+    let mut form = String::from("'self'");
+    if let Some(origin) = ws.origin() {
+        let http = origin
+            .strip_prefix("wss://")
+            .map(|rest| format!(" https://{rest}"))
+            .or_else(|| {
+                origin
+                    .strip_prefix("ws://")
+                    .map(|rest| format!(" http://{rest}"))
+            });
+        form.push_str(&http.unwrap_or_default());
+    }
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-         connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+         connect-src {connect}; base-uri 'none'; form-action {form}; frame-ancestors 'none'"
     )
 }
 
@@ -200,6 +214,7 @@ mod tests {
             &PublicUrl::websocket("/ws").expect("valid"),
         );
         assert!(same.contains("connect-src 'self';"), "{same}");
+        assert!(same.contains("form-action 'self';"), "{same}");
         let (api, gateway) = (
             pixel_common::ports::CANVAS_API,
             pixel_common::ports::GATEWAY,
@@ -213,6 +228,10 @@ mod tests {
                 "connect-src 'self' http://127.0.0.1:{api} ws://127.0.0.1:{gateway};"
             )),
             "{foreign}"
+        );
+        assert!(
+            foreign.contains(&format!("form-action 'self' http://127.0.0.1:{gateway};")),
+            "sign-out posts to the gateway: {foreign}"
         );
     }
 }

@@ -79,6 +79,18 @@ async fn start_site(canvas: &[&str]) -> Site {
 
 /// [`start_site`], with `api_only` flags for canvas-api alone.
 async fn start_site_with(canvas: &[&str], api_only: &[&str]) -> Site {
+    start_site_full(canvas, api_only, |_| Vec::new()).await
+}
+
+/// [`start_site_with`], with flags for the gateway alone made from the site's address
+/// (sign-in's callback URL names it).
+async fn start_site_full(
+    canvas: &[&str],
+    api_only: &[&str],
+    gateway_only: impl FnOnce(SocketAddr) -> Vec<String>,
+) -> Site {
+    let site = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = site.local_addr().expect("addr");
     let redis = RedisServer::start().await;
     let redis_url = redis.url();
 
@@ -119,6 +131,8 @@ async fn start_site_with(canvas: &[&str], api_only: &[&str]) -> Site {
     ];
     gateway_argv.extend_from_slice(&CANVAS);
     gateway_argv.extend_from_slice(canvas);
+    let gateway_only = gateway_only(addr);
+    gateway_argv.extend(gateway_only.iter().map(String::as_str));
     let gateway_args = gateway::Args::try_parse_from(gateway_argv).expect("gateway flags");
     let gateway = gateway::Gateway::start(&gateway_args).expect("gateway starts");
     let ws = gateway::app(gateway.clone());
@@ -129,14 +143,16 @@ async fn start_site_with(canvas: &[&str], api_only: &[&str]) -> Site {
         let path = request.uri().path();
         let backend = if path.starts_with("/api/") {
             api.clone()
-        } else if path == pixel_common::ports::WS_PATH {
+        } else if path == pixel_common::ports::WS_PATH
+            || path.starts_with(&format!("{}/", pixel_common::ports::AUTH_PATH_PREFIX))
+        {
             ws.clone()
         } else {
             frontend.clone()
         };
         backend.oneshot(request)
     }));
-    let addr = serve(ingress).await;
+    tokio::spawn(async move { axum::serve(site, ingress).await });
 
     let live = Arc::clone(&gateway.live);
     poll("the gateway to subscribe to Redis", || {
@@ -327,6 +343,18 @@ async fn eval(page: &Page, expression: &str) -> Value {
         .value()
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+/// [`eval`] while the page may be navigating: `None` when its document is being replaced.
+async fn eval_navigating(page: &Page, expression: &str) -> Option<Value> {
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .return_by_value(true)
+        .await_promise(true)
+        .build()
+        .expect("evaluate params");
+    let evaluated = page.evaluate_expression(params).await.ok()?;
+    Some(evaluated.value().cloned().unwrap_or(Value::Null))
 }
 
 /// Waits until the page is connected and its board equals the server's version.
@@ -846,6 +874,249 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
         wait_live(&player).await,
         version,
         "the rollback's versions, in order"
+    );
+
+    finish(browser, events, &errors, site).await;
+}
+
+/// The environment variable naming the OpenID Connect provider's binary (zitadel/oidc's
+/// example server, built from its pinned module by `cargo xtask test`).
+const OIDC_PROVIDER_ENV: &str = pixel_common::ports::ENV_TEST_OIDC_PROVIDER;
+/// The provider's client (its example registers `web` with this secret).
+const OIDC_CLIENT: (&str, &str) = ("web", "secret");
+/// People the provider knows: one of the allowed email domain, one of another.
+const ADA: (&str, &str) = ("ada", "analytical-engine");
+const EVE: (&str, &str) = ("eve", "eavesdropper-1");
+
+/// A real OpenID Connect provider on a loopback port, stopped when dropped.
+struct OidcProvider {
+    child: std::process::Child,
+    issuer: String,
+    _users: tempfile::NamedTempFile,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcProvider {
+    /// Starts the provider with Ada and Eve, accepting `redirect` as the callback.
+    fn start(redirect: &str) -> Self {
+        let binary = std::env::var_os(OIDC_PROVIDER_ENV).unwrap_or_else(|| {
+            panic!(
+                "the sign-in test needs a real OpenID Connect provider: set {OIDC_PROVIDER_ENV} \
+                 to zitadel/oidc's example server (`cargo xtask test` builds it from \
+                 e2e/toolchain/oidc-provider and runs this test)"
+            )
+        });
+        let users = tempfile::NamedTempFile::new().expect("users file");
+        let person = |(id, password): (&str, &str), first: &str, last: &str, email: &str| {
+            serde_json::json!({"ID": id, "Username": id, "Password": password,
+                "FirstName": first, "LastName": last, "Email": email, "EmailVerified": true,
+                "PreferredLanguage": "en"})
+        };
+        let people = serde_json::json!({
+            ADA.0: person(ADA, "Ada", "Lovelace", "ada@painters.example"),
+            EVE.0: person(EVE, "Eve", "Listener", "eve@elsewhere.example"),
+        });
+        std::fs::write(users.path(), people.to_string()).expect("write users");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(&binary)
+            .env("PORT", port.to_string())
+            .env("USERS_FILE", users.path())
+            .env("REDIRECT_URI", redirect)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Path::new(&binary).display()));
+        Self {
+            child,
+            // The example provider names itself by `localhost`.
+            issuer: format!("http://localhost:{port}/"),
+            _users: users,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let discovery = format!("{}.well-known/openid-configuration", self.issuer);
+        poll(
+            "the OpenID Connect provider to answer discovery",
+            || async {
+                let answer = reqwest::get(&discovery).await.ok()?;
+                answer.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// Signs in at the provider's login form as `who`, as a person types it.
+async fn sign_in_at_provider(page: &Page, issuer: &str, (user, password): (&str, &str)) {
+    page.find_element("#sign-in")
+        .await
+        .expect("the sign-in link")
+        .click()
+        .await
+        .expect("click sign in");
+    poll("the provider's login form", || async {
+        let href = eval_navigating(page, "location.href").await?;
+        let at_provider = href.as_str().is_some_and(|h| h.starts_with(issuer));
+        let form = eval_navigating(page, "document.getElementById('username') !== null").await?;
+        (at_provider && form == true).then_some(())
+    })
+    .await;
+    for (field, text) in [("#username", user), ("#password", password)] {
+        page.find_element(field)
+            .await
+            .expect("a login field")
+            .click()
+            .await
+            .expect("focus the field")
+            .type_str(text)
+            .await
+            .expect("type");
+    }
+    page.find_element("button[type=submit]")
+        .await
+        .expect("the login button")
+        .click()
+        .await
+        .expect("log in");
+}
+
+/// Sign-in mode against a real OpenID Connect provider: a signed-out visitor watches and
+/// cannot place; signed in (authorization code with PKCE), the page shows the provider's
+/// name and places; a reload keeps the person and the cooldown; the pixel info shows the
+/// name, never the email; signing out makes the page a watcher again; a person outside the
+/// allowed email domain is refused at the callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the OpenID Connect provider: `cargo xtask test` builds it and runs this"]
+async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
+    let chromium = chromium();
+    let mut provider = None;
+    let site = start_site_full(&["--canvas-cooldown-seconds", "60"], &[], |addr| {
+        let started = OidcProvider::start(&format!("http://{addr}/auth/callback"));
+        let flags = [
+            "--oidc-issuer",
+            &started.issuer,
+            "--oidc-client-id",
+            OIDC_CLIENT.0,
+            "--oidc-client-secret",
+            OIDC_CLIENT.1,
+            "--oidc-redirect-url",
+            &format!("http://{addr}/auth/callback"),
+            "--oidc-allowed-email-domains",
+            "painters.example",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        provider = Some(started);
+        flags
+    })
+    .await;
+    let provider = provider.expect("the provider started");
+    provider.wait_ready().await;
+    let url = format!("http://{}/", site.addr);
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
+    let state = |page: &Page| {
+        let page = page.clone();
+        async move { eval(&page, "window.pixelPlayground.state()").await }
+    };
+
+    // Signed out: watching, with a way to sign in; a click places nothing.
+    let page = open(&browser, &url, &errors).await;
+    let start = wait_live(&page).await;
+    assert_eq!(state(&page).await["handle"], Value::Null, "signed out");
+    wait_text(&page, "identity", |t| t.contains("sign in to place")).await;
+    page.click(centre_of(&page, PIXEL).await)
+        .await
+        .expect("click while signed out");
+    wait_text(&page, "cooldown", |t| t.contains("signed-in")).await;
+
+    // Signed in: back on the canvas as Ada, who places.
+    sign_in_at_provider(&page, &provider.issuer, ADA).await;
+    poll("the page to come back signed in", || async {
+        let state = eval_navigating(&page, "window.pixelPlayground?.state() ?? null").await?;
+        (state["signedIn"] == true && state["connected"] == true).then_some(())
+    })
+    .await;
+    wait_live(&page).await;
+    let handle = state(&page).await["handle"]
+        .as_str()
+        .expect("a handle")
+        .to_owned();
+    assert!(handle.starts_with("user-"), "{handle}");
+    wait_text(&page, "identity", |t| t == "you: Ada Lovelace").await;
+    pick_colour(&page, RED.0).await;
+    page.click(centre_of(&page, PIXEL).await)
+        .await
+        .expect("click signed in");
+    wait_colour(&page, "the signed-in page", PIXEL, RED.1).await;
+    assert_eq!(wait_live(&page).await, start + 1, "one placement");
+
+    // A reload: the same person, the cooldown still running.
+    page.reload().await.expect("reload");
+    wait_live(&page).await;
+    let reloaded = state(&page).await;
+    assert_eq!(reloaded["handle"], handle.as_str(), "{reloaded}");
+    let left = reloaded["cooldownLeftMs"].as_u64().expect("cooldownLeftMs");
+    assert!((40_000..=60_000).contains(&left), "cooldown left: {left}");
+    wait_text(&page, "cooldown", |t| t.starts_with("wait ")).await;
+
+    let info: Value = reqwest::get(format!(
+        "http://{}/api/v1/pixels/{}/{}",
+        site.addr, PIXEL.0, PIXEL.1
+    ))
+    .await
+    .expect("GET pixel")
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(info["placedBy"], handle.as_str(), "{info}");
+    assert_eq!(info["placedByName"], "Ada Lovelace", "{info}");
+    assert!(
+        !info.to_string().contains("painters.example"),
+        "no email: {info}"
+    );
+
+    // Signed out: a watcher again, however the page reconnects.
+    page.find_element("#sign-out button")
+        .await
+        .expect("the sign-out button")
+        .click()
+        .await
+        .expect("sign out");
+    poll("the page to come back signed out", || async {
+        let state = eval_navigating(&page, "window.pixelPlayground?.state() ?? null").await?;
+        (state["connected"] == true && state["handle"].is_null()).then_some(())
+    })
+    .await;
+    wait_text(&page, "identity", |t| t.contains("sign in to place")).await;
+
+    // Eve's email is of another domain: the callback refuses her, and no cookie is set.
+    let other = open_as_another_person(&browser, &url, &errors).await;
+    wait_live(&other).await;
+    sign_in_at_provider(&other, &provider.issuer, EVE).await;
+    let refusal = poll("the callback's refusal", || async {
+        let body = eval_navigating(&other, "document.body ? document.body.innerText : ''").await?;
+        body.as_str()
+            .filter(|b| b.contains("not_admitted"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(refusal.contains("painters.example"), "{refusal}");
+    other.goto(url.as_str()).await.expect("back to the canvas");
+    wait_live(&other).await;
+    assert_eq!(
+        state(&other).await["handle"],
+        Value::Null,
+        "Eve only watches"
     );
 
     finish(browser, events, &errors, site).await;

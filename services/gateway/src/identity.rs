@@ -8,18 +8,18 @@
 
 use std::{
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::http::{HeaderMap, HeaderValue, header::COOKIE};
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use pixel_common::{
     error::ErrorChain,
-    identity::{ANONYMOUS_PREFIX, COOKIE_NAME, handle_of, is_identity},
+    identity::{ANONYMOUS_PREFIX, COOKIE_NAME, handle_of, is_anonymous, is_signed_in},
     ports,
 };
 
-use crate::{metrics::Metrics, redis_link::RedisLink};
+use crate::{metrics::Metrics, redis_link::RedisLink, sign_in::SignIn};
 
 /// The shortest identity key accepted (it is expanded into the signing key).
 pub const KEY_MIN_BYTES: usize = 32;
@@ -96,31 +96,78 @@ impl std::fmt::Debug for IdentityKeys {
     }
 }
 
+/// What an identity cookie holds: an identity, and for a signed-in one when its sign-in
+/// ends (seconds since the Unix epoch). The signed value is the identity alone, or
+/// `<identity>~<ends>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub until: Option<u64>,
+}
+
+impl Session {
+    pub fn anonymous(id: String) -> Self {
+        Self { id, until: None }
+    }
+
+    fn value(&self) -> String {
+        match self.until {
+            Some(until) => format!("{}~{until}", self.id),
+            None => self.id.clone(),
+        }
+    }
+
+    /// The session a verified cookie value holds, if it is one and has not ended:
+    /// anonymous identities without an end, signed-in ones with one.
+    fn parse(value: &str, now: u64) -> Option<Self> {
+        match value.split_once('~') {
+            None => is_anonymous(value).then(|| Self::anonymous(value.to_owned())),
+            Some((id, until)) => {
+                let until: u64 = until.parse().ok()?;
+                (is_signed_in(id) && until > now).then(|| Self {
+                    id: id.to_owned(),
+                    until: Some(until),
+                })
+            }
+        }
+    }
+}
+
 /// A cookie's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presented {
     /// Signed with the current key.
-    Current(String),
+    Current(Session),
     /// Signed with the previous key: valid, and to be signed anew.
-    Previous(String),
+    Previous(Session),
     /// Signed with the next key, by a gateway a rotation reached first: valid, kept.
-    Upcoming(String),
+    Upcoming(Session),
     /// No identity cookie, or one that does not verify (forged, altered, or from a key
     /// older than the previous one).
     None,
 }
 
-/// A verified identity and its public handle.
+/// A verified identity, its public handle and, when signed in, its display name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Player {
     pub id: String,
     pub handle: String,
+    pub name: Option<String>,
 }
 
 impl Player {
     pub fn new(id: String) -> Self {
         let handle = handle_of(&id);
-        Self { id, handle }
+        Self {
+            id,
+            handle,
+            name: None,
+        }
+    }
+
+    /// Whether this is a signed-in person (else an anonymous identity).
+    pub fn signed_in(&self) -> bool {
+        is_signed_in(&self.id)
     }
 }
 
@@ -160,9 +207,14 @@ impl IdentityKeys {
         }
     }
 
-    /// The identity the request's cookie carries, if it verifies. Only the first two
-    /// cookies of the name are tried: a request cannot make the gateway check many.
+    /// The identity the request's cookie carries, if it verifies (and, signed in, has not
+    /// ended). Only the first two cookies of the name are tried: a request cannot make the
+    /// gateway check many.
     pub fn presented(&self, headers: &HeaderMap) -> Presented {
+        self.presented_at(headers, seconds_now())
+    }
+
+    fn presented_at(&self, headers: &HeaderMap, now: u64) -> Presented {
         let name = self.cookie_name();
         let candidates = headers
             .get_all(COOKIE)
@@ -177,32 +229,64 @@ impl IdentityKeys {
             let verified = |key: &Key| {
                 jar.signed(key)
                     .get(&name)
-                    .map(|c| c.value().to_owned())
-                    .filter(|id| is_identity(id))
+                    .and_then(|c| Session::parse(c.value(), now))
             };
-            if let Some(id) = verified(&self.current) {
-                return Presented::Current(id);
+            if let Some(session) = verified(&self.current) {
+                return Presented::Current(session);
             }
-            if let Some(id) = self.previous.as_ref().and_then(verified) {
-                return Presented::Previous(id);
+            if let Some(session) = self.previous.as_ref().and_then(verified) {
+                return Presented::Previous(session);
             }
-            if let Some(id) = self.next.as_ref().and_then(verified) {
-                return Presented::Upcoming(id);
+            if let Some(session) = self.next.as_ref().and_then(verified) {
+                return Presented::Upcoming(session);
             }
         }
         Presented::None
     }
 
-    /// The `Set-Cookie` value that gives the browser `id`, signed with the current key.
+    /// The `Set-Cookie` value that gives the browser the anonymous identity `id`, signed
+    /// with the current key.
     pub fn set_cookie(&self, id: &str) -> HeaderValue {
+        self.cookie_for(&Session::anonymous(id.to_owned()))
+    }
+
+    /// The `Set-Cookie` value of a sign-in as `id` that ends at `until` (Unix seconds).
+    pub fn set_session_cookie(&self, id: &str, until: u64) -> HeaderValue {
+        self.cookie_for(&Session {
+            id: id.to_owned(),
+            until: Some(until),
+        })
+    }
+
+    /// The `Set-Cookie` value that removes the identity cookie (signing out).
+    pub fn clear_cookie(&self) -> HeaderValue {
+        let cookie = Cookie::build((self.cookie_name(), ""))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure)
+            .max_age(cookie::time::Duration::ZERO)
+            .build();
+        HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The `Set-Cookie` value holding `session`, signed with the current key; it lasts as
+    /// long as the session (anonymous: as long as browsers keep cookies).
+    pub fn cookie_for(&self, session: &Session) -> HeaderValue {
+        let max_age = match session.until {
+            Some(until) => cookie::time::Duration::seconds(
+                i64::try_from(until.saturating_sub(seconds_now())).unwrap_or(i64::MAX),
+            ),
+            None => cookie::time::Duration::days(COOKIE_MAX_AGE_DAYS),
+        };
         let mut jar = CookieJar::new();
         jar.signed_mut(&self.current).add(
-            Cookie::build((self.cookie_name(), id.to_owned()))
+            Cookie::build((self.cookie_name(), session.value()))
                 .path("/")
                 .http_only(true)
                 .same_site(SameSite::Lax)
                 .secure(self.secure)
-                .max_age(cookie::time::Duration::days(COOKIE_MAX_AGE_DAYS)),
+                .max_age(max_age),
         );
         let signed = jar
             .delta()
@@ -231,20 +315,30 @@ pub enum WatchReason {
     IssueLimit { until: Instant },
     /// Redis, which counts the issued identities, did not answer.
     Unavailable,
+    /// The canvas takes only signed-in people, and this visitor has not signed in.
+    SignInRequired,
 }
 
-/// Gives connections their seats: verifies cookies, issues identities within the limit.
-#[derive(Debug, Clone)]
+/// Gives connections their seats: verifies cookies, issues identities within the limit
+/// (anonymous mode) or seats only signed-in people (sign-in mode).
+#[derive(Debug)]
 pub struct Issuer {
     pub keys: IdentityKeys,
     /// Identities one client address may be given per `window`.
     pub limit: u32,
     pub window: Duration,
+    /// Sign-in mode's relying party; `None`: anonymous identities.
+    pub sign_in: Option<SignIn>,
 }
 
 impl Issuer {
-    /// From the flags, once the keys are checked.
+    /// From the flags, once the keys are checked (anonymous mode).
     pub fn new(args: &IdentityArgs) -> Result<Self, KeyError> {
+        Self::with_sign_in(args, None)
+    }
+
+    /// From the flags, once the keys are checked; with `sign_in`, in sign-in mode.
+    pub fn with_sign_in(args: &IdentityArgs, sign_in: Option<SignIn>) -> Result<Self, KeyError> {
         let given = |key: &Option<String>| key.clone().filter(|k| !k.is_empty());
         let (previous, next) = (
             given(&args.identity_key_previous),
@@ -268,6 +362,7 @@ impl Issuer {
             ),
             limit: args.identity_issue_limit,
             window: Duration::from_secs(args.identity_issue_window_seconds),
+            sign_in,
         })
     }
 
@@ -281,15 +376,19 @@ impl Issuer {
         headers: &HeaderMap,
         address: Option<IpAddr>,
     ) -> (Seat, Option<HeaderValue>) {
-        match self.keys.presented(headers) {
-            Presented::Current(id) | Presented::Upcoming(id) => {
+        let presented = self.keys.presented(headers);
+        if self.sign_in.is_some() {
+            return self.signed_in_seat(redis, metrics, presented).await;
+        }
+        match presented {
+            Presented::Current(session) | Presented::Upcoming(session) => {
                 metrics.seat("verified");
-                (Seat::Player(Player::new(id)), None)
+                (Seat::Player(Player::new(session.id)), None)
             }
-            Presented::Previous(id) => {
+            Presented::Previous(session) => {
                 metrics.seat("renewed");
-                let cookie = self.keys.set_cookie(&id);
-                (Seat::Player(Player::new(id)), Some(cookie))
+                let cookie = self.keys.cookie_for(&session);
+                (Seat::Player(Player::new(session.id)), Some(cookie))
             }
             Presented::None => {
                 // Connections without an address (an embedded router) share one counter.
@@ -318,6 +417,47 @@ impl Issuer {
             }
         }
     }
+}
+
+impl Issuer {
+    /// Sign-in mode: a signed-in session is a player (with the display name its sign-in
+    /// recorded); anything else, an anonymous identity included, only watches.
+    async fn signed_in_seat(
+        &self,
+        redis: &RedisLink,
+        metrics: &Metrics,
+        presented: Presented,
+    ) -> (Seat, Option<HeaderValue>) {
+        let (session, renewed) = match presented {
+            Presented::Current(session) | Presented::Upcoming(session) => (session, false),
+            Presented::Previous(session) => (session, true),
+            Presented::None => {
+                metrics.seat("signed_out");
+                return (Seat::Watcher(WatchReason::SignInRequired), None);
+            }
+        };
+        if !is_signed_in(&session.id) {
+            metrics.seat("signed_out");
+            return (Seat::Watcher(WatchReason::SignInRequired), None);
+        }
+        metrics.seat(if renewed { "renewed" } else { "verified" });
+        let cookie = renewed.then(|| self.keys.cookie_for(&session));
+        let mut player = Player::new(session.id);
+        player.name = redis
+            .display_name(&player.id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(error = %ErrorChain(&error), "cannot read a display name");
+                None
+            });
+        (Seat::Player(player), cookie)
+    }
+}
+
+fn seconds_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whose issuance counter an address counts on: an IPv4 address, or an IPv6 address's /64
@@ -379,7 +519,7 @@ mod tests {
         );
         assert_eq!(
             keys.presented(&request_with(&set)),
-            Presented::Current(id.clone())
+            Presented::Current(Session::anonymous(id.clone()))
         );
         let secure_keys = IdentityKeys::new(KEY, None, true);
         let secure = secure_keys.set_cookie(&id);
@@ -391,7 +531,7 @@ mod tests {
         assert!(text.contains("Secure"), "{text}");
         assert_eq!(
             secure_keys.presented(&request_with(&secure)),
-            Presented::Current(id.clone())
+            Presented::Current(Session::anonymous(id.clone()))
         );
         // Over TLS, a cookie without the prefix (planted by another host) is not looked at.
         assert_eq!(secure_keys.presented(&request_with(&set)), Presented::None);
@@ -432,7 +572,7 @@ mod tests {
         let rotated = IdentityKeys::new(KEY, Some(OLD_KEY), false);
         assert_eq!(
             rotated.presented(&request_with(&before)),
-            Presented::Previous(id.clone())
+            Presented::Previous(Session::anonymous(id.clone()))
         );
         let again = IdentityKeys::new("a third key, after the next rotation!", Some(KEY), false);
         assert_eq!(again.presented(&request_with(&before)), Presented::None);
@@ -446,26 +586,71 @@ mod tests {
         let before = IdentityKeys::rotating(OLD_KEY, None, Some(KEY), false);
         assert_eq!(
             before.presented(&request_with(&promoted)),
-            Presented::Upcoming(id.clone())
+            Presented::Upcoming(Session::anonymous(id.clone()))
         );
         let own = before.set_cookie(&id);
         assert_eq!(
             before.presented(&request_with(&own)),
-            Presented::Current(id.clone())
+            Presented::Current(Session::anonymous(id.clone()))
         );
         // And the promoted gateway reads what the other still signs.
         let after = IdentityKeys::new(KEY, Some(OLD_KEY), false);
         assert_eq!(
             after.presented(&request_with(&own)),
-            Presented::Previous(id)
+            Presented::Previous(Session::anonymous(id))
         );
+    }
+
+    #[test]
+    fn a_sign_in_verifies_until_it_ends_and_only_as_a_signed_in_identity() {
+        let keys = IdentityKeys::new(KEY, None, false);
+        let id = pixel_common::identity::signed_in_identity("https://id.example/", "42");
+        let set = keys.set_session_cookie(&id, 2_000);
+        let text = set.to_str().expect("text").to_owned();
+        assert!(
+            text.contains("HttpOnly") && text.contains("SameSite=Lax"),
+            "{text}"
+        );
+        let session = Session {
+            id: id.clone(),
+            until: Some(2_000),
+        };
+        assert_eq!(
+            keys.presented_at(&request_with(&set), 1_999),
+            Presented::Current(session)
+        );
+        assert_eq!(
+            keys.presented_at(&request_with(&set), 2_000),
+            Presented::None
+        );
+        // A signed-in identity without an end, or an anonymous one with an end, is not
+        // a cookie this gateway signs: whoever made it, it does not verify.
+        for value in [id.clone(), format!("{}~9999999999", new_identity())] {
+            let mut jar = CookieJar::new();
+            jar.signed_mut(&Key::derive_from(KEY.as_bytes()))
+                .add(Cookie::new(COOKIE_NAME, value.clone()));
+            let made = jar.delta().next().expect("cookie").to_string();
+            let made = HeaderValue::from_str(&made).expect("header");
+            assert_eq!(
+                keys.presented_at(&request_with(&made), 0),
+                Presented::None,
+                "{value}"
+            );
+        }
+        let cleared = keys.clear_cookie();
+        let cleared = cleared.to_str().expect("text");
+        assert!(
+            cleared.starts_with(&format!("{COOKIE_NAME}=;")),
+            "{cleared}"
+        );
+        assert!(cleared.contains("Max-Age=0"), "{cleared}");
     }
 
     #[test]
     fn identities_are_random_and_valid_client_ids() {
         let (a, b) = (new_identity(), new_identity());
         assert_ne!(a, b);
-        assert!(is_identity(&a), "{a}");
+        assert!(is_anonymous(&a), "{a}");
         assert!(a.len() <= 64);
         // The handle is the contract's digest of the identity (tested there not to show it).
         assert_eq!(Player::new(a.clone()).handle, handle_of(&a));

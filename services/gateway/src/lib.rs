@@ -12,6 +12,7 @@ pub mod identity;
 pub mod metrics;
 pub mod protocol;
 pub mod redis_link;
+pub mod sign_in;
 pub mod socket;
 pub mod subscriber;
 pub mod ws;
@@ -26,7 +27,12 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
 use clap::Parser;
 use pixel_common::{
     canvas::GeometryError,
@@ -47,6 +53,7 @@ use crate::{
     metrics::Metrics,
     protocol::CanvasInfo,
     redis_link::{LinkError, RedisLink},
+    sign_in::{SignIn, SignInArgs},
     socket::{Limits, Shared},
     subscriber::Subscriber,
     ws::Origins,
@@ -95,6 +102,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub sign_in: SignInArgs,
 
     /// WebSocket connections this gateway accepts; more are closed with 1013.
     #[arg(long, env = ports::ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
@@ -183,6 +193,8 @@ pub enum RunError {
     ApiToken(#[from] pixel_common::config::ApiTokenError),
     #[error(transparent)]
     IdentityKey(#[from] identity::KeyError),
+    #[error("invalid sign-in configuration")]
+    SignIn(#[from] sign_in::SignInConfigError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("the server task failed")]
@@ -219,7 +231,12 @@ impl Gateway {
         let size = args.canvas.size()?;
         let opening = args.canvas.opening()?;
         let redis = RedisLink::new(&args.redis)?;
-        let issuer = Arc::new(Issuer::new(&args.identity)?);
+        let sign_in = SignIn::new(
+            &args.sign_in,
+            &args.identity.identity_key,
+            args.identity.identity_cookie_secure,
+        )?;
+        let issuer = Arc::new(Issuer::with_sign_in(&args.identity, sign_in)?);
         let api = ApiClient::new(
             &args.api_url,
             args.token.check()?,
@@ -335,6 +352,9 @@ pub fn app(gateway: Gateway) -> Router {
     let metrics = gateway.shared.metrics.clone();
     let routes = Router::new()
         .route(ports::WS_PATH, get(ws::upgrade))
+        .route(ports::AUTH_LOGIN_PATH, get(sign_in::login))
+        .route(ports::AUTH_CALLBACK_PATH, get(sign_in::callback))
+        .route(ports::AUTH_LOGOUT_PATH, post(sign_in::logout))
         .route(ports::READYZ_PATH, get(readyz))
         .with_state(gateway);
     metrics

@@ -43,6 +43,8 @@ pub mod code {
     /// given as many identities as the window allows (see `retryAfterMs`), or they could
     /// not be counted.
     pub const IDENTITY_REQUIRED: &str = "identity_required";
+    /// The canvas takes placements only from signed-in people (sign-in mode).
+    pub const SIGN_IN_REQUIRED: &str = "sign_in_required";
 }
 
 /// What a client sends, as a JSON text message. Unknown fields are ignored.
@@ -116,10 +118,13 @@ pub enum RefetchReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityInfo {
-    /// `anonymous` (a signed cookie).
+    /// `anonymous` (a random identity in a signed cookie) or `signed_in` (OpenID Connect).
     pub kind: &'static str,
     /// The handle shown for this identity's placements.
     pub handle: String,
+    /// A signed-in person's display name, as their provider gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The canvas's settings, as the hello carries them (the fields of `GET /api/v1/info`).
@@ -153,6 +158,8 @@ pub enum ServerMessage {
         protocol: u32,
         /// Who this connection places as; `null` for a watcher.
         identity: Option<IdentityInfo>,
+        /// Whether the canvas takes only signed-in people (its page offers sign-in).
+        sign_in: bool,
         /// How long this identity's cooldown still runs, in ms (0 when it does not).
         cooldown_ms: u64,
         /// How long its last placement may still be undone, in ms (0: nothing to undo).
@@ -237,7 +244,9 @@ mod tests {
             identity: Some(IdentityInfo {
                 kind: "anonymous",
                 handle: "anon-0a1b2c3d".into(),
+                name: None,
             }),
+            sign_in: false,
             cooldown_ms: 1500,
             undo_ms: 800,
             version: 7,
@@ -247,7 +256,7 @@ mod tests {
         assert_eq!(
             json_of(&hello),
             json!({"type": "hello", "protocol": 2,
-                   "identity": {"kind": "anonymous", "handle": "anon-0a1b2c3d"}, "cooldownMs": 1500,
+                   "identity": {"kind": "anonymous", "handle": "anon-0a1b2c3d"}, "signIn": false, "cooldownMs": 1500,
                    "undoMs": 800, "version": 7, "width": 3, "height": 2, "palette": ["#FFFFFF", "#000000"],
                    "cooldownSeconds": 5, "undoSeconds": 5, "readOnly": false,
                    "opensAtMs": null, "closesAtMs": 1_800_000_000_000_u64, "online": 9})
@@ -255,6 +264,7 @@ mod tests {
         let watcher = ServerMessage::Hello {
             protocol: 2,
             identity: None,
+            sign_in: true,
             cooldown_ms: 0,
             undo_ms: 0,
             version: 7,
@@ -262,6 +272,16 @@ mod tests {
             online: 9,
         };
         assert_eq!(json_of(&watcher)["identity"], Value::Null);
+        assert_eq!(json_of(&watcher)["signIn"], true);
+        let signed_in = IdentityInfo {
+            kind: "signed_in",
+            handle: "user-0a1b2c3d".into(),
+            name: Some("Ada".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&signed_in).expect("json"),
+            json!({"kind": "signed_in", "handle": "user-0a1b2c3d", "name": "Ada"})
+        );
         assert_eq!(
             json_of(&ServerMessage::Placed {
                 id: Some(4),

@@ -7,7 +7,7 @@ use std::{future::Future, time::Duration};
 use pixel_common::{
     config::RedisArgs,
     redis_schema::{
-        COOLDOWN_KEY_PREFIX, IDENTITIES_ISSUED_KEY_PREFIX, ONLINE_KEY, UNDO_KEY_PREFIX,
+        COOLDOWN_KEY_PREFIX, IDENTITIES_ISSUED_KEY_PREFIX, NAMES_KEY, ONLINE_KEY, UNDO_KEY_PREFIX,
         UPDATES_CHANNEL, VERSION_KEY,
     },
 };
@@ -204,6 +204,19 @@ impl RedisLink {
             cooldown: left(cooldown),
             undo: left(undo),
         })
+    }
+
+    /// Records the display name a signed-in identity's provider gave.
+    pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), LinkError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hset::<_, _, _, ()>(NAMES_KEY, id, name))
+            .await
+    }
+
+    /// The display name recorded for a signed-in identity, if any.
+    pub async fn display_name(&self, id: &str) -> Result<Option<String>, LinkError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hget(NAMES_KEY, id)).await
     }
 
     /// Removes this gateway's entry from the online count.

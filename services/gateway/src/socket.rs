@@ -255,10 +255,19 @@ where
             protocol: PROTOCOL_VERSION,
             identity: match &self.seat {
                 Seat::Player(player) => Some(IdentityInfo {
-                    kind: "anonymous",
+                    kind: if player.signed_in() {
+                        "signed_in"
+                    } else {
+                        "anonymous"
+                    },
                     handle: player.handle.clone(),
+                    name: player.name.clone(),
                 }),
                 Seat::Watcher(_) => None,
+            },
+            sign_in: match &self.seat {
+                Seat::Player(player) => player.signed_in(),
+                Seat::Watcher(reason) => *reason == WatchReason::SignInRequired,
             },
             cooldown_ms: millis(self.timers.cooldown),
             undo_ms: millis(self.timers.undo),
@@ -422,6 +431,11 @@ where
                 return self
                     .reject(id, code::IDENTITY_REQUIRED, message, Some(retry_ms))
                     .await;
+            }
+            Seat::Watcher(WatchReason::SignInRequired) => {
+                self.shared.metrics.placement("refused");
+                let message = "this canvas takes placements from signed-in people: sign in";
+                return self.reject(id, code::SIGN_IN_REQUIRED, message, None).await;
             }
             Seat::Watcher(WatchReason::Unavailable) => {
                 // Redis could not count identities at the upgrade: a new connection may
@@ -771,7 +785,7 @@ mod tests {
             h.json().await,
             json!({"type": "hello", "protocol": 2,
                    "identity": {"kind": "anonymous", "handle": pixel_common::identity::handle_of(TEST_IDENTITY)},
-                   "cooldownMs": 1500, "undoMs": 0, "version": 7, "width": 16, "height": 8,
+                   "signIn": false, "cooldownMs": 1500, "undoMs": 0, "version": 7, "width": 16, "height": 8,
                    "palette": ["#FFFFFF", "#000000"], "cooldownSeconds": 0, "undoSeconds": 5,
                    "readOnly": false, "opensAtMs": null, "closesAtMs": null, "online": 2})
         );

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite;
 use crate::{
     Gateway,
     address::{AddressSlot, client_address},
-    identity::Seat,
+    identity::{Seat, WatchReason},
     protocol::close,
     redis_link::Timers,
     socket::{self, Arrival, ReadError},
@@ -76,6 +76,12 @@ impl Origins {
             .zip(host)
             .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()));
         self.any || same_host || self.allowed.contains(&origin)
+    }
+
+    /// Whether `origin` is one of the listed origins (`*` does not count): where a sign-in
+    /// may send the browser back to.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed.contains(&origin.trim().to_ascii_lowercase())
     }
 }
 
@@ -214,6 +220,19 @@ pub async fn upgrade(
         .issuer
         .seat(&gateway.redis, &gateway.shared.metrics, &headers, address)
         .await;
+    let watchers_allowed = gateway
+        .issuer
+        .sign_in
+        .as_ref()
+        .is_none_or(|sign_in| sign_in.watchers_allowed);
+    if seat == Seat::Watcher(WatchReason::SignInRequired) && !watchers_allowed {
+        return refuse(
+            &gateway,
+            "sign_in_required",
+            StatusCode::UNAUTHORIZED,
+            "this canvas is for signed-in people: sign in first",
+        );
+    }
     let mut response = ws.on_upgrade(move |socket| {
         tracker.track_future(connection(
             socket,
