@@ -65,6 +65,7 @@ pub const DEFAULT_PALETTE: [&str; 16] = [
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.auth) || has(self.auth.redirectUrl) || (has(self.ingress.host) && self.ingress.enabled)").message("auth needs ingress.host (or auth.redirectUrl): the provider sends people back to <host>/auth/callback").field_path(".auth"))]
 pub struct PixelCanvasSpec {
     /// The canvas itself: size, palette and how often one client may place a pixel.
     #[serde(default)]
@@ -98,9 +99,28 @@ pub struct PixelCanvasSpec {
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
 
+    /// Sign-in with OpenID Connect: only signed-in people place. Unset: every browser gets an anonymous identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
     /// When true, the operator stops changing the canvas's children (status stays current).
     #[serde(default)]
     pub paused: bool,
+}
+
+impl PixelCanvasSpec {
+    /// The user's Secrets this canvas reads (its Redis password, its sign-in client secret).
+    pub fn referenced_secrets(&self) -> impl Iterator<Item = &str> {
+        let auth = self
+            .auth
+            .as_ref()
+            .and_then(|auth| auth.client_secret_ref.as_ref());
+        self.redis
+            .password_secret_ref
+            .iter()
+            .chain(auth)
+            .map(|reference| reference.name.as_str())
+    }
 }
 
 /// Size, palette and pacing of the canvas.
@@ -314,7 +334,7 @@ pub struct SecretKeyRef {
     )]
     pub name: String,
 
-    /// Key within the Secret holding the password.
+    /// Key within the Secret (unset: `password`).
     #[serde(default = "default_password_key")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
@@ -349,6 +369,55 @@ pub struct IngressSpec {
         regex(pattern = DNS_SUBDOMAIN)
     )]
     pub tls_secret_name: Option<String>,
+}
+
+/// Sign-in with an OpenID Connect provider (authorization code with PKCE). Identity is the issuer and the person's subject there; the page shows the provider's name for them, never their email.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The provider's issuer URL (its discovery document is at `<issuerUrl>/.well-known/openid-configuration`).
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub issuer_url: String,
+
+    /// The client ID registered with the provider.
+    #[schemars(length(min = 1, max = 255))]
+    pub client_id: String,
+
+    /// The Secret key holding the client secret; unset for a public client (PKCE alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+
+    /// The callback URL registered with the provider (unset: `<scheme>://<ingress.host>/auth/callback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^https?://[^\s]+/auth/callback$")
+    )]
+    pub redirect_url: Option<String>,
+
+    /// Email domains whose people may sign in (the email must be verified); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub allowed_email_domains: Vec<String>,
+
+    /// Groups whose members may sign in (from the `groupsClaim` of the userinfo); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 255), regex(pattern = r"^[^,\s]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub allowed_groups: Vec<String>,
+
+    /// The userinfo claim listing a person's groups.
+    #[serde(default = "default_groups_claim")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^,\s]+$"))]
+    pub groups_claim: String,
+
+    /// Whether signed-out visitors may watch the canvas (else only signed-in people see it).
+    #[serde(default = "default_true")]
+    pub watchers_allowed: bool,
 }
 
 /// The namespaces whose pods may open canvas-api's port. The canvas's gateway always may;
@@ -494,6 +563,9 @@ fn default_storage_size() -> Quantity {
 }
 fn default_password_key() -> String {
     "password".to_owned()
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
 }
 fn default_ingress_controller_namespaces() -> Vec<String> {
     vec!["ingress-nginx".to_owned(), "kube-system".to_owned()]

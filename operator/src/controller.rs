@@ -121,8 +121,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
                 .map(|(canvas, namespace)| ObjectRef::new(canvas).within(&namespace))
         },
     )
-    // A Secret named by spec.redis.passwordSecretRef is the user's, not labelled as
-    // ours: its appearance or rotation must reach the canvases that use it. Its metadata
+    // A Secret named by spec.redis.passwordSecretRef or spec.auth.clientSecretRef is the
+    // user's, not labelled as ours: its appearance or rotation must reach the canvases
+    // that use it. Its metadata
     // says which Secret changed; its data is never cached here.
     .watches_stream(
         scope.watch_metadata::<Secret>(watcher::Config::default()),
@@ -134,12 +135,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
                 .into_iter()
                 .filter(|canvas| {
                     canvas.namespace() == namespace
-                        && canvas
-                            .spec
-                            .redis
-                            .password_secret_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == name)
+                        && canvas.spec.referenced_secrets().any(|r| r == name)
                 })
                 .map(|canvas| ObjectRef::from_obj(&*canvas))
                 .collect::<Vec<_>>()

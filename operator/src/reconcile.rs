@@ -103,6 +103,10 @@ pub enum ReconcileError {
     PasswordKeyMissing { secret: String, key: String },
     #[error("a credential in Secret {0} is not UTF-8 text")]
     PasswordNotText(String),
+    #[error("Secret {0} named by spec.auth.clientSecretRef does not exist")]
+    ClientSecretMissing(String),
+    #[error("Secret {secret} has no key {key:?} (spec.auth.clientSecretRef.key)")]
+    ClientSecretKeyMissing { secret: String, key: String },
     #[error("cannot {verb} {kind} {name}")]
     Kube {
         verb: &'static str,
@@ -128,6 +132,8 @@ impl ReconcileError {
             ReconcileError::PasswordSecretMissing(_) => "PasswordSecretMissing",
             ReconcileError::PasswordKeyMissing { .. } => "PasswordKeyMissing",
             ReconcileError::PasswordNotText(_) => "PasswordNotText",
+            ReconcileError::ClientSecretMissing(_) => "ClientSecretMissing",
+            ReconcileError::ClientSecretKeyMissing { .. } => "ClientSecretKeyMissing",
             ReconcileError::Kube { .. } => "KubernetesApiError",
             ReconcileError::Serialize { .. } => "SerializationError",
         }
@@ -373,11 +379,30 @@ async fn credentials(
         .annotations()
         .get(ROTATE_IDENTITY_KEY_ANNOTATION)
         .map(String::as_str);
+    let oidc_client_secret = match canvas
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|auth| auth.client_secret_ref.as_ref())
+    {
+        Some(reference) => {
+            referenced(
+                &secrets,
+                namespace,
+                reference,
+                ReconcileError::ClientSecretMissing,
+                |secret, key| ReconcileError::ClientSecretKeyMissing { secret, key },
+            )
+            .await?
+        }
+        None => String::new(),
+    };
     let mut credentials = Credentials {
         redis_password,
         api_token,
         identity: stored_identity.clone().unwrap_or_default(),
         moderator_token,
+        oidc_client_secret,
     };
     // Only mid-rotation: do the gateways all run with the key to promote?
     let gateways_hold_next = match &stored_identity {
@@ -432,6 +457,25 @@ async fn generated_value(
     }
 }
 
+/// The text at a Secret key the canvas references, or `missing` (the Secret) or
+/// `key_missing` (its key) naming what is not there.
+async fn referenced(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    reference: &crate::api::SecretKeyRef,
+    missing: impl FnOnce(String) -> ReconcileError,
+    key_missing: impl FnOnce(String, String) -> ReconcileError,
+) -> Result<String, ReconcileError> {
+    let qualified = format!("{namespace}/{}", reference.name);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(kube_error("get", kind_of::<Secret>(), &reference.name))?
+        .ok_or_else(|| missing(qualified.clone()))?;
+    secret_text(secret, &reference.key, &qualified)?
+        .ok_or_else(|| key_missing(qualified, reference.key.clone()))
+}
+
 /// The Redis password: the referenced Secret's, else the generated Secret's, else a new one.
 async fn password(
     canvas: &PixelCanvas,
@@ -439,20 +483,15 @@ async fn password(
     namespace: &str,
     names: &Names,
 ) -> Result<String, ReconcileError> {
-    let secret_kind = kind_of::<Secret>();
     if let Some(reference) = &canvas.spec.redis.password_secret_ref {
-        let qualified = format!("{namespace}/{}", reference.name);
-        let secret = secrets
-            .get_opt(&reference.name)
-            .await
-            .map_err(kube_error("get", secret_kind, &reference.name))?
-            .ok_or_else(|| ReconcileError::PasswordSecretMissing(qualified.clone()))?;
-        return secret_text(secret, &reference.key, &qualified)?.ok_or_else(|| {
-            ReconcileError::PasswordKeyMissing {
-                secret: qualified,
-                key: reference.key.clone(),
-            }
-        });
+        return referenced(
+            secrets,
+            namespace,
+            reference,
+            ReconcileError::PasswordSecretMissing,
+            |secret, key| ReconcileError::PasswordKeyMissing { secret, key },
+        )
+        .await;
     }
     Ok(
         generated_value(secrets, namespace, &names.redis_secret(), PASSWORD_KEY)

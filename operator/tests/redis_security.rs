@@ -56,6 +56,7 @@ fn render(canvas: &PixelCanvas) -> Desired {
             ..IdentityKeys::default()
         },
         moderator_token: "moderator-token-0123456789".to_owned(),
+        oidc_client_secret: String::new(),
     };
     desired(&Inputs::new(canvas, credentials, &Defaults::default()).expect("context"))
 }

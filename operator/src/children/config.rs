@@ -162,6 +162,8 @@ pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
                 feed(&inputs.credentials.moderator_token);
             }
             if component == Component::Gateway {
+                // A rotated client secret reaches the gateways by a roll.
+                feed(&inputs.credentials.oidc_client_secret);
                 feed(&inputs.credentials.identity.current);
                 feed(&inputs.credentials.identity.previous);
                 feed(&inputs.credentials.identity.next);

@@ -1,9 +1,12 @@
-//! The Ingress: `/api` to canvas-api, `/ws` to the gateway, everything else to the frontend.
+//! The Ingress: `/api` to canvas-api, `/ws` and `/auth` (sign-in) to the gateway, everything
+//! else to the frontend.
 
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
+
+use pixel_common::ports;
 
 use super::{Inputs, naming::Component};
 
@@ -36,7 +39,8 @@ pub fn ingress(inputs: &Inputs) -> Option<Ingress> {
                 http: Some(HTTPIngressRuleValue {
                     paths: vec![
                         path("/api", Component::Api),
-                        path("/ws", Component::Gateway),
+                        path(ports::WS_PATH, Component::Gateway),
+                        path(ports::AUTH_PATH_PREFIX, Component::Gateway),
                         path("/", Component::Frontend),
                     ],
                 }),

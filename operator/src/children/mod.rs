@@ -84,6 +84,8 @@ pub struct Credentials {
     pub identity: IdentityKeys,
     /// The token moderators present to canvas-api's moderation API.
     pub moderator_token: String,
+    /// The OpenID Connect client secret, from `spec.auth.clientSecretRef`; empty without one.
+    pub oidc_client_secret: String,
 }
 
 /// The identity keys, as the internal Secret holds them. A rotation takes two rolls of

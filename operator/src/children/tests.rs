@@ -46,6 +46,7 @@ fn credentials(redis_password: &str, api_token: &str) -> Credentials {
             ..IdentityKeys::default()
         },
         moderator_token: "moderator-token-0123456789".to_owned(),
+        oidc_client_secret: String::new(),
     }
 }
 
@@ -427,26 +428,108 @@ fn secret_env(d: &Desired, deployment_name: &str, env: &str) -> Option<(String, 
     Some((from.name.clone(), from.key.clone()))
 }
 
+/// The environment of a Deployment's container.
+fn env_of(d: &Desired, name: &str) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+    deployment(d, name)
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+}
+
+/// The inline value of `name` in `env`.
+fn value_of(env: &[k8s_openapi::api::core::v1::EnvVar], name: &str) -> Option<String> {
+    env.iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// Sign-in (`spec.auth`) reaches the gateway alone: the provider's settings inline, the
+/// client secret by reference to the user's Secret, the callback from the Ingress host
+/// (HTTPS with TLS) unless given; a rotated client secret rolls the gateways only.
+#[test]
+fn sign_in_settings_reach_the_gateway_alone_and_a_new_client_secret_rolls_it() {
+    use pixel_common::ports::{
+        ENV_OIDC_ALLOWED_EMAIL_DOMAINS, ENV_OIDC_ALLOWED_GROUPS, ENV_OIDC_CLIENT_ID,
+        ENV_OIDC_CLIENT_SECRET, ENV_OIDC_GROUPS_CLAIM, ENV_OIDC_ISSUER, ENV_OIDC_REDIRECT_URL,
+        ENV_OIDC_WATCHERS_ALLOWED,
+    };
+    let auth = json!({
+        "issuerUrl": "https://id.example.com/",
+        "clientId": "pixels",
+        "clientSecretRef": {"name": "oidc", "key": "client-secret"},
+        "allowedEmailDomains": ["example.com", "example.org"],
+        "allowedGroups": ["painters"],
+    });
+    let spec = json!({"ingress": {"host": "c.example.com", "tlsSecretName": "cert"}, "auth": auth});
+    let d = desired_for(&canvas(spec.clone()));
+    let gateway = env_of(&d, "demo-gateway");
+    for (name, wanted) in [
+        (ENV_OIDC_ISSUER, "https://id.example.com/"),
+        (ENV_OIDC_CLIENT_ID, "pixels"),
+        (ENV_OIDC_REDIRECT_URL, "https://c.example.com/auth/callback"),
+        (ENV_OIDC_ALLOWED_EMAIL_DOMAINS, "example.com,example.org"),
+        (ENV_OIDC_ALLOWED_GROUPS, "painters"),
+        (ENV_OIDC_GROUPS_CLAIM, "groups"),
+        (ENV_OIDC_WATCHERS_ALLOWED, "true"),
+    ] {
+        assert_eq!(value_of(&gateway, name).as_deref(), Some(wanted), "{name}");
+    }
+    assert_eq!(
+        secret_env(&d, "demo-gateway", ENV_OIDC_CLIENT_SECRET),
+        Some(("oidc".to_owned(), "client-secret".to_owned()))
+    );
+    for name in ["demo-api", "demo-frontend"] {
+        assert!(
+            !env_of(&d, name)
+                .iter()
+                .any(|e| e.name.starts_with("PIXEL_OIDC_")),
+            "{name}"
+        );
+    }
+    // Anonymous canvases carry none of it.
+    let anonymous = desired_for(&canvas(json!({"ingress": {"host": "c.example.com"}})));
+    assert!(
+        !env_of(&anonymous, "demo-gateway")
+            .iter()
+            .any(|e| e.name.starts_with("PIXEL_OIDC_"))
+    );
+    // A redirect URL given wins over the Ingress host.
+    let mut given = spec.clone();
+    given["auth"]["redirectUrl"] = json!("https://pixels.example.net/auth/callback");
+    assert_eq!(
+        value_of(
+            &env_of(&desired_for(&canvas(given)), "demo-gateway"),
+            ENV_OIDC_REDIRECT_URL
+        )
+        .as_deref(),
+        Some("https://pixels.example.net/auth/callback")
+    );
+    let mut rotated = credentials("s3cret", "t0ken-0123456789");
+    rotated.oidc_client_secret = "a rotated client secret".to_owned();
+    let after =
+        desired(&Inputs::new(&canvas(spec), rotated, &Defaults::default()).expect("context"));
+    assert_rolls(
+        &d,
+        &after,
+        "a rotated client secret",
+        [
+            ("demo-api", false),
+            ("demo-gateway", true),
+            ("demo-frontend", false),
+            ("demo-redis", false),
+        ],
+    );
+}
+
 /// Only the gateway signs identity cookies; they carry `Secure` exactly when the canvas
 /// is served over TLS.
 #[test]
 fn the_gateway_alone_gets_the_identity_key_and_secure_cookies_follow_tls() {
-    let env_of = |d: &Desired, name: &str| -> Vec<k8s_openapi::api::core::v1::EnvVar> {
-        deployment(d, name)
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .expect("pod spec")
-            .containers[0]
-            .env
-            .clone()
-            .unwrap_or_default()
-    };
-    let value_of = |env: &[k8s_openapi::api::core::v1::EnvVar], name: &str| {
-        env.iter()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value.clone())
-    };
     let plain = desired_for(&canvas(json!({"ingress": {"host": "c.example.com"}})));
     let gateway = env_of(&plain, "demo-gateway");
     let key = gateway
@@ -783,6 +866,7 @@ fn the_ingress_routes_api_ws_and_the_page() {
         vec![
             ("/api".to_owned(), "demo-api".to_owned()),
             ("/ws".to_owned(), "demo-gateway".to_owned()),
+            ("/auth".to_owned(), "demo-gateway".to_owned()),
             ("/".to_owned(), "demo-frontend".to_owned()),
         ]
     );

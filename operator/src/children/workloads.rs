@@ -136,6 +136,49 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
             ports::ENV_MAX_CONNECTIONS,
             inputs.canvas.spec.gateway.max_connections.to_string(),
         ));
+        if let Some(auth) = &inputs.canvas.spec.auth {
+            env.extend(sign_in_env(inputs, auth));
+        }
+    }
+    env
+}
+
+/// The gateway's sign-in settings, from `spec.auth`; the client secret by reference.
+fn sign_in_env(inputs: &Inputs, auth: &crate::api::AuthSpec) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let redirect = auth.redirect_url.clone().or_else(|| {
+        super::ingress::url(inputs)
+            .map(|url| format!("{}{}", url.trim_end_matches('/'), ports::AUTH_CALLBACK_PATH))
+    });
+    let mut env = vec![
+        value(ports::ENV_OIDC_ISSUER, auth.issuer_url.clone()),
+        value(ports::ENV_OIDC_CLIENT_ID, auth.client_id.clone()),
+        // The CRD requires a redirect URL or an Ingress host, so this is never empty.
+        value(ports::ENV_OIDC_REDIRECT_URL, redirect.unwrap_or_default()),
+        value(
+            ports::ENV_OIDC_ALLOWED_EMAIL_DOMAINS,
+            auth.allowed_email_domains.join(","),
+        ),
+        value(
+            ports::ENV_OIDC_ALLOWED_GROUPS,
+            auth.allowed_groups.join(","),
+        ),
+        value(ports::ENV_OIDC_GROUPS_CLAIM, auth.groups_claim.clone()),
+        value(
+            ports::ENV_OIDC_WATCHERS_ALLOWED,
+            auth.watchers_allowed.to_string(),
+        ),
+    ];
+    if let Some(secret) = &auth.client_secret_ref {
+        env.push(secret_env(
+            ports::ENV_OIDC_CLIENT_SECRET,
+            secret.name.clone(),
+            &secret.key,
+        ));
     }
     env
 }

@@ -224,6 +224,7 @@ fn world(
             ..IdentityKeys::default()
         },
         moderator_token: "moderator-token-0123456789".to_owned(),
+        oidc_client_secret: String::new(),
     };
     let inputs = Inputs::new(&canvas, credentials, defaults).expect("inputs");
     let desired = children::desired(&inputs).apply;
