@@ -321,40 +321,41 @@ async fn finish(
 
 /// Chooses palette entry `index` with a real click on its swatch.
 async fn pick_colour(page: &Page, index: usize) {
-    page.find_element(format!("button.swatch[data-index='{index}']"))
-        .await
-        .expect("swatch")
-        .click()
-        .await
-        .expect("click the swatch");
+    click(page, &format!("button.swatch[data-index='{index}']")).await;
+}
+
+/// Evaluates a JavaScript expression: its JSON value, or why it could not be evaluated.
+async fn try_eval(page: &Page, expression: &str) -> Result<Value, chromiumoxide::error::CdpError> {
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .return_by_value(true)
+        .await_promise(true)
+        .build()
+        .expect("evaluate params");
+    let evaluated = page.evaluate_expression(params).await?;
+    Ok(evaluated.value().cloned().unwrap_or(Value::Null))
 }
 
 /// Evaluates a JavaScript expression and returns its JSON value.
 async fn eval(page: &Page, expression: &str) -> Value {
-    let params = EvaluateParams::builder()
-        .expression(expression)
-        .return_by_value(true)
-        .await_promise(true)
-        .build()
-        .expect("evaluate params");
-    page.evaluate_expression(params)
+    try_eval(page, expression)
         .await
         .unwrap_or_else(|e| panic!("evaluating `{expression}`: {e}"))
-        .value()
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// [`eval`] while the page may be navigating: `None` when its document is being replaced.
 async fn eval_navigating(page: &Page, expression: &str) -> Option<Value> {
-    let params = EvaluateParams::builder()
-        .expression(expression)
-        .return_by_value(true)
-        .await_promise(true)
-        .build()
-        .expect("evaluate params");
-    let evaluated = page.evaluate_expression(params).await.ok()?;
-    Some(evaluated.value().cloned().unwrap_or(Value::Null))
+    try_eval(page, expression).await.ok()
+}
+
+/// Clicks the element `selector` finds, as a person would.
+async fn click(page: &Page, selector: &str) {
+    page.find_element(selector)
+        .await
+        .unwrap_or_else(|e| panic!("no {selector}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {selector}: {e}"));
 }
 
 /// Waits until the page is connected and its board equals the server's version.
@@ -958,12 +959,7 @@ impl OidcProvider {
 
 /// Signs in at the provider's login form as `who`, as a person types it.
 async fn sign_in_at_provider(page: &Page, issuer: &str, (user, password): (&str, &str)) {
-    page.find_element("#sign-in")
-        .await
-        .expect("the sign-in link")
-        .click()
-        .await
-        .expect("click sign in");
+    click(page, "#sign-in").await;
     poll("the provider's login form", || async {
         let href = eval_navigating(page, "location.href").await?;
         let at_provider = href.as_str().is_some_and(|h| h.starts_with(issuer));
@@ -982,12 +978,7 @@ async fn sign_in_at_provider(page: &Page, issuer: &str, (user, password): (&str,
             .await
             .expect("type");
     }
-    page.find_element("button[type=submit]")
-        .await
-        .expect("the login button")
-        .click()
-        .await
-        .expect("log in");
+    click(page, "button[type=submit]").await;
 }
 
 /// Sign-in mode against a real OpenID Connect provider: a signed-out visitor watches and
@@ -1086,12 +1077,7 @@ async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
     );
 
     // Signed out: a watcher again, however the page reconnects.
-    page.find_element("#sign-out button")
-        .await
-        .expect("the sign-out button")
-        .click()
-        .await
-        .expect("sign out");
+    click(&page, "#sign-out button").await;
     poll("the page to come back signed out", || async {
         let state = eval_navigating(&page, "window.pixelPlayground?.state() ?? null").await?;
         (state["connected"] == true && state["handle"].is_null()).then_some(())
