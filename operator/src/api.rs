@@ -410,7 +410,16 @@ pub struct AuthSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub allowed_groups: Vec<String>,
 
-    /// The userinfo claim listing a person's groups.
+    /// Groups whose members moderate (ban, roll back, read the audit log) through the gateway's `/auth/moderation`, which holds the moderator token for them; empty: moderation by the token alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 255), regex(pattern = r"^[^,\s]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub moderator_groups: Vec<String>,
+
+    /// The userinfo claim listing a person's groups (a list of strings, or one string).
     #[serde(default = "default_groups_claim")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^,\s]+$"))]
     pub groups_claim: String,

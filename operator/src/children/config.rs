@@ -158,7 +158,10 @@ pub fn consumed_hash(inputs: &Inputs, component: Component) -> String {
             }
             feed(&inputs.credentials.redis_password);
             feed(&inputs.credentials.api_token);
-            if component == Component::Api {
+            if component == Component::Api
+                || (component == Component::Gateway
+                    && super::workloads::moderates_for_people(inputs))
+            {
                 feed(&inputs.credentials.moderator_token);
             }
             if component == Component::Gateway {

@@ -455,8 +455,8 @@ fn value_of(env: &[k8s_openapi::api::core::v1::EnvVar], name: &str) -> Option<St
 fn sign_in_settings_reach_the_gateway_alone_and_a_new_client_secret_rolls_it() {
     use pixel_common::ports::{
         ENV_OIDC_ALLOWED_EMAIL_DOMAINS, ENV_OIDC_ALLOWED_GROUPS, ENV_OIDC_CLIENT_ID,
-        ENV_OIDC_CLIENT_SECRET, ENV_OIDC_GROUPS_CLAIM, ENV_OIDC_ISSUER, ENV_OIDC_REDIRECT_URL,
-        ENV_OIDC_WATCHERS_ALLOWED,
+        ENV_OIDC_CLIENT_SECRET, ENV_OIDC_GROUPS_CLAIM, ENV_OIDC_ISSUER, ENV_OIDC_MODERATOR_GROUPS,
+        ENV_OIDC_REDIRECT_URL, ENV_OIDC_WATCHERS_ALLOWED,
     };
     let auth = json!({
         "issuerUrl": "https://id.example.com/",
@@ -464,6 +464,7 @@ fn sign_in_settings_reach_the_gateway_alone_and_a_new_client_secret_rolls_it() {
         "clientSecretRef": {"name": "oidc", "key": "client-secret"},
         "allowedEmailDomains": ["example.com", "example.org"],
         "allowedGroups": ["painters"],
+        "moderatorGroups": ["moderators", "admins"],
     });
     let spec = json!({"ingress": {"host": "c.example.com", "tlsSecretName": "cert"}, "auth": auth});
     let d = desired_for(&canvas(spec.clone()));
@@ -475,6 +476,7 @@ fn sign_in_settings_reach_the_gateway_alone_and_a_new_client_secret_rolls_it() {
         (ENV_OIDC_ALLOWED_EMAIL_DOMAINS, "example.com,example.org"),
         (ENV_OIDC_ALLOWED_GROUPS, "painters"),
         (ENV_OIDC_GROUPS_CLAIM, "groups"),
+        (ENV_OIDC_MODERATOR_GROUPS, "moderators,admins"),
         (ENV_OIDC_WATCHERS_ALLOWED, "true"),
     ] {
         assert_eq!(value_of(&gateway, name).as_deref(), Some(wanted), "{name}");
@@ -482,6 +484,24 @@ fn sign_in_settings_reach_the_gateway_alone_and_a_new_client_secret_rolls_it() {
     assert_eq!(
         secret_env(&d, "demo-gateway", ENV_OIDC_CLIENT_SECRET),
         Some(("oidc".to_owned(), "client-secret".to_owned()))
+    );
+    // With moderator groups the gateway holds the moderator token for them; without, not.
+    assert_eq!(
+        secret_env(&d, "demo-gateway", pixel_common::ports::ENV_MODERATOR_TOKEN),
+        Some(("demo-moderator".to_owned(), MODERATOR_TOKEN_KEY.to_owned()))
+    );
+    let mut no_moderators = spec.clone();
+    no_moderators["auth"]
+        .as_object_mut()
+        .expect("auth")
+        .remove("moderatorGroups");
+    assert_eq!(
+        secret_env(
+            &desired_for(&canvas(no_moderators)),
+            "demo-gateway",
+            pixel_common::ports::ENV_MODERATOR_TOKEN
+        ),
+        None
     );
     for name in ["demo-api", "demo-frontend"] {
         assert!(

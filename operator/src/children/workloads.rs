@@ -169,6 +169,10 @@ fn sign_in_env(inputs: &Inputs, auth: &crate::api::AuthSpec) -> Vec<EnvVar> {
         ),
         value(ports::ENV_OIDC_GROUPS_CLAIM, auth.groups_claim.clone()),
         value(
+            ports::ENV_OIDC_MODERATOR_GROUPS,
+            auth.moderator_groups.join(","),
+        ),
+        value(
             ports::ENV_OIDC_WATCHERS_ALLOWED,
             auth.watchers_allowed.to_string(),
         ),
@@ -180,7 +184,24 @@ fn sign_in_env(inputs: &Inputs, auth: &crate::api::AuthSpec) -> Vec<EnvVar> {
             &secret.key,
         ));
     }
+    if moderates_for_people(inputs) {
+        env.push(secret_env(
+            ports::ENV_MODERATOR_TOKEN,
+            inputs.names.moderator_secret(),
+            config::MODERATOR_TOKEN_KEY,
+        ));
+    }
     env
+}
+
+/// Whether the gateway moderates for signed-in moderators (so holds the moderator token).
+pub fn moderates_for_people(inputs: &Inputs) -> bool {
+    inputs
+        .canvas
+        .spec
+        .auth
+        .as_ref()
+        .is_some_and(|auth| !auth.moderator_groups.is_empty())
 }
 
 /// An environment variable holding the Redis password, from whichever Secret holds it.

@@ -1,7 +1,8 @@
 //! The moderation API under `/api/v1/moderation`, for holders of the canvas's moderator
 //! token (`Authorization: Bearer`): bans, rollbacks and the audit log. Every action is
 //! written to the audit log; a rollback is a sequence of ordinary placements attributed to
-//! the moderator, so every client converges through the normal update frames.
+//! the moderator, so every client converges through the normal update frames. A signed-in
+//! moderator acts through the gateway, which holds the token and names them.
 
 use axum::{
     Json,
@@ -11,6 +12,7 @@ use axum::{
     },
     http::HeaderMap,
 };
+use pixel_common::ports;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -155,9 +157,16 @@ pub struct AuditResponse {
     pub entries: Vec<AuditEntry>,
 }
 
-fn moderator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the moderator token; who acts: the signed-in moderator the gateway names in
+/// `X-Moderator` (it holds the token for them), else [`MODERATOR`].
+fn moderator(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     match &state.settings.moderator_token {
-        Some(token) if token.admits(headers) => Ok(()),
+        Some(token) if token.admits(headers) => Ok(headers
+            .get(ports::MODERATOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|name| crate::api::is_client_name(name))
+            .unwrap_or(MODERATOR)
+            .to_owned()),
         _ => Err(ApiError::NotModerator),
     }
 }
@@ -223,7 +232,7 @@ pub async fn ban(
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Ban>, ApiError> {
-    moderator(&state, &headers)?;
+    let by = moderator(&state, &headers)?;
     let Path(name) = path.map_err(ApiError::Path)?;
     let name = player(&name)?;
     let request: BanRequest = object_body(body)?;
@@ -243,7 +252,7 @@ pub async fn ban(
     };
     state.store.ban(name, kind).await?;
     let detail = json!({"player": name, "shadow": request.shadow, "reason": request.reason});
-    state.store.audit(MODERATOR, "ban", &detail).await?;
+    state.store.audit(&by, "ban", &detail).await?;
     tracing::info!(player = name, shadow = request.shadow, "player banned");
     Ok(Json(Ban {
         player: name.to_owned(),
@@ -267,7 +276,7 @@ pub async fn unban(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Ban>, ApiError> {
-    moderator(&state, &headers)?;
+    let by = moderator(&state, &headers)?;
     let Path(name) = path.map_err(ApiError::Path)?;
     let name = player(&name)?;
     if !state.store.unban(name).await? {
@@ -275,7 +284,7 @@ pub async fn unban(
     }
     state
         .store
-        .audit(MODERATOR, "unban", &json!({"player": name}))
+        .audit(&by, "unban", &json!({"player": name}))
         .await?;
     tracing::info!(player = name, "ban lifted");
     Ok(Json(Ban {
@@ -299,13 +308,13 @@ pub async fn roll_back(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<RollbackResponse>, ApiError> {
-    moderator(&state, &headers)?;
+    let by = moderator(&state, &headers)?;
     let request: RollbackRequest = object_body(body)?;
     let changes = plan(&state, &request).await?;
     let settings = &state.settings;
     let done = state
         .store
-        .roll_back(MODERATOR, &changes, settings.history_max_len)
+        .roll_back(&by, &changes, settings.history_max_len)
         .await?;
     // Read your writes: this replica's snapshots include the rollback from now on.
     state.cache.acknowledged(done.version);
@@ -313,7 +322,7 @@ pub async fn roll_back(
     detail["placed"] = done.applied.into();
     detail["skipped"] = done.skipped.into();
     detail["version"] = done.version.into();
-    state.store.audit(MODERATOR, "rollback", &detail).await?;
+    state.store.audit(&by, "rollback", &detail).await?;
     tracing::info!(placed = done.applied, skipped = done.skipped, "rolled back");
     Ok(Json(RollbackResponse {
         placed: done.applied,

@@ -82,6 +82,9 @@ pub const ENV_API_TOKEN: &str = "PIXEL_API_TOKEN";
 pub const ENV_MODERATOR_TOKEN: &str = "PIXEL_MODERATOR_TOKEN";
 /// The shortest internal token the services accept.
 pub const API_TOKEN_MIN_LEN: usize = 16;
+/// Who acts, on a moderation request the gateway forwards for a signed-in moderator (their
+/// handle); believed only with the moderator token.
+pub const MODERATOR_HEADER: &str = "x-moderator";
 /// The header carrying the canvas version of a snapshot.
 pub const CANVAS_VERSION_HEADER: &str = "x-canvas-version";
 
@@ -95,6 +98,8 @@ pub const API_HISTORY_PATH: &str = "/api/v1/history";
 pub const API_INFO_PATH: &str = "/api/v1/info";
 /// canvas-api's snapshot endpoint (`GET`).
 pub const API_CANVAS_PATH: &str = "/api/v1/canvas";
+/// The moderation API's prefix.
+pub const API_MODERATION_PATH: &str = "/api/v1/moderation";
 
 /// canvas-api's base URL as the gateway reaches it (`http://host:port`).
 pub const ENV_API_URL: &str = "PIXEL_API_URL";
@@ -172,6 +177,11 @@ pub const ENV_OIDC_REDIRECT_URL: &str = "PIXEL_OIDC_REDIRECT_URL";
 pub const ENV_OIDC_ALLOWED_EMAIL_DOMAINS: &str = "PIXEL_OIDC_ALLOWED_EMAIL_DOMAINS";
 /// Groups whose members may sign in, comma-separated (empty: any).
 pub const ENV_OIDC_ALLOWED_GROUPS: &str = "PIXEL_OIDC_ALLOWED_GROUPS";
+/// Groups whose members moderate, comma-separated (empty: nobody signed in does).
+pub const ENV_OIDC_MODERATOR_GROUPS: &str = "PIXEL_OIDC_MODERATOR_GROUPS";
+/// Where the gateway serves the moderation API to signed-in moderators: this prefix and
+/// the path below `/api/v1/moderation`.
+pub const AUTH_MODERATION_PATH: &str = "/auth/moderation";
 /// The claim that lists a person's groups.
 pub const ENV_OIDC_GROUPS_CLAIM: &str = "PIXEL_OIDC_GROUPS_CLAIM";
 /// Whether signed-out visitors may watch the canvas.

@@ -36,6 +36,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+/// The moderator token of the canvases that moderate.
+const MODERATOR_TOKEN: &str = "browser-test-moderator-token";
 /// Bound on any single wait; reached only when something is broken.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// How often a bounded wait looks again.
@@ -803,10 +805,9 @@ async fn a_closed_canvas_refuses_placements_and_says_so() {
 /// pixels in every connected page, while the vandal's pixel outside the area stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
-    const TOKEN: &str = "browser-test-moderator-token";
     const OUTSIDE: (u32, u32) = (12, 6);
     let chromium = chromium();
-    let site = start_site_with(&[], &["--moderator-token", TOKEN]).await;
+    let site = start_site_with(&[], &["--moderator-token", MODERATOR_TOKEN]).await;
     let url = format!("http://{}/", site.addr);
     let (browser, events, errors, _profile) = start_chromium(&chromium).await;
     let api = |path: &str| format!("http://{}/api/v1/moderation/{path}", site.addr);
@@ -839,7 +840,7 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
     let handle = handle.as_str().expect("the vandal has a handle");
     let banned = http
         .put(api(&format!("bans/{handle}")))
-        .bearer_auth(TOKEN)
+        .bearer_auth(MODERATOR_TOKEN)
         .json(&serde_json::json!({"reason": "vandalism"}))
         .send()
         .await
@@ -852,7 +853,7 @@ async fn a_banned_player_is_refused_and_a_rollback_restores_every_page() {
         serde_json::json!({"area": {"x": 0, "y": 0, "width": 8, "height": 8}, "toVersion": before});
     let done: Value = http
         .post(api("rollbacks"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(MODERATOR_TOKEN)
         .json(&area)
         .send()
         .await
@@ -984,14 +985,17 @@ async fn sign_in_at_provider(page: &Page, issuer: &str, (user, password): (&str,
 /// Sign-in mode against a real OpenID Connect provider: a signed-out visitor watches and
 /// cannot place; signed in (authorization code with PKCE), the page shows the provider's
 /// name and places; a reload keeps the person and the cooldown; the pixel info shows the
-/// name, never the email; signing out makes the page a watcher again; a person outside the
-/// allowed email domain is refused at the callback.
+/// name, never the email; as a member of the moderator group the person moderates through
+/// the gateway from the page (and the audit log names them), but not from elsewhere;
+/// signing out makes the page a watcher again; a person outside the allowed email domain
+/// is refused at the callback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the OpenID Connect provider: `cargo xtask test` builds it and runs this"]
 async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
     let chromium = chromium();
     let mut provider = None;
-    let site = start_site_full(&["--canvas-cooldown-seconds", "60"], &[], |addr| {
+    let api_only = ["--moderator-token", MODERATOR_TOKEN];
+    let site = start_site_full(&["--canvas-cooldown-seconds", "60"], &api_only, |addr| {
         let started = OidcProvider::start(&format!("http://{addr}/auth/callback"));
         let flags = [
             "--oidc-issuer",
@@ -1004,6 +1008,13 @@ async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
             &format!("http://{addr}/auth/callback"),
             "--oidc-allowed-email-domains",
             "painters.example",
+            // The example provider lists no groups: its username stands in for the claim.
+            "--oidc-groups-claim",
+            "preferred_username",
+            "--oidc-moderator-groups",
+            ADA.0,
+            "--moderator-token",
+            MODERATOR_TOKEN,
         ]
         .map(str::to_owned)
         .to_vec();
@@ -1074,6 +1085,50 @@ async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
     assert!(
         !info.to_string().contains("painters.example"),
         "no email: {info}"
+    );
+
+    // Ada moderates from the page: the gateway holds the token and names her.
+    let banned = eval(
+        &page,
+        "fetch('/auth/moderation/bans/anon-0a1b2c3d', {method: 'PUT', \
+         headers: {'Content-Type': 'application/json'}, body: JSON.stringify({reason: 'test'})}) \
+         .then(r => r.status)",
+    )
+    .await;
+    assert_eq!(banned, 200, "a ban through the gateway");
+    let audit = eval(&page, "fetch('/auth/moderation/audit').then(r => r.json())").await;
+    assert_eq!(audit["entries"][0]["by"], handle.as_str(), "{audit}");
+    assert_eq!(audit["entries"][0]["action"], "ban", "{audit}");
+    // Her cookie from elsewhere (no Origin of the canvas) changes nothing.
+    let cookies = page.get_cookies().await.expect("cookies");
+    let cookie = cookies
+        .iter()
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let forged = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/auth/moderation/bans/anon-0a1b2c3d",
+            site.addr
+        ))
+        .header("cookie", &cookie)
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .expect("DELETE from elsewhere");
+    assert_eq!(forged.status(), 403, "a request from another site");
+    let still: Value = reqwest::Client::new()
+        .get(format!("http://{}/auth/moderation/bans", site.addr))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("GET bans")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        still.to_string().contains("anon-0a1b2c3d"),
+        "still banned: {still}"
     );
 
     // Signed out: a watcher again, however the page reconnects.

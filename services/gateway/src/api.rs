@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use pixel_common::{
-    ports::{API_HISTORY_PATH, API_PIXELS_PATH, API_UNDO_PATH, CLIENT_ID_HEADER},
+    ports::{
+        API_HISTORY_PATH, API_MODERATION_PATH, API_PIXELS_PATH, API_UNDO_PATH, CLIENT_ID_HEADER,
+        MODERATOR_HEADER,
+    },
     wire::PixelUpdate,
 };
 use reqwest::{StatusCode, header::RETRY_AFTER};
@@ -140,6 +143,47 @@ impl ApiClient {
     /// `POST /api/v1/pixels/undo` on behalf of `client_id`.
     pub async fn undo(&self, client_id: &str) -> Result<Outcome<Undone>, ApiError> {
         self.post(API_UNDO_PATH, client_id, None).await
+    }
+
+    /// A moderation request forwarded for the signed-in moderator `handle`: `method` on
+    /// `/api/v1/moderation` + `rest` (a path and query), with the moderator `token` and
+    /// `body`; canvas-api's status, content type and body, whatever they are.
+    pub async fn moderate(
+        &self,
+        token: &str,
+        handle: &str,
+        method: reqwest::Method,
+        rest: &str,
+        body: bytes::Bytes,
+    ) -> Result<
+        (
+            StatusCode,
+            Option<reqwest::header::HeaderValue>,
+            bytes::Bytes,
+        ),
+        ApiError,
+    > {
+        let mut request = self
+            .http
+            .request(method, format!("{}{API_MODERATION_PATH}{rest}", self.base))
+            .bearer_auth(token)
+            .header(MODERATOR_HEADER, handle);
+        if !body.is_empty() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(ApiError::Request)?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .cloned();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| unexpected(status, source))?;
+        Ok((status, content_type, body))
     }
 
     /// A POST on behalf of `client_id`: the answer's body when it succeeds, canvas-api's

@@ -97,38 +97,63 @@ impl std::fmt::Debug for IdentityKeys {
 }
 
 /// What an identity cookie holds: an identity, and for a signed-in one when its sign-in
-/// ends (seconds since the Unix epoch). The signed value is the identity alone, or
-/// `<identity>~<ends>`.
+/// ends (seconds since the Unix epoch) and whether it moderates. The signed value is the
+/// identity alone, or `<identity>~<ends>`, or `<identity>~<ends>~moderator`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
     pub until: Option<u64>,
+    /// A member of a moderator group at sign-in.
+    pub moderator: bool,
 }
+
+/// The mark of a moderator's session value.
+const MODERATOR_MARK: &str = "moderator";
 
 impl Session {
     pub fn anonymous(id: String) -> Self {
-        Self { id, until: None }
+        Self {
+            id,
+            until: None,
+            moderator: false,
+        }
+    }
+
+    /// A signed-in person's session, ending at `until`.
+    pub fn signed_in(id: String, until: u64, moderator: bool) -> Self {
+        Self {
+            id,
+            until: Some(until),
+            moderator,
+        }
     }
 
     fn value(&self) -> String {
-        match self.until {
-            Some(until) => format!("{}~{until}", self.id),
-            None => self.id.clone(),
+        match (self.until, self.moderator) {
+            (Some(until), true) => format!("{}~{until}~{MODERATOR_MARK}", self.id),
+            (Some(until), false) => format!("{}~{until}", self.id),
+            (None, _) => self.id.clone(),
         }
     }
 
     /// The session a verified cookie value holds, if it is one and has not ended:
     /// anonymous identities without an end, signed-in ones with one.
     fn parse(value: &str, now: u64) -> Option<Self> {
-        match value.split_once('~') {
-            None => is_anonymous(value).then(|| Self::anonymous(value.to_owned())),
-            Some((id, until)) => {
+        let mut parts = value.split('~');
+        let id = parts.next()?;
+        match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => is_anonymous(id).then(|| Self::anonymous(id.to_owned())),
+            (Some(until), mark, None) => {
                 let until: u64 = until.parse().ok()?;
-                (is_signed_in(id) && until > now).then(|| Self {
-                    id: id.to_owned(),
-                    until: Some(until),
-                })
+                let moderator = match mark {
+                    None => false,
+                    Some(MODERATOR_MARK) => true,
+                    Some(_) => return None,
+                };
+                (is_signed_in(id) && until > now)
+                    .then(|| Self::signed_in(id.to_owned(), until, moderator))
             }
+            _ => None,
         }
     }
 }
@@ -248,14 +273,6 @@ impl IdentityKeys {
     /// with the current key.
     pub fn set_cookie(&self, id: &str) -> HeaderValue {
         self.cookie_for(&Session::anonymous(id.to_owned()))
-    }
-
-    /// The `Set-Cookie` value of a sign-in as `id` that ends at `until` (Unix seconds).
-    pub fn set_session_cookie(&self, id: &str, until: u64) -> HeaderValue {
-        self.cookie_for(&Session {
-            id: id.to_owned(),
-            until: Some(until),
-        })
     }
 
     /// The `Set-Cookie` value that removes the identity cookie (signing out).
@@ -605,27 +622,31 @@ mod tests {
     fn a_sign_in_verifies_until_it_ends_and_only_as_a_signed_in_identity() {
         let keys = IdentityKeys::new(KEY, None, false);
         let id = pixel_common::identity::signed_in_identity("https://id.example/", "42");
-        let set = keys.set_session_cookie(&id, 2_000);
-        let text = set.to_str().expect("text").to_owned();
-        assert!(
-            text.contains("HttpOnly") && text.contains("SameSite=Lax"),
-            "{text}"
-        );
-        let session = Session {
-            id: id.clone(),
-            until: Some(2_000),
-        };
-        assert_eq!(
-            keys.presented_at(&request_with(&set), 1_999),
-            Presented::Current(session)
-        );
-        assert_eq!(
-            keys.presented_at(&request_with(&set), 2_000),
-            Presented::None
-        );
-        // A signed-in identity without an end, or an anonymous one with an end, is not
-        // a cookie this gateway signs: whoever made it, it does not verify.
-        for value in [id.clone(), format!("{}~9999999999", new_identity())] {
+        for moderator in [false, true] {
+            let session = Session::signed_in(id.clone(), 2_000, moderator);
+            let set = keys.cookie_for(&session);
+            let text = set.to_str().expect("text").to_owned();
+            assert!(
+                text.contains("HttpOnly") && text.contains("SameSite=Lax"),
+                "{text}"
+            );
+            assert_eq!(
+                keys.presented_at(&request_with(&set), 1_999),
+                Presented::Current(session)
+            );
+            assert_eq!(
+                keys.presented_at(&request_with(&set), 2_000),
+                Presented::None
+            );
+        }
+        // A signed-in identity without an end, an anonymous one with an end, or an unknown
+        // mark, is not a cookie this gateway signs: whoever made it, it does not verify.
+        for value in [
+            id.clone(),
+            format!("{}~9999999999", new_identity()),
+            format!("{id}~9999999999~admin"),
+            format!("{id}~9999999999~moderator~x"),
+        ] {
             let mut jar = CookieJar::new();
             jar.signed_mut(&Key::derive_from(KEY.as_bytes()))
                 .add(Cookie::new(COOKIE_NAME, value.clone()));

@@ -31,7 +31,7 @@ use axum::{
     Router,
     extract::State,
     http::StatusCode,
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use clap::Parser;
 use pixel_common::{
@@ -355,6 +355,10 @@ pub fn app(gateway: Gateway) -> Router {
         .route(ports::AUTH_LOGIN_PATH, get(sign_in::login))
         .route(ports::AUTH_CALLBACK_PATH, get(sign_in::callback))
         .route(ports::AUTH_LOGOUT_PATH, post(sign_in::logout))
+        .route(
+            &format!("{}/{{*rest}}", ports::AUTH_MODERATION_PATH),
+            any(sign_in::moderate),
+        )
         .route(ports::READYZ_PATH, get(readyz))
         .with_state(gateway);
     metrics

@@ -27,7 +27,10 @@ use pixel_common::{error::ErrorChain, identity::signed_in_identity, ports};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::Gateway;
+use crate::{
+    Gateway,
+    identity::{Presented, Session},
+};
 
 /// The sign-in flags; sign-in mode is on when `--oidc-issuer` is set.
 #[derive(Clone, Default, clap::Args)]
@@ -61,6 +64,15 @@ pub struct SignInArgs {
     #[arg(long, env = ports::ENV_OIDC_GROUPS_CLAIM, default_value = "groups")]
     pub oidc_groups_claim: String,
 
+    /// Groups whose members moderate, comma-separated: the gateway serves them the
+    /// moderation API on `/auth/moderation/…` with the moderator token.
+    #[arg(long, env = ports::ENV_OIDC_MODERATOR_GROUPS, value_delimiter = ',')]
+    pub oidc_moderator_groups: Vec<String>,
+
+    /// The moderation API's token, which the gateway presents for signed-in moderators.
+    #[arg(long, env = ports::ENV_MODERATOR_TOKEN, hide_env_values = true)]
+    pub moderator_token: Option<String>,
+
     /// Whether signed-out visitors may watch (else their upgrade is refused with 401).
     #[arg(long, env = ports::ENV_OIDC_WATCHERS_ALLOWED, default_value_t = true, action = clap::ArgAction::Set)]
     pub oidc_watchers_allowed: bool,
@@ -81,6 +93,7 @@ impl std::fmt::Debug for SignInArgs {
                 &self.oidc_allowed_email_domains,
             )
             .field("oidc_allowed_groups", &self.oidc_allowed_groups)
+            .field("oidc_moderator_groups", &self.oidc_moderator_groups)
             .field("oidc_watchers_allowed", &self.oidc_watchers_allowed)
             .finish_non_exhaustive()
     }
@@ -145,11 +158,42 @@ impl Admission {
                 return Err(NotAdmitted::EmailDomain(self.email_domains.join(", ")));
             }
         }
-        if !self.groups.is_empty() && !profile.groups.iter().any(|g| self.groups.contains(g)) {
+        if !self.groups.is_empty() && !is_member(profile, &self.groups) {
             return Err(NotAdmitted::Group(self.groups.join(", ")));
         }
         Ok(())
     }
+}
+
+/// Whether `profile` is in one of `groups` (never when none are listed).
+pub fn is_member(profile: &Profile, groups: &[String]) -> bool {
+    profile.groups.iter().any(|g| groups.contains(g))
+}
+
+/// The groups the userinfo's `claim` lists: a list of strings, or one string (some
+/// providers name a single role so). A standard claim may be named too.
+fn groups_of(
+    info: &openidconnect::UserInfoClaims<OtherClaims, CoreGenderClaim>,
+    claim: &str,
+) -> Vec<String> {
+    let value = serde_json::to_value(info).unwrap_or_default();
+    match value.get(claim) {
+        Some(serde_json::Value::Array(groups)) => groups
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(group)) => vec![group.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// Who a callback signed in.
+#[derive(Debug)]
+struct SignedIn {
+    identity: String,
+    name: Option<String>,
+    moderator: bool,
+    next: String,
 }
 
 /// The longest display name kept, in characters.
@@ -231,6 +275,10 @@ pub struct SignIn {
     redirect: RedirectUrl,
     groups_claim: String,
     pub admission: Admission,
+    /// Members of these moderate.
+    moderator_groups: Vec<String>,
+    /// What the gateway presents to canvas-api for them.
+    moderator_token: Option<String>,
     /// Whether signed-out visitors may watch.
     pub watchers_allowed: bool,
     /// How long a sign-in lasts.
@@ -426,6 +474,8 @@ impl SignIn {
                     .collect(),
                 groups: listed(&args.oidc_allowed_groups),
             },
+            moderator_groups: listed(&args.oidc_moderator_groups),
+            moderator_token: args.moderator_token.clone().filter(|t| !t.is_empty()),
             watchers_allowed: args.oidc_watchers_allowed,
             session: Duration::from_secs(args.oidc_session_seconds),
             state_key: Key::derive_from(
@@ -527,12 +577,12 @@ impl SignIn {
     }
 
     /// `GET /auth/callback`: the code for tokens, the ID token verified, the profile read
-    /// and admitted; the identity it yields and where to go next.
+    /// and admitted; who signed in and where to go next.
     async fn finish(
         &self,
         query: &CallbackQuery,
         headers: &HeaderMap,
-    ) -> Result<(String, Option<String>, String), SignInError> {
+    ) -> Result<SignedIn, SignInError> {
         let login = self.login_state(headers).ok_or(SignInError::State)?;
         let same_state = query.state.as_deref().is_some_and(|state| {
             subtle::ConstantTimeEq::ct_eq(state.as_bytes(), login.state.as_bytes()).into()
@@ -590,22 +640,15 @@ impl SignIn {
                 .preferred_username()
                 .or(claims.preferred_username())
                 .map(|u| u.as_str().to_owned()),
-            groups: info
-                .additional_claims()
-                .0
-                .get(&self.groups_claim)
-                .and_then(serde_json::Value::as_array)
-                .map(|groups| {
-                    groups
-                        .iter()
-                        .filter_map(|g| g.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            groups: groups_of(&info, &self.groups_claim),
         };
         self.admission.admit(&profile)?;
-        let identity = signed_in_identity(self.issuer.as_str(), &profile.subject);
-        Ok((identity, display_name(&profile), login.next))
+        Ok(SignedIn {
+            identity: signed_in_identity(self.issuer.as_str(), &profile.subject),
+            name: display_name(&profile),
+            moderator: is_member(&profile, &self.moderator_groups),
+            next: login.next,
+        })
     }
 }
 
@@ -674,18 +717,22 @@ pub async fn callback(
         return failed(&SignInError::State);
     };
     match sign_in.finish(&query, &headers).await {
-        Ok((identity, name, next)) => {
-            if let Some(name) = &name
-                && let Err(error) = gateway.redis.set_display_name(&identity, name).await
+        Ok(signed_in) => {
+            if let Some(name) = &signed_in.name
+                && let Err(error) = gateway
+                    .redis
+                    .set_display_name(&signed_in.identity, name)
+                    .await
             {
                 // The sign-in stands; the pixel info shows the handle meanwhile.
                 tracing::warn!(error = %ErrorChain(&error), "cannot record a display name");
             }
             gateway.shared.metrics.seat("signed_in");
             let until = seconds_now() + sign_in.session.as_secs();
-            let session = gateway.issuer.keys.set_session_cookie(&identity, until);
+            let session = Session::signed_in(signed_in.identity, until, signed_in.moderator);
+            let cookie = gateway.issuer.keys.cookie_for(&session);
             let clear_state = sign_in.state_cookie(String::new(), 0);
-            redirect(&next, [session, clear_state])
+            redirect(&signed_in.next, [cookie, clear_state])
         }
         Err(error) => failed(&error),
     }
@@ -698,6 +745,98 @@ pub async fn logout(State(gateway): State<Gateway>, Query(query): Query<NextQuer
     }
     let next = safe_next(query.next.as_deref(), &gateway.origins);
     redirect(&next, [gateway.issuer.keys.clear_cookie()])
+}
+
+/// The largest moderation request body forwarded.
+const MODERATION_BODY_MAX: usize = 64 * 1024;
+
+/// `/auth/moderation/…`: the moderation API for a signed-in moderator, forwarded to
+/// canvas-api with the moderator token and their handle (the audit log names them). A
+/// request that changes anything must come from a page of this origin (or an allowed
+/// one): the session is a cookie, which a foreign page's form could otherwise send.
+pub async fn moderate(
+    State(gateway): State<Gateway>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(sign_in) = gateway.issuer.sign_in.as_ref() else {
+        return sign_in_off();
+    };
+    let session = match gateway.issuer.keys.presented(&headers) {
+        Presented::Current(s) | Presented::Previous(s) | Presented::Upcoming(s) => Some(s),
+        Presented::None => None,
+    };
+    let Some(session) = session.filter(|s| s.until.is_some()) else {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "sign_in_required",
+            "sign in as a moderator first",
+        );
+    };
+    let token = match (&sign_in.moderator_token, session.moderator) {
+        (Some(token), true) => token,
+        _ => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "not_moderator",
+                "this person is not in a moderator group of the canvas",
+            );
+        }
+    };
+    if method != axum::http::Method::GET {
+        let origin = headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        if origin.is_none() || !gateway.origins.allows(origin, host) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "moderation changes are taken from the canvas's own pages only",
+            );
+        }
+    }
+    if body.len() > MODERATION_BODY_MAX {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        );
+    }
+    let rest = uri
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .strip_prefix(ports::AUTH_MODERATION_PATH)
+        .unwrap_or("");
+    let handle = pixel_common::identity::handle_of(&session.id);
+    match gateway
+        .shared
+        .api
+        .moderate(token, &handle, method, rest, body)
+        .await
+    {
+        Ok((status, content_type, body)) => {
+            let mut response = (status, body).into_response();
+            if let Some(content_type) = content_type {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "cannot forward a moderation request");
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "unavailable",
+                "canvas-api did not answer",
+            )
+        }
+    }
 }
 
 fn failed(error: &SignInError) -> Response {
