@@ -747,6 +747,23 @@ pub async fn logout(State(gateway): State<Gateway>, Query(query): Query<NextQuer
     redirect(&next, [gateway.issuer.keys.clear_cookie()])
 }
 
+/// Whether `rest` (what follows `/auth/moderation`) names a moderation request: `/` and
+/// segments of `A-Z a-z 0-9 . _ -`, none of them `.` or `..` (which URL parsing would
+/// resolve to another canvas-api path), then any query.
+pub fn is_moderation_path(rest: &str) -> bool {
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    path.strip_prefix('/').is_some_and(|path| {
+        path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+    })
+}
+
 /// The largest moderation request body forwarded.
 const MODERATION_BODY_MAX: usize = 64 * 1024;
 
@@ -812,6 +829,13 @@ pub async fn moderate(
         .map_or("", |p| p.as_str())
         .strip_prefix(ports::AUTH_MODERATION_PATH)
         .unwrap_or("");
+    if !is_moderation_path(rest) {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such moderation request",
+        );
+    }
     let handle = pixel_common::identity::handle_of(&session.id);
     match gateway
         .shared
@@ -940,6 +964,33 @@ mod tests {
             display_name(&named(Some("Bob\u{0}\u{1b}[31m"), None)),
             Some("Bob[31m".to_owned())
         );
+    }
+
+    #[test]
+    fn moderation_paths_stay_below_the_moderation_api() {
+        for kept in [
+            "/bans",
+            "/bans/anon-0a1b2c3d",
+            "/bans/anon.x",
+            "/audit?limit=5",
+            "/rollbacks",
+        ] {
+            assert!(is_moderation_path(kept), "{kept}");
+        }
+        for refused in [
+            "",
+            "/",
+            "bans",
+            "/bans/",
+            "/bans/..",
+            "/../pixels",
+            "/./audit",
+            "/bans/%2e%2e",
+            "//pixels",
+            "/bans\\..",
+        ] {
+            assert!(!is_moderation_path(refused), "{refused}");
+        }
     }
 
     #[test]
