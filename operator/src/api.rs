@@ -375,8 +375,11 @@ pub struct IngressSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// The provider's issuer URL (its discovery document is at `<issuerUrl>/.well-known/openid-configuration`).
-    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    /// The provider's issuer URL, `https://` (its discovery document is at `<issuerUrl>/.well-known/openid-configuration`); plain `http://` only for `localhost`.
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^(https://[^\s]+|http://localhost([:/][^\s]*)?)$")
+    )]
     pub issuer_url: String,
 
     /// The client ID registered with the provider.
@@ -424,7 +427,7 @@ pub struct AuthSpec {
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^,\s]+$"))]
     pub groups_claim: String,
 
-    /// Whether signed-out visitors may watch the canvas (else only signed-in people see it).
+    /// Whether signed-out visitors may open the live connection and watch (the REST reads, snapshot and pixel info, stay public either way).
     #[serde(default = "default_true")]
     pub watchers_allowed: bool,
 }
@@ -434,6 +437,10 @@ pub struct AuthSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
+    /// Guard canvas-api with the NetworkPolicy `<name>-api`. Turn off only while an Ingress controller the lists below miss must reach it (Redis stays guarded).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
     /// Namespaces of the Ingress controller's pods, which route `/api` to canvas-api (unset: `ingress-nginx`, and `kube-system`, where k3s runs Traefik).
     #[serde(default = "default_ingress_controller_namespaces")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
@@ -450,6 +457,7 @@ pub struct NetworkPolicySpec {
 impl Default for NetworkPolicySpec {
     fn default() -> Self {
         Self {
+            enabled: true,
             ingress_controller_namespaces: default_ingress_controller_namespaces(),
             metrics_namespaces: default_metrics_namespaces(),
         }

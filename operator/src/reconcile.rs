@@ -18,7 +18,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{Pod, Secret},
-        networking::v1::Ingress,
+        networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -304,6 +304,9 @@ async fn apply_children(
                 remove_owned::<PodDisruptionBudget>(context, namespace, name, uid).await?
             }
             ChildKind::Ingress => remove_owned::<Ingress>(context, namespace, name, uid).await?,
+            ChildKind::NetworkPolicy => {
+                remove_owned::<NetworkPolicy>(context, namespace, name, uid).await?
+            }
         }
     }
     Ok(())

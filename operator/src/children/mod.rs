@@ -340,6 +340,7 @@ pub enum ChildKind {
     Secret,
     PodDisruptionBudget,
     Ingress,
+    NetworkPolicy,
 }
 
 impl ChildKind {
@@ -349,6 +350,7 @@ impl ChildKind {
             ChildKind::Secret => kind_of::<Secret>(),
             ChildKind::PodDisruptionBudget => kind_of::<PodDisruptionBudget>(),
             ChildKind::Ingress => kind_of::<Ingress>(),
+            ChildKind::NetworkPolicy => kind_of::<NetworkPolicy>(),
         }
     }
 }
@@ -397,7 +399,13 @@ pub fn desired(inputs: &Inputs) -> Desired {
     apply.push(Child::Secret(config::moderator_secret(inputs)));
     // Before the pods they guard: Redis and canvas-api are never open, not even on creation.
     apply.push(Child::NetworkPolicy(network::redis(inputs)));
-    apply.push(Child::NetworkPolicy(network::api(inputs)));
+    match network::api(inputs) {
+        Some(policy) => apply.push(Child::NetworkPolicy(policy)),
+        None => absent.push((
+            ChildKind::NetworkPolicy,
+            inputs.names.component(Component::Api),
+        )),
+    }
     apply.push(Child::Service(redis::service(inputs)));
     apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
     for component in workloads::STATELESS {

@@ -30,11 +30,15 @@ pub fn redis(inputs: &Inputs) -> NetworkPolicy {
 }
 
 /// canvas-api's port admits this canvas's gateway pods and every pod of the namespaces
-/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers). Traffic from
-/// the node itself (kubelet's probes, a host-network Ingress controller) is not subject to
-/// NetworkPolicies.
-pub fn api(inputs: &Inputs) -> NetworkPolicy {
+/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers). Most
+/// implementations admit traffic from the pod's own node (kubelet's probes, a host-network
+/// controller there); one on another node may need its namespace listed, or the policy
+/// off. `None` when `spec.networkPolicy.enabled` is off.
+pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
     let spec = &inputs.canvas.spec.network_policy;
+    if !spec.enabled {
+        return None;
+    }
     let mut namespaces: Vec<String> = spec
         .ingress_controller_namespaces
         .iter()
@@ -57,7 +61,7 @@ pub fn api(inputs: &Inputs) -> NetworkPolicy {
             ..Default::default()
         });
     }
-    policy(inputs, Component::Api, ports::CANVAS_API, peers)
+    Some(policy(inputs, Component::Api, ports::CANVAS_API, peers))
 }
 
 /// The pods of these components of this canvas (in its namespace).

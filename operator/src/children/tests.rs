@@ -828,6 +828,22 @@ fn only_the_gateway_the_ingress_controller_and_scrapers_reach_the_api() {
         "each namespace once"
     );
 
+    // Turned off: no policy, and the one a canvas had is removed.
+    let off = desired_for(&canvas(json!({"networkPolicy": {"enabled": false}})));
+    assert!(
+        !off.apply
+            .iter()
+            .any(|c| c.kind() == "NetworkPolicy" && c.name() == "demo-api")
+    );
+    assert!(
+        off.absent
+            .iter()
+            .any(|(kind, name)| *kind == ChildKind::NetworkPolicy && name == "demo-api"),
+        "{:?}",
+        off.absent
+    );
+    find(&off, "NetworkPolicy", "demo-redis");
+
     // No namespace at all: the gateway alone, and no empty selector (which would admit all).
     let d = desired_for(&canvas(json!({"networkPolicy": {
         "ingressControllerNamespaces": [],

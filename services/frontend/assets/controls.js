@@ -254,7 +254,7 @@ export function pixelInfo(api) {
       box.textContent =
         info.placedBy === null
           ? `(${pixel.x}, ${pixel.y}) · never painted`
-          : `(${pixel.x}, ${pixel.y}) · ${info.placedByName ?? info.placedBy} · ${ago(info.placedAtMs)}`;
+          : `(${pixel.x}, ${pixel.y}) · ${info.placedByName ? `${info.placedByName} (${info.placedBy})` : info.placedBy} · ${ago(info.placedAtMs)}`;
     } catch (error) {
       if (error.name !== "AbortError" && current === pixel) box.textContent = `(${pixel.x}, ${pixel.y})`;
     }

@@ -1117,6 +1117,18 @@ async fn sign_in_places_keeps_the_cooldown_across_a_reload_and_signs_out() {
         .await
         .expect("DELETE from elsewhere");
     assert_eq!(forged.status(), 403, "a request from another site");
+    let foreign_logout = reqwest::Client::new()
+        .post(format!("http://{}/auth/logout", site.addr))
+        .header("cookie", &cookie)
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .expect("POST logout from elsewhere");
+    assert_eq!(
+        foreign_logout.status(),
+        403,
+        "another site cannot sign her out"
+    );
     let still: Value = reqwest::Client::new()
         .get(format!("http://{}/auth/moderation/bans", site.addr))
         .header("cookie", &cookie)

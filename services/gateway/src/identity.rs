@@ -172,12 +172,14 @@ pub enum Presented {
     None,
 }
 
-/// A verified identity, its public handle and, when signed in, its display name.
+/// A verified identity, its public handle and, when signed in, its display name and when
+/// its sign-in ends (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Player {
     pub id: String,
     pub handle: String,
     pub name: Option<String>,
+    pub until: Option<u64>,
 }
 
 impl Player {
@@ -187,12 +189,18 @@ impl Player {
             id,
             handle,
             name: None,
+            until: None,
         }
     }
 
     /// Whether this is a signed-in person (else an anonymous identity).
     pub fn signed_in(&self) -> bool {
         is_signed_in(&self.id)
+    }
+
+    /// Whether a sign-in's end has come (an open connection outlives its cookie).
+    pub fn ended(&self) -> bool {
+        self.until.is_some_and(|until| seconds_now() >= until)
     }
 }
 
@@ -460,6 +468,7 @@ impl Issuer {
         metrics.seat(if renewed { "renewed" } else { "verified" });
         let cookie = renewed.then(|| self.keys.cookie_for(&session));
         let mut player = Player::new(session.id);
+        player.until = session.until;
         player.name = redis
             .display_name(&player.id)
             .await

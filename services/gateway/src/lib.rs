@@ -231,10 +231,16 @@ impl Gateway {
         let size = args.canvas.size()?;
         let opening = args.canvas.opening()?;
         let redis = RedisLink::new(&args.redis)?;
+        let identity = &args.identity;
+        let keys = [
+            Some(identity.identity_key.as_str()),
+            identity.identity_key_previous.as_deref(),
+            identity.identity_key_next.as_deref(),
+        ];
         let sign_in = SignIn::new(
             &args.sign_in,
-            &args.identity.identity_key,
-            args.identity.identity_cookie_secure,
+            &keys.into_iter().flatten().collect::<Vec<_>>(),
+            identity.identity_cookie_secure,
         )?;
         let issuer = Arc::new(Issuer::with_sign_in(&args.identity, sign_in)?);
         let api = ApiClient::new(

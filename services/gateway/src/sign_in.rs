@@ -110,6 +110,12 @@ pub enum SignInConfigError {
         #[source]
         source: openidconnect::url::ParseError,
     },
+    #[error(
+        "{issuer} must be an https:// URL (plain http only for a provider on this machine: \
+         anyone between could forge its tokens)",
+        issuer = ports::ENV_OIDC_ISSUER
+    )]
+    PlainHttp,
     #[error("cannot read the system's TLS roots for the OpenID Connect provider")]
     Tls(#[source] std::io::Error),
 }
@@ -199,24 +205,39 @@ struct SignedIn {
 /// The longest display name kept, in characters.
 pub const DISPLAY_NAME_MAX: usize = 32;
 
+/// Whether `c` may be shown in a name: no control or format character (bidirectional
+/// overrides among them, which could make a name read as another).
+fn shown(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+}
+
 /// The name shown for a signed-in person: the provider's `name`, else its
-/// `preferred_username`, trimmed, without control characters, at most
-/// [`DISPLAY_NAME_MAX`] characters. Never an email address: a value with `@` is skipped.
+/// `preferred_username`, trimmed, without control or format characters, at most
+/// [`DISPLAY_NAME_MAX`] characters. Never an email address (a value with `@`), nor one
+/// that reads as a handle or as `moderator` (it could pose as another player): such
+/// values are skipped.
 pub fn display_name(profile: &Profile) -> Option<String> {
+    let poses = |value: &str| {
+        let lower = value.to_ascii_lowercase();
+        lower.starts_with(pixel_common::identity::HANDLE_PREFIX)
+            || lower.starts_with(pixel_common::identity::SIGNED_IN_HANDLE_PREFIX)
+            || lower == "moderator"
+    };
     [&profile.name, &profile.preferred_username]
         .into_iter()
         .flatten()
         .map(|value| {
             value
                 .chars()
-                .filter(|c| !c.is_control())
+                .filter(|c| shown(*c))
                 .collect::<String>()
                 .trim()
                 .chars()
                 .take(DISPLAY_NAME_MAX)
                 .collect::<String>()
         })
-        .find(|value| !value.is_empty() && !value.contains('@'))
+        .find(|value| !value.is_empty() && !value.contains('@') && !poses(value))
 }
 
 /// Where to send the browser after a sign-in or sign-out: `next` when it is a path on this
@@ -283,13 +304,16 @@ pub struct SignIn {
     pub watchers_allowed: bool,
     /// How long a sign-in lasts.
     pub session: Duration,
-    /// Encrypts the state cookie; derived from the identity key.
-    state_key: Key,
+    /// Encrypt the state cookie (the first) and decrypt it (any): derived from the identity
+    /// keys, so a callback mid-rotation, on a replica a step ahead or behind, still reads it.
+    state_keys: Vec<Key>,
     /// Whether cookies carry `Secure`.
     secure: bool,
     http: ProviderHttp,
-    /// Discovered on first use (the provider may be down when the gateway starts).
-    provider: RwLock<Option<ProviderClient>>,
+    /// Discovered on first use (the provider may be down when the gateway starts), with
+    /// when; discovered again after [`PROVIDER_REFRESH`] or an ID token that does not
+    /// verify (the provider may have rotated its signing keys).
+    provider: RwLock<Option<(ProviderClient, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -334,6 +358,8 @@ impl SignInError {
     }
 }
 
+/// How long discovered metadata and signing keys are used before they are fetched again.
+const PROVIDER_REFRESH: Duration = Duration::from_secs(3600);
 /// The largest answer read from the provider.
 const PROVIDER_BODY_MAX: usize = 1 << 20;
 /// How long one exchange with the provider may take.
@@ -421,11 +447,11 @@ fn seconds_now() -> u64 {
 }
 
 impl SignIn {
-    /// From the flags, or `None` when sign-in is off. `identity_key` seeds the state
-    /// cookie's key, so every replica decrypts what another encrypted.
+    /// From the flags, or `None` when sign-in is off. The identity keys (current first)
+    /// seed the state cookie's keys, so every replica decrypts what another encrypted.
     pub fn new(
         args: &SignInArgs,
-        identity_key: &str,
+        identity_keys: &[&str],
         secure: bool,
     ) -> Result<Option<Self>, SignInConfigError> {
         let Some(issuer) = args.oidc_issuer.clone().filter(|i| !i.is_empty()) else {
@@ -435,6 +461,9 @@ impl SignIn {
             name: ports::ENV_OIDC_ISSUER,
             source,
         })?;
+        if !secure_enough(issuer.url()) {
+            return Err(SignInConfigError::PlainHttp);
+        }
         let client_id = args
             .oidc_client_id
             .clone()
@@ -478,9 +507,13 @@ impl SignIn {
             moderator_token: args.moderator_token.clone().filter(|t| !t.is_empty()),
             watchers_allowed: args.oidc_watchers_allowed,
             session: Duration::from_secs(args.oidc_session_seconds),
-            state_key: Key::derive_from(
-                format!("pixel-playground sign-in state\0{identity_key}").as_bytes(),
-            ),
+            state_keys: identity_keys
+                .iter()
+                .filter(|key| !key.is_empty())
+                .map(|key| {
+                    Key::derive_from(format!("pixel-playground sign-in state\0{key}").as_bytes())
+                })
+                .collect(),
             secure,
             http,
             provider: RwLock::new(None),
@@ -489,7 +522,9 @@ impl SignIn {
 
     /// The provider client, discovering it on first use (and again after a failure).
     async fn provider(&self) -> Result<ProviderClient, SignInError> {
-        if let Some(client) = self.provider.read().await.as_ref() {
+        if let Some((client, at)) = self.provider.read().await.as_ref()
+            && at.elapsed() < PROVIDER_REFRESH
+        {
             return Ok(client.clone());
         }
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
@@ -501,7 +536,7 @@ impl SignIn {
             self.client_secret.clone(),
         )
         .set_redirect_uri(self.redirect.clone());
-        *self.provider.write().await = Some(client.clone());
+        *self.provider.write().await = Some((client.clone(), std::time::Instant::now()));
         Ok(client)
     }
 
@@ -515,7 +550,10 @@ impl SignIn {
 
     fn state_cookie(&self, value: String, max_age: i64) -> HeaderValue {
         let mut jar = CookieJar::new();
-        jar.private_mut(&self.state_key).add(
+        let Some(key) = self.state_keys.first() else {
+            return HeaderValue::from_static("");
+        };
+        jar.private_mut(key).add(
             Cookie::build((self.cookie_name(), value))
                 .path("/")
                 .http_only(true)
@@ -544,8 +582,10 @@ impl SignIn {
             .find_map(|cookie| {
                 let mut jar = CookieJar::new();
                 jar.add_original(cookie.into_owned());
-                let value = jar.private(&self.state_key).get(&name)?;
-                serde_json::from_str(value.value()).ok()
+                self.state_keys.iter().find_map(|key| {
+                    let value = jar.private(key).get(&name)?;
+                    serde_json::from_str(value.value()).ok()
+                })
             })
     }
 
@@ -610,9 +650,14 @@ impl SignIn {
             .id_token()
             .ok_or_else(|| SignInError::Provider("no ID token".to_owned()))?;
         let verifier = provider.id_token_verifier();
-        let claims = id_token
-            .claims(&verifier, &Nonce::new(login.nonce))
-            .map_err(|e| SignInError::IdToken(Box::new(e)))?;
+        let claims = match id_token.claims(&verifier, &Nonce::new(login.nonce)) {
+            Ok(claims) => claims,
+            Err(error) => {
+                // Perhaps new signing keys: the next sign-in discovers them.
+                *self.provider.write().await = None;
+                return Err(SignInError::IdToken(Box::new(error)));
+            }
+        };
         let subject = claims.subject().clone();
         let info: openidconnect::UserInfoClaims<OtherClaims, CoreGenderClaim> = provider
             .user_info(tokens.access_token().clone(), Some(subject.clone()))
@@ -625,16 +670,16 @@ impl SignIn {
                 .and_then(|c| c.get(None))
                 .map(|v: &openidconnect::EndUserName| v.to_string())
         };
+        let (email, email_verified) = match info.email() {
+            Some(email) => (Some(email), info.email_verified().unwrap_or(false)),
+            None => (claims.email(), claims.email_verified().unwrap_or(false)),
+        };
         let profile = Profile {
             subject: subject.to_string(),
-            email: info
-                .email()
-                .or(claims.email())
-                .map(|e| e.as_str().to_owned()),
-            email_verified: info
-                .email_verified()
-                .or(claims.email_verified())
-                .unwrap_or(false),
+            // The address and whether it is verified come from one source: the userinfo
+            // when it has an address, else the ID token.
+            email: email.map(|e| e.as_str().to_owned()),
+            email_verified,
             name: localized(info.name()).or_else(|| localized(claims.name())),
             preferred_username: info
                 .preferred_username()
@@ -738,13 +783,75 @@ pub async fn callback(
     }
 }
 
-/// `POST /auth/logout?next=…`: the identity cookie is cleared.
-pub async fn logout(State(gateway): State<Gateway>, Query(query): Query<NextQuery>) -> Response {
+/// `POST /auth/logout?next=…`: the identity cookie is cleared. Only from the canvas's own
+/// pages (another site's form could sign people out).
+pub async fn logout(
+    State(gateway): State<Gateway>,
+    Query(query): Query<NextQuery>,
+    headers: HeaderMap,
+) -> Response {
     if gateway.issuer.sign_in.is_none() {
         return sign_in_off();
     }
+    if !posted_by_the_page(&gateway, &headers) {
+        return origin_not_allowed();
+    }
     let next = safe_next(query.next.as_deref(), &gateway.origins);
     redirect(&next, [gateway.issuer.keys.clear_cookie()])
+}
+
+/// Whether the provider may be reached this way: HTTPS, or plain HTTP to this machine.
+fn secure_enough(url: &openidconnect::url::Url) -> bool {
+    use openidconnect::url::Host;
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(Host::Domain(domain)) => domain == "localhost",
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Whether a request that changes something comes from a page of the canvas: its
+/// `Origin` is the gateway's own host or a listed origin (`*` does not count here).
+fn same_site(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let Some(origin) = header(axum::http::header::ORIGIN) else {
+        return false;
+    };
+    let own = origin
+        .split_once("://")
+        .zip(header(axum::http::header::HOST))
+        .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()));
+    own || gateway.origins.allows_origin(origin)
+}
+
+/// [`same_site`], or, for a form the page posts (whose `Origin` is `null` under the page's
+/// `no-referrer` policy), the browser's own word that it comes from this site
+/// (`Sec-Fetch-Site`). Enough for signing out, not for moderating.
+fn posted_by_the_page(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    let origin = headers.get(axum::http::header::ORIGIN);
+    if origin.is_some_and(|o| o.as_bytes() != b"null") {
+        return same_site(gateway, headers);
+    }
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| matches!(site.as_bytes(), b"same-origin" | b"same-site"))
+}
+
+fn origin_not_allowed() -> Response {
+    json_error(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "this is taken from the canvas's own pages only",
+    )
 }
 
 /// Whether `rest` (what follows `/auth/moderation`) names a moderation request: `/` and
@@ -802,20 +909,8 @@ pub async fn moderate(
             );
         }
     };
-    if method != axum::http::Method::GET {
-        let origin = headers
-            .get(axum::http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|v| v.to_str().ok());
-        if origin.is_none() || !gateway.origins.allows(origin, host) {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                "moderation changes are taken from the canvas's own pages only",
-            );
-        }
+    if method != axum::http::Method::GET && !same_site(&gateway, &headers) {
+        return origin_not_allowed();
     }
     if body.len() > MODERATION_BODY_MAX {
         return json_error(
@@ -964,6 +1059,38 @@ mod tests {
             display_name(&named(Some("Bob\u{0}\u{1b}[31m"), None)),
             Some("Bob[31m".to_owned())
         );
+        assert_eq!(
+            display_name(&named(Some("Eve\u{202e}evE"), None)),
+            Some("EveevE".to_owned()),
+            "no bidirectional override"
+        );
+        for posing in ["user-0a1b2c3d", "Anon-0a1b2c3d", "moderator"] {
+            assert_eq!(
+                display_name(&named(Some(posing), Some("eve"))),
+                Some("eve".to_owned()),
+                "{posing}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_provider_is_reached_over_https_or_on_this_machine() {
+        let url = |u: &str| openidconnect::url::Url::parse(u).expect("url");
+        for fine in [
+            "https://id.example.com/",
+            "http://localhost:9998/",
+            "http://127.0.0.1:9998/",
+            "http://[::1]:9998/",
+        ] {
+            assert!(secure_enough(&url(fine)), "{fine}");
+        }
+        for plain in [
+            "http://id.example.com/",
+            "http://10.0.0.1/",
+            "ftp://id.example.com/",
+        ] {
+            assert!(!secure_enough(&url(plain)), "{plain}");
+        }
     }
 
     #[test]

@@ -421,6 +421,11 @@ where
                 .await;
         }
         let client_id = match &self.seat {
+            Seat::Player(player) if player.ended() => {
+                self.shared.metrics.placement("refused");
+                let message = "your sign-in has ended: sign in again";
+                return self.reject(id, code::SIGN_IN_REQUIRED, message, None).await;
+            }
             Seat::Player(player) => player.id.clone(),
             Seat::Watcher(WatchReason::IssueLimit { until }) => {
                 self.shared.metrics.placement("refused");
