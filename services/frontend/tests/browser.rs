@@ -636,6 +636,55 @@ async fn a_reload_keeps_the_cooldown_and_another_person_may_place() {
     finish(browser, events, &errors, site).await;
 }
 
+/// Clearing cookies does not beat the cooldown: one address that drops its cookie and
+/// reloads, again and again, is given at most `--identity-issue-limit` identities; after
+/// that its page only watches, says so, and a click places nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_cookies_in_a_loop_is_held_to_the_issuance_limit() {
+    const LIMIT: usize = 3;
+    let chromium = chromium();
+    // The limit is the gateway's: it counts per client address, across gateways, in Redis.
+    let site = start_site_full(&["--canvas-cooldown-seconds", "60"], &[], |_| {
+        vec!["--identity-issue-limit".to_owned(), LIMIT.to_string()]
+    })
+    .await;
+    let url = format!("http://{}/", site.addr);
+    let (browser, events, errors, _profile) = start_chromium(&chromium).await;
+    let page = open(&browser, &url, &errors).await;
+    let mut handles = Vec::new();
+    for round in 0..=LIMIT {
+        if round > 0 {
+            browser.clear_cookies().await.expect("clear cookies");
+            page.reload().await.expect("reload");
+        }
+        wait_live(&page).await;
+        let handle = eval(&page, "window.pixelPlayground.state().handle").await;
+        handles.push(handle);
+    }
+    let given: Vec<&str> = handles[..LIMIT]
+        .iter()
+        .map(|h| h.as_str().expect("an identity within the limit"))
+        .collect();
+    let mut distinct = given.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), LIMIT, "a new identity each time: {given:?}");
+    assert_eq!(
+        handles[LIMIT],
+        Value::Null,
+        "past the limit, a watcher: {handles:?}"
+    );
+    wait_text(&page, "identity", |t| t == "watching").await;
+    let before = wait_live(&page).await;
+    page.click(centre_of(&page, PIXEL).await)
+        .await
+        .expect("click as a watcher");
+    wait_text(&page, "cooldown", |t| t.starts_with("wait ")).await;
+    assert_eq!(wait_live(&page).await, before, "the watcher placed nothing");
+
+    finish(browser, events, &errors, site).await;
+}
+
 /// Undo (Pxls-style): right after a placement the page offers to take it back, also after
 /// a reload; pressing the button restores the old colour in this page and another person's, and refunds the
 /// cooldown, so the next click places at once.
