@@ -211,6 +211,8 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster, suites_to_run: Suites) 
             .env("OPERATOR_BIN", &operator.binary)
             .env("OPERATOR_KUBECONFIG", &operator_kubeconfig)
             .args(["test", "--no-color", "--parallel", "4"])
+            // Four suites at once on two cores: a script of a dozen kubectl calls took over
+            // chainsaw's 5 s default (operator-rbac was killed), and applies can be slow too.
             .args([
                 "--assert-timeout",
                 "90s",
@@ -218,6 +220,10 @@ fn chainsaw(tools: &toolchain::Tools, cluster: &Cluster, suites_to_run: Suites) 
                 "90s",
                 "--delete-timeout",
                 "90s",
+                "--exec-timeout",
+                "60s",
+                "--apply-timeout",
+                "30s",
             ])
             .args([
                 "--report-format",
