@@ -447,6 +447,25 @@ pub struct NetworkPolicySpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub ingress_controller_namespaces: Vec<String>,
 
+    /// Addresses (CIDRs) an Ingress controller on the host network connects from (its nodes' addresses), admitted to canvas-api as well: a host-network pod is in no namespace a policy can name.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "ingressControllerCIDRs"
+    )]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 4, max = 43),
+            regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
+        )
+    )]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("self.all(c, isCIDR(c))").message("networkPolicy.ingressControllerCIDRs entries must be CIDRs (198.51.100.0/24, 2001:db8::/64)")
+    )]
+    pub ingress_controller_cidrs: Vec<String>,
+
     /// Namespaces of the metrics scrapers that read canvas-api's `/metrics` (unset: `monitoring`, where kube-prometheus runs Prometheus).
     #[serde(default = "default_metrics_namespaces")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
@@ -459,6 +478,7 @@ impl Default for NetworkPolicySpec {
         Self {
             enabled: true,
             ingress_controller_namespaces: default_ingress_controller_namespaces(),
+            ingress_controller_cidrs: Vec::new(),
             metrics_namespaces: default_metrics_namespaces(),
         }
     }

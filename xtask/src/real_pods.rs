@@ -31,13 +31,16 @@ const HOST: &str = "real-pods.localtest.me";
 
 /// The suite's canvas: two replicas of the API and the gateway (so traffic crosses pods),
 /// no cooldown, and `Always` fsync so every acknowledged placement survives a Redis restart.
-fn canvas_manifest() -> String {
+/// Traefik runs on the host, reaching the node's pods from `host_link`: a host-network
+/// Ingress controller, admitted to canvas-api by its address.
+fn canvas_manifest(host_link: std::net::Ipv4Addr) -> String {
     format!(
         "apiVersion: pixel-playground.dev/v1alpha1\nkind: PixelCanvas\nmetadata:\n  name: {CANVAS}\nspec:\n  \
          canvas: {{width: 64, height: 64, cooldownSeconds: 0}}\n  api: {{replicas: 2}}\n  \
          gateway: {{replicas: 2}}\n  frontend: {{replicas: 1}}\n  \
          redis: {{appendFsync: Always, storage: {{size: 1Gi}}}}\n  ingress: {{host: {HOST}}}\n  \
-         networkPolicy: {{ingressControllerNamespaces: [{EDGE_NAMESPACE}], metricsNamespaces: []}}\n"
+         networkPolicy: {{ingressControllerNamespaces: [{EDGE_NAMESPACE}], metricsNamespaces: [], \
+         ingressControllerCIDRs: [{host_link}/32]}}\n"
     )
 }
 
@@ -168,7 +171,7 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
         ingress_port,
         node: node.name().to_owned(),
     };
-    stage.apply(&canvas_manifest())?;
+    stage.apply(&canvas_manifest(node.plan().host_link()))?;
     Ok(stage)
 }
 

@@ -5,7 +5,7 @@
 
 use k8s_openapi::{
     api::networking::v1::{
-        NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+        IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
         NetworkPolicySpec,
     },
     apimachinery::pkg::{
@@ -30,10 +30,9 @@ pub fn redis(inputs: &Inputs) -> NetworkPolicy {
 }
 
 /// canvas-api's port admits this canvas's gateway pods and every pod of the namespaces
-/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers). Most
-/// implementations admit traffic from the pod's own node (kubelet's probes, a host-network
-/// controller there); one on another node may need its namespace listed, or the policy
-/// off. `None` when `spec.networkPolicy.enabled` is off.
+/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers), and the
+/// addresses of a host-network controller (`ingressControllerCIDRs`), which is in no
+/// namespace a policy can name. `None` when `spec.networkPolicy.enabled` is off.
 pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
     let spec = &inputs.canvas.spec.network_policy;
     if !spec.enabled {
@@ -61,6 +60,17 @@ pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
             ..Default::default()
         });
     }
+    peers.extend(
+        spec.ingress_controller_cidrs
+            .iter()
+            .map(|cidr| NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: cidr.clone(),
+                    except: None,
+                }),
+                ..Default::default()
+            }),
+    );
     Some(policy(inputs, Component::Api, ports::CANVAS_API, peers))
 }
 

@@ -795,6 +795,11 @@ fn admitted(policy: &Child) -> (Vec<String>, Vec<String>, i32) {
                 components.extend(values(pods, naming::LABEL_COMPONENT));
             }
             (None, Some(ns)) => namespaces.extend(values(ns, "kubernetes.io/metadata.name")),
+            // Addresses, listed with the namespaces as `cidr <block>`.
+            (None, None) => namespaces.push(format!(
+                "cidr {}",
+                peer.ip_block.as_ref().expect("an address block").cidr
+            )),
             other => panic!("a peer of another shape: {other:?}"),
         }
     }
@@ -826,11 +831,16 @@ fn only_the_gateway_the_ingress_controller_and_scrapers_reach_the_api() {
     let d = desired_for(&canvas(json!({"networkPolicy": {
         "ingressControllerNamespaces": ["traefik", "shared"],
         "metricsNamespaces": ["shared"],
+        "ingressControllerCIDRs": ["198.51.100.7/32"],
     }})));
     assert_eq!(
         admitted(find(&d, "NetworkPolicy", "demo-api")).0,
-        vec!["shared".to_owned(), "traefik".to_owned()],
-        "each namespace once"
+        vec![
+            "shared".to_owned(),
+            "traefik".to_owned(),
+            "cidr 198.51.100.7/32".to_owned()
+        ],
+        "each namespace once, and the host-network controller's address"
     );
 
     // Turned off: no policy, and the one a canvas had is removed.
