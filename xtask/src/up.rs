@@ -66,6 +66,27 @@ pub fn up(args: &UpArgs) -> Result<()> {
         "-f",
         &example.to_string_lossy(),
     ])?;
+    // This cluster's Traefik runs on the host, reaching the node's pods from the host's end
+    // of the link: a host-network Ingress controller, which canvas-api's NetworkPolicy
+    // admits by address (as a cluster admin would for theirs).
+    let host_link = cluster
+        .real_node()
+        .context("the developer cluster has no real node")?
+        .plan()
+        .host_link();
+    kubectl(&[
+        "patch",
+        "pxc",
+        "demo",
+        "-n",
+        DEMO_NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        &format!(
+            "{{\"spec\":{{\"networkPolicy\":{{\"ingressControllerCIDRs\":[\"{host_link}/32\"]}}}}}}"
+        ),
+    ])?;
     kubectl(&[
         "wait",
         "--for=condition=Ready",
