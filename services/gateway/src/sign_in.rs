@@ -826,11 +826,8 @@ fn same_site(gateway: &Gateway, headers: &HeaderMap) -> bool {
     let Some(origin) = header(axum::http::header::ORIGIN) else {
         return false;
     };
-    let own = origin
-        .split_once("://")
-        .zip(header(axum::http::header::HOST))
-        .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()));
-    own || gateway.origins.allows_origin(origin)
+    crate::ws::same_host(origin, header(axum::http::header::HOST))
+        || gateway.origins.allows_origin(origin)
 }
 
 /// [`same_site`], or, for a form the page posts (whose `Origin` is `null` under the page's

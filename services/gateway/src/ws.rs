@@ -71,11 +71,7 @@ impl Origins {
             return true;
         };
         let origin = origin.trim().to_ascii_lowercase();
-        let same_host = origin
-            .split_once("://")
-            .zip(host)
-            .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()));
-        self.any || same_host || self.allowed.contains(&origin)
+        self.any || same_host(&origin, host) || self.allowed.contains(&origin)
     }
 
     /// Whether `origin` is one of the listed origins (`*` does not count): where a sign-in
@@ -83,6 +79,14 @@ impl Origins {
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.allowed.contains(&origin.trim().to_ascii_lowercase())
     }
+}
+
+/// Whether `origin` (`<scheme>://<authority>`) names the request's own `host`.
+pub fn same_host(origin: &str, host: Option<&str>) -> bool {
+    origin
+        .split_once("://")
+        .zip(host)
+        .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host.trim()))
 }
 
 /// A connection counted against the maximum; released when dropped.
