@@ -36,7 +36,8 @@ pub enum StoreError {
 /// holds the theoretical arrival time, in µs, of its placements; `burst` placements at
 /// once, then one per `interval`), then its cooldown with `SET NX PX`; a refused placement
 /// consumes neither. A shadow-banned client is answered as if placed (the current version,
-/// its rate and cooldown consumed) and nothing is written. With an undo window, keeps what
+/// its rate and cooldown consumed) and nothing is written but an undo record of version 0,
+/// so that its undo is answered like anyone's. With an undo window, keeps what
 /// the placement replaced (colour and record) under the client's undo key for
 /// [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
 /// `{2, retry_after_ms}` (rate) or `{3}` (banned).
@@ -66,6 +67,11 @@ if next_arrival then
     math.ceil((next_arrival - now_us) / 1000))
 end
 if ban == 'shadow' then
+  if tonumber(ARGV[9]) > 0 then
+    local shown = redis.call('BITFIELD', KEYS[1], 'GET', 'u8', '#' .. ARGV[1])[1]
+    redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' 0 ' .. shown ..
+      ' ', 'PX', ARGV[9])
+  end
   return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms)}
 end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
@@ -86,7 +92,9 @@ return {1, tonumber(version), tonumber(ms)}
 /// Undoes the client's last placement if it is still within the window and still the
 /// pixel's last: the old colour and record come back as a new version (history entry of
 /// kind `u`, published like any placement) and the cooldown is refunded. One undo per
-/// placement; none for a banned client. Returns `{1, version, placed_at_ms, x, y, colour}`,
+/// placement; none for a banned client. A shadow-banned client's undo is answered as done
+/// (the colour it had, the current version, the cooldown refunded) and writes nothing, so
+/// the ban stays invisible; a shadow placement's record (version 0) outlives no ban. Returns `{1, version, placed_at_ms, x, y, colour}`,
 /// `{0}` (nothing to undo), `{2}` (the pixel was placed over since) or `{3}` (banned).
 const UNDO_SCRIPT: &str = r"
 local ban = redis.call('HGET', KEYS[7], ARGV[4])
@@ -98,12 +106,18 @@ local undo = {}
 undo.i, undo.x, undo.y, undo.v, undo.c, undo.r =
   string.match(kept, '^(%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
 if not undo.i then return redis.error_reply('corrupt undo record ' .. kept) end
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+if ban == 'shadow' then
+  redis.call('DEL', KEYS[5])
+  return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms), tonumber(undo.x),
+    tonumber(undo.y), tonumber(undo.c)}
+end
+if undo.v == '0' then return {0} end
 local current = redis.call('HGET', KEYS[3], undo.i)
 if not current or string.match(current, '^%d+') ~= undo.v then return {2} end
 local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. undo.i, undo.c)[1]
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
-local now = redis.call('TIME')
-local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 if undo.r == '' then
   redis.call('HDEL', KEYS[3], undo.i)
 else

@@ -1007,6 +1007,55 @@ async fn only_the_moderator_token_moderates() {
 }
 
 #[tokio::test]
+async fn a_shadow_banned_players_undo_is_answered_like_anyones_and_changes_nothing() {
+    let (_redis, api) = started(&[
+        "--moderator-token",
+        MODERATOR_TOKEN,
+        "--canvas-cooldown-seconds",
+        "60",
+    ])
+    .await;
+    let identity = "anon.0123456789abcdef0123456789abcdef";
+    let handle = pixel_common::identity::handle_of(identity);
+    api.placed("anon.ffffffffffffffffffffffffffffffff", 4, 1, 3)
+        .await;
+    let path = format!("/api/v1/moderation/bans/{handle}");
+    api.moderate("PUT", &path, MODERATOR_TOKEN, Some(json!({"shadow": true})))
+        .await;
+    let before = api.snapshot().await;
+
+    api.placed(identity, 4, 1, 2).await;
+    let undone = api.undo(identity).await;
+    assert_eq!(undone.status, StatusCode::OK, "{}", undone.json());
+    let undone = undone.json();
+    assert_eq!(
+        (&undone["x"], &undone["y"], &undone["color"]),
+        (&json!(4), &json!(1), &json!(3)),
+        "the colour the player saw before, as for anyone: {undone}"
+    );
+    assert_eq!(undone["version"], before.version());
+    api.undo(identity)
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+    api.placed(identity, 5, 1, 2).await;
+    api.place(identity, 6, 1, 2)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+
+    let after = api.snapshot().await;
+    assert_eq!(after.version(), before.version(), "nothing was written");
+    assert_eq!(after.pixels(), before.pixels());
+    let history = api.get("/api/v1/history?since=0").await.json();
+    assert_eq!(history["updates"].as_array().map(Vec::len), Some(1), "{history}");
+
+    api.moderate("DELETE", &path, MODERATOR_TOKEN, None).await;
+    api.undo(identity)
+        .await
+        .assert_error(StatusCode::CONFLICT, "nothing_to_undo");
+    assert_eq!(api.get("/api/v1/pixels/5/1").await.json()["color"], 0);
+}
+
+#[tokio::test]
 async fn a_banned_player_is_refused_a_shadow_banned_one_is_dropped_and_both_are_audited() {
     let (_redis, api) = moderated().await;
     let identity = "anon.0123456789abcdef0123456789abcdef";
