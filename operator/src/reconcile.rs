@@ -115,6 +115,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// More than one child failed; each is tried regardless of the others.
+    #[error("{}", sentences(.0))]
+    Several(Vec<ReconcileError>),
     #[error("cannot serialize {kind} {name}")]
     Serialize {
         kind: &'static str,
@@ -136,8 +139,42 @@ impl ReconcileError {
             ReconcileError::ClientSecretKeyMissing { .. } => "ClientSecretKeyMissing",
             ReconcileError::Kube { .. } => "KubernetesApiError",
             ReconcileError::Serialize { .. } => "SerializationError",
+            ReconcileError::Several(errors) => errors
+                .first()
+                .map_or("KubernetesApiError", ReconcileError::reason),
         }
     }
+
+    /// `Ok` without failures, the failure itself when there is one, else [`Self::Several`].
+    fn all(mut failures: Vec<ReconcileError>) -> Result<(), ReconcileError> {
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            _ => Err(ReconcileError::Several(failures)),
+        }
+    }
+
+    /// What the Degraded condition and the event say: one sentence per failure, naming the
+    /// object and the API server's own message, without the client's debug rendering.
+    pub fn sentence(&self) -> String {
+        match self {
+            ReconcileError::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } if !status.message.is_empty() => format!("{self}: {}", status.message),
+            ReconcileError::Several(_) => self.to_string(),
+            other => ErrorChain(other).to_string(),
+        }
+    }
+}
+
+/// The sentences of several failures, in the order the children were tried.
+fn sentences(errors: &[ReconcileError]) -> String {
+    errors
+        .iter()
+        .map(ReconcileError::sentence)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn kube_error(
@@ -231,7 +268,7 @@ async fn reconcile_canvas(
         .as_ref()
         .err()
         .or(replaced.as_ref().err())
-        .map(|e| (e.reason().to_owned(), ErrorChain(e).to_string()));
+        .map(|e| (e.reason().to_owned(), e.sentence()));
     let observed = Observed {
         workloads,
         image_problems: status::image_problems(&pods),
@@ -284,10 +321,26 @@ async fn apply_children(
         return Ok(());
     }
     let desired = children::desired(&inputs);
+    // Every child is tried: one that cannot be applied holds up none of the others.
+    let mut failures = Vec::new();
     for child in &desired.apply {
-        let object = with_child!(child, |object, wrap| wrap(
-            apply(context, namespace, object).await?
-        ));
+        let applied = match child {
+            Child::StatefulSet(set) => apply_stateful_set(context, namespace, set)
+                .await
+                .map(Child::StatefulSet),
+            other => {
+                with_child!(other, |object, wrap| apply(context, namespace, object)
+                    .await
+                    .map(wrap))
+            }
+        };
+        let object = match applied {
+            Ok(object) => object,
+            Err(error) => {
+                failures.push(error);
+                continue;
+            }
+        };
         if let Some((component, state)) = workload_state(&object, names) {
             live.workloads.insert(component, state);
             if let (Component::Redis, Child::StatefulSet(set)) = (component, object) {
@@ -298,18 +351,36 @@ async fn apply_children(
     let uid = canvas.uid().unwrap_or_default();
     for (kind, name) in &desired.absent {
         let (context, uid) = (context, uid.as_str());
-        match kind {
-            ChildKind::Secret => remove_owned::<Secret>(context, namespace, name, uid).await?,
+        let removed = match kind {
+            ChildKind::Secret => remove_owned::<Secret>(context, namespace, name, uid).await,
             ChildKind::PodDisruptionBudget => {
-                remove_owned::<PodDisruptionBudget>(context, namespace, name, uid).await?
+                remove_owned::<PodDisruptionBudget>(context, namespace, name, uid).await
             }
-            ChildKind::Ingress => remove_owned::<Ingress>(context, namespace, name, uid).await?,
+            ChildKind::Ingress => remove_owned::<Ingress>(context, namespace, name, uid).await,
             ChildKind::NetworkPolicy => {
-                remove_owned::<NetworkPolicy>(context, namespace, name, uid).await?
+                remove_owned::<NetworkPolicy>(context, namespace, name, uid).await
             }
+        };
+        if let Err(error) = removed {
+            failures.push(error);
         }
     }
-    Ok(())
+    ReconcileError::all(failures)
+}
+
+/// Applies the Redis StatefulSet, keeping the live one's volumeClaimTemplates (see
+/// [`children::keep_claim_templates`]).
+async fn apply_stateful_set(
+    context: &Context,
+    namespace: &str,
+    desired: &StatefulSet,
+) -> Result<StatefulSet, ReconcileError> {
+    let live = read::<StatefulSet>(context, namespace, &desired.name_any()).await?;
+    let mut desired = desired.clone();
+    if let Some(live) = &live {
+        children::keep_claim_templates(&mut desired, live);
+    }
+    apply_over(context, namespace, &desired, live).await
 }
 
 /// Which component a live child is the workload of, and what it reports.
@@ -556,6 +627,20 @@ async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, 
 where
     K: NamespacedObject + Serialize,
 {
+    let live = read::<K>(context, namespace, &desired.name_any()).await?;
+    apply_over(context, namespace, desired, live).await
+}
+
+/// [`apply`] with the live object already read (`None`: there is none).
+async fn apply_over<K>(
+    context: &Context,
+    namespace: &str,
+    desired: &K,
+    live: Option<K>,
+) -> Result<K, ReconcileError>
+where
+    K: NamespacedObject + Serialize,
+{
     let kind = kind_of::<K>();
     let name = desired.name_any();
     let serialize = |source| ReconcileError::Serialize {
@@ -566,7 +651,7 @@ where
     let desired = with_applied_hash(desired).map_err(serialize)?;
     let hash = desired.annotations().get(APPLIED_HASH_ANNOTATION);
 
-    if let Some(live) = read::<K>(context, namespace, &name).await? {
+    if let Some(live) = live {
         let want = serde_json::to_value(&desired).map_err(serialize)?;
         let have = serde_json::to_value(&live).map_err(serialize)?;
         if live.annotations().get(APPLIED_HASH_ANNOTATION) == hash && is_subset(&want, &have) {

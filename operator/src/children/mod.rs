@@ -31,6 +31,7 @@ pub use self::{
     ingress::url,
     naming::Component,
     naming::Names,
+    redis::keep_claim_templates,
 };
 use crate::api::{PixelCanvas, PullPolicy};
 
@@ -223,6 +224,16 @@ impl<'a> Inputs<'a> {
         self.names.labels(component, &self.canvas.spec.image.tag)
     }
 
+    /// The labels of a component's pods. Redis's carry no Pixel Playground version: it runs
+    /// its own image, so a new tag must not restart it (and the data with it).
+    fn pod_labels(&self, component: Component) -> BTreeMap<String, String> {
+        let mut labels = self.labels(Some(component));
+        if component == Component::Redis {
+            labels.remove(naming::LABEL_VERSION);
+        }
+        labels
+    }
+
     /// The image of the canvas-api, gateway and frontend containers.
     pub fn image(&self) -> &str {
         &self.image
@@ -252,7 +263,7 @@ fn pod_template(
 ) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(inputs.labels(Some(component))),
+            labels: Some(inputs.pod_labels(component)),
             annotations: Some(
                 [(
                     CONFIG_HASH_ANNOTATION.to_owned(),
@@ -406,8 +417,6 @@ pub fn desired(inputs: &Inputs) -> Desired {
             inputs.names.component(Component::Api),
         )),
     }
-    apply.push(Child::Service(redis::service(inputs)));
-    apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
     for component in workloads::STATELESS {
         let Some((deployment, service, budget)) = workloads::objects(inputs, component) else {
             continue;
@@ -422,6 +431,10 @@ pub fn desired(inputs: &Inputs) -> Desired {
             )),
         }
     }
+    // Redis after the stateless components: an upgrade that changes both rolls Redis last,
+    // once the pods that were using it have moved on.
+    apply.push(Child::Service(redis::service(inputs)));
+    apply.push(Child::StatefulSet(redis::stateful_set(inputs)));
     match ingress::ingress(inputs) {
         Some(ingress) => apply.push(Child::Ingress(ingress)),
         None => absent.push((ChildKind::Ingress, inputs.names.ingress())),

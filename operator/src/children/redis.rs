@@ -150,7 +150,7 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.to_owned()),
-                    labels: Some(inputs.labels(Some(Component::Redis))),
+                    labels: Some(inputs.pod_labels(Component::Redis)),
                     ..Default::default()
                 },
                 spec: Some(PersistentVolumeClaimSpec {
@@ -190,5 +190,19 @@ pub fn service(inputs: &Inputs) -> Service {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Gives `desired` the volumeClaimTemplates of the `live` StatefulSet. They are immutable
+/// once created: applying others (a new version label, a larger size) is refused and would
+/// hold up the whole StatefulSet. A larger `spec.redis.storage.size` reaches the claim
+/// itself instead.
+pub fn keep_claim_templates(desired: &mut StatefulSet, live: &StatefulSet) {
+    let live = live
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.volume_claim_templates.clone());
+    if let (Some(spec), Some(live)) = (desired.spec.as_mut(), live) {
+        spec.volume_claim_templates = Some(live);
     }
 }

@@ -1208,3 +1208,37 @@ fn a_rotation_is_in_the_internal_secret_and_rolls_only_the_gateways() {
         ],
     );
 }
+
+#[test]
+fn a_new_tag_changes_every_app_pod_and_no_part_of_redis_that_rolls_or_is_immutable() {
+    let base = desired_for(&canvas(json!({})));
+    let tagged = desired_for(&canvas(json!({"image": {"tag": "9.9.9"}})));
+    let (before, after) = (stateful_set(&base), stateful_set(&tagged));
+    let spec = |set: &StatefulSet| set.spec.clone().expect("spec");
+    assert_eq!(spec(before).template, spec(after).template, "Redis keeps running");
+    assert_eq!(
+        spec(before).volume_claim_templates,
+        spec(after).volume_claim_templates,
+        "immutable once created"
+    );
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        let template = |d: &Desired| deployment(d, name).spec.clone().expect("spec").template;
+        assert_ne!(template(&base), template(&tagged), "{name} rolls");
+    }
+}
+
+#[test]
+fn the_redis_statefulset_follows_the_stateless_components() {
+    let d = desired_for(&canvas(json!({})));
+    let position = |kind: &str, name: &str| {
+        d.apply
+            .iter()
+            .position(|c| c.kind() == kind && c.name() == name)
+            .expect("applied")
+    };
+    let redis = position("StatefulSet", "demo-redis");
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert!(position("Deployment", name) < redis, "{name}");
+    }
+    assert!(position("NetworkPolicy", "demo-redis") < redis);
+}

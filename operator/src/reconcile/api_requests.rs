@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{
     client::Body,
     runtime::events::{Recorder, Reporter},
@@ -15,7 +16,9 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
-    api::PixelCanvasSpec, children::naming::LABEL_COMPONENT, status::CONTROLLER_REVISION_HASH,
+    api::PixelCanvasSpec,
+    children::naming::{LABEL_COMPONENT, LABEL_VERSION},
+    status::CONTROLLER_REVISION_HASH,
 };
 
 const NAMESPACE: &str = "art";
@@ -215,6 +218,15 @@ fn world(
 ) -> (PixelCanvas, BTreeMap<String, Value>) {
     let mut canvas = canvas();
     canvas.spec.paused = paused;
+    world_of(canvas, defaults, edit)
+}
+
+/// [`world`] for a canvas of its own.
+fn world_of(
+    mut canvas: PixelCanvas,
+    defaults: &Defaults,
+    edit: impl FnOnce(&mut BTreeMap<String, Value>),
+) -> (PixelCanvas, BTreeMap<String, Value>) {
     let names = Names::new(&canvas.name_any());
     let credentials = Credentials {
         redis_password: PASSWORD.to_owned(),
@@ -311,8 +323,6 @@ const STEADY_READS: [&str; 22] = [
     "/api/v1/namespaces/art/secrets/demo-moderator",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-api",
-    "/api/v1/namespaces/art/services/demo-redis",
-    "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/api/v1/namespaces/art/services/demo-api",
     "/apis/apps/v1/namespaces/art/deployments/demo-api",
     "/apis/policy/v1/namespaces/art/poddisruptionbudgets/demo-api",
@@ -322,6 +332,8 @@ const STEADY_READS: [&str; 22] = [
     "/api/v1/namespaces/art/services/demo-frontend",
     "/apis/apps/v1/namespaces/art/deployments/demo-frontend",
     "/apis/policy/v1/namespaces/art/poddisruptionbudgets/demo-frontend",
+    "/api/v1/namespaces/art/services/demo-redis",
+    "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo",
     PODS,
 ];
@@ -401,10 +413,6 @@ async fn new_operator_defaults_apply_exactly_the_workloads_that_use_them() {
         [
             (
                 Method::PATCH,
-                "/apis/apps/v1/namespaces/art/statefulsets/demo-redis"
-            ),
-            (
-                Method::PATCH,
                 "/apis/apps/v1/namespaces/art/deployments/demo-api"
             ),
             (
@@ -414,6 +422,10 @@ async fn new_operator_defaults_apply_exactly_the_workloads_that_use_them() {
             (
                 Method::PATCH,
                 "/apis/apps/v1/namespaces/art/deployments/demo-frontend"
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/art/statefulsets/demo-redis"
             ),
         ],
         "{sent:#?}"
@@ -642,5 +654,98 @@ async fn a_stuck_pod_that_cannot_be_deleted_fails_the_reconcile_and_says_so() {
             .as_str()
             .is_some_and(|m| m.starts_with("cannot delete Pod demo-redis-0: ")),
         "{degraded}"
+    );
+}
+
+/// The canvas of [`canvas`] with another image tag and a larger volume, as a user would
+/// change it on day two.
+fn upgraded() -> PixelCanvas {
+    let mut canvas = canvas();
+    canvas.spec.image.tag = "9.9.9".to_owned();
+    canvas.spec.redis.storage.size = Quantity("5Gi".to_owned());
+    canvas
+}
+
+/// The body the reconcile sent with its write to `path`.
+fn written(sent: &[Sent], path: &str) -> Value {
+    let write = sent
+        .iter()
+        .find(|s| s.method == Method::PATCH && s.path == path)
+        .unwrap_or_else(|| panic!("a write to {path}: {sent:#?}"));
+    serde_json::from_slice(&write.body).expect("json")
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_the_live_claim_templates_and_leaves_redis_pods_be() {
+    let (_, mut live) = steady_world(false);
+    let set = live.get_mut(REDIS_SET).expect("StatefulSet");
+    let claims = &mut set["spec"]["volumeClaimTemplates"];
+    claims[0]["metadata"]["labels"][LABEL_VERSION] = json!("0.0.1");
+    claims[0]["status"] = json!({"phase": "Pending"});
+    let created_with = claims.clone();
+    let template_before = set["spec"]["template"].clone();
+    let (canvas, converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+
+    let (result, sent) = reconcile_against(canvas, live, converged).await;
+    result.expect("reconciled");
+    let applied = written(&sent, REDIS_SET);
+    assert_eq!(
+        applied["spec"]["volumeClaimTemplates"], created_with,
+        "immutable: the templates go back as the StatefulSet holds them"
+    );
+    assert_eq!(
+        applied["spec"]["template"], template_before,
+        "a new tag does not restart Redis"
+    );
+    for deployment in ["demo-api", "demo-gateway", "demo-frontend"] {
+        let path = format!("/apis/apps/v1/namespaces/art/deployments/{deployment}");
+        let image = &written(&sent, &path)["spec"]["template"]["spec"]["containers"][0]["image"];
+        assert_eq!(image, &json!("pixel-playground:9.9.9"), "{deployment}");
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_cannot_be_applied_holds_up_none_of_the_others_and_is_named() {
+    let (_, live) = steady_world(false);
+    let (canvas, mut converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+    // The fake refuses the StatefulSet's apply (405), as the API server refused an
+    // immutable field; the status write goes through.
+    converged.remove(REDIS_SET);
+    let status_path = format!(
+        "{}/demo/status",
+        PixelCanvas::url_path(&(), Some(NAMESPACE))
+    );
+    converged.insert(
+        status_path.clone(),
+        serde_json::to_value(&canvas).expect("canvas"),
+    );
+
+    let (result, sent) = reconcile_against(canvas, live, converged).await;
+    let error = result.expect_err("the StatefulSet failed");
+    assert_eq!(error.to_string(), "cannot apply StatefulSet demo-redis");
+    let written_paths: Vec<&str> = object_writes(&sent).into_iter().map(|(_, p)| p).collect();
+    let after_redis = &written_paths[written_paths
+        .iter()
+        .position(|p| *p == REDIS_SET)
+        .expect("the StatefulSet was tried")..];
+    assert!(
+        after_redis.contains(&"/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo"),
+        "the children after it are still applied: {written_paths:#?}"
+    );
+    for deployment in ["demo-api", "demo-gateway", "demo-frontend"] {
+        let path = format!("/apis/apps/v1/namespaces/art/deployments/{deployment}");
+        assert!(written_paths.contains(&path.as_str()), "{path}");
+    }
+    let degraded = written(&sent, &status_path)["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == status::DEGRADED)
+        .expect("Degraded")
+        .clone();
+    assert_eq!(
+        degraded["message"],
+        json!("cannot apply StatefulSet demo-redis: MethodNotAllowed"),
+        "the object and the API server's message, no debug dump"
     );
 }

@@ -1046,7 +1046,11 @@ async fn a_shadow_banned_players_undo_is_answered_like_anyones_and_changes_nothi
     assert_eq!(after.version(), before.version(), "nothing was written");
     assert_eq!(after.pixels(), before.pixels());
     let history = api.get("/api/v1/history?since=0").await.json();
-    assert_eq!(history["updates"].as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(
+        history["updates"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
 
     api.moderate("DELETE", &path, MODERATOR_TOKEN, None).await;
     api.undo(identity)
