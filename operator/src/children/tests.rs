@@ -1215,7 +1215,11 @@ fn a_new_tag_changes_every_app_pod_and_no_part_of_redis_that_rolls_or_is_immutab
     let tagged = desired_for(&canvas(json!({"image": {"tag": "9.9.9"}})));
     let (before, after) = (stateful_set(&base), stateful_set(&tagged));
     let spec = |set: &StatefulSet| set.spec.clone().expect("spec");
-    assert_eq!(spec(before).template, spec(after).template, "Redis keeps running");
+    assert_eq!(
+        spec(before).template,
+        spec(after).template,
+        "Redis keeps running"
+    );
     assert_eq!(
         spec(before).volume_claim_templates,
         spec(after).volume_claim_templates,

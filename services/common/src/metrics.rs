@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Router,
     extract::{MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode, header::CONTENT_TYPE},
+    http::{HeaderValue, Method, StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -84,7 +84,7 @@ impl HttpMetrics {
 
 async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -104,6 +104,21 @@ async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next)
         })
         .inc();
     response
+}
+
+/// The method as a label: one of the standard methods, else `other`. Clients choose the
+/// method freely, and every distinct label value would be a new series kept forever.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A router serving `GET /metrics` from `registry`.
@@ -174,5 +189,51 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("/nope"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_share_one_label_so_metrics_stay_bounded() {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry);
+        let registry = Arc::new(registry);
+        let app = http.instrument(Router::new().route("/items", get(|| async { "items" })));
+        let metrics = router(registry);
+        let size = |metrics: Router| async move {
+            let request = Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request");
+            let response = metrics.oneshot(request).await.expect("infallible");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+                .await
+                .expect("body");
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        let send = |method: &str| {
+            Request::builder()
+                .method(method)
+                .uri("/items")
+                .body(Body::empty())
+                .expect("request")
+        };
+        app.clone()
+            .oneshot(send("BREW0"))
+            .await
+            .expect("infallible");
+        let after_one = size(metrics.clone()).await.lines().count();
+        for n in 1..100 {
+            let answer = app
+                .clone()
+                .oneshot(send(&format!("BREW{n}")))
+                .await
+                .expect("infallible");
+            assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let text = size(metrics).await;
+        assert_eq!(text.lines().count(), after_one, "no new series: {text}");
+        assert!(
+            text.contains(r#"http_requests_total{method="other",route="/items",status="405"} 100"#),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
     }
 }
