@@ -24,6 +24,9 @@ use crate::api::AppendFsync;
 pub const DATA_VOLUME: &str = "data";
 /// Where the password reaches the Redis container.
 const PASSWORD_ENV: &str = "REDIS_PASSWORD";
+/// Where `redis-cli` (the readiness probe) reads the password: never on a command line,
+/// which every process on the node can read.
+const CLI_PASSWORD_ENV: &str = "REDISCLI_AUTH";
 /// Commands no client of the canvas needs and an attacker would love.
 const DISABLED_COMMANDS: [&str; 4] = ["FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG"];
 
@@ -72,13 +75,9 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
     let ping = Probe {
         exec: Some(ExecAction {
             command: Some(
-                [
-                    "sh",
-                    "-c",
-                    "redis-cli --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
+                ["sh", "-c", "redis-cli ping | grep -q PONG"]
+                    .map(str::to_owned)
+                    .to_vec(),
             ),
         }),
         period_seconds: Some(5),
@@ -98,7 +97,10 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        env: Some(vec![workloads::password_env(inputs, PASSWORD_ENV)]),
+        env: Some(vec![
+            workloads::password_env(inputs, PASSWORD_ENV),
+            workloads::password_env(inputs, CLI_PASSWORD_ENV),
+        ]),
         liveness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::String("redis".to_owned()),

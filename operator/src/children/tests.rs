@@ -1246,3 +1246,38 @@ fn the_redis_statefulset_follows_the_stateless_components() {
     }
     assert!(position("NetworkPolicy", "demo-redis") < redis);
 }
+
+#[test]
+fn the_redis_password_is_on_no_command_line() {
+    let d = desired_for(&canvas(
+        json!({"redis": {"passwordSecretRef": {"name": "mine", "key": "pw"}}}),
+    ));
+    let redis = container(
+        stateful_set(&d)
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod"),
+    );
+    let probe = redis
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("an exec probe");
+    assert!(
+        probe
+            .iter()
+            .all(|arg| !arg.contains("PASSWORD") && !arg.contains(" -a ")),
+        "{probe:?}"
+    );
+    let cli = redis
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "REDISCLI_AUTH")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("redis-cli reads the password from its environment");
+    assert_eq!((cli.name.as_str(), cli.key.as_str()), ("mine", "pw"));
+}
