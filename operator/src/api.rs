@@ -279,6 +279,11 @@ pub struct RedisSpec {
     #[schemars(length(min = 1, max = IMAGE_MAX_LENGTH))]
     pub image: Option<String>,
 
+    /// When the kubelet pulls the Redis image: Always, IfNotPresent or Never. Separate from
+    /// `spec.image.pullPolicy`, which is for the Pixel Playground image only.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
     /// CPU and memory requests and limits of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]

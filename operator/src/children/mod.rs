@@ -244,12 +244,22 @@ impl<'a> Inputs<'a> {
         &self.redis_image
     }
 
+    /// The pull policy of the Pixel Playground image.
     fn pull_policy(&self) -> &'static str {
-        match self.canvas.spec.image.pull_policy {
-            PullPolicy::Always => "Always",
-            PullPolicy::IfNotPresent => "IfNotPresent",
-            PullPolicy::Never => "Never",
-        }
+        pull_policy(self.canvas.spec.image.pull_policy)
+    }
+
+    /// The pull policy of the Redis image.
+    fn redis_pull_policy(&self) -> &'static str {
+        pull_policy(self.canvas.spec.redis.image_pull_policy)
+    }
+}
+
+fn pull_policy(policy: PullPolicy) -> &'static str {
+    match policy {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
     }
 }
 

@@ -108,8 +108,10 @@ impl Names {
             (LABEL_INSTANCE.to_owned(), self.canvas.clone()),
             (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
             (LABEL_PART_OF.to_owned(), APP.to_owned()),
-            (LABEL_VERSION.to_owned(), version.to_owned()),
         ]);
+        if let Some(version) = version_label(version) {
+            labels.insert(LABEL_VERSION.to_owned(), version);
+        }
         if let Some(component) = component {
             labels.insert(LABEL_COMPONENT.to_owned(), component.as_str().to_owned());
         }
@@ -117,9 +119,48 @@ impl Names {
     }
 }
 
+/// An image tag as a label value, which must be at most 63 characters and begin and end
+/// alphanumeric: the tag up to its 63rd character, its other ends trimmed; `None` when
+/// nothing is left. Any valid tag (up to 128 characters, `_`, `.` and `-` anywhere) is then
+/// accepted on every child, where the tag itself would be refused.
+fn version_label(tag: &str) -> Option<String> {
+    let cut: String = tag.chars().take(63).collect();
+    let trimmed = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_valid_tag_gives_a_valid_version_label_or_none() {
+        assert_eq!(version_label("0.1.1").as_deref(), Some("0.1.1"));
+        assert_eq!(version_label("_v1.").as_deref(), Some("v1"));
+        assert_eq!(version_label("___").as_deref(), None);
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(65));
+        assert_eq!(version_label(&long), Some("a".repeat(62)));
+        let label_value = |value: &str| {
+            value.len() <= 63
+                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && value.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        for tag in [
+            "1.0.0-rc.1",
+            "sha-0123abc",
+            "_x_",
+            &"9".repeat(128),
+            "a.-_b-",
+        ] {
+            assert!(
+                version_label(tag).as_deref().is_none_or(label_value),
+                "{tag}"
+            );
+        }
+    }
 
     #[test]
     fn children_are_named_after_the_canvas() {

@@ -88,7 +88,7 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
     let container = Container {
         name: "redis".to_owned(),
         image: Some(inputs.redis_image().to_owned()),
-        image_pull_policy: Some(inputs.pull_policy().to_owned()),
+        image_pull_policy: Some(inputs.redis_pull_policy().to_owned()),
         command: Some(vec!["redis-server".to_owned()]),
         args: Some(args(inputs)),
         ports: Some(vec![ContainerPort {

@@ -1281,3 +1281,38 @@ fn the_redis_password_is_on_no_command_line() {
         .expect("redis-cli reads the password from its environment");
     assert_eq!((cli.name.as_str(), cli.key.as_str()), ("mine", "pw"));
 }
+
+#[test]
+fn redis_has_a_pull_policy_of_its_own() {
+    let pulled = |spec: serde_json::Value| {
+        let d = desired_for(&canvas(spec));
+        let redis = container(
+            stateful_set(&d)
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("pod"),
+        )
+        .image_pull_policy
+        .clone();
+        let api = container(
+            deployment(&d, "demo-api")
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("pod"),
+        )
+        .image_pull_policy
+        .clone();
+        (redis.expect("redis"), api.expect("api"))
+    };
+    assert_eq!(
+        pulled(json!({"image": {"pullPolicy": "Never"}})),
+        ("IfNotPresent".to_owned(), "Never".to_owned()),
+        "a side-loaded app image leaves Redis's pulls alone"
+    );
+    assert_eq!(
+        pulled(json!({"redis": {"imagePullPolicy": "Always"}})),
+        ("Always".to_owned(), "IfNotPresent".to_owned())
+    );
+}
