@@ -8,6 +8,8 @@
 //! the stored object and the operator fills them in (`--image-repository`,
 //! `--default-redis-image`), so one operator can point every canvas at another registry.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
     apimachinery::pkg::{
@@ -374,6 +376,13 @@ pub struct IngressSpec {
         regex(pattern = DNS_SUBDOMAIN)
     )]
     pub tls_secret_name: Option<String>,
+
+    /// Annotations for the Ingress, as its controller or a certificate issuer reads them
+    /// (for example `cert-manager.io/cluster-issuer`, or a WebSocket read timeout). At most
+    /// 32; the operator's own `pixel-playground.dev/` prefix is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotations_schema")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Sign-in with an OpenID Connect provider (authorization code with PKCE). Identity is the issuer and the person's subject there; the page shows the provider's name for them, never their email.
@@ -542,6 +551,18 @@ pub struct ReplicaStatus {
     /// `ready/desired`, for `kubectl get`.
     #[serde(default)]
     pub summary: String,
+}
+
+fn annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(key, !key.startsWith('pixel-playground.dev/'))",
+            "message": "ingress.annotations must not use the operator's own prefix pixel-playground.dev/",
+        }],
+    })
 }
 
 fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

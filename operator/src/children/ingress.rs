@@ -30,8 +30,12 @@ pub fn ingress(inputs: &Inputs) -> Option<Ingress> {
             resource: None,
         },
     };
+    let mut metadata = inputs.metadata(inputs.names.ingress(), None);
+    if !spec.annotations.is_empty() {
+        metadata.annotations = Some(spec.annotations.clone());
+    }
     Some(Ingress {
-        metadata: inputs.metadata(inputs.names.ingress(), None),
+        metadata,
         spec: Some(IngressSpec {
             ingress_class_name: spec.class_name.clone(),
             rules: Some(vec![IngressRule {

@@ -1316,3 +1316,32 @@ fn redis_has_a_pull_policy_of_its_own() {
         ("Always".to_owned(), "IfNotPresent".to_owned())
     );
 }
+
+#[test]
+fn the_ingress_carries_the_annotations_and_class_the_canvas_gives_it() {
+    let d = desired_for(&canvas(json!({"ingress": {
+        "host": "art.example.com",
+        "className": "traefik",
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+    }})));
+    let Child::Ingress(ingress) = find(&d, "Ingress", "demo") else {
+        panic!("an Ingress")
+    };
+    assert_eq!(
+        ingress.metadata.annotations,
+        Some(
+            [(
+                "cert-manager.io/cluster-issuer".to_owned(),
+                "letsencrypt".to_owned()
+            )]
+            .into()
+        )
+    );
+    let spec = ingress.spec.as_ref().expect("spec");
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("traefik"));
+    let plain = desired_for(&canvas(json!({})));
+    let Child::Ingress(plain) = find(&plain, "Ingress", "demo") else {
+        panic!("an Ingress")
+    };
+    assert_eq!(plain.metadata.annotations, None, "none unless given");
+}
