@@ -137,6 +137,11 @@ pub enum Error {
     Serve(#[from] serve::ServeError),
     #[error("lost the leader lease")]
     LostLeadership,
+    #[error(
+        "the lease namespace {0} does not exist: create it, name an existing one with \
+         --lease-namespace (POD_NAMESPACE), or run a single operator with --leader-elect=false"
+    )]
+    LeaseNamespaceMissing(String),
 }
 
 /// Probes and metrics: liveness is the process itself; readiness waits for the caches.
@@ -222,8 +227,13 @@ pub async fn run(
         stopped(&stop),
     ));
 
-    let Some(mut leadership) = join_election(&client, &args.leader, &stop).await else {
-        return finish(server, Ok(())).await;
+    let mut leadership = match join_election(&client, &args.leader, &stop).await {
+        Ok(Some(leadership)) => leadership,
+        Ok(None) => return finish(server, Ok(())).await,
+        Err(error) => {
+            stop.cancel();
+            return finish(server, Err(error)).await;
+        }
     };
     state.joined.store(true, Ordering::Release);
     let outcome = tokio::select! {
@@ -288,29 +298,50 @@ fn stopped(stop: &CancellationToken) -> impl Future<Output = ()> + Send + Sync +
 }
 
 /// Joins the leader election (or, without one, leads alone), retrying while the API server
-/// cannot be reached. `None` when asked to stop first.
+/// cannot be reached. `None` when asked to stop first; an error when retrying cannot help.
 async fn join_election(
     client: &kube::Client,
     args: &leader::LeaderArgs,
     stop: &CancellationToken,
-) -> Option<Leadership> {
+) -> Result<Option<Leadership>, Error> {
     if !args.leader_elect {
-        return Some(Leadership::sole());
+        return Ok(Some(Leadership::sole()));
     }
     let mut delay = std::time::Duration::from_secs(1);
     loop {
         tokio::select! {
             joined = Leadership::elect(client.clone(), args) => match joined {
-                Ok(leadership) => return Some(leadership),
-                Err(error) => tracing::warn!(error = %ErrorChain(&error), retry_in = ?delay, "cannot join the leader election"),
+                Ok(leadership) => return Ok(Some(leadership)),
+                Err(error) => {
+                    if let Some(fatal) = election_hopeless(&error, &args.lease_namespace) {
+                        return Err(fatal);
+                    }
+                    tracing::warn!(error = %ErrorChain(&error), retry_in = ?delay, "cannot join the leader election");
+                }
             },
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Ok(None),
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Ok(None),
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// The error to stop with when joining the election failed in a way no retry mends: the
+/// lease's namespace does not exist (as for an operator started by hand outside a cluster).
+fn election_hopeless(
+    error: &kube_lease_manager::LeaseManagerError,
+    namespace: &str,
+) -> Option<Error> {
+    match error {
+        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(status))
+            if status.is_not_found() =>
+        {
+            Some(Error::LeaseNamespaceMissing(namespace.to_owned()))
+        }
+        _ => None,
     }
 }
 
@@ -398,5 +429,33 @@ mod tests {
         let redis_image = &spec["properties"]["redis"]["properties"]["image"];
         assert_eq!(redis_image["maxLength"], api::IMAGE_MAX_LENGTH);
         assert_eq!(redis_image.get("default"), None, "left to the operator");
+    }
+
+    #[test]
+    fn a_missing_lease_namespace_stops_the_operator_and_says_what_to_do() {
+        let status = |code: u16, reason: &str| {
+            kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(Box::new(
+                kube::core::Status {
+                    code,
+                    reason: reason.to_owned(),
+                    message: "namespaces \"nowhere\" not found".to_owned(),
+                    ..Default::default()
+                },
+            )))
+        };
+        let fatal = election_hopeless(&status(404, "NotFound"), "nowhere").expect("fatal");
+        let said = fatal.to_string();
+        for hint in [
+            "nowhere",
+            "--lease-namespace",
+            "POD_NAMESPACE",
+            "--leader-elect=false",
+        ] {
+            assert!(said.contains(hint), "{said}");
+        }
+        assert!(
+            election_hopeless(&status(500, "InternalError"), "nowhere").is_none(),
+            "the API server may recover: retried"
+        );
     }
 }
