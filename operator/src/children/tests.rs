@@ -1345,3 +1345,23 @@ fn the_ingress_carries_the_annotations_and_class_the_canvas_gives_it() {
     };
     assert_eq!(plain.metadata.annotations, None, "none unless given");
 }
+
+#[test]
+fn stateless_pods_keep_serving_while_their_endpoints_drain() {
+    let d = desired_for(&canvas(json!({})));
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        let spec = deployment(&d, name).spec.clone().expect("spec");
+        let pod = spec.template.spec.expect("pod");
+        let sleep = container(&pod)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(sleep, Some(workloads::PRE_STOP_SECONDS), "{name}");
+        assert!(
+            pod.termination_grace_period_seconds.unwrap_or(30) > workloads::PRE_STOP_SECONDS + 10,
+            "{name}: time left to drain after the delay"
+        );
+    }
+}

@@ -6,8 +6,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-            HTTPGetAction, Probe, ResourceRequirements, SecretKeySelector, Service, ServicePort,
-            ServiceSpec,
+            HTTPGetAction, Lifecycle, LifecycleHandler, Probe, ResourceRequirements,
+            SecretKeySelector, Service, ServicePort, ServiceSpec, SleepAction,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -16,6 +16,10 @@ use k8s_openapi::{
 use pixel_common::ports;
 
 use super::{Inputs, config, naming::Component, pod_template, security};
+
+/// How long a stopping pod keeps serving before it is signalled: the time endpoint
+/// controllers and Ingress controllers take to stop routing to it.
+pub const PRE_STOP_SECONDS: i64 = 5;
 
 /// A stateless component: what differs between canvas-api, gateway and frontend.
 struct Stateless {
@@ -269,6 +273,17 @@ fn deployment(inputs: &Inputs, s: &Stateless) -> Deployment {
         }),
         liveness_probe: Some(http_probe(ports::HEALTHZ_PATH, 10, 3)),
         readiness_probe: Some(http_probe(ports::READYZ_PATH, 5, 2)),
+        // Endpoints and the Ingress stop routing to a terminating pod only a moment after it
+        // is told to stop: keep serving that long before the listener closes.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: Some(
             s.resources
                 .clone()
