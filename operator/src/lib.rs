@@ -42,7 +42,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 )]
 pub struct Args {
     /// Address of the health endpoint.
-    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::OPERATOR_HEALTH)))]
+    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = ports::listen_any(ports::OPERATOR_HEALTH))]
     pub listen_addr: SocketAddr,
 
     /// Watch only this namespace (default: every namespace).

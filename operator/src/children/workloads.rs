@@ -73,7 +73,10 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
         ..Default::default()
     };
     let mut env = vec![
-        value(ports::ENV_LISTEN_ADDR, format!("0.0.0.0:{}", s.port)),
+        value(
+            ports::ENV_LISTEN_ADDR,
+            ports::listen_any(s.port).to_string(),
+        ),
         value(ports::ENV_LOG_FORMAT, "json".to_owned()),
     ];
     if s.uses_redis {

@@ -60,7 +60,7 @@ use crate::{
 )]
 pub struct Args {
     /// Address to listen on.
-    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::CANVAS_API)))]
+    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = ports::listen_any(ports::CANVAS_API))]
     pub listen_addr: SocketAddr,
 
     #[command(flatten)]

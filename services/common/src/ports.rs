@@ -16,6 +16,12 @@ pub const READYZ_PATH: &str = "/readyz";
 
 /// Address a binary listens on (`host:port`).
 pub const ENV_LISTEN_ADDR: &str = "PIXEL_LISTEN_ADDR";
+
+/// Every binary's default listen address: `[::]:port`, which `serve::bind` makes listen on
+/// IPv6 and IPv4 alike (IPv4 only on a host without IPv6).
+pub const fn listen_any(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port)
+}
 /// Log format: `text` for people, `json` for log pipelines.
 pub const ENV_LOG_FORMAT: &str = "PIXEL_LOG_FORMAT";
 /// Prometheus metrics path, served by every service.

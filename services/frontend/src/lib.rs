@@ -50,7 +50,7 @@ pub const CONFIG_PATH: &str = "/config.json";
 )]
 pub struct Args {
     /// Address to listen on.
-    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::FRONTEND)))]
+    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = ports::listen_any(ports::FRONTEND))]
     pub listen_addr: SocketAddr,
 
     /// canvas-api's base as the browser reaches it: a path on this origin or an

@@ -80,7 +80,7 @@ fn positive_rate(value: &str) -> Result<f64, String> {
 )]
 pub struct Args {
     /// Address to listen on.
-    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::GATEWAY)))]
+    #[arg(long, env = ports::ENV_LISTEN_ADDR, default_value_t = ports::listen_any(ports::GATEWAY))]
     pub listen_addr: SocketAddr,
 
     /// canvas-api's base URL.
@@ -409,12 +409,7 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let listener = TcpListener::bind(args.listen_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: args.listen_addr,
-            source,
-        })?;
+    let listener = pixel_common::serve::bind(args.listen_addr)?;
     serve(listener, &args, shutdown).await
 }
 

@@ -193,7 +193,12 @@ pub async fn upgrade(
             .filter_map(|v| v.to_str().ok())
             .collect();
         let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-        client_address(peer.ip(), forwarded.as_deref(), &gateway.trusted_proxies)
+        // A dual-stack listener shows IPv4 peers as `::ffff:a.b.c.d`.
+        client_address(
+            peer.ip().to_canonical(),
+            forwarded.as_deref(),
+            &gateway.trusted_proxies,
+        )
     });
     // Before the global slot, so one address cannot fill the gateway: it is refused
     // cheaply, without an upgrade.

@@ -87,6 +87,45 @@ async fn connections_over_the_per_address_limit_are_refused_with_429() {
     assert_eq!(code, Some(0), "{log:?}");
 }
 
+/// On the dual-stack wildcard, an IPv4 peer arrives as `::ffff:127.0.0.1`: it must still be
+/// the trusted proxy `127.0.0.1/32` is, and be counted as the address it forwarded.
+#[tokio::test]
+async fn an_ipv4_proxy_on_the_dual_stack_listener_is_still_trusted() {
+    let redis = RedisServer::start().await;
+    let gateway = start_gateway(
+        &redis,
+        no_api(),
+        &[
+            "--listen-addr",
+            "[::]:0",
+            "--max-connections-per-address",
+            "3",
+            "--trusted-proxies",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    assert!(gateway.addr.is_ipv6(), "bound {}", gateway.addr);
+    let over_ipv4 = SocketAddr::from(([127, 0, 0, 1], gateway.addr.port()));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            open(over_ipv4, Some("203.0.113.9"))
+                .await
+                .expect("a client behind the proxy"),
+        );
+    }
+    assert_eq!(open(over_ipv4, Some("203.0.113.9")).await.err(), Some(429));
+    held.push(
+        open(over_ipv4, Some("198.51.100.1"))
+            .await
+            .expect("another client: the proxy's own address is not what is counted"),
+    );
+    drop(held);
+    let (code, log) = gateway.terminate().await;
+    assert_eq!(code, Some(0), "{log:?}");
+}
+
 const IDLE: usize = 500;
 const SLOW: usize = 20;
 const UPDATES: u64 = 30_000;
