@@ -30,6 +30,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Each script trims the history stream to its length approximately (`MAXLEN ~`: whole
+/// stream nodes at a time, at least that many entries kept) once it keeps 1,000 or more:
+/// trimming one entry per placement was a large share of the script's time. A shorter
+/// history is trimmed exactly, so it never keeps a node's worth (100) more than asked.
+///
 /// Sets the pixel, bumps the version, records who placed it, appends to the history stream
 /// (with the colour it replaced, for rollbacks) and publishes the update. First refuses a
 /// banned client (by its public name), then enforces its placement rate (GCRA: the key
@@ -42,6 +47,7 @@ pub enum StoreError {
 /// [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
 /// `{2, retry_after_ms}` (rate) or `{3}` (banned).
 const PLACE_SCRIPT: &str = r"
+local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local ban = redis.call('HGET', KEYS[8], ARGV[12])
 if ban == 'ban' then return {3} end
 local now = redis.call('TIME')
@@ -79,7 +85,7 @@ local version = string.format('%d', redis.call('INCR', KEYS[2]))
 local undo = tonumber(ARGV[9])
 local record = undo > 0 and redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], version .. '-0',
+redis.call('XADD', KEYS[4], 'MAXLEN', trim(ARGV[5]), ARGV[5], version .. '-0',
   'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms, 'p', previous)
 redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
 if undo > 0 then
@@ -97,6 +103,7 @@ return {1, tonumber(version), tonumber(ms)}
 /// the ban stays invisible; a shadow placement's record (version 0) outlives no ban. Returns `{1, version, placed_at_ms, x, y, colour}`,
 /// `{0}` (nothing to undo), `{2}` (the pixel was placed over since) or `{3}` (banned).
 const UNDO_SCRIPT: &str = r"
+local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local ban = redis.call('HGET', KEYS[7], ARGV[4])
 if ban == 'ban' then return {3} end
 local kept = redis.call('GET', KEYS[6])
@@ -123,7 +130,7 @@ if undo.r == '' then
 else
   redis.call('HSET', KEYS[3], undo.i, undo.r)
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[2], version .. '-0',
+redis.call('XADD', KEYS[4], 'MAXLEN', trim(ARGV[2]), ARGV[2], version .. '-0',
   'x', undo.x, 'y', undo.y, 'c', undo.c, 'id', ARGV[1], 't', ms, 'p', previous, 'k', 'u')
 redis.call('PUBLISH', ARGV[3], version .. ' ' .. undo.x .. ' ' .. undo.y .. ' ' .. undo.c)
 redis.call('DEL', KEYS[5])
@@ -136,6 +143,7 @@ return {1, tonumber(version), tonumber(ms), tonumber(undo.x), tonumber(undo.y), 
 /// (someone placed there since the rollback was planned: theirs stands). Returns
 /// `{applied, skipped, version}`.
 const ROLLBACK_SCRIPT: &str = r"
+local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local now = redis.call('TIME')
 local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local applied, skipped = 0, 0
@@ -148,7 +156,7 @@ for i = 4, #ARGV, 5 do
     redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. index, colour)
     local version = string.format('%d', redis.call('INCR', KEYS[2]))
     redis.call('HSET', KEYS[3], index, version .. ' ' .. ms .. ' ' .. ARGV[1])
-    redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[2], version .. '-0',
+    redis.call('XADD', KEYS[4], 'MAXLEN', trim(ARGV[2]), ARGV[2], version .. '-0',
       'x', x, 'y', y, 'c', colour, 'id', ARGV[1], 't', ms, 'p', current, 'k', 'r')
     redis.call('PUBLISH', ARGV[3], version .. ' ' .. x .. ' ' .. y .. ' ' .. colour)
     applied = applied + 1

@@ -650,6 +650,35 @@ async fn only_the_gateway_token_places_whatever_client_id_is_sent() {
     api.placed("a", 1, 1, 1).await;
 }
 
+/// A long history is trimmed approximately, a stream node at a time (the cheap way), but
+/// never below the length it promises; a short one (below) is trimmed exactly.
+#[tokio::test]
+async fn a_long_history_is_trimmed_but_keeps_at_least_its_length() {
+    let redis = RedisServer::start().await;
+    let api = api(&redis, &["--history-max-len", "1000"]);
+    for i in 0..1_300i64 {
+        api.placed(&format!("c{}", i % 50), i % 16, (i / 16) % 8, 1 + i % 2)
+            .await;
+    }
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let kept: u64 = redis::cmd("XLEN")
+        .arg(pixel_common::redis_schema::HISTORY_KEY)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert!(
+        (1_000..1_300).contains(&kept),
+        "trimmed, to no fewer than 1,000: {kept}"
+    );
+    let since = 1_300 - 1_000;
+    let page = api.get(&format!("/api/v1/history?since={since}")).await;
+    assert_eq!(page.status, StatusCode::OK, "the promised 1,000 are there");
+}
+
 #[tokio::test]
 async fn bad_reads_are_400_404_or_410_with_a_code() {
     let redis = RedisServer::start().await;
