@@ -220,7 +220,9 @@ impl Metrics {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub store: Store,
+    /// Shared, not cloned per request: it holds the scripts' source and the client's
+    /// configuration.
+    pub store: Arc<Store>,
     pub cache: Arc<SnapshotCache>,
     pub metrics: Metrics,
 }
@@ -274,7 +276,7 @@ impl AppState {
         ));
         Ok(Self {
             settings: Arc::new(settings),
-            store,
+            store: Arc::new(store),
             cache,
             metrics: Metrics::new(),
         })
