@@ -67,6 +67,15 @@ fn find<'a>(desired: &'a Desired, kind: &str, name: &str) -> &'a Child {
         })
 }
 
+/// Where the child `kind` `name` comes in the apply order.
+fn position_of(desired: &Desired, kind: &str, name: &str) -> usize {
+    desired
+        .apply
+        .iter()
+        .position(|c| c.kind() == kind && c.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 fn deployment<'a>(desired: &'a Desired, name: &str) -> &'a Deployment {
     match find(desired, "Deployment", name) {
         Child::Deployment(d) => d,
@@ -873,12 +882,7 @@ fn only_the_gateway_the_ingress_controller_and_scrapers_reach_the_api() {
 #[test]
 fn network_policies_come_before_the_pods_they_guard() {
     let d = desired_for(&canvas(json!({})));
-    let position = |kind: &str, name: &str| {
-        d.apply
-            .iter()
-            .position(|c| c.kind() == kind && c.name() == name)
-            .expect("present")
-    };
+    let position = |kind: &str, name: &str| position_of(&d, kind, name);
     assert!(position("NetworkPolicy", "demo-redis") < position("StatefulSet", "demo-redis"));
     assert!(position("NetworkPolicy", "demo-api") < position("Deployment", "demo-api"));
 }
@@ -1234,12 +1238,7 @@ fn a_new_tag_changes_every_app_pod_and_no_part_of_redis_that_rolls_or_is_immutab
 #[test]
 fn the_redis_statefulset_follows_the_stateless_components() {
     let d = desired_for(&canvas(json!({})));
-    let position = |kind: &str, name: &str| {
-        d.apply
-            .iter()
-            .position(|c| c.kind() == kind && c.name() == name)
-            .expect("applied")
-    };
+    let position = |kind: &str, name: &str| position_of(&d, kind, name);
     let redis = position("StatefulSet", "demo-redis");
     for name in ["demo-api", "demo-gateway", "demo-frontend"] {
         assert!(position("Deployment", name) < redis, "{name}");

@@ -530,10 +530,7 @@ async fn a_redis_pod_stuck_on_an_old_revisions_image_is_deleted_once() {
     let mut deleted = stuck;
     deleted["metadata"]["deletionTimestamp"] = json!("2027-01-01T00:00:00Z");
     converged.insert(REDIS_POD.to_owned(), deleted);
-    let status_path = format!(
-        "{}/demo/status",
-        PixelCanvas::url_path(&(), Some(NAMESPACE))
-    );
+    let status_path = canvas_status_path();
     converged.insert(
         status_path.clone(),
         serde_json::to_value(&canvas).expect("canvas"),
@@ -609,10 +606,7 @@ async fn a_stuck_pod_that_cannot_be_deleted_fails_the_reconcile_and_says_so() {
         );
         redis_rolling_out(objects, "demo-redis-2", stuck);
     });
-    let status_path = format!(
-        "{}/demo/status",
-        PixelCanvas::url_path(&(), Some(NAMESPACE))
-    );
+    let status_path = canvas_status_path();
     // The pod's DELETE is refused (the fake answers 405), the status is written.
     let converged = BTreeMap::from([(
         status_path.clone(),
@@ -711,10 +705,7 @@ async fn a_child_that_cannot_be_applied_holds_up_none_of_the_others_and_is_named
     // The fake refuses the StatefulSet's apply (405), as the API server refused an
     // immutable field; the status write goes through.
     converged.remove(REDIS_SET);
-    let status_path = format!(
-        "{}/demo/status",
-        PixelCanvas::url_path(&(), Some(NAMESPACE))
-    );
+    let status_path = canvas_status_path();
     converged.insert(
         status_path.clone(),
         serde_json::to_value(&canvas).expect("canvas"),
@@ -748,4 +739,12 @@ async fn a_child_that_cannot_be_applied_holds_up_none_of_the_others_and_is_named
         json!("cannot apply StatefulSet demo-redis: MethodNotAllowed"),
         "the object and the API server's message, no debug dump"
     );
+}
+
+/// Where the canvas's status is written.
+fn canvas_status_path() -> String {
+    format!(
+        "{}/demo/status",
+        PixelCanvas::url_path(&(), Some(NAMESPACE))
+    )
 }
