@@ -10,9 +10,10 @@ use crate::api::PixelCanvas;
 /// Path of the committed CRD, relative to the repository root.
 pub const COMMITTED_PATH: &str = pixel_common::operator_contract::CRD_PATH;
 
-/// The CRD, with `spec` optional: a PixelCanvas with only a name gets every default.
+/// The CRD, with `spec` optional: a PixelCanvas with only a name gets every default, and
+/// descriptions as `kubectl explain` should print them.
 pub fn definition() -> CustomResourceDefinition {
-    let mut crd = PixelCanvas::crd();
+    let mut crd = unwrapped_descriptions(PixelCanvas::crd());
     for version in &mut crd.spec.versions {
         let Some(root) = version
             .schema
@@ -31,6 +32,45 @@ pub fn definition() -> CustomResourceDefinition {
     crd
 }
 
+/// The CRD with each description's source line wraps joined: a doc comment wraps at 100
+/// columns, `kubectl explain` wraps to the terminal, and both together break sentences.
+/// A blank line (a paragraph) stays.
+fn unwrapped_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = unwrapped(text);
+                        }
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD is JSON");
+    walk(&mut value);
+    serde_json::from_value(value).expect("only descriptions changed")
+}
+
+/// `text` with single line breaks turned into spaces; paragraphs kept.
+fn unwrapped(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .split('\n')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// The CRD manifest as YAML, exactly as committed.
 pub fn manifest() -> Result<String, serde_yaml::Error> {
     let yaml = serde_yaml::to_string(&definition())?;
@@ -42,6 +82,51 @@ pub fn manifest() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every description in the CRD, with the path that leads to it.
+    fn descriptions(value: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            out.push((path.to_owned(), text.clone()))
+                        }
+                        _ => descriptions(child, &format!("{path}.{key}"), out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter().for_each(|item| descriptions(item, path, out))
+            }
+            _ => {}
+        }
+    }
+
+    /// `kubectl explain` prints no sentence broken by a doc comment's line wrap.
+    #[test]
+    fn descriptions_have_no_line_breaks_inside_paragraphs() {
+        let value = serde_json::to_value(definition()).expect("JSON");
+        let mut found = Vec::new();
+        descriptions(&value, "", &mut found);
+        assert!(found.len() > 50, "descriptions are found: {}", found.len());
+        let broken: Vec<_> = found
+            .iter()
+            .filter(|(_, text)| text.replace("\n\n", "").contains('\n'))
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "line breaks inside sentences: {broken:#?}"
+        );
+    }
+
+    #[test]
+    fn unwrapping_joins_lines_and_keeps_paragraphs() {
+        assert_eq!(
+            unwrapped("Colours clients may\nplace.\n\nA second\n paragraph."),
+            "Colours clients may place.\n\nA second paragraph."
+        );
+    }
 
     /// The committed CRD is what the types generate (regenerate with `cargo xtask crd`).
     #[test]

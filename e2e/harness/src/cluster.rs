@@ -38,6 +38,9 @@ const COMPONENTS: [&str; 5] = [
     "kwok-controller",
 ];
 
+/// Local disk each fake node offers its pods (as much as its 256 GiB of memory).
+const FAKE_NODE_EPHEMERAL_STORAGE: &str = "256Gi";
+
 /// Where the developer's cluster serves Ingresses: http://<host>:8080/ on 127.0.0.1.
 pub const DEV_INGRESS_PORT: u16 = 8080;
 
@@ -300,7 +303,12 @@ impl Cluster {
                     self.plan.first_fake_node_pods()
                 ))
                 .arg("--param")
-                .arg(format!(".nodeIPs=[\"{}\"]", self.plan.first_fake_node_ip())),
+                .arg(format!(".nodeIPs=[\"{}\"]", self.plan.first_fake_node_ip()))
+                // Pods request local disk; KWOK's node template offers none by default.
+                .arg("--param")
+                .arg(format!(
+                    ".allocatable[\"ephemeral-storage\"]=\"{FAKE_NODE_EPHEMERAL_STORAGE}\""
+                )),
             Duration::from_secs(120),
         )
         .context("creating the fake nodes")?;

@@ -111,12 +111,10 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
             ..Default::default()
         }),
         readiness_probe: Some(ping),
-        resources: Some(
-            redis
-                .resources
-                .clone()
-                .unwrap_or_else(|| security::default_resources("100m", "128Mi", "512Mi")),
-        ),
+        resources: Some(security::resources(
+            redis.resources.as_ref(),
+            ("100m", "128Mi", "512Mi"),
+        )),
         security_context: Some(security::container_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {

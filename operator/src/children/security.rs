@@ -40,13 +40,24 @@ pub fn container_security_context() -> SecurityContext {
     }
 }
 
+/// The most `/tmp` may hold: the services write nothing there but what a library may spill.
+pub const TMP_SIZE_LIMIT: &str = "64Mi";
+
+/// Local disk every container requests and may use: `/tmp` plus its logs, which the
+/// kubelet rotates at 5 × 10 MiB; the root filesystem is read-only and Redis writes to its
+/// volume, so nothing else lands on the node's disk. A runaway writer is evicted instead of
+/// filling the node.
+pub const EPHEMERAL_STORAGE_REQUEST: &str = "64Mi";
+pub const EPHEMERAL_STORAGE_LIMIT: &str = "256Mi";
+const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
+
 /// A writable `/tmp`, since the root filesystem is read-only.
 pub fn tmp_volume() -> (Volume, VolumeMount) {
     (
         Volume {
             name: "tmp".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: None,
+                size_limit: Some(Quantity(TMP_SIZE_LIMIT.to_owned())),
                 medium: None,
             }),
             ..Default::default()
@@ -59,9 +70,34 @@ pub fn tmp_volume() -> (Volume, VolumeMount) {
     )
 }
 
-/// Requests of `cpu` and `memory`, and a memory limit, for containers whose spec sets no
-/// resources: every pod is bounded.
-pub fn default_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+/// The container's resources: the spec's, else requests of `cpu` and `memory` and a memory
+/// limit, so every pod is bounded; either way with local-disk bounds unless the spec sets
+/// its own.
+pub fn resources(
+    spec: Option<&ResourceRequirements>,
+    (cpu, memory, memory_limit): (&str, &str, &str),
+) -> ResourceRequirements {
+    let mut resources = spec
+        .cloned()
+        .unwrap_or_else(|| default_resources(cpu, memory, memory_limit));
+    let set_by_spec = [&resources.requests, &resources.limits]
+        .into_iter()
+        .flatten()
+        .any(|quantities| quantities.contains_key(EPHEMERAL_STORAGE));
+    if !set_by_spec {
+        for (quantities, amount) in [
+            (&mut resources.requests, EPHEMERAL_STORAGE_REQUEST),
+            (&mut resources.limits, EPHEMERAL_STORAGE_LIMIT),
+        ] {
+            quantities
+                .get_or_insert_with(Default::default)
+                .insert(EPHEMERAL_STORAGE.to_owned(), Quantity(amount.to_owned()));
+        }
+    }
+    resources
+}
+
+fn default_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     let quantity = |q: &str| Quantity(q.to_owned());
     ResourceRequirements {
         requests: Some(

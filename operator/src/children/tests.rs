@@ -1,4 +1,5 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
 use pixel_common::ports;
 use serde_json::json;
@@ -1363,4 +1364,57 @@ fn stateless_pods_keep_serving_while_their_endpoints_drain() {
             "{name}: time left to drain after the delay"
         );
     }
+}
+
+#[test]
+fn every_container_bounds_its_local_disk_and_every_empty_dir_its_size() {
+    let d = desired_for(&canvas(json!({
+        "api": {"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+        "gateway": {"resources": {"limits": {"ephemeral-storage": "2Gi"}}}
+    })));
+    for (name, pod) in pod_specs(&d) {
+        let resources = container(pod).resources.clone().expect("resources");
+        let quantity = |side: Option<BTreeMap<String, Quantity>>| {
+            side.and_then(|q| q.get("ephemeral-storage").map(|q| q.0.clone()))
+        };
+        let (request, limit) = (
+            quantity(resources.requests.clone()),
+            quantity(resources.limits.clone()),
+        );
+        if name == "demo-gateway" {
+            // The spec's own bound wins, and nothing is added beside it.
+            assert_eq!((request, limit), (None, Some("2Gi".to_owned())), "{name}");
+        } else {
+            assert_eq!(
+                (request, limit),
+                (
+                    Some(security::EPHEMERAL_STORAGE_REQUEST.to_owned()),
+                    Some(security::EPHEMERAL_STORAGE_LIMIT.to_owned())
+                ),
+                "{name}"
+            );
+        }
+        for volume in pod.volumes.iter().flatten() {
+            if let Some(empty_dir) = &volume.empty_dir {
+                assert_eq!(
+                    empty_dir.size_limit.as_ref().map(|q| q.0.as_str()),
+                    Some(security::TMP_SIZE_LIMIT),
+                    "{name}: {}",
+                    volume.name
+                );
+            }
+        }
+    }
+    // The spec's CPU and memory are kept as they are.
+    let api = container(
+        pod_specs(&d)
+            .into_iter()
+            .find(|(n, _)| *n == "demo-api")
+            .unwrap()
+            .1,
+    )
+    .resources
+    .clone()
+    .unwrap();
+    assert_eq!(api.limits.unwrap()["memory"].0, "1Gi");
 }

@@ -287,11 +287,10 @@ fn deployment(inputs: &Inputs, s: &Stateless) -> Deployment {
             }),
             ..Default::default()
         }),
-        resources: Some(
-            s.resources
-                .clone()
-                .unwrap_or_else(|| security::default_resources("50m", "64Mi", "256Mi")),
-        ),
+        resources: Some(security::resources(
+            s.resources.as_ref(),
+            ("50m", "64Mi", "256Mi"),
+        )),
         security_context: Some(security::container_security_context()),
         volume_mounts: Some(vec![tmp_mount]),
         ..Default::default()
