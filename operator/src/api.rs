@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::ResourceRequirements,
+    api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint},
     apimachinery::pkg::{
         api::resource::Quantity,
         apis::meta::v1::{Condition, Time},
@@ -239,6 +239,10 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Scheduling and annotations of the component's pods.
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 /// Replicas, resources and connection limit of the gateway.
@@ -259,6 +263,54 @@ pub struct GatewaySpec {
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_connections: i32,
+
+    /// Scheduling and annotations of the component's pods.
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
+}
+
+/// Where a component's pods run, and what they carry for other tools. Every field is the
+/// pod field of the same name; the API server checks them when it receives the workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Annotations added to the pods (a service mesh's or a scraper's, say). The operator's
+    /// own prefix `pixel-playground.dev/` is refused. A change rolls the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "pod_annotations_schema")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Node labels the pods require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "node_selector_schema")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node affinity and pod (anti-)affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// How replicas spread over the cluster (at most 8 constraints). Unset: one per node
+    /// where the scheduler can (by `kubernetes.io/hostname`, `ScheduleAnyway`, counting the
+    /// current revision's pods); an empty list turns spreading off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// The PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub priority_class_name: Option<String>,
+}
+
+impl PodOverrides {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// Redis, the canvas's store.
@@ -294,6 +346,10 @@ pub struct RedisSpec {
     /// An existing Secret holding the Redis password. When unset, the operator generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+
+    /// Scheduling and annotations of the Redis pod.
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 /// Redis's persistent volume.
@@ -554,14 +610,32 @@ pub struct ReplicaStatus {
 }
 
 fn annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    annotations_of("ingress.annotations")
+}
+
+fn pod_annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    annotations_of("pod.annotations")
+}
+
+/// At most 32 annotations, none under the operator's prefix (its own keys would be
+/// overwritten, or would overwrite the operator's).
+fn annotations_of(field: &str) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "maxProperties": 32,
         "additionalProperties": {"type": "string", "maxLength": 4096},
         "x-kubernetes-validations": [{
             "rule": "self.all(key, !key.startsWith('pixel-playground.dev/'))",
-            "message": "ingress.annotations must not use the operator's own prefix pixel-playground.dev/",
+            "message": format!("{field} must not use the operator's own prefix pixel-playground.dev/"),
         }],
+    })
+}
+
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", "maxLength": 63},
     })
 }
 

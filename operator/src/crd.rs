@@ -13,7 +13,7 @@ pub const COMMITTED_PATH: &str = pixel_common::operator_contract::CRD_PATH;
 /// The CRD, with `spec` optional: a PixelCanvas with only a name gets every default, and
 /// descriptions as `kubectl explain` should print them.
 pub fn definition() -> CustomResourceDefinition {
-    let mut crd = unwrapped_descriptions(PixelCanvas::crd());
+    let mut crd = without_upstream_descriptions(unwrapped_descriptions(PixelCanvas::crd()));
     for version in &mut crd.spec.versions {
         let Some(root) = version
             .schema
@@ -71,6 +71,48 @@ fn unwrapped(text: &str) -> String {
         .join("\n\n")
 }
 
+/// The components whose pods take [`crate::api::PodOverrides`], and the overrides that are
+/// Kubernetes's own types.
+const COMPONENTS: [&str; 4] = ["api", "gateway", "frontend", "redis"];
+const UPSTREAM_POD_FIELDS: [&str; 3] = ["affinity", "tolerations", "topologySpreadConstraints"];
+
+/// The CRD without the descriptions inside Kubernetes's own pod types: repeated for each
+/// component they are five times the rest of the schema, and `kubectl explain pod.spec`
+/// documents them already. Each field keeps its own description, and all its validation.
+fn without_upstream_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD is JSON");
+    for version in value["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        let spec = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for component in COMPONENTS {
+            for field in UPSTREAM_POD_FIELDS {
+                let schema = spec
+                    .pointer_mut(&format!("/{component}/properties/pod/properties/{field}"))
+                    .and_then(serde_json::Value::as_object_mut)
+                    .expect("every component has pod overrides");
+                schema
+                    .iter_mut()
+                    .filter(|(key, _)| *key != "description")
+                    .for_each(|(_, inner)| strip(inner));
+            }
+        }
+    }
+    serde_json::from_value(value).expect("only descriptions changed")
+}
+
 /// The CRD manifest as YAML, exactly as committed.
 pub fn manifest() -> Result<String, serde_yaml::Error> {
     let yaml = serde_yaml::to_string(&definition())?;
@@ -125,6 +167,25 @@ mod tests {
         assert_eq!(
             unwrapped("Colours clients may\nplace.\n\nA second\n paragraph."),
             "Colours clients may place.\n\nA second paragraph."
+        );
+    }
+
+    /// The CRD stays small enough for `kubectl apply` without `--server-side`, whose
+    /// last-applied annotation holds at most 256 KiB, with room to grow.
+    #[test]
+    fn the_crd_fits_a_client_side_apply() {
+        let compact = serde_json::to_vec(&definition()).expect("JSON");
+        assert!(compact.len() < 128 * 1024, "{} bytes", compact.len());
+        let value = serde_json::to_value(definition()).expect("JSON");
+        let api = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["api"]["properties"]["pod"]["properties"];
+        assert!(
+            api["affinity"]["description"].is_string(),
+            "the field keeps its own"
+        );
+        assert!(
+            api["tolerations"]["items"]["properties"]["operator"].is_object(),
+            "and its schema"
         );
     }
 

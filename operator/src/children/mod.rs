@@ -15,11 +15,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service, Volume},
+        core::v1::{
+            ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service,
+            TopologySpreadConstraint, Volume,
+        },
         networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
 };
 use kube::{Resource, ResourceExt};
 
@@ -33,7 +36,7 @@ pub use self::{
     naming::Names,
     redis::keep_claim_templates,
 };
-use crate::api::{PixelCanvas, PullPolicy};
+use crate::api::{PixelCanvas, PodOverrides, PullPolicy};
 
 /// Pod template annotation: digest of what the pods consume from the ConfigMap and Secret.
 pub const CONFIG_HASH_ANNOTATION: &str = "pixel-playground.dev/config-hash";
@@ -224,6 +227,17 @@ impl<'a> Inputs<'a> {
         self.names.labels(component, &self.canvas.spec.image.tag)
     }
 
+    /// The spec's scheduling and annotations for a component's pods.
+    fn pod_overrides(&self, component: Component) -> &PodOverrides {
+        let spec = &self.canvas.spec;
+        match component {
+            Component::Redis => &spec.redis.pod,
+            Component::Api => &spec.api.pod,
+            Component::Gateway => &spec.gateway.pod,
+            Component::Frontend => &spec.frontend.pod,
+        }
+    }
+
     /// The labels of a component's pods. Redis's carry no Pixel Playground version: it runs
     /// its own image, so a new tag must not restart it (and the data with it).
     fn pod_labels(&self, component: Component) -> BTreeMap<String, String> {
@@ -271,16 +285,20 @@ fn pod_template(
     container: Container,
     tmp: Volume,
 ) -> PodTemplateSpec {
+    let overrides = inputs.pod_overrides(component);
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        config::consumed_hash(inputs, component),
+    );
+    let spread = match &overrides.topology_spread_constraints {
+        Some(constraints) => constraints.clone(),
+        None => default_spread(inputs, component),
+    };
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(inputs.pod_labels(component)),
-            annotations: Some(
-                [(
-                    CONFIG_HASH_ANNOTATION.to_owned(),
-                    config::consumed_hash(inputs, component),
-                )]
-                .into(),
-            ),
+            annotations: Some(annotations),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -290,10 +308,41 @@ fn pod_template(
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(30),
+            node_selector: (!overrides.node_selector.is_empty())
+                .then(|| overrides.node_selector.clone()),
+            tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+            affinity: overrides.affinity.clone(),
+            topology_spread_constraints: (!spread.is_empty()).then_some(spread),
+            priority_class_name: overrides.priority_class_name.clone(),
             ..Default::default()
         }),
     }
 }
+
+/// Replicas of a stateless component spread one per node where the scheduler can, so a
+/// node's loss takes one replica; never at the price of a pod left pending. Counted per
+/// revision (`pod-template-hash`), so a rollout spreads its new pods too. Redis has one pod.
+fn default_spread(inputs: &Inputs, component: Component) -> Vec<TopologySpreadConstraint> {
+    if component == Component::Redis {
+        return Vec::new();
+    }
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: HOSTNAME_TOPOLOGY_KEY.to_owned(),
+        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(inputs.names.selector(component)),
+            ..Default::default()
+        }),
+        match_label_keys: Some(vec![POD_TEMPLATE_HASH_LABEL.to_owned()]),
+        ..Default::default()
+    }]
+}
+
+/// The node label every kubelet sets to its node's name.
+const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+/// The label a Deployment gives each revision's pods.
+const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 /// One child object.
 #[derive(Debug, Clone, PartialEq)]

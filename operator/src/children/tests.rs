@@ -104,6 +104,13 @@ fn pod_specs(desired: &Desired) -> Vec<(&str, &PodSpec)> {
 }
 
 fn pod_annotation(desired: &Desired, name: &str) -> String {
+    pod_annotations(desired, name)
+        .get(CONFIG_HASH_ANNOTATION)
+        .cloned()
+        .expect("hash")
+}
+
+fn pod_annotations(desired: &Desired, name: &str) -> BTreeMap<String, String> {
     let template = match find(
         desired,
         if name.ends_with("-redis") {
@@ -120,8 +127,7 @@ fn pod_annotation(desired: &Desired, name: &str) -> String {
     template
         .metadata
         .and_then(|m| m.annotations)
-        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
-        .expect("hash")
+        .unwrap_or_default()
 }
 
 fn container(spec: &PodSpec) -> &Container {
@@ -1417,4 +1423,117 @@ fn every_container_bounds_its_local_disk_and_every_empty_dir_its_size() {
     .clone()
     .unwrap();
     assert_eq!(api.limits.unwrap()["memory"].0, "1Gi");
+}
+
+#[test]
+fn stateless_replicas_spread_over_nodes_by_default_and_redis_does_not() {
+    let d = desired_for(&canvas(json!({})));
+    for (name, pod) in pod_specs(&d) {
+        let spread = pod.topology_spread_constraints.clone().unwrap_or_default();
+        if name == "demo-redis" {
+            assert!(spread.is_empty(), "{name}: {spread:?}");
+            continue;
+        }
+        assert_eq!(spread.len(), 1, "{name}");
+        let constraint = &spread[0];
+        assert_eq!(
+            (
+                constraint.topology_key.as_str(),
+                constraint.when_unsatisfiable.as_str(),
+                constraint.max_skew
+            ),
+            ("kubernetes.io/hostname", "ScheduleAnyway", 1),
+            "{name}"
+        );
+        let component = name.trim_start_matches("demo-");
+        let selected = constraint
+            .label_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            selected
+                .get("app.kubernetes.io/component")
+                .map(String::as_str),
+            Some(component),
+            "{name} counts only its own pods"
+        );
+        assert_eq!(
+            constraint.match_label_keys,
+            Some(vec!["pod-template-hash".to_owned()]),
+            "{name} counts per revision"
+        );
+    }
+}
+
+#[test]
+fn pod_overrides_reach_only_their_components_pods() {
+    let d = desired_for(&canvas(json!({
+        "gateway": {"pod": {
+            "annotations": {"mesh.example/inject": "false"},
+            "nodeSelector": {"pool": "edge"},
+            "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "zone", "operator": "In", "values": ["a"]}
+                ]}]
+            }}},
+            "topologySpreadConstraints": [],
+            "priorityClassName": "canvas-critical"
+        }},
+        "redis": {"pod": {"nodeSelector": {"disk": "ssd"}}}
+    })));
+    let pods: BTreeMap<&str, &PodSpec> = pod_specs(&d).into_iter().collect();
+    let gateway = pods["demo-gateway"];
+    assert_eq!(
+        gateway.node_selector,
+        Some(BTreeMap::from([("pool".to_owned(), "edge".to_owned())]))
+    );
+    assert_eq!(gateway.tolerations.as_ref().map(Vec::len), Some(1));
+    assert!(
+        gateway
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .is_some()
+    );
+    assert_eq!(
+        gateway.topology_spread_constraints, None,
+        "an empty list turns spreading off"
+    );
+    assert_eq!(
+        gateway.priority_class_name.as_deref(),
+        Some("canvas-critical")
+    );
+    let annotations = pod_annotations(&d, "demo-gateway");
+    assert_eq!(
+        annotations.get("mesh.example/inject").map(String::as_str),
+        Some("false")
+    );
+    assert!(
+        annotations.contains_key(CONFIG_HASH_ANNOTATION),
+        "the operator's own annotation stays"
+    );
+    assert_eq!(
+        pods["demo-redis"].node_selector,
+        Some(BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]))
+    );
+    for name in ["demo-api", "demo-frontend"] {
+        let pod = pods[name];
+        assert_eq!(
+            (
+                &pod.node_selector,
+                &pod.tolerations,
+                &pod.affinity,
+                &pod.priority_class_name
+            ),
+            (&None, &None, &None, &None),
+            "{name}"
+        );
+        assert!(
+            pod.topology_spread_constraints.is_some(),
+            "{name} keeps the default spread"
+        );
+        assert!(!pod_annotations(&d, name).contains_key("mesh.example/inject"));
+    }
 }
