@@ -264,6 +264,20 @@ pub struct GatewaySpec {
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_connections: i32,
 
+    /// Addresses (CIDRs) of the proxies in front of the gateway whose `X-Forwarded-For` it believes, walking it from the right through these hops only: the Ingress controller's pods or nodes, and a load balancer in front of them that adds the header. The client address is what per-address limits (connections, new identities) count. Unset: `networkPolicy.ingressControllerCIDRs`. A proxy in the pod (loopback) is always believed, and no private range is by default: a peer that is no proxy could write any address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 4, max = 43),
+            regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
+        )
+    )]
+    #[x_kube(
+        validation = Rule::new("self.all(c, isCIDR(c))").message("gateway.trustedProxies entries must be CIDRs (198.51.100.0/24, 2001:db8::/64)")
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+
     /// Scheduling and annotations of the component's pods.
     #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
     pub pod: PodOverrides,
@@ -502,16 +516,17 @@ pub struct AuthSpec {
     pub watchers_allowed: bool,
 }
 
-/// The namespaces whose pods may open canvas-api's port. The canvas's gateway always may;
-/// every other pod is refused by the NetworkPolicy `<name>-api`.
+/// Who may open the ports of canvas-api, the gateway and the frontend: the pods of these
+/// namespaces and these addresses; canvas-api's also the canvas's gateway. Every other pod
+/// is refused by the NetworkPolicies `<name>-api`, `<name>-gateway` and `<name>-frontend`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
-    /// Guard canvas-api with the NetworkPolicy `<name>-api`. Turn off only while an Ingress controller the lists below miss must reach it (Redis stays guarded).
+    /// Guard canvas-api, the gateway and the frontend with their NetworkPolicies. Turn off only while an Ingress controller the lists below miss must reach them (Redis stays guarded).
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// Namespaces of the Ingress controller's pods, which route `/api` to canvas-api (unset: `ingress-nginx`, and `kube-system`, where k3s runs Traefik).
+    /// Namespaces of the Ingress controller's pods, which route `/api`, `/ws` and `/` to the canvas (unset: `ingress-nginx`, and `kube-system`, where k3s runs Traefik).
     #[serde(default = "default_ingress_controller_namespaces")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
@@ -536,7 +551,7 @@ pub struct NetworkPolicySpec {
     )]
     pub ingress_controller_cidrs: Vec<String>,
 
-    /// Namespaces of the metrics scrapers that read canvas-api's `/metrics` (unset: `monitoring`, where kube-prometheus runs Prometheus).
+    /// Namespaces of the metrics scrapers that read the components' `/metrics` (unset: `monitoring`, where kube-prometheus runs Prometheus).
     #[serde(default = "default_metrics_namespaces")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     #[x_kube(merge_strategy = ListMerge::Set)]

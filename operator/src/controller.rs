@@ -10,7 +10,7 @@ use std::{
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
-    core::v1::{ConfigMap, Pod, Secret, Service},
+    core::v1::{ConfigMap, Pod, Service},
     networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
 };
@@ -91,7 +91,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     // Only the operator's own children: a cluster's other objects never reach it.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let (reader, writer) = reflector::store();
-    let canvases = reader.clone();
     let controller = Controller::for_stream(
         retried(reflector(
             writer,
@@ -104,10 +103,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     .owns_stream(scope.watch_metadata::<Deployment>(owned.clone()))
     .owns_stream(scope.watch_metadata::<Service>(owned.clone()))
     .owns_stream(scope.watch_metadata::<ConfigMap>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<Secret>(owned.clone()))
     .owns_stream(scope.watch_metadata::<PodDisruptionBudget>(owned.clone()))
     .owns_stream(scope.watch_metadata::<NetworkPolicy>(owned.clone()))
     .owns_stream(scope.watch_metadata::<Ingress>(owned.clone()))
+    // No Secret is watched: that takes `list` on every Secret in the cluster. The reconcile
+    // reads the canvas's Secrets by name, and polls while the canvas names one of the
+    // user's (see `reconcile::requeue_after`).
     // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
     // is part of the canvas's; the reconcile lists the pods it needs, so only metadata here.
@@ -119,26 +120,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
                 .get(LABEL_INSTANCE)
                 .zip(namespace)
                 .map(|(canvas, namespace)| ObjectRef::new(canvas).within(&namespace))
-        },
-    )
-    // A Secret named by spec.redis.passwordSecretRef or spec.auth.clientSecretRef is the
-    // user's, not labelled as ours: its appearance or rotation must reach the canvases
-    // that use it. Its metadata
-    // says which Secret changed; its data is never cached here.
-    .watches_stream(
-        scope.watch_metadata::<Secret>(watcher::Config::default()),
-        move |secret: PartialObjectMeta<Secret>| {
-            let namespace = secret.namespace();
-            let name = secret.name_any();
-            canvases
-                .state()
-                .into_iter()
-                .filter(|canvas| {
-                    canvas.namespace() == namespace
-                        && canvas.spec.referenced_secrets().any(|r| r == name)
-                })
-                .map(|canvas| ObjectRef::from_obj(&*canvas))
-                .collect::<Vec<_>>()
         },
     );
 

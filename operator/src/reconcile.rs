@@ -58,6 +58,9 @@ pub const APPLIED_HASH_ANNOTATION: &str = "pixel-playground.dev/applied-hash";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while a rollout is under way.
 const WHILE_PROGRESSING: Duration = Duration::from_secs(30);
+/// Requeue of a Ready canvas that names a Secret of the user's (a password, a client
+/// secret): how soon its rotation reaches the pods, since the operator may not watch it.
+const REFERENCED_SECRET_POLL: Duration = Duration::from_secs(30);
 
 /// What every reconcile shares: the controller's context.
 pub struct Context {
@@ -294,11 +297,18 @@ async fn reconcile_canvas(
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
-    Ok(Action::requeue(if ready {
-        RESYNC
-    } else {
+    Ok(Action::requeue(requeue_after(canvas, ready)))
+}
+
+/// When to look at the canvas again without a watch event.
+fn requeue_after(canvas: &PixelCanvas, ready: bool) -> Duration {
+    if !ready {
         WHILE_PROGRESSING
-    }))
+    } else if canvas.spec.referenced_secrets().next().is_some() {
+        REFERENCED_SECRET_POLL
+    } else {
+        RESYNC
+    }
 }
 
 fn url_of(canvas: &PixelCanvas, defaults: &Defaults) -> Option<String> {
@@ -939,6 +949,18 @@ mod tests {
             "lists must match element-wise"
         );
         assert!(!is_subset(&want, &json!({})));
+    }
+
+    /// The operator may not watch Secrets, so a Ready canvas that names one of the user's
+    /// is looked at again soon enough for a rotation to reach its pods.
+    #[test]
+    fn a_canvas_naming_a_users_secret_is_polled_for_its_rotation() {
+        let canvas = |spec| PixelCanvas::new("demo", serde_json::from_value(spec).expect("spec"));
+        assert_eq!(requeue_after(&canvas(json!({})), true), RESYNC);
+        assert_eq!(requeue_after(&canvas(json!({})), false), WHILE_PROGRESSING);
+        let named = canvas(json!({"redis": {"passwordSecretRef": {"name": "mine"}}}));
+        assert_eq!(requeue_after(&named, true), REFERENCED_SECRET_POLL);
+        assert!(REFERENCED_SECRET_POLL < RESYNC);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     crate::api_fuzz::run()?;
     println!("== cargo deny: licenses, bans, sources");
     crate::deny::run()?;
+    println!("== kube-score: the children of every example");
+    crate::kube_score::run()?;
 
     println!("== end-to-end suites");
     let tools = toolchain.wait()?;

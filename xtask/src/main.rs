@@ -12,6 +12,7 @@ mod e2e;
 mod fuzz;
 mod image;
 mod invariants;
+mod kube_score;
 mod real_pods;
 mod scenarios;
 mod up;
@@ -62,6 +63,10 @@ enum Command {
     /// of repeated rounds; writes target/bench/results.{json,md}. Not tests. Runs a release
     /// build of `pixel-bench run` with these arguments (`cargo xtask bench --help` lists them).
     Bench(bench::BenchArgs),
+    /// The peer linter: kube-score (built from its pinned Go module) on the children the
+    /// operator renders for every example; fails on a critical finding that
+    /// docs/reliability.md does not list as deliberate.
+    KubeScore,
     /// Fuzz canvas-api with schemathesis against its OpenAPI document, on a real Redis: at
     /// least 1,000 requests, every check (no 5xx, answers as documented) must pass.
     ApiFuzz,
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         }),
         Command::Bench(args) => bench::run(&args),
         Command::ApiFuzz => api_fuzz::run(),
+        Command::KubeScore => kube_score::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

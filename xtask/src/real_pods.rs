@@ -79,8 +79,8 @@ const CHECKS: [(&str, Check); 12] = [
         redis_pod_deleted_keeps_every_pixel,
     ),
     (
-        "network-policy-guards-redis-and-the-api",
-        network_policy_guards_redis_and_the_api,
+        "network-policies-guard-every-canvas-pod",
+        network_policies_guard_every_canvas_pod,
     ),
     (
         "identity-key-rotation-keeps-identities",
@@ -859,10 +859,11 @@ fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
 }
 
 /// A pod of the namespace that is neither the canvas's API nor its gateway cannot open
-/// Redis's port, nor canvas-api's; a pod of the namespace `spec.networkPolicy` names for the
-/// Ingress controller reaches canvas-api but not Redis; the API and the gateway still reach
-/// Redis (their readiness needs it) and the API through the Ingress still answers.
-fn network_policy_guards_redis_and_the_api(stage: &Stage) -> Result<()> {
+/// Redis's port, nor canvas-api's, the gateway's or the frontend's; a pod of the namespace
+/// `spec.networkPolicy` names for the Ingress controller reaches canvas-api, the gateway and
+/// the frontend but not Redis; the API and the gateway still reach Redis (their readiness
+/// needs it) and the API through the Ingress still answers.
+fn network_policies_guard_every_canvas_pod(stage: &Stage) -> Result<()> {
     // Labelled as the canvas's frontend: in the namespace, of the canvas, and still not allowed.
     let intruder = stage.probe_pod(NAMESPACE, "intruder", "frontend")?;
     let edge = stage.probe_pod(EDGE_NAMESPACE, "edge", "ingress")?;
@@ -882,39 +883,55 @@ fn network_policy_guards_redis_and_the_api(stage: &Stage) -> Result<()> {
             .to_owned())
     };
     let redis = pod_ip(&format!("{CANVAS}-redis-0"))?;
-    let api_pod = stage
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            "app.kubernetes.io/component=api",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])?
-        .trim()
-        .to_owned();
-    let api = pod_ip(&api_pod)?;
-    let api_port = ports::CANVAS_API.to_string();
+    let first_pod_ip = |component: &str| -> Result<String> {
+        let pod = stage
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                NAMESPACE,
+                "-l",
+                &format!("app.kubernetes.io/component={component}"),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])?
+            .trim()
+            .to_owned();
+        pod_ip(&pod)
+    };
+    let stateless = [
+        (first_pod_ip("api")?, ports::CANVAS_API.to_string()),
+        (first_pod_ip("gateway")?, ports::GATEWAY.to_string()),
+        (first_pod_ip("frontend")?, ports::FRONTEND.to_string()),
+    ];
+    let refused = |said: &str| {
+        said.contains("refused") || said.contains("timed out") || said.contains("Timeout")
+    };
     let outcome = (|| -> Result<()> {
-        for (from, to, port) in [
-            (&intruder, &redis, "6379"),
-            (&intruder, &api, api_port.as_str()),
-            (&edge, &redis, "6379"),
-        ] {
+        let mut closed = vec![
+            (&intruder, redis.as_str(), "6379"),
+            (&edge, redis.as_str(), "6379"),
+        ];
+        closed.extend(
+            stateless
+                .iter()
+                .map(|(ip, port)| (&intruder, ip.as_str(), port.as_str())),
+        );
+        for (from, to, port) in closed {
             let said = stage.dial(from, to, port)?;
             ensure!(
-                said.contains("refused") || said.contains("timed out") || said.contains("Timeout"),
+                refused(&said),
                 "{from} reached {to}:{port}, which its NetworkPolicy should refuse: {said}"
             );
         }
-        // canvas-api answers the RESP ping it does not speak: the connection was admitted.
-        let said = stage.dial(&edge, &api, &api_port)?;
-        ensure!(
-            !said.contains("refused") && !said.contains("timed out") && !said.contains("Timeout"),
-            "{edge}, in the namespace spec.networkPolicy admits, could not reach {api}:{api_port}: {said}"
-        );
+        // Each answers the RESP ping it does not speak: the connection was admitted.
+        for (ip, port) in &stateless {
+            let said = stage.dial(&edge, ip, port)?;
+            ensure!(
+                !refused(&said),
+                "{edge}, in the namespace spec.networkPolicy admits, could not reach {ip}:{port}: {said}"
+            );
+        }
         Ok(())
     })();
     for (namespace, pod) in [(NAMESPACE, "intruder"), (EDGE_NAMESPACE, "edge")] {

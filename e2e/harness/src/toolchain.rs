@@ -1,7 +1,7 @@
 //! The pinned Go tools: the Kubernetes control plane and the real node's kubelet and
 //! kube-proxy, etcd, KWOK and chainsaw, the node's containerd, CoreDNS, Traefik (the Ingress
-//! controller) and kube-router (its NetworkPolicy enforcer), and Centrifugo (the peer of the
-//! gateway fan-out benchmark, built only when that runs).
+//! controller) and kube-router (its NetworkPolicy enforcer), Centrifugo (the peer of the
+//! gateway fan-out benchmark, built only when that runs), and kube-score (the peer linter).
 //!
 //! Each lives in its own Go module under `e2e/toolchain/`, whose go.mod/go.sum are the pins.
 //! Binaries are built with the Go toolchain and module proxy only, into the machine cache
@@ -133,6 +133,12 @@ const OIDC_PROVIDER: Component = Component {
     name: "oidc-provider",
     pinned_module: "github.com/zitadel/oidc/v3",
     binaries: &[("github.com/zitadel/oidc/v3/example/server", "oidc-provider")],
+};
+/// Not in [`COMPONENTS`]: only the peer-linter step of the tests needs it.
+const KUBE_SCORE: Component = Component {
+    name: "kube-score",
+    pinned_module: "github.com/zegl/kube-score",
+    binaries: &[("github.com/zegl/kube-score/cmd/kube-score", "kube-score")],
 };
 /// Where each tool's release builds set the version it reports, and whether that version
 /// keeps its leading `v`.
@@ -325,6 +331,13 @@ pub fn ensure_chainsaw() -> Result<PathBuf> {
 pub fn ensure_oidc_provider() -> Result<PathBuf> {
     check_go()?;
     Ok(ensure_component(&OIDC_PROVIDER, &Progress::foreground())?.join("oidc-provider"))
+}
+
+/// Builds kube-score (the peer linter of the rendered children) when the cache lacks it and
+/// returns the binary's path.
+pub fn ensure_kube_score() -> Result<PathBuf> {
+    check_go()?;
+    Ok(ensure_component(&KUBE_SCORE, &Progress::foreground())?.join("kube-score"))
 }
 
 /// Builds Centrifugo when the cache lacks it and returns the binary's path.

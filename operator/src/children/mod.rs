@@ -446,6 +446,12 @@ impl Child {
         }
         with_child!(self, |object| of(object))
     }
+
+    /// The object as the API server would receive it (`apiVersion` and `kind` included).
+    pub fn to_json(&self) -> serde_json::Value {
+        with_child!(self, |object| serde_json::to_value(object)
+            .expect("Kubernetes objects are JSON"))
+    }
 }
 
 /// The desired state of a canvas's children.
@@ -467,14 +473,13 @@ pub fn desired(inputs: &Inputs) -> Desired {
     }
     apply.push(Child::Secret(config::internal_secret(inputs)));
     apply.push(Child::Secret(config::moderator_secret(inputs)));
-    // Before the pods they guard: Redis and canvas-api are never open, not even on creation.
+    // Before the pods they guard: no canvas pod is ever open, not even on creation.
     apply.push(Child::NetworkPolicy(network::redis(inputs)));
-    match network::api(inputs) {
-        Some(policy) => apply.push(Child::NetworkPolicy(policy)),
-        None => absent.push((
-            ChildKind::NetworkPolicy,
-            inputs.names.component(Component::Api),
-        )),
+    for component in workloads::STATELESS {
+        match network::stateless(inputs, component) {
+            Some(policy) => apply.push(Child::NetworkPolicy(policy)),
+            None => absent.push((ChildKind::NetworkPolicy, inputs.names.component(component))),
+        }
     }
     for component in workloads::STATELESS {
         let Some((deployment, service, budget)) = workloads::objects(inputs, component) else {

@@ -1,7 +1,7 @@
 //! NetworkPolicies: who may open a port of the canvas's pods. Redis takes only the canvas's
-//! canvas-api and gateway; canvas-api takes only the gateway, the Ingress controller's
-//! namespaces and the metrics scrapers' (`spec.networkPolicy`), so that nothing else in
-//! the cluster reaches its internal endpoints.
+//! canvas-api and gateway; canvas-api, the gateway and the frontend take only the Ingress
+//! controller's namespaces and the metrics scrapers' (`spec.networkPolicy`), and canvas-api
+//! the gateway too, so that nothing else in the cluster reaches a canvas pod.
 
 use k8s_openapi::{
     api::networking::v1::{
@@ -29,11 +29,18 @@ pub fn redis(inputs: &Inputs) -> NetworkPolicy {
     policy(inputs, Component::Redis, ports::REDIS, vec![clients])
 }
 
-/// canvas-api's port admits this canvas's gateway pods and every pod of the namespaces
-/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers), and the
+/// The policy of a stateless component's port: it admits every pod of the namespaces
+/// `spec.networkPolicy` names (its Ingress controller, its metrics scrapers) and the
 /// addresses of a host-network controller (`ingressControllerCIDRs`), which is in no
-/// namespace a policy can name. `None` when `spec.networkPolicy.enabled` is off.
-pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
+/// namespace a policy can name; canvas-api admits this canvas's gateway pods as well.
+/// `None` when `spec.networkPolicy.enabled` is off.
+pub fn stateless(inputs: &Inputs, component: Component) -> Option<NetworkPolicy> {
+    let port = match component {
+        Component::Redis => return None,
+        Component::Api => ports::CANVAS_API,
+        Component::Gateway => ports::GATEWAY,
+        Component::Frontend => ports::FRONTEND,
+    };
     let spec = &inputs.canvas.spec.network_policy;
     if !spec.enabled {
         return None;
@@ -46,7 +53,10 @@ pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
         .collect();
     namespaces.sort();
     namespaces.dedup();
-    let mut peers = vec![pods_of(inputs, &[Component::Gateway])];
+    let mut peers = Vec::new();
+    if component == Component::Api {
+        peers.push(pods_of(inputs, &[Component::Gateway]));
+    }
     if !namespaces.is_empty() {
         peers.push(NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
@@ -71,7 +81,7 @@ pub fn api(inputs: &Inputs) -> Option<NetworkPolicy> {
                 ..Default::default()
             }),
     );
-    Some(policy(inputs, Component::Api, ports::CANVAS_API, peers))
+    Some(policy(inputs, component, port, peers))
 }
 
 /// The pods of these components of this canvas (in its namespace).
@@ -96,7 +106,8 @@ fn pods_of(inputs: &Inputs, components: &[Component]) -> NetworkPolicyPeer {
 }
 
 /// The policy `<canvas>-<component>`: the component's pods take connections to `port`
-/// from `peers` only.
+/// from `peers` only; no peers, no connection (a rule with an empty `from` would admit
+/// every source).
 fn policy(
     inputs: &Inputs,
     component: Component,
@@ -111,14 +122,18 @@ fn policy(
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(peers),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(i32::from(port))),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                }]),
-            }]),
+            ingress: Some(if peers.is_empty() {
+                Vec::new()
+            } else {
+                vec![NetworkPolicyIngressRule {
+                    from: Some(peers),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(i32::from(port))),
+                        protocol: Some("TCP".to_owned()),
+                        ..Default::default()
+                    }]),
+                }]
+            }),
             ..Default::default()
         }),
     }

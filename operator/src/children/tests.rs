@@ -149,6 +149,8 @@ fn a_default_canvas_has_the_whole_stack() {
             ("Deployment", "demo-gateway"),
             ("Ingress", "demo"),
             ("NetworkPolicy", "demo-api"),
+            ("NetworkPolicy", "demo-frontend"),
+            ("NetworkPolicy", "demo-gateway"),
             ("NetworkPolicy", "demo-redis"),
             ("PodDisruptionBudget", "demo-api"),
             ("PodDisruptionBudget", "demo-frontend"),
@@ -891,7 +893,65 @@ fn network_policies_come_before_the_pods_they_guard() {
     let d = desired_for(&canvas(json!({})));
     let position = |kind: &str, name: &str| position_of(&d, kind, name);
     assert!(position("NetworkPolicy", "demo-redis") < position("StatefulSet", "demo-redis"));
-    assert!(position("NetworkPolicy", "demo-api") < position("Deployment", "demo-api"));
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert!(
+            position("NetworkPolicy", name) < position("Deployment", name),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn only_the_ingress_controller_and_scrapers_reach_the_gateway_and_the_frontend() {
+    let d = desired_for(&canvas(json!({})));
+    let defaults = vec![
+        "ingress-nginx".to_owned(),
+        "kube-system".to_owned(),
+        "monitoring".to_owned(),
+    ];
+    for (name, port) in [
+        ("demo-gateway", ports::GATEWAY),
+        ("demo-frontend", ports::FRONTEND),
+    ] {
+        assert_eq!(
+            admitted(find(&d, "NetworkPolicy", name)),
+            (defaults.clone(), Vec::new(), i32::from(port)),
+            "{name}: no pod of the canvas's namespace"
+        );
+    }
+    let d = desired_for(&canvas(json!({"networkPolicy": {
+        "ingressControllerNamespaces": ["edge"],
+        "metricsNamespaces": [],
+        "ingressControllerCIDRs": ["198.51.100.7/32"],
+    }})));
+    assert_eq!(
+        admitted(find(&d, "NetworkPolicy", "demo-gateway")).0,
+        vec!["edge".to_owned(), "cidr 198.51.100.7/32".to_owned()]
+    );
+    // Nobody named: nobody admitted (a rule with an empty `from` would admit everyone).
+    let d = desired_for(&canvas(json!({"networkPolicy": {
+        "ingressControllerNamespaces": [],
+        "metricsNamespaces": [],
+    }})));
+    let Child::NetworkPolicy(closed) = find(&d, "NetworkPolicy", "demo-frontend") else {
+        unreachable!()
+    };
+    assert_eq!(
+        closed.spec.as_ref().and_then(|s| s.ingress.clone()),
+        Some(Vec::new()),
+        "no rule at all"
+    );
+    // Turned off: every stateless component's policy goes; Redis's stays.
+    let off = desired_for(&canvas(json!({"networkPolicy": {"enabled": false}})));
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert!(
+            off.absent
+                .iter()
+                .any(|(kind, n)| *kind == ChildKind::NetworkPolicy && n == name),
+            "{name}"
+        );
+    }
+    find(&off, "NetworkPolicy", "demo-redis");
 }
 
 #[test]
@@ -1412,17 +1472,14 @@ fn every_container_bounds_its_local_disk_and_every_empty_dir_its_size() {
         }
     }
     // The spec's CPU and memory are kept as they are.
-    let api = container(
-        pod_specs(&d)
-            .into_iter()
-            .find(|(n, _)| *n == "demo-api")
-            .unwrap()
-            .1,
-    )
-    .resources
-    .clone()
-    .unwrap();
-    assert_eq!(api.limits.unwrap()["memory"].0, "1Gi");
+    let limits = deployment(&d, "demo-api")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|pod| container(pod).resources.clone())
+        .and_then(|r| r.limits)
+        .expect("limits");
+    assert_eq!(limits["memory"].0, "1Gi");
 }
 
 #[test]
@@ -1536,4 +1593,38 @@ fn pod_overrides_reach_only_their_components_pods() {
         );
         assert!(!pod_annotations(&d, name).contains_key("mesh.example/inject"));
     }
+}
+
+#[test]
+fn the_gateway_believes_only_loopback_and_the_proxies_the_canvas_names() {
+    let trusted = |spec| {
+        value_of(
+            &env_of(&desired_for(&canvas(spec)), "demo-gateway"),
+            ports::ENV_WS_TRUSTED_PROXIES,
+        )
+    };
+    assert_eq!(
+        trusted(json!({})).as_deref(),
+        Some(ports::LOOPBACK_PROXIES),
+        "no private range by default"
+    );
+    assert_eq!(
+        trusted(json!({"networkPolicy": {"ingressControllerCIDRs": ["198.51.100.7/32"]}}))
+            .as_deref(),
+        Some(format!("{},198.51.100.7/32", ports::LOOPBACK_PROXIES).as_str()),
+        "the Ingress controller's host addresses"
+    );
+    assert_eq!(
+        trusted(json!({
+            "networkPolicy": {"ingressControllerCIDRs": ["198.51.100.7/32"]},
+            "gateway": {"trustedProxies": ["203.0.113.0/24", "2001:db8::/64"]}
+        }))
+        .as_deref(),
+        Some(format!("{},203.0.113.0/24,2001:db8::/64", ports::LOOPBACK_PROXIES).as_str()),
+        "the proxies named for the gateway win"
+    );
+    assert_eq!(
+        trusted(json!({"gateway": {"trustedProxies": []}})).as_deref(),
+        Some(ports::LOOPBACK_PROXIES)
+    );
 }

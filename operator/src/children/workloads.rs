@@ -63,6 +63,22 @@ fn stateless(inputs: &Inputs, component: Component) -> Option<Stateless> {
     })
 }
 
+/// The proxies whose `X-Forwarded-For` the gateway believes: loopback, and the ranges the
+/// spec names for its proxies, else those its Ingress controller connects from.
+fn trusted_proxies(inputs: &Inputs) -> String {
+    let spec = &inputs.canvas.spec;
+    let named = spec
+        .gateway
+        .trusted_proxies
+        .as_ref()
+        .unwrap_or(&spec.network_policy.ingress_controller_cidrs);
+    [ports::LOOPBACK_PROXIES]
+        .into_iter()
+        .chain(named.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The stateless components, in order.
 pub const STATELESS: [Component; 3] = [Component::Api, Component::Gateway, Component::Frontend];
 
@@ -119,6 +135,10 @@ fn env(inputs: &Inputs, s: &Stateless) -> Vec<EnvVar> {
             ports::ENV_IDENTITY_KEY_NEXT,
             inputs.names.internal_secret(),
             config::IDENTITY_KEY_NEXT_KEY,
+        ));
+        env.push(value(
+            ports::ENV_WS_TRUSTED_PROXIES,
+            trusted_proxies(inputs),
         ));
         // A cookie for a canvas served over TLS is never sent over plain HTTP.
         env.push(value(

@@ -313,7 +313,7 @@ async fn reconcile_with(
 /// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
 /// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 22] = [
+const STEADY_READS: [&str; 24] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/secrets/demo-moderator",
@@ -323,6 +323,8 @@ const STEADY_READS: [&str; 22] = [
     "/api/v1/namespaces/art/secrets/demo-moderator",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-api",
+    "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-gateway",
+    "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-frontend",
     "/api/v1/namespaces/art/services/demo-api",
     "/apis/apps/v1/namespaces/art/deployments/demo-api",
     "/apis/policy/v1/namespaces/art/poddisruptionbudgets/demo-api",

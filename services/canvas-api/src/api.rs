@@ -19,7 +19,7 @@ use bytes::Bytes;
 use pixel_common::{
     canvas::Point,
     identity::{is_signed_in, public_name},
-    ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER},
+    ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
 use serde::{Deserialize, Serialize};
@@ -381,6 +381,26 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or(ApiError::ClientId)
 }
 
+/// The placement's idempotency key, if it has one; a malformed one is refused rather than
+/// ignored, since a retry without it could place twice.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .filter(|key| {
+                    (1..=64).contains(&key.len())
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                })
+                .ok_or(ApiError::IdempotencyKey)
+        })
+        .transpose()
+}
+
 /// The client a placement or an undo is for, while the canvas takes them.
 fn open_for<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<&'h str, ApiError> {
     let client_id = client_id(headers)?;
@@ -392,12 +412,14 @@ fn open_for<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<&'h str, Api
 
 #[utoipa::path(post, path = "/api/v1/pixels", tag = "canvas",
     params(("X-Client-Id" = String, Header, description = "The placing client: 1 to 64 of A-Z a-z 0-9 . _ -",
-        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the placement: sent again by the same client within 60 s, it is answered as the first time and places nothing. 1 to 64 of A-Z a-z 0-9 _ -",
+        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     security(("internalToken" = [])),
     request_body = PlaceRequest,
     responses(
         (status = 200, description = "Placed; the new canvas version", body = PlaceResponse),
-        (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large or invalid_client_id", body = ErrorBody),
+        (status = 400, description = "out_of_bounds, unknown_color, invalid_body, body_too_large, invalid_client_id or invalid_idempotency_key", body = ErrorBody),
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "canvas_closed (the canvas is frozen or outside its schedule) or banned (a moderator banned the client)", body = ErrorBody),
@@ -434,6 +456,7 @@ async fn place_checked(
     }
     let Json(request) = body.map_err(ApiError::Body)?;
     let client_id = open_for(state, headers)?;
+    let idempotency_key = idempotency_key(headers)?;
     let settings = &state.settings;
     let point = settings.size.point(request.x, request.y)?;
     let color = settings.palette.index(request.color)?;
@@ -449,6 +472,7 @@ async fn place_checked(
             undo_window: Duration::from_secs(settings.undo_seconds.into()),
             rate: settings.rate,
             history_max_len: settings.history_max_len,
+            idempotency_key,
         })
         .await?;
     match placed {

@@ -30,7 +30,7 @@ pub struct ErrorBody {
 #[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `out_of_bounds`, `unknown_color`, `invalid_body`,
-    /// `body_too_large`, `invalid_client_id`, `unauthorized`, `invalid_path`, `invalid_query`,
+    /// `body_too_large`, `invalid_client_id`, `invalid_idempotency_key`, `unauthorized`, `invalid_path`, `invalid_query`,
     /// `cooldown`, `rate_limited`, `canvas_closed`, `banned`, `nothing_to_undo`, `undo_superseded`,
     /// `invalid_player`, `not_banned`, `history_gone`,
     /// `not_found`, `method_not_allowed`, `unavailable`, `internal`.
@@ -65,6 +65,11 @@ pub enum ApiError {
         pixel_common::ports::CLIENT_ID_HEADER
     )]
     ClientId,
+    #[error(
+        "the {} header must be 1 to 64 of A-Z a-z 0-9 _ -",
+        pixel_common::ports::IDEMPOTENCY_KEY_HEADER
+    )]
+    IdempotencyKey,
     #[error("placements are accepted only from the canvas's gateway; place through its WebSocket")]
     Unauthorized,
     #[error("this client placed a pixel recently; retry in {retry_after_ms} ms")]
@@ -117,6 +122,7 @@ impl ApiError {
             Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             Self::Query(_) | Self::QueryValue(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::ClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
+            Self::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Cooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "cooldown"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),

@@ -8,7 +8,8 @@ use pixel_common::{
     identity::public_name,
     redis_schema::{
         AUDIT_KEY, BANS_KEY, COOLDOWN_KEY_PREFIX, HISTORY_KEY, NAMES_KEY, PIXELS_KEY, PLACED_KEY,
-        RATE_KEY_PREFIX, UNDO_KEY_PREFIX, UPDATES_CHANNEL, VERSION_KEY,
+        PLACEMENT_KEY_PREFIX, PLACEMENT_KEY_TTL, RATE_KEY_PREFIX, UNDO_KEY_PREFIX, UPDATES_CHANNEL,
+        VERSION_KEY,
     },
 };
 use redis::{
@@ -44,12 +45,22 @@ pub enum StoreError {
 /// its rate and cooldown consumed) and nothing is written but an undo record of version 0,
 /// so that its undo is answered like anyone's. With an undo window, keeps what
 /// the placement replaced (colour and record) under the client's undo key for
-/// [`UNDO_SCRIPT`]. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
+/// [`UNDO_SCRIPT`]. With an idempotency key (`ARGV[13]`, its time to live), an accepted
+/// placement's answer is kept under it and a placement naming it again, while it lives, is
+/// given that answer and changes nothing; a refused one keeps nothing (a retry is refused
+/// or accepted afresh). Checked after the ban, so a ban in between holds. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
 /// `{2, retry_after_ms}` (rate) or `{3}` (banned).
 const PLACE_SCRIPT: &str = r"
 local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local ban = redis.call('HGET', KEYS[8], ARGV[12])
 if ban == 'ban' then return {3} end
+if ARGV[13] ~= '' then
+  local answered = redis.call('GET', KEYS[9])
+  if answered then
+    local version, ms = string.match(answered, '^(%d+) (%d+)$')
+    return {1, tonumber(version), tonumber(ms)}
+  end
+end
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local ms = string.format('%d', math.floor(now_us / 1000))
@@ -91,6 +102,9 @@ redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' 
 if undo > 0 then
   redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. version ..
     ' ' .. previous .. ' ' .. (record or ''), 'PX', undo)
+end
+if ARGV[13] ~= '' then
+  redis.call('SET', KEYS[9], version .. ' ' .. ms, 'PX', ARGV[13])
 end
 return {1, tonumber(version), tonumber(ms)}
 ";
@@ -187,6 +201,9 @@ pub struct Placement<'a> {
     /// The client's placement rate: one per `interval` (zero: unlimited), `burst` at once.
     pub rate: PlacementRate,
     pub history_max_len: u32,
+    /// Names the placement: a second one with the same key from the same client, within
+    /// [`PLACEMENT_KEY_TTL`], is answered as the first was and places nothing.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// How fast one client may place, across every connection and replica.
@@ -462,6 +479,11 @@ impl Store {
             .key(format!("{UNDO_KEY_PREFIX}{}", placement.client_id))
             .key(format!("{RATE_KEY_PREFIX}{}", placement.client_id))
             .key(BANS_KEY)
+            .key(match placement.idempotency_key {
+                Some(key) => format!("{PLACEMENT_KEY_PREFIX}{}:{key}", placement.client_id),
+                // Unused by the script; a key of this canvas all the same (cluster slots).
+                None => PLACEMENT_KEY_PREFIX.to_owned(),
+            })
             .arg(placement.index)
             .arg(placement.color)
             .arg(placement.client_id)
@@ -473,7 +495,11 @@ impl Store {
             .arg(millis(placement.undo_window))
             .arg(u64::try_from(placement.rate.interval.as_micros()).unwrap_or(u64::MAX))
             .arg(placement.rate.burst)
-            .arg(public_name(placement.client_id));
+            .arg(public_name(placement.client_id))
+            .arg(match placement.idempotency_key {
+                Some(_) => millis(PLACEMENT_KEY_TTL).to_string(),
+                None => String::new(),
+            });
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         match reply.as_slice() {
             [1, version, placed_at_ms] => Ok(Placed::Accepted {

@@ -11,7 +11,7 @@ use canvas_api::{AppState, Args, app};
 use clap::Parser;
 use futures_util::StreamExt;
 use pixel_common::{
-    ports::CLIENT_ID_HEADER,
+    ports::{CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER},
     redis_schema::{UPDATES_CHANNEL, parse_update_message},
     testing::{API_TOKEN, RedisServer},
     wire::{PixelUpdate, Snapshot},
@@ -780,6 +780,81 @@ async fn requests_the_openapi_document_allows_or_refuses_are_answered_so() {
         .await;
     answer.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert_eq!(answer.headers[header::ALLOW], "GET,HEAD");
+}
+
+impl Api {
+    /// A placement as the gateway sends it, naming itself with `key`.
+    async fn place_keyed(&self, client: &str, key: &str, x: i64, y: i64, color: i64) -> Answer {
+        self.send(
+            Request::post("/api/v1/pixels")
+                .header(header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(CLIENT_ID_HEADER, client)
+                .header(IDEMPOTENCY_KEY_HEADER, key)
+                .body(Body::from(
+                    json!({"x": x, "y": y, "color": color}).to_string(),
+                ))
+                .expect("request"),
+        )
+        .await
+    }
+}
+
+/// The gateway's retry after a connection reset sends the placement again with the same
+/// key: whether or not the first one was placed, the pixel is placed once.
+#[tokio::test]
+async fn a_placement_sent_again_with_its_key_is_answered_as_before_and_placed_once() {
+    let (_redis, api) = started(&[]).await;
+    let first = api.place_keyed("a", "k-1", 3, 4, 2).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json());
+    let again = api.place_keyed("a", "k-1", 3, 4, 2).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.json());
+    assert_eq!(first.json(), again.json(), "the same version and time");
+    assert_eq!(
+        api.snapshot().await.version(),
+        1,
+        "one placement, one version"
+    );
+    let history = api.get("/api/v1/history?since=0").await.json();
+    assert_eq!(
+        history["updates"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    // The key is the client's: another client's placement with it is its own.
+    let other = api.place_keyed("b", "k-1", 3, 4, 1).await;
+    assert_eq!(other.json()["version"], 2, "{}", other.json());
+    // A new key is a new placement.
+    assert_eq!(
+        api.place_keyed("a", "k-2", 3, 4, 2).await.json()["version"],
+        3
+    );
+    // A malformed key is refused, not ignored: a retry without it could place twice.
+    for bad in ["", "has space", "dots.are.not.allowed", &"k".repeat(65)] {
+        api.place_keyed("a", bad, 0, 0, 1)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_idempotency_key");
+    }
+    assert_eq!(
+        api.snapshot().await.version(),
+        3,
+        "nothing placed by a refused key"
+    );
+}
+
+/// A refused placement keeps nothing under its key: the retry is decided afresh, so a
+/// cooldown that has ended lets it through and a ban in between holds.
+#[tokio::test]
+async fn a_refused_placement_keeps_no_answer_under_its_key() {
+    let (_redis, api) = started(&["--canvas-cooldown-seconds", "60"]).await;
+    api.place_keyed("a", "k-1", 0, 0, 1).await;
+    api.place_keyed("a", "k-2", 1, 0, 1)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+    api.place_keyed("a", "k-2", 1, 0, 1)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "cooldown");
+    assert_eq!(api.snapshot().await.version(), 1);
 }
 
 #[tokio::test]

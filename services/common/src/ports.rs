@@ -78,6 +78,10 @@ pub const ENV_MAX_BODY_BYTES: &str = "PIXEL_MAX_BODY_BYTES";
 
 /// The header carrying the placing client's id (set by the gateway).
 pub const CLIENT_ID_HEADER: &str = "x-client-id";
+/// The header naming one placement, so that sending it again (the gateway's one retry after
+/// a connection refused or reset) answers as the first time and places nothing: 1 to 64 of
+/// `A-Z a-z 0-9 _ -`, unique per client for [`crate::redis_schema::PLACEMENT_KEY_TTL`].
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// The credential canvas-api's placement endpoint requires of its caller, the gateway
 /// (`Authorization: Bearer <token>`): a per-canvas random token from the `<canvas>-internal`
 /// Secret, so nothing reachable through the Ingress can place a pixel.
@@ -139,6 +143,9 @@ pub const ENV_WS_SEND_TIMEOUT_MS: &str = "PIXEL_WS_SEND_TIMEOUT_MS";
 pub const ENV_WS_MAX_CONNECTIONS_PER_ADDRESS: &str = "PIXEL_WS_MAX_CONNECTIONS_PER_ADDRESS";
 /// Proxies (CIDRs) whose `X-Forwarded-For` names the client's address.
 pub const ENV_WS_TRUSTED_PROXIES: &str = "PIXEL_WS_TRUSTED_PROXIES";
+/// The proxies the gateway always believes, and all it believes by default: one in its own
+/// pod (loopback). A private range is no proof of a proxy.
+pub const LOOPBACK_PROXIES: &str = "127.0.0.0/8,::1/128";
 /// How many update batches a client may fall behind before it is closed (4008).
 pub const ENV_WS_CLIENT_QUEUE: &str = "PIXEL_WS_CLIENT_QUEUE";
 /// How long the gateway gathers updates into one frame, in milliseconds (1..=50).

@@ -27,6 +27,13 @@ pub const AUDIT_KEY: &str = "canvas:audit";
 /// arrival time of the client's placements (GCRA), in µs since the Unix epoch by Redis's
 /// clock; its whole burst is allowed again from then on, and the key expires then.
 pub const RATE_KEY_PREFIX: &str = "canvas:rate:";
+/// Prefix of placement answers kept for a retry, followed by `<client id>:<idempotency
+/// key>`: `"<version> <placed at ms>"` of an accepted placement, expiring after
+/// [`PLACEMENT_KEY_TTL`].
+pub const PLACEMENT_KEY_PREFIX: &str = "canvas:placement:";
+/// How long a placement's answer is kept for a retry: far longer than the gateway's request
+/// timeout and its one retry.
+pub const PLACEMENT_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Prefix of per-client undo records, followed by the client id: the client's last
 /// placement as `"<index> <x> <y> <version> <colour before> <record before>"` (the record as
 /// in [`PLACED_KEY`], empty when there was none), expiring with the undo window.

@@ -43,10 +43,11 @@ impl Cidr {
     }
 }
 
-/// The default `--trusted-proxies`: loopback and private ranges, where an Ingress
-/// controller in the cluster connects from.
-pub const DEFAULT_TRUSTED_PROXIES: &str =
-    "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,::1/128,fc00::/7";
+/// The default `--trusted-proxies`: loopback only (a proxy in the same pod). No private
+/// range: behind a load balancer that translates addresses, or beside any pod of the
+/// cluster, a private peer is not necessarily a proxy that wrote an honest entry. The
+/// operator adds the Ingress controller's ranges the canvas names.
+pub const DEFAULT_TRUSTED_PROXIES: &str = pixel_common::ports::LOOPBACK_PROXIES;
 
 /// The address a connection is counted against: its peer, or, when the peer is a trusted
 /// proxy, the right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries
@@ -141,19 +142,23 @@ mod tests {
 
     #[test]
     fn ranges_parse_and_match() {
-        let private = ranges(DEFAULT_TRUSTED_PROXIES);
+        let private = ranges("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7");
         for inside in [
             "10.1.2.3",
             "172.31.0.1",
             "192.168.9.9",
-            "127.0.0.1",
-            "::1",
             "fd00::7",
             "::ffff:10.0.0.1",
         ] {
             assert!(private.iter().any(|r| r.contains(ip(inside))), "{inside}");
         }
-        for outside in ["172.32.0.1", "8.8.8.8", "2001:db8::1", "11.0.0.0"] {
+        for outside in [
+            "172.32.0.1",
+            "8.8.8.8",
+            "2001:db8::1",
+            "11.0.0.0",
+            "127.0.0.1",
+        ] {
             assert!(
                 !private.iter().any(|r| r.contains(ip(outside))),
                 "{outside}"
@@ -164,6 +169,33 @@ mod tests {
         assert!(!ranges("203.0.113.7")[0].contains(ip("203.0.113.8")));
         for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129", ""] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    /// By default only a proxy in the pod is believed: a private peer (another pod, a
+    /// translating load balancer) that writes `X-Forwarded-For` is counted as itself.
+    #[test]
+    fn by_default_only_loopback_is_a_trusted_proxy() {
+        let trusted = ranges(DEFAULT_TRUSTED_PROXIES);
+        for peer in [
+            "10.0.0.5",
+            "172.16.0.1",
+            "192.168.1.1",
+            "fd00::1",
+            "198.18.0.7",
+        ] {
+            assert_eq!(
+                client_address(ip(peer), Some("203.0.113.9"), &trusted),
+                ip(peer),
+                "{peer}"
+            );
+        }
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                client_address(ip(peer), Some("203.0.113.9"), &trusted),
+                ip("203.0.113.9"),
+                "{peer}"
+            );
         }
     }
 
