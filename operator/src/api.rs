@@ -266,16 +266,7 @@ pub struct GatewaySpec {
 
     /// Addresses (CIDRs) of the proxies in front of the gateway whose `X-Forwarded-For` it believes, walking it from the right through these hops only: the Ingress controller's pods or nodes, and a load balancer in front of them that adds the header. The client address is what per-address limits (connections, new identities) count. Unset: `networkPolicy.ingressControllerCIDRs`. A proxy in the pod (loopback) is always believed, and no private range is by default: a peer that is no proxy could write any address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 16),
-        inner(
-            length(min = 4, max = 43),
-            regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
-        )
-    )]
-    #[x_kube(
-        validation = Rule::new("self.all(c, isCIDR(c))").message("gateway.trustedProxies entries must be CIDRs (198.51.100.0/24, 2001:db8::/64)")
-    )]
+    #[schemars(schema_with = "trusted_proxies_schema")]
     pub trusted_proxies: Option<Vec<String>>,
 
     /// Scheduling and annotations of the component's pods.
@@ -371,7 +362,7 @@ pub struct RedisSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("redis.storage.storageClassName is immutable").field_path(".storageClassName"))]
 pub struct StorageSpec {
-    /// Volume size, as a quantity (for example `1Gi`), from 64Mi to 1Ti. May grow, never shrink.
+    /// Volume size, as a quantity (for example `1Gi`), from 64Mi to 1Ti. May grow, never shrink: the operator raises the volume's claim when its StorageClass allows expansion, and the StorageReady condition says when it does not.
     #[serde(default = "default_storage_size")]
     #[schemars(schema_with = "quantity_schema")]
     #[x_kube(
@@ -538,17 +529,7 @@ pub struct NetworkPolicySpec {
         skip_serializing_if = "Vec::is_empty",
         rename = "ingressControllerCIDRs"
     )]
-    #[schemars(
-        length(max = 16),
-        inner(
-            length(min = 4, max = 43),
-            regex(pattern = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
-        )
-    )]
-    #[x_kube(
-        merge_strategy = ListMerge::Set,
-        validation = Rule::new("self.all(c, isCIDR(c))").message("networkPolicy.ingressControllerCIDRs entries must be CIDRs (198.51.100.0/24, 2001:db8::/64)")
-    )]
+    #[schemars(schema_with = "ingress_controller_cidrs_schema")]
     pub ingress_controller_cidrs: Vec<String>,
 
     /// Namespaces of the metrics scrapers that read the components' `/metrics` (unset: `monitoring`, where kube-prometheus runs Prometheus).
@@ -642,6 +623,33 @@ fn annotations_of(field: &str) -> schemars::Schema {
         "x-kubernetes-validations": [{
             "rule": "self.all(key, !key.startsWith('pixel-playground.dev/'))",
             "message": format!("{field} must not use the operator's own prefix pixel-playground.dev/"),
+        }],
+    })
+}
+
+fn trusted_proxies_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    cidr_list("gateway.trustedProxies")
+}
+
+fn ingress_controller_cidrs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    cidr_list("networkPolicy.ingressControllerCIDRs")
+}
+
+/// Up to 16 distinct address ranges such as `198.51.100.0/24` or `2001:db8::/64`.
+fn cidr_list(field: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "string",
+            "minLength": 4,
+            "maxLength": 43,
+            "pattern": r"^[0-9a-fA-F:.]+/[0-9]{1,3}$",
+        },
+        "x-kubernetes-list-type": "set",
+        "x-kubernetes-validations": [{
+            "rule": "self.all(c, isCIDR(c))",
+            "message": format!("{field} entries must be CIDRs (198.51.100.0/24, 2001:db8::/64)"),
         }],
     })
 }

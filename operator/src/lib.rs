@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod storage;
 
 use std::{
     future::Future,

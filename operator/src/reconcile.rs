@@ -17,9 +17,10 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{Pod, Secret},
+        core::v1::{PersistentVolumeClaim, Pod, Secret},
         networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
+        storage::v1::StorageClass,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -48,6 +49,7 @@ use crate::{
     },
     metrics::Metrics,
     status::{self, Observed, PodState, READY, WorkloadState},
+    storage::{self, StorageState},
 };
 
 /// Annotation on each child: digest of what the operator last applied. A child whose digest
@@ -267,16 +269,26 @@ async fn reconcile_canvas(
     if let Ok(replaced) = &replaced {
         pods.retain(|pod| !replaced.contains(&pod.name));
     }
+    // A volume that cannot grow holds nothing else up: its state goes to the status.
+    let storage = if canvas.spec.paused {
+        Ok(None)
+    } else {
+        grow_storage(canvas, context, &namespace, &names)
+            .await
+            .map(Some)
+    };
     let failure = applied
         .as_ref()
         .err()
         .or(replaced.as_ref().err())
+        .or(storage.as_ref().err())
         .map(|e| (e.reason().to_owned(), e.sentence()));
     let observed = Observed {
         workloads,
         image_problems: status::image_problems(&pods),
         failure,
         url: url_of(canvas, &context.defaults),
+        storage: storage.as_ref().ok().cloned().flatten(),
     };
     let now = Time(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
@@ -293,6 +305,7 @@ async fn reconcile_canvas(
     }
     applied?;
     replaced?;
+    storage?;
     let ready = new_status
         .conditions
         .iter()
@@ -755,6 +768,50 @@ async fn observe(
         }
     }
     Ok(())
+}
+
+/// Raises the Redis claim's request to `spec.redis.storage.size` when its StorageClass allows
+/// expansion (see [`storage::plan`]); the StorageClass is read only when the claim asks for
+/// less than the spec.
+async fn grow_storage(
+    canvas: &PixelCanvas,
+    context: &Context,
+    namespace: &str,
+    names: &Names,
+) -> Result<StorageState, ReconcileError> {
+    let name = names.redis_claim();
+    let wanted = &canvas.spec.redis.storage.size;
+    let claim = read::<PersistentVolumeClaim>(context, namespace, &name).await?;
+    let class = match claim.as_ref() {
+        Some(claim) if storage::needs_more(wanted, claim) => {
+            match claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+            {
+                Some(class) => Api::<StorageClass>::all(context.client.clone())
+                    .get_opt(class)
+                    .await
+                    .map_err(kube_error("get", kind_of::<StorageClass>(), class))?,
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let plan = storage::plan(&name, wanted, claim.as_ref(), class.as_ref());
+    if let Some(size) = &plan.expand_to {
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        Api::<PersistentVolumeClaim>::namespaced(context.client.clone(), namespace)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error(
+                "patch",
+                kind_of::<PersistentVolumeClaim>(),
+                &name,
+            ))?;
+        tracing::info!(claim = %name, size = %size.0, "volume claim expanded");
+    }
+    Ok(plan.state)
 }
 
 /// The canvas's pods (those carrying the operator's label and the canvas's instance).

@@ -17,12 +17,20 @@ use kube::ResourceExt;
 use crate::{
     api::{ComponentsStatus, PixelCanvas, PixelCanvasStatus, ReplicaStatus},
     children::{Component, desired_replicas, naming::LABEL_COMPONENT},
+    storage::StorageState,
 };
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
+/// Whether the Redis volume holds what `spec.redis.storage.size` asks.
+pub const STORAGE_READY: &str = "StorageReady";
+/// The reason of StorageReady when the claim's StorageClass does not allow expansion.
+pub const EXPANSION_NOT_ALLOWED: &str = "ExpansionNotAllowed";
+
+/// The reason of Ready while components roll out or start: normal progress, not a fault.
+pub const COMPONENTS_NOT_READY: &str = "ComponentsNotReady";
 
 /// The reason of Ready and Degraded while a pod cannot get its image.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
@@ -222,6 +230,8 @@ pub struct Observed {
     pub failure: Option<(String, String)>,
     /// The canvas URL, when there is one.
     pub url: Option<String>,
+    /// Where the Redis volume stands against the spec (none: not looked at, as when paused).
+    pub storage: Option<StorageState>,
 }
 
 /// The status to write. `now` stamps conditions whose status flips.
@@ -321,7 +331,7 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         set(
             READY,
             false,
-            "ComponentsNotReady",
+            COMPONENTS_NOT_READY,
             format!("waiting for {}", waiting.join(", ")),
         );
     }
@@ -385,11 +395,71 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         );
     }
 
+    if let Some(storage) = &observed.storage {
+        let (status, reason, message) = storage_condition(storage);
+        set(STORAGE_READY, status, reason, message);
+    } else if let Some(previous) = canvas
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == STORAGE_READY))
+    {
+        // Not looked at this time (paused): what was last known stands.
+        conditions.push(previous.clone());
+    }
+
     PixelCanvasStatus {
         observed_generation: generation,
         conditions,
         components,
         url: observed.url.clone(),
+    }
+}
+
+/// StorageReady for where the volume stands: one human sentence naming the claim.
+fn storage_condition(storage: &StorageState) -> (bool, &'static str, String) {
+    match storage {
+        StorageState::ClaimPending { claim } => (
+            false,
+            "ClaimPending",
+            format!("the volume claim {claim} does not exist yet"),
+        ),
+        StorageState::AsRequested {
+            claim,
+            capacity,
+            wanted,
+        } => (
+            true,
+            "AsRequested",
+            format!("{claim} holds {capacity}; spec.redis.storage.size asks {wanted}"),
+        ),
+        StorageState::Expanding {
+            claim,
+            capacity,
+            wanted,
+        } => (
+            false,
+            "Expanding",
+            format!("{claim} is growing from {capacity} to {wanted}"),
+        ),
+        StorageState::NotExpandable {
+            claim,
+            class,
+            requested,
+            wanted,
+        } => (
+            false,
+            EXPANSION_NOT_ALLOWED,
+            match class {
+                Some(class) => format!(
+                    "the StorageClass {class} does not allow volume expansion, so {claim} stays \
+                     at {requested} while spec.redis.storage.size asks {wanted}"
+                ),
+                None => format!(
+                    "{claim} names no StorageClass, so it cannot grow: it stays at {requested} \
+                     while spec.redis.storage.size asks {wanted}"
+                ),
+            },
+        ),
     }
 }
 

@@ -334,34 +334,52 @@ impl Stage<'_> {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
-    /// The canvas's gateway pods that are ready (and not terminating), each as
-    /// `pixel-browser-check`'s `--gateway-metrics NAME=URL`: the pod's own address, which
-    /// the host routes to, not the Ingress.
-    fn gateway_metrics(&self) -> Result<Vec<String>> {
-        let mut gateways = Vec::new();
+    /// The component's pods that are ready and not terminating, as (name, address), and
+    /// how many of its pods are terminating (still serving through their preStop delay).
+    fn serving_pods(&self, component: &str) -> Result<(Vec<(String, String)>, usize)> {
+        let (mut serving, mut terminating) = (Vec::new(), 0);
         for pod in self.pods()? {
+            if pod["metadata"]["labels"]["app.kubernetes.io/component"] != component {
+                continue;
+            }
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                terminating += 1;
+                continue;
+            }
             let ready = pod["status"]["conditions"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            if pod["metadata"]["labels"]["app.kubernetes.io/component"] != "gateway"
-                || !ready
-                || !pod["metadata"]["deletionTimestamp"].is_null()
-            {
+            if !ready {
                 continue;
             }
-            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?").to_owned();
             let ip = pod["status"]["podIP"]
                 .as_str()
-                .with_context(|| format!("gateway pod {name} has no address"))?;
-            gateways.push(format!(
-                "{name}=http://{ip}:{}{}",
-                ports::GATEWAY,
-                ports::METRICS_PATH
-            ));
+                .with_context(|| format!("{component} pod {name} has no address"))?
+                .to_owned();
+            serving.push((name, ip));
         }
-        Ok(gateways)
+        Ok((serving, terminating))
+    }
+
+    /// The canvas's gateway pods that are ready (and not terminating), each as
+    /// `pixel-browser-check`'s `--gateway-metrics NAME=URL`: the pod's own address, which
+    /// the host routes to, not the Ingress.
+    fn gateway_metrics(&self) -> Result<Vec<String>> {
+        Ok(self
+            .serving_pods("gateway")?
+            .0
+            .into_iter()
+            .map(|(name, ip)| {
+                format!(
+                    "{name}=http://{ip}:{}{}",
+                    ports::GATEWAY,
+                    ports::METRICS_PATH
+                )
+            })
+            .collect())
     }
 
     /// The `metadata.generation` of the component's Deployment: it moves when the operator
@@ -401,6 +419,13 @@ impl Stage<'_> {
                 "--timeout=240s",
             ])?;
             self.wait_ready_pods(component, 2, Duration::from_secs(180))?;
+            // The old pods serve the old settings through their preStop delay, and the
+            // Ingress may route to them meanwhile: the roll is over once they are gone.
+            process::wait_until(
+                &format!("the old {component} pods to be gone"),
+                Duration::from_secs(60),
+                || Ok(self.serving_pods(component)?.1 == 0),
+            )?;
         }
         Ok(())
     }
@@ -883,21 +908,20 @@ fn network_policies_guard_every_canvas_pod(stage: &Stage) -> Result<()> {
             .to_owned())
     };
     let redis = pod_ip(&format!("{CANVAS}-redis-0"))?;
+    // A pod that serves: one still starting, or stopping, refuses connections anyway.
     let first_pod_ip = |component: &str| -> Result<String> {
-        let pod = stage
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                &format!("app.kubernetes.io/component={component}"),
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ])?
-            .trim()
-            .to_owned();
-        pod_ip(&pod)
+        process::wait_until_value(
+            &format!("a ready {component} pod"),
+            Duration::from_secs(90),
+            || {
+                Ok(stage
+                    .serving_pods(component)?
+                    .0
+                    .into_iter()
+                    .next()
+                    .map(|(_, ip)| ip))
+            },
+        )
     };
     let stateless = [
         (first_pod_ip("api")?, ports::CANVAS_API.to_string()),

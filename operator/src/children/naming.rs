@@ -61,6 +61,15 @@ impl Names {
     }
 
     /// Workload and Service of a component: `<canvas>-<component>`.
+    /// The claim the Redis StatefulSet makes for its one pod's data volume.
+    pub fn redis_claim(&self) -> String {
+        format!(
+            "{}-{}-0",
+            super::redis::DATA_VOLUME,
+            self.component(Component::Redis)
+        )
+    }
+
     pub fn component(&self, component: Component) -> String {
         format!("{}-{}", self.canvas, component.as_str())
     }

@@ -157,6 +157,8 @@ where
 
 /// Where the canvas's pods are listed.
 const PODS: &str = "/api/v1/namespaces/art/pods";
+/// The Redis pod's volume claim.
+const CLAIM: &str = "/api/v1/namespaces/art/persistentvolumeclaims/data-demo-redis-0";
 /// The Redis pod.
 const REDIS_POD: &str = "/api/v1/namespaces/art/pods/demo-redis-0";
 /// The Redis StatefulSet.
@@ -252,6 +254,17 @@ fn world_of(
         .map(|component| pod(component, "demo-redis-1", "image:1", None))
         .collect();
     objects.insert(PODS.to_owned(), pod_list(pods));
+    // The claim the StatefulSet made, as large as the spec asks.
+    let size = &canvas.spec.redis.storage.size.0;
+    objects.insert(
+        CLAIM.to_owned(),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": names.redis_claim(), "namespace": NAMESPACE},
+            "spec": {"storageClassName": "standard", "resources": {"requests": {"storage": size}}},
+            "status": {"phase": "Bound", "capacity": {"storage": size}},
+        }),
+    );
     edit(&mut objects);
 
     let mut workloads = Workloads::new();
@@ -268,11 +281,23 @@ fn world_of(
         .iter()
         .filter_map(PodState::of_pod)
         .collect();
+    let claim: Option<PersistentVolumeClaim> = objects
+        .get(CLAIM)
+        .map(|claim| serde_json::from_value(claim.clone()).expect("claim"));
     let observed = Observed {
         workloads,
         image_problems: status::image_problems(&pods),
         failure: None,
         url: url_of(&canvas, defaults),
+        storage: (!canvas.spec.paused).then(|| {
+            crate::storage::plan(
+                &names.redis_claim(),
+                &canvas.spec.redis.storage.size,
+                claim.as_ref(),
+                None,
+            )
+            .state
+        }),
     };
     let before = Time(Timestamp::from_second(1_800_000_000).expect("timestamp"));
     canvas.status = Some(status::status(&canvas, &observed, &before));
@@ -313,7 +338,7 @@ async fn reconcile_with(
 /// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
 /// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 24] = [
+const STEADY_READS: [&str; 25] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/secrets/demo-moderator",
@@ -338,6 +363,7 @@ const STEADY_READS: [&str; 24] = [
     "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo",
     PODS,
+    CLAIM,
 ];
 
 fn reads(sent: &[Sent]) -> Vec<&str> {
@@ -533,10 +559,7 @@ async fn a_redis_pod_stuck_on_an_old_revisions_image_is_deleted_once() {
     deleted["metadata"]["deletionTimestamp"] = json!("2027-01-01T00:00:00Z");
     converged.insert(REDIS_POD.to_owned(), deleted);
     let status_path = canvas_status_path();
-    converged.insert(
-        status_path.clone(),
-        serde_json::to_value(&canvas).expect("canvas"),
-    );
+    accept_status_write(&mut converged, &canvas);
 
     let (result, sent) = reconcile_against(canvas.clone(), live.clone(), converged.clone()).await;
     assert_eq!(
@@ -662,6 +685,84 @@ fn upgraded() -> PixelCanvas {
     canvas
 }
 
+/// The local cluster's StorageClass, as the API server serves it.
+const STANDARD_CLASS: &str = "/apis/storage.k8s.io/v1/storageclasses/standard";
+
+fn storage_class(expandable: bool) -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "standard"}, "provisioner": "example.com/disk",
+        "allowVolumeExpansion": expandable,
+    })
+}
+
+/// A larger `spec.redis.storage.size` raises the claim's request, once, when its class
+/// allows expansion; StorageReady says the volume is growing.
+#[tokio::test]
+async fn a_larger_volume_is_asked_of_the_claim_when_its_class_allows() {
+    let (_, mut live) = steady_world(false);
+    live.insert(STANDARD_CLASS.to_owned(), storage_class(true));
+    let (canvas, mut converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+    accept_status_write(&mut converged, &canvas);
+    let (result, sent) = reconcile_against(canvas, live, converged).await;
+    result.expect("reconciled");
+    let patch = written(&sent, CLAIM);
+    assert_eq!(
+        patch,
+        json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}})
+    );
+    let storage = condition_written(&sent, status::STORAGE_READY);
+    assert_eq!(storage["reason"], "Expanding", "{storage}");
+    assert_eq!(
+        storage["message"],
+        "data-demo-redis-0 is growing from 1Gi to 5Gi"
+    );
+}
+
+/// A class that does not allow expansion: nothing is written to the claim, StorageReady
+/// says why, and every other child is still applied (the new tag reaches the Deployments).
+#[tokio::test]
+async fn a_volume_whose_class_cannot_grow_says_so_and_holds_nothing_up() {
+    let (_, mut live) = steady_world(false);
+    live.insert(STANDARD_CLASS.to_owned(), storage_class(false));
+    let (canvas, mut converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+    accept_status_write(&mut converged, &canvas);
+    let (result, sent) = reconcile_against(canvas, live, converged).await;
+    result.expect("no failure: a volume that cannot grow is a state, not an error");
+    assert!(
+        !sent
+            .iter()
+            .any(|s| s.path == CLAIM && s.method != Method::GET),
+        "the claim is left as it is"
+    );
+    let storage = condition_written(&sent, status::STORAGE_READY);
+    assert_eq!(
+        (storage["status"].as_str(), storage["reason"].as_str()),
+        (Some("False"), Some(status::EXPANSION_NOT_ALLOWED))
+    );
+    assert_eq!(
+        storage["message"],
+        "the StorageClass standard does not allow volume expansion, so data-demo-redis-0 \
+         stays at 1Gi while spec.redis.storage.size asks 5Gi"
+    );
+    for deployment in ["demo-api", "demo-gateway", "demo-frontend"] {
+        let path = format!("/apis/apps/v1/namespaces/art/deployments/{deployment}");
+        let image = &written(&sent, &path)["spec"]["template"]["spec"]["containers"][0]["image"];
+        assert_eq!(image, &json!("pixel-playground:9.9.9"), "{deployment}");
+    }
+}
+
+/// The condition `type_` of the status the reconcile wrote.
+fn condition_written(sent: &[Sent], type_: &str) -> Value {
+    written(sent, &canvas_status_path())["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+        .clone()
+}
+
 /// The body the reconcile sent with its write to `path`.
 fn written(sent: &[Sent], path: &str) -> Value {
     let write = sent
@@ -680,7 +781,9 @@ async fn an_upgrade_keeps_the_live_claim_templates_and_leaves_redis_pods_be() {
     claims[0]["status"] = json!({"phase": "Pending"});
     let created_with = claims.clone();
     let template_before = set["spec"]["template"].clone();
-    let (canvas, converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+    let (canvas, mut converged) = world_of(upgraded(), &Defaults::default(), |_| {});
+    live.insert(STANDARD_CLASS.to_owned(), storage_class(true));
+    accept_status_write(&mut converged, &canvas);
 
     let (result, sent) = reconcile_against(canvas, live, converged).await;
     result.expect("reconciled");
@@ -708,10 +811,7 @@ async fn a_child_that_cannot_be_applied_holds_up_none_of_the_others_and_is_named
     // immutable field; the status write goes through.
     converged.remove(REDIS_SET);
     let status_path = canvas_status_path();
-    converged.insert(
-        status_path.clone(),
-        serde_json::to_value(&canvas).expect("canvas"),
-    );
+    accept_status_write(&mut converged, &canvas);
 
     let (result, sent) = reconcile_against(canvas, live, converged).await;
     let error = result.expect_err("the StatefulSet failed");
@@ -744,6 +844,14 @@ async fn a_child_that_cannot_be_applied_holds_up_none_of_the_others_and_is_named
 }
 
 /// Where the canvas's status is written.
+/// Lets the fake API server take the reconcile's status write for `canvas`.
+fn accept_status_write(converged: &mut BTreeMap<String, Value>, canvas: &PixelCanvas) {
+    converged.insert(
+        canvas_status_path(),
+        serde_json::to_value(canvas).expect("canvas"),
+    );
+}
+
 fn canvas_status_path() -> String {
     format!(
         "{}/demo/status",

@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::{
     api::PixelCanvasStatus,
-    status::{DEGRADED, READY},
+    status::{COMPONENTS_NOT_READY, DEGRADED, EXPANSION_NOT_ALLOWED, READY, STORAGE_READY},
 };
 
 /// The `action` of every event the reconciler publishes.
@@ -34,9 +34,11 @@ impl Transition {
 }
 
 /// The events for going from `old` (none before the first reconcile) to `new`: Ready
-/// flipping (Normal `Ready` when it becomes true, a Warning with its reason when it becomes
-/// false), and Degraded becoming true or changing its reason (a Warning), unless Ready's
-/// Warning already says the same. A message changing under the same reason is no event.
+/// flipping (Normal `Ready` when it becomes true; when it becomes false, a Warning with its
+/// reason, or a Normal event while components merely roll out or start, as on creation or
+/// a scale-up), and Degraded becoming true or changing its reason (a Warning), unless Ready's
+/// Warning already says the same; and the Redis volume becoming unable to grow (a Warning).
+/// A message changing under the same reason is no event.
 pub fn transitions(old: Option<&PixelCanvasStatus>, new: &PixelCanvasStatus) -> Vec<Transition> {
     let old = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut events = Vec::new();
@@ -44,8 +46,9 @@ pub fn transitions(old: Option<&PixelCanvasStatus>, new: &PixelCanvasStatus) -> 
         && find(old, READY).map(|c| &c.status) != Some(&ready.status)
     {
         let became_ready = ready.status == "True";
+        let progress = ready.reason == COMPONENTS_NOT_READY;
         events.push(Transition {
-            type_: if became_ready {
+            type_: if became_ready || progress {
                 EventType::Normal
             } else {
                 EventType::Warning
@@ -71,6 +74,16 @@ pub fn transitions(old: Option<&PixelCanvasStatus>, new: &PixelCanvasStatus) -> 
         if !events.contains(&warning) {
             events.push(warning);
         }
+    }
+    if let Some(storage) = find(&new.conditions, STORAGE_READY)
+        && storage.reason == EXPANSION_NOT_ALLOWED
+        && find(old, STORAGE_READY).map(|c| &c.reason) != Some(&storage.reason)
+    {
+        events.push(Transition {
+            type_: EventType::Warning,
+            reason: storage.reason.clone(),
+            note: storage.message.clone(),
+        });
     }
     events
 }
@@ -158,10 +171,46 @@ mod tests {
         assert_eq!(
             transitions(Some(&ready()), &unavailable),
             [
-                warning("ComponentsNotReady", "waiting for api 0/2"),
+                Transition {
+                    type_: EventType::Normal,
+                    reason: "ComponentsNotReady".to_owned(),
+                    note: "waiting for api 0/2".to_owned(),
+                },
                 warning("ComponentUnavailable", "api has none"),
             ]
         );
+    }
+
+    #[test]
+    fn a_volume_that_cannot_grow_warns_once() {
+        let fixed = with(vec![
+            condition(READY, true, "AllComponentsReady", "all ready"),
+            condition(
+                STORAGE_READY,
+                false,
+                EXPANSION_NOT_ALLOWED,
+                "the class fixed",
+            ),
+        ]);
+        assert_eq!(
+            transitions(Some(&ready()), &fixed),
+            [warning(EXPANSION_NOT_ALLOWED, "the class fixed")]
+        );
+        assert_eq!(transitions(Some(&fixed), &fixed), [], "once per transition");
+    }
+
+    /// A canvas being created, or rolling out a change, is making progress: no Warning.
+    #[test]
+    fn a_first_rollout_is_normal_progress_not_a_warning() {
+        let rolling = with(vec![
+            condition(READY, false, "ComponentsNotReady", "waiting for api 0/2"),
+            condition(DEGRADED, false, "AsExpected", "no component is unavailable"),
+        ]);
+        for old in [None, Some(&ready())] {
+            let events = transitions(old, &rolling);
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(events[0].type_, EventType::Normal, "{old:?}");
+        }
     }
 
     #[test]

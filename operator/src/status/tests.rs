@@ -561,3 +561,29 @@ fn image_problems_gather_each_components_pods() {
         ])
     );
 }
+
+/// A volume that cannot grow is its own condition: Ready and Degraded do not change for it.
+#[test]
+fn a_volume_that_cannot_grow_leaves_ready_and_degraded_alone() {
+    let mut observed = all(DONE);
+    observed.storage = Some(StorageState::NotExpandable {
+        claim: "data-demo-redis-0".to_owned(),
+        class: Some("fixed".to_owned()),
+        requested: "1Gi".to_owned(),
+        wanted: "2Gi".to_owned(),
+    });
+    let s = status(&canvas(json!({})), &observed, &time(0));
+    assert_eq!(cond(&s, READY).status, "True");
+    assert_eq!(cond(&s, DEGRADED).status, "False");
+    let storage = cond(&s, STORAGE_READY);
+    assert_eq!(
+        (storage.status.as_str(), storage.reason.as_str()),
+        ("False", EXPANSION_NOT_ALLOWED)
+    );
+    assert!(storage.message.contains("fixed") && storage.message.contains("2Gi"));
+    // Paused, the volume is not looked at: the last known condition stands, unchanged.
+    let mut paused = canvas(json!({"paused": true}));
+    paused.status = Some(s.clone());
+    let later = status(&paused, &all(DONE), &time(60));
+    assert_eq!(cond(&later, STORAGE_READY), storage);
+}
