@@ -48,8 +48,9 @@ pub enum StoreError {
 /// [`UNDO_SCRIPT`]. With an idempotency key (`ARGV[13]`, its time to live), an accepted
 /// placement's answer is kept under it and a placement naming it again, while it lives, is
 /// given that answer and changes nothing; a refused one keeps nothing (a retry is refused
-/// or accepted afresh). Checked after the ban, so a ban in between holds. Returns `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown),
-/// `{2, retry_after_ms}` (rate) or `{3}` (banned).
+/// or accepted afresh). Checked after the ban, so a ban in between holds. Returns
+/// `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown), `{2, retry_after_ms}`
+/// (rate) or `{3}` (banned).
 const PLACE_SCRIPT: &str = r"
 local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local ban = redis.call('HGET', KEYS[8], ARGV[12])
