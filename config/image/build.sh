@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the four release binaries of the pixel-playground image and copies them into the
+# Builds the release binaries of the pixel-playground image and copies them into the
 # directory given as the only argument. One build command for both image builds: the
 # Dockerfile's build stage (`RUN config/image/build.sh /out`) and `cargo xtask image`.
 #
@@ -18,7 +18,7 @@ case $out in
 esac
 
 cd "$(dirname "$0")/../.."
-binaries="pixel-operator canvas-api gateway frontend"
+binaries="pixel-operator canvas-api gateway frontend backup"
 
 # --package selects each crate with all its binaries (a --bin here would apply to every
 # selected package, and only that one binary would be built).

@@ -68,6 +68,11 @@ pub const DEFAULT_PALETTE: [&str; 16] = [
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || has(self.auth.redirectUrl) || (has(self.ingress.host) && self.ingress.enabled)").message("auth needs ingress.host (or auth.redirectUrl): the provider sends people back to <host>/auth/callback").field_path(".auth"))]
+// The operator's own sizing (children::redis): 64 MiB plus 128 bytes per pixel, the last
+// measured at about 121 on a fully placed 4096² canvas.
+#[x_kube(validation = Rule::new("!has(self.redis) || !has(self.redis.resources) || !has(self.redis.resources.limits) || !('memory' in self.redis.resources.limits) || !isQuantity(self.redis.resources.limits['memory']) || quantity(self.redis.resources.limits['memory']).compareTo(quantity(string(67108864 + self.canvas.width * self.canvas.height * 128))) >= 0").message("redis.resources.limits.memory cannot hold this canvas once every pixel is placed: it needs at least 64Mi plus 128 bytes per pixel (186Mi for 1000x1000, 2112Mi for 4096x4096)"))]
+#[x_kube(validation = Rule::new("!has(self.restore) || has(self.restore.store) || has(self.backup)").message("restore needs restore.store (or backup.store): where to read the backup from").field_path(".restore"))]
+#[x_kube(validation = Rule::new("has(self.restore) == has(oldSelf.restore) && (!has(self.restore) || self.restore == oldSelf.restore)").message("restore is fixed at creation: it fills a new canvas's empty volume once").field_path(".restore"))]
 pub struct PixelCanvasSpec {
     /// The canvas itself: size, palette and how often one client may place a pixel.
     #[serde(default)]
@@ -104,6 +109,14 @@ pub struct PixelCanvasSpec {
     /// Sign-in with OpenID Connect: only signed-in people place. Unset: every browser gets an anonymous identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// Scheduled backups of Redis to S3-compatible object storage. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Start the canvas from a backup: read once, into a Redis volume that holds no data yet. Set when the canvas is created; fixed after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 
     /// When true, the operator stops changing the canvas's children (status stays current).
     #[serde(default)]
@@ -391,6 +404,98 @@ pub enum AppendFsync {
     Never,
 }
 
+/// Scheduled backups: a Job the operator runs takes an RDB file from Redis (a fork on
+/// Redis's side; placements go on), checks that it loads, and uploads it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to back up: a cron schedule (five fields, or a macro such as `@hourly`), in the time zone of `timeZone`.
+    #[schemars(length(min = 1, max = 100), regex(pattern = CRON_SCHEDULE))]
+    pub schedule: String,
+
+    /// The IANA time zone of the schedule (for example `Europe/Paris`). Unset: the controller manager's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+    )]
+    pub time_zone: Option<String>,
+
+    /// How many backups to keep: after each upload the oldest beyond this count are deleted.
+    #[serde(default = "default_backup_retention")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub retention: i32,
+
+    /// Where the backups go.
+    pub store: ObjectStoreSpec,
+
+    /// Take no backups for now (the schedule is kept).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_backup_retention() -> i32 {
+    7
+}
+
+/// A cron schedule: five fields, or one of the macros CronJobs accept.
+const CRON_SCHEDULE: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,?A-Za-z-]+( +[0-9*/,?A-Za-z-]+){4})$";
+
+/// A bucket in S3-compatible object storage, and the prefix of this canvas's objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStoreSpec {
+    /// The endpoint, `https://host[:port]` (or `http://` on a trusted network).
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^https?://[^\s/?#]+/?$")
+    )]
+    pub endpoint: String,
+
+    /// The bucket (it must exist).
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
+    pub bucket: String,
+
+    /// The prefix of the canvas's objects: empty, or ending with `/`. Unset: `<namespace>/<name>/` of this canvas (so a canvas restoring another's backups names that canvas's prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^([^/\s][^\s]*/)?$"))]
+    pub prefix: Option<String>,
+
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub region: String,
+
+    /// A Secret in the canvas's namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub credentials_secret_name: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// Where a new canvas's data comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// `latest` (the newest backup under the store's prefix) or a backup's object key, as `status.lastBackup.object` names it.
+    #[serde(default = "default_restore_from")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub from: String,
+
+    /// Where the backup is. Unset: `backup.store`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<ObjectStoreSpec>,
+}
+
+fn default_restore_from() -> String {
+    pixel_common::backup::RESTORE_LATEST.to_owned()
+}
+
 /// A key of a Secret in the canvas's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -570,6 +675,22 @@ pub struct PixelCanvasStatus {
     /// Where users open the canvas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+
+    /// The newest backup a backup Job reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<LastBackup>,
+}
+
+/// One backup in the store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastBackup {
+    /// When it was taken.
+    pub time: Time,
+    /// Its object's key in the bucket (what `restore.from` takes).
+    pub object: String,
+    /// The canvas version it holds.
+    pub version: i64,
 }
 
 /// Replica counts of each component.

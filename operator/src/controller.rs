@@ -10,6 +10,7 @@ use std::{
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
+    batch::v1::CronJob,
     core::v1::{ConfigMap, Pod, Service},
     networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
@@ -106,6 +107,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     .owns_stream(scope.watch_metadata::<PodDisruptionBudget>(owned.clone()))
     .owns_stream(scope.watch_metadata::<NetworkPolicy>(owned.clone()))
     .owns_stream(scope.watch_metadata::<Ingress>(owned.clone()))
+    .owns_stream(scope.watch_metadata::<CronJob>(owned.clone()))
     // No Secret is watched: that takes `list` on every Secret in the cluster. The reconcile
     // reads the canvas's Secrets by name, and polls while the canvas names one of the
     // user's (see `reconcile::requeue_after`).

@@ -17,6 +17,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
+        batch::v1::CronJob,
         core::v1::{PersistentVolumeClaim, Pod, Secret},
         networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
@@ -38,7 +39,7 @@ use tokio::time::Instant;
 use self::stuck_pods::stuck_pods;
 pub use self::transitions::{Transition, transitions};
 use crate::{
-    api::{PixelCanvas, PixelCanvasStatus},
+    api::{LastBackup, PixelCanvas, PixelCanvasStatus},
     children::{
         self, API_TOKEN_KEY, CONFIG_HASH_ANNOTATION, Child, ChildKind, Component, Credentials,
         Defaults, DesiredError, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
@@ -260,7 +261,7 @@ async fn reconcile_canvas(
     let applied = apply_children(canvas, context, &namespace, &names, &mut live).await;
     let mut workloads = live.workloads;
     observe(context, &namespace, &names, &mut workloads).await?;
-    let mut pods = list_pods(context, &namespace, &names).await?;
+    let (mut pods, backup) = list_pods(context, &namespace, &names).await?;
     // Only with an applied Redis StatefulSet: a paused canvas's pods are left be.
     let replaced = match &live.redis {
         Some(set) => replace_stuck_pods(context, &namespace, set, &pods).await,
@@ -289,6 +290,7 @@ async fn reconcile_canvas(
         failure,
         url: url_of(canvas, &context.defaults),
         storage: storage.as_ref().ok().cloned().flatten(),
+        backup,
     };
     let now = Time(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
@@ -383,6 +385,7 @@ async fn apply_children(
             ChildKind::NetworkPolicy => {
                 remove_owned::<NetworkPolicy>(context, namespace, name, uid).await
             }
+            ChildKind::CronJob => remove_owned::<CronJob>(context, namespace, name, uid).await,
         };
         if let Err(error) = removed {
             failures.push(error);
@@ -819,7 +822,7 @@ async fn list_pods(
     context: &Context,
     namespace: &str,
     names: &Names,
-) -> Result<Vec<PodState>, ReconcileError> {
+) -> Result<(Vec<PodState>, Option<LastBackup>), ReconcileError> {
     let selector = pod_selector(names);
     let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
         .list(&ListParams::default().labels(&selector))
@@ -829,7 +832,10 @@ async fn list_pods(
             kind_of::<Pod>(),
             &format!("{namespace}/* labelled {selector}"),
         ))?;
-    Ok(pods.items.iter().filter_map(PodState::of_pod).collect())
+    Ok((
+        pods.items.iter().filter_map(PodState::of_pod).collect(),
+        status::reported_backup(&pods.items),
+    ))
 }
 
 /// The label selector of a canvas's pods.

@@ -15,8 +15,11 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use crate::{
-    api::{ComponentsStatus, PixelCanvas, PixelCanvasStatus, ReplicaStatus},
-    children::{Component, desired_replicas, naming::LABEL_COMPONENT},
+    api::{ComponentsStatus, LastBackup, PixelCanvas, PixelCanvasStatus, ReplicaStatus},
+    children::{
+        Component, UPLOAD_CONTAINER, desired_replicas,
+        naming::{BACKUP_COMPONENT, LABEL_COMPONENT},
+    },
     storage::StorageState,
 };
 
@@ -232,6 +235,43 @@ pub struct Observed {
     pub url: Option<String>,
     /// Where the Redis volume stands against the spec (none: not looked at, as when paused).
     pub storage: Option<StorageState>,
+    /// The newest backup a finished backup pod reports ([`reported_backup`]).
+    pub backup: Option<LastBackup>,
+}
+
+/// The newest backup the canvas's finished backup pods report: the record their upload
+/// container left as its termination message (`pixel_common::backup::BackupRecord`). A
+/// pod that failed, or whose message is no record, reports nothing.
+pub fn reported_backup(pods: &[Pod]) -> Option<LastBackup> {
+    pods.iter()
+        .filter(|pod| {
+            pod.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(BACKUP_COMPONENT)
+        })
+        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|container| container.name == UPLOAD_CONTAINER)
+        .filter_map(|container| {
+            let terminated = container.state.as_ref()?.terminated.as_ref()?;
+            (terminated.exit_code == 0).then_some(())?;
+            let record: pixel_common::backup::BackupRecord =
+                serde_json::from_str(terminated.message.as_deref()?).ok()?;
+            Some(LastBackup {
+                time: Time(record.time.parse().ok()?),
+                object: record.object,
+                version: i64::try_from(record.version).ok()?,
+            })
+        })
+        .max_by(|a, b| a.time.0.cmp(&b.time.0))
+}
+
+/// The newer of two backups: the one the status holds and one a pod reports (the pods of
+/// old Jobs are deleted, so the status keeps what they said).
+fn newer(known: Option<&LastBackup>, reported: Option<&LastBackup>) -> Option<LastBackup> {
+    match (known, reported) {
+        (Some(known), Some(reported)) if reported.time.0 > known.time.0 => Some(reported.clone()),
+        (Some(known), _) => Some(known.clone()),
+        (None, reported) => reported.cloned(),
+    }
 }
 
 /// The status to write. `now` stamps conditions whose status flips.
@@ -412,6 +452,10 @@ pub fn status(canvas: &PixelCanvas, observed: &Observed, now: &Time) -> PixelCan
         conditions,
         components,
         url: observed.url.clone(),
+        last_backup: newer(
+            canvas.status.as_ref().and_then(|s| s.last_backup.as_ref()),
+            observed.backup.as_ref(),
+        ),
     }
 }
 

@@ -467,6 +467,20 @@ async fn the_rendered_redis_wants_the_secrets_password_and_has_no_dangerous_comm
     // flag carries the spec's policy (the default) and that the real server started with it.
     assert_eq!(server.flag("--appendfsync"), "everysec");
     assert_eq!(server.flag("--appendonly"), "yes");
+
+    // A full Redis refuses writes rather than outgrowing its container: the real server
+    // runs with half the default 512Mi limit as its maxmemory, and evicts nothing.
+    let memory: String = query(&mut conn, &["INFO", "memory"]).await.expect("INFO");
+    assert_eq!(
+        info_field(&memory, "maxmemory").as_deref(),
+        Some("268435456"),
+        "{memory}"
+    );
+    assert_eq!(
+        info_field(&memory, "maxmemory_policy").as_deref(),
+        Some("noeviction"),
+        "{memory}"
+    );
 }
 
 #[tokio::test]

@@ -33,11 +33,14 @@ pub fn test_all(args: &TestArgs) -> Result<()> {
     // result, so they build meanwhile on the cores the tests leave idle.
     let toolchain = toolchain::BackgroundBuild::start(true);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The backup tests' S3-compatible server, a real one.
+    let s3_server = pixel_harness::object_store::ensure_server()?;
     let cargo_test = |extra: &[&str]| {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(paths::repo_root())
             .args(["test", "--workspace", "--locked"])
-            .args(extra);
+            .args(extra)
+            .env(pixel_common::ports::ENV_TEST_S3_SERVER, &s3_server);
         if std::env::var_os("CI").is_some() {
             // A one-off build gains nothing from incremental state, which doubles target/.
             cmd.env("CARGO_INCREMENTAL", "0");

@@ -1,12 +1,13 @@
 //! Container images built without a daemon, as OCI image archives (a tar of an OCI image
 //! layout) that `ctr -n k8s.io images import --base-name <base_name> <archive>` takes:
 //!
-//! - the app image, `pixel-playground:<operator version>`: the four release binaries that
+//! - the app image, `pixel-playground:<operator version>`: the release binaries that
 //!   `config/image/build.sh` builds (the Dockerfile's build command too), laid out as the
 //!   Dockerfile lays them out on distroless cc-debian12, with glibc, CA certificates and the
 //!   `nonroot` user, and no shell;
 //! - the Redis image, `pixel-playground-redis:<Debian redis-server version>`: Debian's
-//!   redis-server and redis-cli, and the `sh` and `grep` the operator's readiness probe runs;
+//!   redis-server and redis-cli, the `sh` and `grep` the operator's readiness probe runs, and the
+//!   `sleep`, `cat` and `rm` of the backup Job's dump script;
 //! - the pause image, `registry.k8s.io/pause:3.10.2`: the sandbox image, our own static
 //!   `e2e/images/pause.c`.
 //!
@@ -42,7 +43,13 @@ pub const PAUSE_TAG: &str = "3.10.2";
 
 /// The app image's binaries, each its package's only binary of that name, in
 /// `/usr/local/bin` (`config/image/build.sh` builds the same list; a test compares them).
-pub const APP_BINARIES: [&str; 4] = ["pixel-operator", "canvas-api", "gateway", "frontend"];
+pub const APP_BINARIES: [&str; 5] = [
+    "pixel-operator",
+    "canvas-api",
+    "gateway",
+    "frontend",
+    "backup",
+];
 /// The package whose version tags the app image.
 const VERSION_PACKAGE: &str = "pixel-operator";
 /// The shared build command, relative to the repository root.
@@ -68,18 +75,27 @@ const HOST_PACKAGES: [&str; 6] = [
     "gcc",
     "libc6-dev",
 ];
-/// Host programs in the Redis image, each at `/usr/bin/<name>`: the server, and what the
-/// readiness probe runs (`sh -c "redis-cli … ping | grep -q PONG"`).
-const REDIS_PROGRAMS: [&str; 4] = ["redis-server", "redis-cli", "dash", "grep"];
+/// Host programs in the Redis image, each at `/usr/bin/<name>`: the server, what the
+/// readiness probe runs (`sh -c "redis-cli … ping | grep -q PONG"`), and what the backup
+/// Job's dump script runs besides them (`pixel_common::backup::dump_script`).
+const REDIS_PROGRAMS: [&str; 7] = [
+    "redis-server",
+    "redis-cli",
+    "dash",
+    "grep",
+    "sleep",
+    "cat",
+    "rm",
+];
 
 /// Every time in the images (files, config, history): equal inputs, equal digests.
 const EPOCH: &str = "1970-01-01T00:00:00Z";
 /// Bumped when the recipe below changes what an image holds for the same inputs, so cached
 /// archives are rebuilt.
-const RECIPE: &str = "pixel-harness images 2";
+const RECIPE: &str = "pixel-harness images 3";
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
-/// A cold release build of the four binaries on a busy 2-core machine.
+/// A cold release build of the binaries on a busy 2-core machine.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// An image archive on disk, ready for `ctr -n k8s.io images import --base-name
@@ -96,7 +112,7 @@ pub struct BuiltImage {
 }
 
 /// Builds the three images into `out_dir`: installs the host packages they need when
-/// missing, runs `config/image/build.sh` (a release build of the four binaries into
+/// missing, runs `config/image/build.sh` (a release build of the binaries into
 /// `out_dir/bin`), compiles the pause program, and writes each archive (kept when its inputs
 /// are unchanged).
 pub fn build_all(out_dir: &Path) -> Result<Vec<BuiltImage>> {

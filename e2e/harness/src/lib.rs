@@ -10,6 +10,7 @@ pub mod deps;
 pub mod images;
 pub mod ingress;
 pub mod node;
+pub mod object_store;
 pub mod operator;
 pub mod paths;
 pub mod process;

@@ -2,6 +2,7 @@
 //! Redis password and the operator's [`Defaults`]. `reconcile` applies what this returns and
 //! removes what it rules out.
 
+mod backup;
 mod config;
 mod ingress;
 pub mod naming;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
+        batch::v1::CronJob,
         core::v1::{
             ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service,
             TopologySpreadConstraint, Volume,
@@ -27,6 +29,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 pub use self::{
+    backup::UPLOAD_CONTAINER,
     config::{
         API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
         IDENTITY_KEY_ROTATION_KEY, MODERATOR_TOKEN_KEY, PASSWORD_KEY, consumed_hash,
@@ -355,6 +358,7 @@ pub enum Child {
     PodDisruptionBudget(PodDisruptionBudget),
     NetworkPolicy(NetworkPolicy),
     Ingress(Ingress),
+    CronJob(CronJob),
 }
 
 /// Evaluates `$body` for whichever kind `$child` is, with `$object` bound to its object (of
@@ -399,6 +403,10 @@ macro_rules! with_child {
                 let $wrap = $crate::children::Child::Ingress;
                 $body
             }
+            $crate::children::Child::CronJob($object) => {
+                let $wrap = $crate::children::Child::CronJob;
+                $body
+            }
         }
     };
 }
@@ -411,6 +419,7 @@ pub enum ChildKind {
     PodDisruptionBudget,
     Ingress,
     NetworkPolicy,
+    CronJob,
 }
 
 impl ChildKind {
@@ -421,6 +430,7 @@ impl ChildKind {
             ChildKind::PodDisruptionBudget => kind_of::<PodDisruptionBudget>(),
             ChildKind::Ingress => kind_of::<Ingress>(),
             ChildKind::NetworkPolicy => kind_of::<NetworkPolicy>(),
+            ChildKind::CronJob => kind_of::<CronJob>(),
         }
     }
 }
@@ -502,6 +512,11 @@ pub fn desired(inputs: &Inputs) -> Desired {
     match ingress::ingress(inputs) {
         Some(ingress) => apply.push(Child::Ingress(ingress)),
         None => absent.push((ChildKind::Ingress, inputs.names.ingress())),
+    }
+    // After Redis, which it reads, and its NetworkPolicy, which admits its pods.
+    match backup::cron_job(inputs) {
+        Some(cron_job) => apply.push(Child::CronJob(cron_job)),
+        None => absent.push((ChildKind::CronJob, inputs.names.backup())),
     }
     Desired { apply, absent }
 }

@@ -31,6 +31,10 @@ impl Component {
     }
 }
 
+/// The `app.kubernetes.io/component` of the backup Jobs' pods (not a [`Component`]: they
+/// run to completion, and no workload counts them).
+pub const BACKUP_COMPONENT: &str = "backup";
+
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
@@ -94,6 +98,11 @@ impl Names {
     /// The ConfigMap with the canvas settings.
     pub fn config(&self) -> String {
         format!("{}-config", self.canvas)
+    }
+
+    /// The backup CronJob.
+    pub fn backup(&self) -> String {
+        format!("{}-{BACKUP_COMPONENT}", self.canvas)
     }
 
     /// The Ingress.

@@ -1,5 +1,5 @@
 //! NetworkPolicies: who may open a port of the canvas's pods. Redis takes only the canvas's
-//! canvas-api and gateway; canvas-api, the gateway and the frontend take only the Ingress
+//! canvas-api, gateway and backup Jobs; canvas-api, the gateway and the frontend take only the Ingress
 //! controller's namespaces and the metrics scrapers' (`spec.networkPolicy`), and canvas-api
 //! the gateway too, so that nothing else in the cluster reaches a canvas pod.
 
@@ -17,15 +17,21 @@ use pixel_common::ports;
 
 use super::{
     Inputs,
-    naming::{APP, Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
+    naming::{APP, BACKUP_COMPONENT, Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME},
 };
 
 /// The label every namespace carries with its own name (set by the API server).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Only this canvas's canvas-api and gateway pods may connect to its Redis, on its port.
+/// With `spec.backup`, its backup Jobs' pods too, which read it over the replication
+/// protocol.
 pub fn redis(inputs: &Inputs) -> NetworkPolicy {
-    let clients = pods_of(inputs, &[Component::Api, Component::Gateway]);
+    let mut components = vec![Component::Api.as_str(), Component::Gateway.as_str()];
+    if inputs.canvas.spec.backup.is_some() {
+        components.push(BACKUP_COMPONENT);
+    }
+    let clients = pods_of(inputs, &components);
     policy(inputs, Component::Redis, ports::REDIS, vec![clients])
 }
 
@@ -55,7 +61,7 @@ pub fn stateless(inputs: &Inputs, component: Component) -> Option<NetworkPolicy>
     namespaces.dedup();
     let mut peers = Vec::new();
     if component == Component::Api {
-        peers.push(pods_of(inputs, &[Component::Gateway]));
+        peers.push(pods_of(inputs, &[Component::Gateway.as_str()]));
     }
     if !namespaces.is_empty() {
         peers.push(NetworkPolicyPeer {
@@ -85,7 +91,7 @@ pub fn stateless(inputs: &Inputs, component: Component) -> Option<NetworkPolicy>
 }
 
 /// The pods of these components of this canvas (in its namespace).
-fn pods_of(inputs: &Inputs, components: &[Component]) -> NetworkPolicyPeer {
+fn pods_of(inputs: &Inputs, components: &[&str]) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(
@@ -98,7 +104,7 @@ fn pods_of(inputs: &Inputs, components: &[Component]) -> NetworkPolicyPeer {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: LABEL_COMPONENT.to_owned(),
                 operator: "In".to_owned(),
-                values: Some(components.iter().map(|c| c.as_str().to_owned()).collect()),
+                values: Some(components.iter().map(|&c| c.to_owned()).collect()),
             }]),
         }),
         ..Default::default()

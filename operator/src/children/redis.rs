@@ -6,8 +6,8 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
         core::v1::{
             Container, ContainerPort, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, VolumeMount,
-            VolumeResourceRequirements,
+            Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
+            VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -26,9 +26,64 @@ pub const DATA_VOLUME: &str = "data";
 const PASSWORD_ENV: &str = "REDIS_PASSWORD";
 /// Where `redis-cli` (the readiness probe) reads the password: never on a command line,
 /// which every process on the node can read.
-const CLI_PASSWORD_ENV: &str = "REDISCLI_AUTH";
+pub(super) const CLI_PASSWORD_ENV: &str = "REDISCLI_AUTH";
 /// Commands no client of the canvas needs and an attacker would love.
 const DISABLED_COMMANDS: [&str; 4] = ["FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG"];
+
+/// What Redis holds per placed pixel, with room to spare: a fully placed 4096² canvas
+/// (16,777,216 `canvas:placed` records, anonymous players) used 1.89 GiB (`used_memory`),
+/// about 121 bytes per pixel.
+const BYTES_PER_PIXEL: u64 = 128;
+/// Everything else: the history (100,000 entries took 7.8 MB), players' cooldown, undo and
+/// rate keys, Redis itself.
+const BASE_BYTES: u64 = 64 << 20;
+/// The least Redis requests and may use, whatever the canvas's size.
+const MIN_REQUEST_BYTES: u64 = 128 << 20;
+const MIN_LIMIT_BYTES: u64 = 512 << 20;
+
+/// The memory a fully placed canvas of this size needs.
+pub fn dataset_bytes(width: i32, height: i32) -> u64 {
+    let area = u64::from(width.unsigned_abs()) * u64::from(height.unsigned_abs());
+    BASE_BYTES + area * BYTES_PER_PIXEL
+}
+
+/// Requests and limit of memory when the spec sets no resources: the full dataset, and
+/// twice it as the limit, since an append-only-file rewrite forks and every page written
+/// meanwhile is copied.
+fn default_memory(inputs: &Inputs) -> (String, String) {
+    let canvas = &inputs.canvas.spec.canvas;
+    let dataset = dataset_bytes(canvas.width, canvas.height);
+    (
+        mebibytes(dataset.max(MIN_REQUEST_BYTES)),
+        mebibytes((2 * dataset).max(MIN_LIMIT_BYTES)),
+    )
+}
+
+/// `bytes` as a quantity in whole MiB, rounded up.
+fn mebibytes(bytes: u64) -> String {
+    format!("{}Mi", bytes.div_ceil(1 << 20))
+}
+
+/// Redis's `maxmemory`: half the container's memory limit (the other half is for the pages
+/// a rewrite's fork copies), so that Redis refuses writes (placements fail, the canvas
+/// stays) instead of the kernel killing it (the last second of placements lost). None
+/// without a limit.
+fn maxmemory(resources: &ResourceRequirements) -> Option<u64> {
+    let limit = resources.limits.as_ref()?.get("memory")?;
+    let bytes = kube_quantity::ParsedQuantity::try_from(limit.clone())
+        .ok()?
+        .to_bytes_u64()?;
+    Some(bytes / 2)
+}
+
+/// The Redis container's resources: the spec's, else sized for the canvas.
+pub(super) fn resources(inputs: &Inputs) -> ResourceRequirements {
+    let (memory, memory_limit) = default_memory(inputs);
+    security::resources(
+        inputs.canvas.spec.redis.resources.as_ref(),
+        ("100m", &memory, &memory_limit),
+    )
+}
 
 fn appendfsync(policy: AppendFsync) -> &'static str {
     match policy {
@@ -38,7 +93,7 @@ fn appendfsync(policy: AppendFsync) -> &'static str {
     }
 }
 
-fn args(inputs: &Inputs) -> Vec<String> {
+fn args(inputs: &Inputs, resources: &ResourceRequirements) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &ports::REDIS.to_string(),
@@ -65,6 +120,15 @@ fn args(inputs: &Inputs) -> Vec<String> {
             String::new(),
         ]);
     }
+    if let Some(bytes) = maxmemory(resources) {
+        args.extend([
+            "--maxmemory".to_owned(),
+            bytes.to_string(),
+            // Never drop a key: a full Redis refuses writes instead.
+            "--maxmemory-policy".to_owned(),
+            "noeviction".to_owned(),
+        ]);
+    }
     args
 }
 
@@ -72,6 +136,12 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
     let names = &inputs.names;
     let redis = &inputs.canvas.spec.redis;
     let (tmp_volume, tmp_mount) = security::tmp_volume();
+    let resources = resources(inputs);
+    let data = VolumeMount {
+        name: DATA_VOLUME.to_owned(),
+        mount_path: "/data".to_owned(),
+        ..Default::default()
+    };
     let ping = Probe {
         exec: Some(ExecAction {
             command: Some(
@@ -90,7 +160,7 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
         image: Some(inputs.redis_image().to_owned()),
         image_pull_policy: Some(inputs.redis_pull_policy().to_owned()),
         command: Some(vec!["redis-server".to_owned()]),
-        args: Some(args(inputs)),
+        args: Some(args(inputs, &resources)),
         ports: Some(vec![ContainerPort {
             name: Some("redis".to_owned()),
             container_port: i32::from(ports::REDIS),
@@ -111,19 +181,9 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
             ..Default::default()
         }),
         readiness_probe: Some(ping),
-        resources: Some(security::resources(
-            redis.resources.as_ref(),
-            ("100m", "128Mi", "512Mi"),
-        )),
+        resources: Some(resources),
         security_context: Some(security::container_security_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_owned(),
-                mount_path: "/data".to_owned(),
-                ..Default::default()
-            },
-            tmp_mount,
-        ]),
+        volume_mounts: Some(vec![data.clone(), tmp_mount]),
         ..Default::default()
     };
     let when_deleted = if redis.storage.retain_on_delete {
@@ -131,6 +191,13 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
     } else {
         "Delete"
     };
+    let mut template = pod_template(inputs, Component::Redis, container, tmp_volume);
+    if let (Some(pod), Some(restore)) = (
+        template.spec.as_mut(),
+        super::backup::restore_container(inputs, &data),
+    ) {
+        pod.init_containers = Some(vec![restore]);
+    }
     StatefulSet {
         metadata: inputs.metadata(names.component(Component::Redis), Some(Component::Redis)),
         spec: Some(StatefulSetSpec {
@@ -146,7 +213,7 @@ pub fn stateful_set(inputs: &Inputs) -> StatefulSet {
                     when_scaled: Some("Retain".to_owned()),
                 },
             ),
-            template: pod_template(inputs, Component::Redis, container, tmp_volume),
+            template,
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.to_owned()),

@@ -165,7 +165,11 @@ fn a_default_canvas_has_the_whole_stack() {
             ("StatefulSet", "demo-redis"),
         ]
     );
-    assert!(d.absent.is_empty());
+    assert_eq!(
+        d.absent,
+        vec![(ChildKind::CronJob, "demo-backup".to_owned())],
+        "no backups unless asked for"
+    );
 }
 
 #[test]
@@ -1626,5 +1630,294 @@ fn the_gateway_believes_only_loopback_and_the_proxies_the_canvas_names() {
     assert_eq!(
         trusted(json!({"gateway": {"trustedProxies": []}})).as_deref(),
         Some(ports::LOOPBACK_PROXIES)
+    );
+}
+
+/// Redis's memory follows the canvas's size: a fully placed 4096² canvas needs about 2 GiB
+/// (measured 1.89 GiB), which the old fixed 512Mi limit could never hold; maxmemory is half
+/// the limit, so a full Redis refuses writes instead of being killed.
+#[test]
+fn redis_memory_fits_the_canvas_and_maxmemory_keeps_it_inside_its_limit() {
+    let redis = |spec| {
+        let d = desired_for(&canvas(spec));
+        let pod = stateful_set(&d)
+            .spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let container = container(&pod).clone();
+        let resources = container.resources.clone().expect("resources");
+        let memory = |side: Option<BTreeMap<String, Quantity>>| {
+            side.and_then(|q| q.get("memory").map(|q| q.0.clone()))
+        };
+        let args = container.args.clone().unwrap_or_default();
+        let maxmemory = args
+            .iter()
+            .position(|a| a == "--maxmemory")
+            .map(|i| args[i + 1].clone());
+        (
+            memory(resources.requests),
+            memory(resources.limits),
+            maxmemory,
+        )
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        redis(json!({})),
+        (some("187Mi"), some("512Mi"), some("268435456")),
+        "1000² by default: the floor of 512Mi holds it twice over"
+    );
+    assert_eq!(
+        redis(json!({"canvas": {"width": 4096, "height": 4096}})),
+        (some("2112Mi"), some("4224Mi"), some("2214592512"))
+    );
+    assert_eq!(
+        redis(json!({"redis": {"resources": {"limits": {"memory": "1Gi"}}}})).2,
+        some("536870912"),
+        "the spec's own limit"
+    );
+    assert_eq!(
+        redis(json!({"redis": {"resources": {"requests": {"memory": "1Gi"}}}})).2,
+        None,
+        "no limit, no maxmemory"
+    );
+    assert!(redis::dataset_bytes(4096, 4096) > 2 * 1024 * 1024 * 1024);
+}
+
+fn backup_spec() -> serde_json::Value {
+    json!({
+        "schedule": "0 * * * *",
+        "timeZone": "Europe/Paris",
+        "retention": 3,
+        "store": {
+            "endpoint": "http://s3.storage:9000",
+            "bucket": "canvases",
+            "credentialsSecretName": "s3-credentials",
+        },
+    })
+}
+
+fn cron_job(desired: &Desired) -> &k8s_openapi::api::batch::v1::CronJob {
+    match find(desired, "CronJob", "demo-backup") {
+        Child::CronJob(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The value of `name` in `env`, or the Secret and key it comes from as `secret/key`.
+fn env_source(env: &[k8s_openapi::api::core::v1::EnvVar], name: &str) -> Option<String> {
+    let var = env.iter().find(|e| e.name == name)?;
+    var.value.clone().or_else(|| {
+        let secret = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        Some(format!("{}/{}", secret.name, secret.key))
+    })
+}
+
+#[test]
+fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
+    let d = desired_for(&canvas(json!({"backup": backup_spec()})));
+    let spec = &cron_job(&d).spec;
+    assert_eq!(spec.schedule, "0 * * * *");
+    assert_eq!(spec.time_zone.as_deref(), Some("Europe/Paris"));
+    assert_eq!(spec.suspend, Some(false));
+    assert_eq!(
+        spec.concurrency_policy.as_deref(),
+        Some("Forbid"),
+        "one backup at a time"
+    );
+    assert!(d.absent.iter().all(|(kind, _)| *kind != ChildKind::CronJob));
+    assert!(
+        position_of(&d, "CronJob", "demo-backup") > position_of(&d, "StatefulSet", "demo-redis"),
+        "after the Redis it reads"
+    );
+
+    let pod = spec
+        .job_template
+        .spec
+        .as_ref()
+        .and_then(|j| j.template.spec.as_ref())
+        .expect("pod");
+    let labels = spec
+        .job_template
+        .spec
+        .as_ref()
+        .and_then(|j| j.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    assert_eq!(labels[naming::LABEL_COMPONENT], naming::BACKUP_COMPONENT);
+    assert_eq!(labels[naming::LABEL_INSTANCE], "demo");
+    assert_eq!(
+        labels[naming::LABEL_MANAGED_BY],
+        naming::MANAGER,
+        "the pod list finds it"
+    );
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+
+    let dump = &pod.init_containers.as_ref().expect("init containers")[0];
+    assert_eq!(dump.image.as_deref(), Some(DEFAULT_REDIS_IMAGE));
+    assert_eq!(
+        dump.command.clone().expect("command"),
+        ["sh", "-c", &pixel_common::backup::dump_script()]
+    );
+    let env = dump.env.clone().expect("env");
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_REDIS_HOST).as_deref(),
+        Some("demo-redis")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_REDIS_PORT).as_deref(),
+        Some("6379")
+    );
+    assert_eq!(
+        env_source(&env, "REDISCLI_AUTH").as_deref(),
+        Some("demo-redis-auth/password"),
+        "the password from the Secret, in redis-cli's variable, on no command line"
+    );
+    assert!(
+        env.iter()
+            .all(|e| !e.name.starts_with("PIXEL_BACKUP_SECRET")),
+        "the dump step never sees the store's credentials"
+    );
+
+    let upload = container(pod);
+    assert_eq!(upload.name, UPLOAD_CONTAINER);
+    assert_eq!(upload.image.as_deref(), Some("pixel-playground:0.1.0"));
+    assert_eq!(
+        upload.command.clone().expect("command"),
+        ["backup", "upload"]
+    );
+    let env = upload.env.clone().expect("env");
+    for (name, value) in [
+        (ports::ENV_BACKUP_ENDPOINT, "http://s3.storage:9000"),
+        (ports::ENV_BACKUP_BUCKET, "canvases"),
+        (ports::ENV_BACKUP_PREFIX, "art/demo/"),
+        (ports::ENV_BACKUP_REGION, "us-east-1"),
+        (ports::ENV_BACKUP_RETENTION, "3"),
+        (
+            ports::ENV_BACKUP_ACCESS_KEY_ID,
+            "s3-credentials/AWS_ACCESS_KEY_ID",
+        ),
+        (
+            ports::ENV_BACKUP_SECRET_ACCESS_KEY,
+            "s3-credentials/AWS_SECRET_ACCESS_KEY",
+        ),
+        (ports::ENV_BACKUP_RESULT_FILE, "/dev/termination-log"),
+    ] {
+        assert_eq!(env_source(&env, name).as_deref(), Some(value), "{name}");
+    }
+    // The two containers hand the file over through the pod's volume.
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_FILE),
+        env_source(dump.env.as_ref().expect("env"), ports::ENV_BACKUP_FILE)
+    );
+    for c in [dump, upload] {
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some(),
+            "{} has limits",
+            c.name
+        );
+    }
+
+    // Redis admits the backup pods too; without backups, it does not.
+    let (_, components, _) = admitted(find(&d, "NetworkPolicy", "demo-redis"));
+    assert_eq!(components, ["api", "gateway", "backup"]);
+
+    let paused = desired_for(&canvas(json!({"backup": backup_spec(), "paused": true})));
+    assert_eq!(
+        cron_job(&paused).spec.suspend,
+        Some(true),
+        "a paused canvas takes no backup"
+    );
+    let mut suspended = backup_spec();
+    suspended["suspend"] = json!(true);
+    suspended["store"]["prefix"] = json!("");
+    let suspended = desired_for(&canvas(json!({"backup": suspended})));
+    let spec = &cron_job(&suspended).spec;
+    assert_eq!(spec.suspend, Some(true));
+    let upload = container(
+        spec.job_template
+            .spec
+            .as_ref()
+            .and_then(|j| j.template.spec.as_ref())
+            .expect("pod"),
+    );
+    assert_eq!(
+        env_source(upload.env.as_ref().expect("env"), ports::ENV_BACKUP_PREFIX).as_deref(),
+        Some(""),
+        "a prefix the spec sets, even empty, is the spec's"
+    );
+}
+
+#[test]
+fn a_restored_canvas_fills_its_empty_volume_before_redis_starts() {
+    let init = |spec| {
+        stateful_set(&desired_for(&canvas(spec)))
+            .spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.init_containers)
+            .unwrap_or_default()
+    };
+    assert!(init(json!({})).is_empty(), "no restore, no init container");
+    assert!(init(json!({"backup": backup_spec()})).is_empty());
+
+    let from_backup_store = init(json!({"backup": backup_spec(), "restore": {"from": "latest"}}));
+    assert_eq!(from_backup_store.len(), 1);
+    let restore = &from_backup_store[0];
+    assert_eq!(
+        restore.command.clone().expect("command"),
+        ["backup", "restore"]
+    );
+    assert_eq!(restore.image.as_deref(), Some("pixel-playground:0.1.0"));
+    let env = restore.env.clone().expect("env");
+    assert_eq!(
+        env_source(&env, ports::ENV_RESTORE_FROM).as_deref(),
+        Some("latest")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_RESTORE_DATA_DIR).as_deref(),
+        Some("/data")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_BUCKET).as_deref(),
+        Some("canvases")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_PREFIX).as_deref(),
+        Some("art/demo/")
+    );
+    let mounts = restore.volume_mounts.clone().expect("mounts");
+    assert_eq!(
+        mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect::<Vec<_>>(),
+        [("data", "/data")],
+        "Redis's volume, where Redis will read it"
+    );
+
+    let elsewhere = init(json!({"restore": {
+        "from": "art/old/20261206T220000Z-v42.rdb",
+        "store": {"endpoint": "https://s3.example", "bucket": "archive",
+                  "prefix": "art/old/", "credentialsSecretName": "archive-keys"},
+    }}));
+    let env = elsewhere[0].env.clone().expect("env");
+    assert_eq!(
+        env_source(&env, ports::ENV_RESTORE_FROM).as_deref(),
+        Some("art/old/20261206T220000Z-v42.rdb")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_PREFIX).as_deref(),
+        Some("art/old/")
+    );
+    assert_eq!(
+        env_source(&env, ports::ENV_BACKUP_ACCESS_KEY_ID).as_deref(),
+        Some("archive-keys/AWS_ACCESS_KEY_ID")
     );
 }

@@ -241,7 +241,7 @@ pub fn password_env(inputs: &Inputs, name: &str) -> EnvVar {
 }
 
 /// An environment variable from a key of a Secret that must exist.
-fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
+pub(super) fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {

@@ -276,11 +276,8 @@ fn world_of(
             workloads.insert(component, state);
         }
     }
-    let pods: Vec<PodState> = serde_json::from_value::<Vec<Pod>>(objects[PODS]["items"].clone())
-        .expect("pods")
-        .iter()
-        .filter_map(PodState::of_pod)
-        .collect();
+    let listed = serde_json::from_value::<Vec<Pod>>(objects[PODS]["items"].clone()).expect("pods");
+    let pods: Vec<PodState> = listed.iter().filter_map(PodState::of_pod).collect();
     let claim: Option<PersistentVolumeClaim> = objects
         .get(CLAIM)
         .map(|claim| serde_json::from_value(claim.clone()).expect("claim"));
@@ -298,6 +295,7 @@ fn world_of(
             )
             .state
         }),
+        backup: status::reported_backup(&listed),
     };
     let before = Time(Timestamp::from_second(1_800_000_000).expect("timestamp"));
     canvas.status = Some(status::status(&canvas, &observed, &before));
@@ -338,7 +336,7 @@ async fn reconcile_with(
 /// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
 /// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 25] = [
+const STEADY_READS: [&str; 26] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/secrets/demo-moderator",
@@ -362,9 +360,13 @@ const STEADY_READS: [&str; 25] = [
     "/api/v1/namespaces/art/services/demo-redis",
     "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo",
+    // No backups: the CronJob must not exist (one read, found absent).
+    BACKUP_CRON_JOB,
     PODS,
     CLAIM,
 ];
+
+const BACKUP_CRON_JOB: &str = "/apis/batch/v1/namespaces/art/cronjobs/demo-backup";
 
 fn reads(sent: &[Sent]) -> Vec<&str> {
     sent.iter()

@@ -587,3 +587,85 @@ fn a_volume_that_cannot_grow_leaves_ready_and_degraded_alone() {
     let later = status(&paused, &all(DONE), &time(60));
     assert_eq!(cond(&later, STORAGE_READY), storage);
 }
+
+/// A finished backup pod of the canvas, its upload container having exited with `code` and
+/// left `message`.
+fn backup_pod(name: &str, code: i32, message: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "app.kubernetes.io/component": "backup",
+            "app.kubernetes.io/instance": "demo",
+        }},
+        "status": {"containerStatuses": [{
+            "name": "upload", "image": "pixel-playground:0.1.0", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "message": message}},
+        }]},
+    }))
+    .expect("pod")
+}
+
+fn record(time: &str, object: &str, version: u64) -> String {
+    format!(r#"{{"time":"{time}","object":"{object}","version":{version}}}"#)
+}
+
+#[test]
+fn the_newest_backup_a_pod_reports_stays_in_the_status() {
+    let pods = [
+        backup_pod(
+            "b-1",
+            0,
+            &record("2026-12-06T21:00:00Z", "art/demo/1.rdb", 10),
+        ),
+        backup_pod(
+            "b-2",
+            0,
+            &record("2026-12-06T22:00:00Z", "art/demo/2.rdb", 20),
+        ),
+        // Failed, or saying something else: no backup.
+        backup_pod(
+            "b-3",
+            1,
+            &record("2026-12-06T23:00:00Z", "art/demo/3.rdb", 30),
+        ),
+        backup_pod("b-4", 0, "upload interrupted"),
+    ];
+    let reported = reported_backup(&pods).expect("a backup");
+    assert_eq!(
+        (
+            reported.object.as_str(),
+            reported.version,
+            reported.time.0.to_string()
+        ),
+        ("art/demo/2.rdb", 20, "2026-12-06T22:00:00Z".to_owned())
+    );
+    // A pod of another component says nothing about backups, whatever its message.
+    let mut api = pods[1].clone();
+    api.metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .insert("app.kubernetes.io/component".to_owned(), "api".to_owned());
+    assert_eq!(reported_backup(&[api]), None);
+
+    let mut c = canvas(json!({}));
+    let observed = Observed {
+        backup: Some(reported.clone()),
+        ..all(DONE)
+    };
+    let s = status(&c, &observed, &time(0));
+    assert_eq!(s.last_backup.as_ref(), Some(&reported));
+
+    // The Job's pod is gone: the status keeps what it said; an older report changes nothing.
+    c.status = Some(s);
+    let gone = status(&c, &all(DONE), &time(1));
+    assert_eq!(gone.last_backup.as_ref(), Some(&reported));
+    let older = Observed {
+        backup: reported_backup(&pods[..1]),
+        ..all(DONE)
+    };
+    assert_eq!(
+        status(&c, &older, &time(2)).last_backup.as_ref(),
+        Some(&reported)
+    );
+}

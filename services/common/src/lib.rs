@@ -7,6 +7,7 @@
 //! `error`) need only std, serde and thiserror, so the tooling uses them too; everything a
 //! running binary needs is behind the default `runtime` feature.
 
+pub mod backup;
 pub mod canvas;
 pub mod error;
 pub mod operator_contract;

@@ -213,6 +213,10 @@ pub const AUTH_PATH_PREFIX: &str = "/auth";
 /// test` builds it and sets this).
 pub const ENV_TEST_OIDC_PROVIDER: &str = "PIXEL_TEST_OIDC_PROVIDER";
 
+/// Tests: the S3-compatible server the backup tests run (s3s-fs, which `cargo xtask test`
+/// installs and names here).
+pub const ENV_TEST_S3_SERVER: &str = "PIXEL_TEST_S3_SERVER";
+
 // The frontend (docs/protocol.md, Frontend): where the page finds the API and the gateway.
 
 /// The API base URL the page uses: a path on the page's own origin (`/api/v1`, behind the
@@ -224,6 +228,38 @@ pub const ENV_PUBLIC_WS_URL: &str = "PIXEL_PUBLIC_WS_URL";
 
 /// Origins whose pages may call canvas-api from a browser (CORS), comma-separated.
 pub const ENV_CORS_ALLOWED_ORIGINS: &str = "PIXEL_CORS_ALLOWED_ORIGINS";
+
+// Backups (docs/protocol.md, Backups): `backup upload` in the backup Job, `backup restore`
+// in the Redis pod of a canvas restored from one. The store's settings are both's.
+
+/// The S3-compatible endpoint (`http(s)://host[:port]`).
+pub const ENV_BACKUP_ENDPOINT: &str = "PIXEL_BACKUP_ENDPOINT";
+/// The bucket.
+pub const ENV_BACKUP_BUCKET: &str = "PIXEL_BACKUP_BUCKET";
+/// The prefix of the canvas's objects in the bucket (ends with `/`, or is empty).
+pub const ENV_BACKUP_PREFIX: &str = "PIXEL_BACKUP_PREFIX";
+/// The region the endpoint signs for.
+pub const ENV_BACKUP_REGION: &str = "PIXEL_BACKUP_REGION";
+/// The access key ID, from the Secret the canvas names.
+pub const ENV_BACKUP_ACCESS_KEY_ID: &str = "PIXEL_BACKUP_ACCESS_KEY_ID";
+/// The secret access key, from the same Secret.
+pub const ENV_BACKUP_SECRET_ACCESS_KEY: &str = "PIXEL_BACKUP_SECRET_ACCESS_KEY";
+/// How many backups to keep; older ones are deleted after an upload.
+pub const ENV_BACKUP_RETENTION: &str = "PIXEL_BACKUP_RETENTION";
+/// The RDB file to upload (written by the Job's dump container).
+pub const ENV_BACKUP_FILE: &str = "PIXEL_BACKUP_FILE";
+/// The file holding the canvas version the RDB file holds (written beside it).
+pub const ENV_BACKUP_VERSION_FILE: &str = "PIXEL_BACKUP_VERSION_FILE";
+/// Where the upload writes its [`crate::backup::BackupRecord`] (the termination message).
+pub const ENV_BACKUP_RESULT_FILE: &str = "PIXEL_BACKUP_RESULT_FILE";
+/// The host of the canvas's Redis, for the backup Job's dump step.
+pub const ENV_BACKUP_REDIS_HOST: &str = "PIXEL_BACKUP_REDIS_HOST";
+/// Its port.
+pub const ENV_BACKUP_REDIS_PORT: &str = "PIXEL_BACKUP_REDIS_PORT";
+/// The backup a restore starts from: `latest` or an object's key.
+pub const ENV_RESTORE_FROM: &str = "PIXEL_RESTORE_FROM";
+/// Redis's data directory, which a restore fills when it holds no data yet.
+pub const ENV_RESTORE_DATA_DIR: &str = "PIXEL_RESTORE_DATA_DIR";
 
 // The operator (config/manager sets some of them).
 
