@@ -29,6 +29,7 @@ mod tests {
             "services/canvas-api",
             "services/gateway",
             "services/frontend",
+            "services/backup",
         ] {
             let names = dependency_names(&manifest(&format!("{crate_dir}/Cargo.toml")));
             assert!(!names.is_empty(), "{crate_dir} lists its dependencies");

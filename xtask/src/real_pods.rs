@@ -50,12 +50,14 @@ struct Stage<'a> {
     cluster: &'a Cluster,
     ingress_port: u16,
     node: String,
+    /// The host's end of the node's link: where pods reach a server on the host.
+    host_link: std::net::Ipv4Addr,
 }
 
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 12] = [
+const CHECKS: [(&str, Check); 13] = [
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -97,6 +99,11 @@ const CHECKS: [(&str, Check); 12] = [
     (
         "missing-image-named-in-status-then-fixed",
         missing_image_named_in_status_then_fixed,
+    ),
+    // Last: it deletes the canvas and makes it anew from its backup.
+    (
+        "backup-delete-restore-is-equal",
+        backup_delete_restore_is_equal,
     ),
 ];
 
@@ -170,8 +177,9 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
         cluster,
         ingress_port,
         node: node.name().to_owned(),
+        host_link: node.plan().host_link(),
     };
-    stage.apply(&canvas_manifest(node.plan().host_link()))?;
+    stage.apply(&canvas_manifest(stage.host_link))?;
     Ok(stage)
 }
 
@@ -491,6 +499,25 @@ impl Stage<'_> {
             .with_context(|| format!("placed without an identity: {summary}"))?
             .to_owned();
         Ok((versions, handle))
+    }
+
+    /// The body of a `GET` through the Ingress controller, as bytes (the binary snapshot).
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ingress_port);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let response = agent
+            .get(&url)
+            .header("Host", HOST)
+            .call()
+            .with_context(|| format!("GET {url} (Host: {HOST})"))?;
+        Ok(response
+            .into_body()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()?)
     }
 
     /// An HTTP request through the Ingress controller, with the canvas's host.
@@ -1240,5 +1267,228 @@ fn missing_image_named_in_status_then_fixed(stage: &Stage) -> Result<()> {
         "--wait=true",
         "--timeout=120s",
     ])?;
+    Ok(())
+}
+
+/// The backup check's S3 bucket, credentials Secret and keys.
+const BACKUP_BUCKET: &str = "canvases";
+const BACKUP_SECRET: &str = "backup-store";
+const BACKUP_KEYS: (&str, &str) = ("real-pods-access", "real-pods-secret-key");
+
+/// What a person sees of the canvas through the Ingress: its version, every pixel (the
+/// binary snapshot) and the whole history.
+fn canvas_state(stage: &Stage) -> Result<(Value, Vec<u8>, Value)> {
+    let json = |path: &str| -> Result<Value> {
+        let (status, body) = stage.http("GET", path, None)?;
+        ensure!(status == 200, "GET {path} answered {status}: {body}");
+        serde_json::from_str(&body).with_context(|| format!("GET {path} is not JSON"))
+    };
+    let info = json(ports::API_INFO_PATH)?;
+    let snapshot = stage.get_bytes(ports::API_CANVAS_PATH)?;
+    let history = json(&format!("{}?since=0", ports::API_HISTORY_PATH))?;
+    ensure!(
+        history["more"] == false,
+        "the history is longer than one page: {history}"
+    );
+    Ok((
+        info["version"].clone(),
+        snapshot,
+        history["updates"].clone(),
+    ))
+}
+
+/// `spec.backup` added to the live canvas, a backup Job run at once (as its schedule
+/// would), uploading to a real S3-compatible server (s3s-fs on the host); the status names
+/// the backup; the canvas and its volume deleted; a canvas of the same name with
+/// `spec.restore: {from: latest}` comes up from it on a fresh volume, and through the
+/// Ingress every pixel, the version and the history are as they were.
+fn backup_delete_restore_is_equal(stage: &Stage) -> Result<()> {
+    let placed: Vec<(u32, u32, u32)> = (0..12).map(|i| (10 + i, 50, 1 + i % 9)).collect();
+    stage.place(&placed)?;
+
+    let binary = pixel_harness::object_store::ensure_server()?;
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir(root.path().join(BACKUP_BUCKET))?;
+    let address = std::net::SocketAddr::new(stage.host_link.into(), process::free_port()?);
+    let server =
+        pixel_harness::object_store::Server::start(&binary, address, root.path(), BACKUP_KEYS)?;
+    stage.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {BACKUP_SECRET}\nstringData:\n  \
+         AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n",
+        BACKUP_KEYS.0, BACKUP_KEYS.1
+    ))?;
+    // Once a year: the check runs its Job now rather than wait for the schedule.
+    let backup = format!(
+        "{{\"schedule\":\"0 0 1 1 *\",\"retention\":2,\"store\":{{\"endpoint\":\"{}\",\
+         \"bucket\":\"{BACKUP_BUCKET}\",\"credentialsSecretName\":\"{BACKUP_SECRET}\"}}}}",
+        server.endpoint
+    );
+    stage.patch_spec(&format!("{{\"backup\":{backup}}}"))?;
+    let cron_job = format!("cronjob/{CANVAS}-backup");
+    process::wait_until(
+        "the operator to create the backup CronJob",
+        Duration::from_secs(60),
+        || Ok(stage.kubectl(&["get", &cron_job, "-n", NAMESPACE]).is_ok()),
+    )?;
+    let before = canvas_state(stage)?;
+
+    let started = Instant::now();
+    let job = format!("{CANVAS}-backup-now");
+    stage.kubectl(&["create", "job", &job, "--from", &cron_job, "-n", NAMESPACE])?;
+    let waited = stage.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        &format!("job/{job}"),
+        "-n",
+        NAMESPACE,
+        "--timeout=300s",
+    ]);
+    if let Err(error) = waited {
+        let logs = stage
+            .kubectl(&[
+                "logs",
+                "-n",
+                NAMESPACE,
+                &format!("job/{job}"),
+                "--all-containers",
+                "--tail=40",
+            ])
+            .unwrap_or_default();
+        bail!("the backup Job did not complete: {error:#}\n{logs}");
+    }
+    let backed_up = started.elapsed();
+    let last_backup = || -> Result<Value> {
+        Ok(stage.kubectl_json(&[
+            "get",
+            &format!("pxc/{CANVAS}"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])?["status"]["lastBackup"]
+            .clone())
+    };
+    process::wait_until(
+        "status.lastBackup to name the backup",
+        Duration::from_secs(60),
+        || Ok(last_backup()?["version"] == before.0),
+    )?;
+    let record = last_backup()?;
+    let object = record["object"]
+        .as_str()
+        .context("lastBackup has no object")?;
+    ensure!(
+        object.starts_with(&format!("{NAMESPACE}/{CANVAS}/")),
+        "the backup is not under the canvas's prefix: {record}"
+    );
+    let stored = root.path().join(BACKUP_BUCKET).join(object);
+    let bytes = std::fs::metadata(&stored)
+        .with_context(|| format!("the store holds no {}", stored.display()))?
+        .len();
+
+    // The canvas and its volume, gone.
+    let claim = format!("data-{CANVAS}-redis-0");
+    let claim_uid = stage.kubectl(&[
+        "get",
+        "pvc",
+        &claim,
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    stage.kubectl(&[
+        "delete",
+        &format!("pxc/{CANVAS}"),
+        "-n",
+        NAMESPACE,
+        "--wait=true",
+        "--timeout=180s",
+    ])?;
+    process::wait_until(
+        "the canvas's pods to be gone",
+        Duration::from_secs(180),
+        || {
+            Ok(stage
+                .pods()?
+                .iter()
+                .all(|pod| pod["metadata"]["labels"]["app.kubernetes.io/component"] == "backup"))
+        },
+    )?;
+    stage.kubectl(&[
+        "delete",
+        "pvc",
+        &claim,
+        "-n",
+        NAMESPACE,
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    stage.cluster.ensure_storage(stage.tools)?;
+
+    // Anew, from the newest backup under its prefix.
+    let restored_at = Instant::now();
+    stage.apply(&format!(
+        "{}  backup: {backup}\n  restore: {{from: latest}}\n",
+        canvas_manifest(stage.host_link)
+    ))?;
+    stage.wait_canvas_ready()?;
+    let new_uid = stage.kubectl(&[
+        "get",
+        "pvc",
+        &claim,
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    ensure!(
+        new_uid != claim_uid,
+        "the canvas came back on its old claim"
+    );
+    process::wait_until(
+        "the restored canvas's API through the Ingress",
+        Duration::from_secs(90),
+        || {
+            Ok(stage
+                .http("GET", ports::API_INFO_PATH, None)
+                .is_ok_and(|(status, _)| status == 200))
+        },
+    )?;
+    let after = canvas_state(stage)?;
+    ensure!(
+        after.0 == before.0,
+        "version {} after the restore, {} before",
+        after.0,
+        before.0
+    );
+    ensure!(
+        after.1 == before.1,
+        "the restored snapshot differs from the backed-up canvas"
+    );
+    ensure!(
+        after.2 == before.2,
+        "the restored history differs: {} != {}",
+        after.2,
+        before.2
+    );
+    // And it goes on: the next placement is the next version.
+    let next = stage.place(&[(63, 63, 3)])?;
+    ensure!(
+        Some(next[0]) == before.0.as_u64().map(|v| v + 1),
+        "the restored canvas placed version {}, not the one after {}",
+        next[0],
+        before.0
+    );
+    println!(
+        "real-pods: backup of version {} ({bytes} bytes, {} history entries) in {:.1} s; \
+         restored into a new canvas on a fresh volume, Ready in {:.1} s, snapshot, version and \
+         history equal",
+        before.0,
+        before.2.as_array().map_or(0, Vec::len),
+        backed_up.as_secs_f64(),
+        restored_at.elapsed().as_secs_f64()
+    );
+    drop(server);
     Ok(())
 }

@@ -513,7 +513,12 @@ pub fn desired(inputs: &Inputs) -> Desired {
         Some(ingress) => apply.push(Child::Ingress(ingress)),
         None => absent.push((ChildKind::Ingress, inputs.names.ingress())),
     }
-    // After Redis, which it reads, and its NetworkPolicy, which admits its pods.
+    // After Redis, which it reads, and its NetworkPolicy, which admits its pods; after
+    // their own, which admits nothing.
+    match network::backup(inputs) {
+        Some(policy) => apply.push(Child::NetworkPolicy(policy)),
+        None => absent.push((ChildKind::NetworkPolicy, inputs.names.backup())),
+    }
     match backup::cron_job(inputs) {
         Some(cron_job) => apply.push(Child::CronJob(cron_job)),
         None => absent.push((ChildKind::CronJob, inputs.names.backup())),

@@ -119,6 +119,15 @@ impl Names {
         ])
     }
 
+    /// Labels that select the backup Jobs' pods.
+    pub fn backup_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_owned(), APP.to_owned()),
+            (LABEL_INSTANCE.to_owned(), self.canvas.clone()),
+            (LABEL_COMPONENT.to_owned(), BACKUP_COMPONENT.to_owned()),
+        ])
+    }
+
     /// Every label of a component's objects and pods.
     pub fn labels(&self, component: Option<Component>, version: &str) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::from([

@@ -90,6 +90,26 @@ pub fn stateless(inputs: &Inputs, component: Component) -> Option<NetworkPolicy>
     Some(policy(inputs, component, port, peers))
 }
 
+/// The backup Jobs' pods serve nothing: their policy admits no one. `None` without
+/// `spec.backup` or with `spec.networkPolicy.enabled` off.
+pub fn backup(inputs: &Inputs) -> Option<NetworkPolicy> {
+    if inputs.canvas.spec.backup.is_none() || !inputs.canvas.spec.network_policy.enabled {
+        return None;
+    }
+    Some(NetworkPolicy {
+        metadata: inputs.metadata(inputs.names.backup(), None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(inputs.names.backup_selector()),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(Vec::new()),
+            ..Default::default()
+        }),
+    })
+}
+
 /// The pods of these components of this canvas (in its namespace).
 fn pods_of(inputs: &Inputs, components: &[&str]) -> NetworkPolicyPeer {
     NetworkPolicyPeer {

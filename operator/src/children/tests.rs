@@ -167,7 +167,10 @@ fn a_default_canvas_has_the_whole_stack() {
     );
     assert_eq!(
         d.absent,
-        vec![(ChildKind::CronJob, "demo-backup".to_owned())],
+        vec![
+            (ChildKind::NetworkPolicy, "demo-backup".to_owned()),
+            (ChildKind::CronJob, "demo-backup".to_owned())
+        ],
         "no backups unless asked for"
     );
 }
@@ -1776,7 +1779,8 @@ fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
     );
     assert!(
         env.iter()
-            .all(|e| !e.name.starts_with("PIXEL_BACKUP_SECRET")),
+            .all(|e| e.name != ports::ENV_BACKUP_SECRET_ACCESS_KEY
+                && e.name != ports::ENV_BACKUP_ACCESS_KEY_ID),
         "the dump step never sees the store's credentials"
     );
 
@@ -1827,6 +1831,28 @@ fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
     // Redis admits the backup pods too; without backups, it does not.
     let (_, components, _) = admitted(find(&d, "NetworkPolicy", "demo-redis"));
     assert_eq!(components, ["api", "gateway", "backup"]);
+    // Nothing reaches the backup pods, and that holds before they exist.
+    let Child::NetworkPolicy(own) = find(&d, "NetworkPolicy", "demo-backup") else {
+        panic!("not a NetworkPolicy")
+    };
+    let own = own.spec.as_ref().expect("spec");
+    assert_eq!(
+        own.ingress.as_deref(),
+        Some(&[][..]),
+        "no rule: no one admitted"
+    );
+    let selected = own
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .expect("selector");
+    assert!(
+        selected.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "it selects the backup pods: {selected:?}"
+    );
+    assert!(
+        position_of(&d, "NetworkPolicy", "demo-backup") < position_of(&d, "CronJob", "demo-backup")
+    );
 
     let paused = desired_for(&canvas(json!({"backup": backup_spec(), "paused": true})));
     assert_eq!(

@@ -336,7 +336,7 @@ async fn reconcile_with(
 /// Every read a reconcile of the steady world makes, in order: the generated Secrets (the
 /// credentials), each desired child, the children that must not exist, then the canvas's pods.
 /// The workloads are not read again to observe them: the apply step already holds them.
-const STEADY_READS: [&str; 26] = [
+const STEADY_READS: [&str; 27] = [
     "/api/v1/namespaces/art/secrets/demo-redis-auth",
     "/api/v1/namespaces/art/secrets/demo-internal",
     "/api/v1/namespaces/art/secrets/demo-moderator",
@@ -360,7 +360,9 @@ const STEADY_READS: [&str; 26] = [
     "/api/v1/namespaces/art/services/demo-redis",
     "/apis/apps/v1/namespaces/art/statefulsets/demo-redis",
     "/apis/networking.k8s.io/v1/namespaces/art/ingresses/demo",
-    // No backups: the CronJob must not exist (one read, found absent).
+    // No backups: their NetworkPolicy and CronJob must not exist (one read each, found
+    // absent).
+    "/apis/networking.k8s.io/v1/namespaces/art/networkpolicies/demo-backup",
     BACKUP_CRON_JOB,
     PODS,
     CLAIM,

@@ -3,7 +3,7 @@
 //! Ports, environment variable names and probe paths live here so the services and the
 //! operator (which writes the pods that run them) cannot disagree about them.
 //!
-//! The contract modules (`ports`, `canvas`, `wire`, `redis_schema`, `operator_contract`,
+//! The contract modules (`ports`, `canvas`, `wire`, `redis_schema`, `operator_contract`, `backup`,
 //! `error`) need only std, serde and thiserror, so the tooling uses them too; everything a
 //! running binary needs is behind the default `runtime` feature.
 
