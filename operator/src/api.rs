@@ -68,11 +68,12 @@ pub const DEFAULT_PALETTE: [&str; 16] = [
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || has(self.auth.redirectUrl) || (has(self.ingress.host) && self.ingress.enabled)").message("auth needs ingress.host (or auth.redirectUrl): the provider sends people back to <host>/auth/callback").field_path(".auth"))]
-// The operator's own sizing (children::redis): 64 MiB plus 128 bytes per pixel, the last
-// measured at about 121 on a fully placed 4096² canvas.
-#[x_kube(validation = Rule::new("!has(self.redis) || !has(self.redis.resources) || !has(self.redis.resources.limits) || !('memory' in self.redis.resources.limits) || !isQuantity(self.redis.resources.limits['memory']) || quantity(self.redis.resources.limits['memory']).compareTo(quantity(string(67108864 + self.canvas.width * self.canvas.height * 128))) >= 0").message("redis.resources.limits.memory cannot hold this canvas once every pixel is placed: it needs at least 64Mi plus 128 bytes per pixel (186Mi for 1000x1000, 2112Mi for 4096x4096)"))]
+// The operator's own sizing (children::redis): a full canvas takes 64 MiB plus 128 bytes
+// per pixel (about 121 measured on a fully placed 4096² canvas), and maxmemory is half the
+// limit, so the limit must be twice that.
+#[x_kube(validation = Rule::new("!has(self.redis) || !has(self.redis.resources) || !has(self.redis.resources.limits) || !('memory' in self.redis.resources.limits) || !isQuantity(self.redis.resources.limits['memory']) || quantity(self.redis.resources.limits['memory']).compareTo(quantity(string(2 * (67108864 + self.canvas.width * self.canvas.height * 128)))) >= 0").message("redis.resources.limits.memory cannot hold this canvas once every pixel is placed: Redis may use half its limit, and a full canvas takes 64Mi plus 128 bytes per pixel, so the limit must be at least twice that (373Mi for 1000x1000, 4224Mi for 4096x4096)"))]
 #[x_kube(validation = Rule::new("!has(self.restore) || has(self.restore.store) || has(self.backup)").message("restore needs restore.store (or backup.store): where to read the backup from").field_path(".restore"))]
-#[x_kube(validation = Rule::new("has(self.restore) == has(oldSelf.restore) && (!has(self.restore) || self.restore == oldSelf.restore)").message("restore is fixed at creation: it fills a new canvas's empty volume once").field_path(".restore"))]
+#[x_kube(validation = Rule::new("!has(self.restore) || (has(oldSelf.restore) && self.restore == oldSelf.restore)").message("restore is set at creation only (it fills a new canvas's empty volume once); it may be removed, not added or changed").field_path(".restore"))]
 pub struct PixelCanvasSpec {
     /// The canvas itself: size, palette and how often one client may place a pixel.
     #[serde(default)]
@@ -114,7 +115,7 @@ pub struct PixelCanvasSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Start the canvas from a backup: read once, into a Redis volume that holds no data yet. Set when the canvas is created; fixed after.
+    /// Start the canvas from a backup: read once, into a Redis volume that holds no data yet. Set when the canvas is created; it may be removed after (which restarts Redis once, without its restore step), not added or changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
 
@@ -445,10 +446,10 @@ const CRON_SCHEDULE: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStoreSpec {
-    /// The endpoint, `https://host[:port]` (or `http://` on a trusted network).
+    /// The endpoint, `https://host[:port]` (or `http://` on a trusted network), without credentials.
     #[schemars(
         length(min = 8, max = 2048),
-        regex(pattern = r"^https?://[^\s/?#]+/?$")
+        regex(pattern = r"^https?://[^\s/?#@]+/?$")
     )]
     pub endpoint: String,
 
@@ -459,9 +460,12 @@ pub struct ObjectStoreSpec {
     )]
     pub bucket: String,
 
-    /// The prefix of the canvas's objects: empty, or ending with `/`. Unset: `<namespace>/<name>/` of this canvas (so a canvas restoring another's backups names that canvas's prefix).
+    /// The prefix of the canvas's objects: empty, or path segments of letters, digits and `!_.'()-` (not starting with `.`), each ending with `/`. Unset: `<namespace>/<name>/` of this canvas (so a canvas restoring another's backups names that canvas's prefix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512), regex(pattern = r"^([^/\s][^\s]*/)?$"))]
+    #[schemars(
+        length(max = 512),
+        regex(pattern = r"^([A-Za-z0-9!_'()-][A-Za-z0-9!_.'()-]*/)*$")
+    )]
     pub prefix: Option<String>,
 
     /// The region requests are signed for.

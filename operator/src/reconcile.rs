@@ -405,6 +405,7 @@ async fn apply_stateful_set(
     let mut desired = desired.clone();
     if let Some(live) = &live {
         children::keep_claim_templates(&mut desired, live);
+        children::keep_restore_container(&mut desired, live);
     }
     apply_over(context, namespace, &desired, live).await
 }

@@ -13,7 +13,7 @@ use k8s_openapi::{
             ResourceRequirements, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 use pixel_common::{backup, ports};
 
@@ -45,27 +45,55 @@ const ACTIVE_DEADLINE_SECONDS: i64 = 3600;
 /// Finished Jobs kept for `kubectl get jobs` (and their pods' records for the status).
 const JOBS_KEPT: i32 = 3;
 
-/// The environment naming the store, its credentials and its prefix.
-fn store_env(inputs: &Inputs, store: &ObjectStoreSpec) -> Vec<EnvVar> {
+/// A container's termination message: its own file, else the end of its log on failure.
+const FALLBACK_TO_LOGS: &str = "FallbackToLogsOnError";
+/// Local disk a container may use besides the RDB file.
+const LOCAL_DISK_BESIDES: u64 = 256 << 20;
+
+/// Raises a container's local-disk limit to hold the RDB file: the kubelet counts the pod's
+/// emptyDir against its containers' limits, and the file is at most the Redis volume.
+fn room_for_the_file(inputs: &Inputs, resources: &mut ResourceRequirements) {
+    let volume =
+        kube_quantity::ParsedQuantity::try_from(inputs.canvas.spec.redis.storage.size.clone())
+            .ok()
+            .and_then(|q| q.to_bytes_u64())
+            .unwrap_or(1 << 30);
+    let limit = (volume + LOCAL_DISK_BESIDES).div_ceil(1 << 20);
+    resources
+        .limits
+        .get_or_insert_with(Default::default)
+        .insert(
+            security::EPHEMERAL_STORAGE.to_owned(),
+            Quantity(format!("{limit}Mi")),
+        );
+}
+
+/// The environment naming the store, its credentials and its prefix. With `optional`
+/// credentials a pod starts without their Secret (the restore, which needs them only on an
+/// empty volume, must not keep Redis from restarting once the Secret is gone).
+fn store_env(inputs: &Inputs, store: &ObjectStoreSpec, optional: bool) -> Vec<EnvVar> {
     let prefix = store
         .prefix
         .clone()
         .unwrap_or_else(|| default_prefix(inputs));
+    let credential = |name: &str, key: &str| {
+        let mut env = workloads::secret_env(name, store.credentials_secret_name.clone(), key);
+        if let Some(selector) = env
+            .value_from
+            .as_mut()
+            .and_then(|source| source.secret_key_ref.as_mut())
+        {
+            selector.optional = Some(optional);
+        }
+        env
+    };
     vec![
         value(ports::ENV_BACKUP_ENDPOINT, &store.endpoint),
         value(ports::ENV_BACKUP_BUCKET, &store.bucket),
         value(ports::ENV_BACKUP_PREFIX, &prefix),
         value(ports::ENV_BACKUP_REGION, &store.region),
-        workloads::secret_env(
-            ports::ENV_BACKUP_ACCESS_KEY_ID,
-            store.credentials_secret_name.clone(),
-            ACCESS_KEY_ID_KEY,
-        ),
-        workloads::secret_env(
-            ports::ENV_BACKUP_SECRET_ACCESS_KEY,
-            store.credentials_secret_name.clone(),
-            SECRET_ACCESS_KEY_KEY,
-        ),
+        credential(ports::ENV_BACKUP_ACCESS_KEY_ID, ACCESS_KEY_ID_KEY),
+        credential(ports::ENV_BACKUP_SECRET_ACCESS_KEY, SECRET_ACCESS_KEY_KEY),
     ]
 }
 
@@ -100,13 +128,12 @@ pub fn cron_job(inputs: &Inputs) -> Option<CronJob> {
     };
     let file = format!("{WORK_DIR}/dump.rdb");
     let version_file = format!("{WORK_DIR}/version");
-    let redis_resources = super::redis::resources(inputs);
-    // The check loads the whole dataset once, as Redis holds it.
-    let dump_resources = ResourceRequirements {
-        requests: redis_resources.requests.clone(),
-        limits: redis_resources.limits.clone(),
-        ..Default::default()
-    };
+    // The check loads the whole dataset once, as Redis holds it; the file is on the pod's
+    // local disk until the upload is done.
+    let mut dump_resources = super::redis::resources(inputs);
+    room_for_the_file(inputs, &mut dump_resources);
+    let mut upload_resources = security::resources(None, ("50m", "64Mi", "256Mi"));
+    room_for_the_file(inputs, &mut upload_resources);
     let dump = Container {
         name: "dump".to_owned(),
         image: Some(inputs.redis_image().to_owned()),
@@ -128,10 +155,11 @@ pub fn cron_job(inputs: &Inputs) -> Option<CronJob> {
         ]),
         resources: Some(dump_resources),
         security_context: Some(security::container_security_context()),
+        termination_message_policy: Some(FALLBACK_TO_LOGS.to_owned()),
         volume_mounts: Some(vec![work.clone()]),
         ..Default::default()
     };
-    let mut env = store_env(inputs, &spec.store);
+    let mut env = store_env(inputs, &spec.store, false);
     env.extend([
         value(ports::ENV_BACKUP_FILE, &file),
         value(ports::ENV_BACKUP_VERSION_FILE, &version_file),
@@ -145,13 +173,15 @@ pub fn cron_job(inputs: &Inputs) -> Option<CronJob> {
         image_pull_policy: Some(inputs.pull_policy().to_owned()),
         command: Some(vec![BINARY.to_owned(), "upload".to_owned()]),
         env: Some(env),
-        resources: Some(security::resources(None, ("50m", "64Mi", "256Mi"))),
+        resources: Some(upload_resources),
         security_context: Some(security::container_security_context()),
         termination_message_path: Some(TERMINATION_MESSAGE.to_owned()),
-        termination_message_policy: Some("File".to_owned()),
+        // The record on success; the log's end when it fails, for `kubectl describe`.
+        termination_message_policy: Some(FALLBACK_TO_LOGS.to_owned()),
         volume_mounts: Some(vec![work]),
         ..Default::default()
     };
+    let redis_pod = &inputs.canvas.spec.redis.pod;
     let pod = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels(inputs)),
@@ -173,6 +203,11 @@ pub fn cron_job(inputs: &Inputs) -> Option<CronJob> {
             security_context: Some(security::pod_security_context()),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            // Where Redis may run, so may its backups (dedicated or tainted nodes).
+            node_selector: (!redis_pod.node_selector.is_empty())
+                .then(|| redis_pod.node_selector.clone()),
+            tolerations: (!redis_pod.tolerations.is_empty()).then(|| redis_pod.tolerations.clone()),
+            priority_class_name: redis_pod.priority_class_name.clone(),
             ..Default::default()
         }),
     };
@@ -181,7 +216,7 @@ pub fn cron_job(inputs: &Inputs) -> Option<CronJob> {
         spec: CronJobSpec {
             schedule: spec.schedule.clone(),
             time_zone: spec.time_zone.clone(),
-            suspend: Some(spec.suspend || inputs.canvas.spec.paused),
+            suspend: Some(spec.suspend),
             concurrency_policy: Some("Forbid".to_owned()),
             starting_deadline_seconds: Some(300),
             successful_jobs_history_limit: Some(JOBS_KEPT),
@@ -213,7 +248,7 @@ pub fn restore_container(inputs: &Inputs, data: &VolumeMount) -> Option<Containe
         .store
         .as_ref()
         .or(spec.backup.as_ref().map(|b| &b.store))?;
-    let mut env = store_env(inputs, store);
+    let mut env = store_env(inputs, store, true);
     env.extend([
         value(ports::ENV_RESTORE_FROM, &restore.from),
         value(ports::ENV_RESTORE_DATA_DIR, &data.mount_path),
@@ -227,6 +262,7 @@ pub fn restore_container(inputs: &Inputs, data: &VolumeMount) -> Option<Containe
         env: Some(env),
         resources: Some(security::resources(None, ("50m", "64Mi", "256Mi"))),
         security_context: Some(security::container_security_context()),
+        termination_message_policy: Some(FALLBACK_TO_LOGS.to_owned()),
         volume_mounts: Some(vec![data.clone()]),
         ..Default::default()
     })

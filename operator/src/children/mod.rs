@@ -37,7 +37,7 @@ pub use self::{
     ingress::url,
     naming::Component,
     naming::Names,
-    redis::keep_claim_templates,
+    redis::{keep_claim_templates, keep_restore_container},
 };
 use crate::api::{PixelCanvas, PodOverrides, PullPolicy};
 

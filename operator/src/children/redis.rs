@@ -260,6 +260,28 @@ pub fn service(inputs: &Inputs) -> Service {
     }
 }
 
+/// Gives `desired` (when it has a restore init container) the init containers of the
+/// `live` StatefulSet: a restore fills the volume once, when the StatefulSet is created, so
+/// a later change to what it would run (a new tag, another store) must not change Redis's
+/// pod template and restart Redis for a step that has nothing left to do. Removing
+/// `spec.restore` removes the init container.
+pub fn keep_restore_container(desired: &mut StatefulSet, live: &StatefulSet) {
+    let live = live
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .and_then(|pod| pod.init_containers.clone());
+    let desired = desired
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.template.spec.as_mut());
+    if let (Some(pod), Some(live)) = (desired, live)
+        && pod.init_containers.is_some()
+    {
+        pod.init_containers = Some(live);
+    }
+}
+
 /// Gives `desired` the volumeClaimTemplates of the `live` StatefulSet. They are immutable
 /// once created: applying others (a new version label, a larger size) is refused and would
 /// hold up the whole StatefulSet. A larger `spec.redis.storage.size` reaches the claim

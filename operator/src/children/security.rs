@@ -49,7 +49,7 @@ pub const TMP_SIZE_LIMIT: &str = "64Mi";
 /// filling the node.
 pub const EPHEMERAL_STORAGE_REQUEST: &str = "64Mi";
 pub const EPHEMERAL_STORAGE_LIMIT: &str = "256Mi";
-const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
+pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 /// A writable `/tmp`, since the root filesystem is read-only.
 pub fn tmp_volume() -> (Volume, VolumeMount) {

@@ -1818,6 +1818,18 @@ fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
     for c in [dump, upload] {
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        // The RDB file (at most the 1Gi volume) is on the pod's disk until the upload ends:
+        // the kubelet counts it against the containers' limits.
+        assert_eq!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("ephemeral-storage"))
+                .map(|q| q.0.as_str()),
+            Some("1280Mi"),
+            "{}",
+            c.name
+        );
         assert!(
             c.resources
                 .as_ref()
@@ -1854,12 +1866,6 @@ fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
         position_of(&d, "NetworkPolicy", "demo-backup") < position_of(&d, "CronJob", "demo-backup")
     );
 
-    let paused = desired_for(&canvas(json!({"backup": backup_spec(), "paused": true})));
-    assert_eq!(
-        cron_job(&paused).spec.suspend,
-        Some(true),
-        "a paused canvas takes no backup"
-    );
     let mut suspended = backup_spec();
     suspended["suspend"] = json!(true);
     suspended["store"]["prefix"] = json!("");
@@ -1945,5 +1951,43 @@ fn a_restored_canvas_fills_its_empty_volume_before_redis_starts() {
     assert_eq!(
         env_source(&env, ports::ENV_BACKUP_ACCESS_KEY_ID).as_deref(),
         Some("archive-keys/AWS_ACCESS_KEY_ID")
+    );
+    assert!(
+        env.iter()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .all(|secret| secret.optional == Some(true)),
+        "a restarted Redis needs no store credentials: the restore has nothing left to do"
+    );
+}
+
+/// A restore fills the volume when the StatefulSet is created; a later change to what it
+/// would run (a new tag) must not change Redis's pod template, so it keeps the live one.
+#[test]
+fn a_new_tag_leaves_the_live_restore_step_and_redis_be() {
+    let spec = |tag: &str| json!({"image": {"tag": tag}, "backup": backup_spec(), "restore": {"from": "latest"}});
+    let live = stateful_set(&desired_for(&canvas(spec("0.1.0")))).clone();
+    let mut upgraded = stateful_set(&desired_for(&canvas(spec("0.2.0")))).clone();
+    assert_ne!(
+        upgraded.spec.as_ref().map(|s| &s.template),
+        live.spec.as_ref().map(|s| &s.template),
+        "the desired restore step runs the new tag"
+    );
+    keep_restore_container(&mut upgraded, &live);
+    assert_eq!(
+        upgraded.spec.as_ref().map(|s| &s.template),
+        live.spec.as_ref().map(|s| &s.template),
+        "applied, Redis's pod template is as it was"
+    );
+    // Without a restore in the spec, the step goes.
+    let mut removed =
+        stateful_set(&desired_for(&canvas(json!({"image": {"tag": "0.2.0"}})))).clone();
+    keep_restore_container(&mut removed, &live);
+    assert_eq!(
+        removed
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.init_containers.as_ref()),
+        None
     );
 }

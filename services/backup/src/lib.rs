@@ -59,6 +59,12 @@ pub enum Error {
     },
     #[error("the prefix {0:?} must be empty or end with '/'")]
     Prefix(String),
+    #[error(
+        "no credentials for the object store: set {} and {}",
+        pixel_common::ports::ENV_BACKUP_ACCESS_KEY_ID,
+        pixel_common::ports::ENV_BACKUP_SECRET_ACCESS_KEY
+    )]
+    Credentials,
     #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
@@ -105,9 +111,10 @@ pub enum Error {
     Interrupted,
 }
 
-/// Runs the command until it finishes or `shutdown` resolves (nothing half-written is
-/// left as if it were whole: an upload is aborted, a restore's staging directory is never
-/// renamed into place).
+/// Runs the command until it finishes or `shutdown` resolves. Nothing half-written is left
+/// as if it were whole: a multipart upload cut short is no object (the store keeps its
+/// parts until its lifecycle rules clear them), and a restore's staging directory is never
+/// renamed into place.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let work = async {
         match args.command {

@@ -24,10 +24,11 @@ pub struct StoreArgs {
     /// The region requests are signed for.
     #[arg(long, env = ports::ENV_BACKUP_REGION, default_value = "us-east-1")]
     pub region: String,
+    /// Required to reach the store (a restore into a volume that holds data never does).
     #[arg(long, env = ports::ENV_BACKUP_ACCESS_KEY_ID, hide_env_values = true)]
-    pub access_key_id: String,
+    pub access_key_id: Option<String>,
     #[arg(long, env = ports::ENV_BACKUP_SECRET_ACCESS_KEY, hide_env_values = true)]
-    pub secret_access_key: String,
+    pub secret_access_key: Option<String>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -54,6 +55,11 @@ impl StoreArgs {
         if !(self.prefix.is_empty() || self.prefix.ends_with('/')) {
             return Err(Error::Prefix(self.prefix.clone()));
         }
+        let (Some(access_key_id), Some(secret_access_key)) =
+            (&self.access_key_id, &self.secret_access_key)
+        else {
+            return Err(Error::Credentials);
+        };
         // reqwest's rustls takes the process-wide provider; the graph's is ring. Already
         // installed when a process opens a second store.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -65,8 +71,8 @@ impl StoreArgs {
             .with_virtual_hosted_style_request(false)
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
-            .with_access_key_id(&self.access_key_id)
-            .with_secret_access_key(&self.secret_access_key)
+            .with_access_key_id(access_key_id)
+            .with_secret_access_key(secret_access_key)
             .build()
             .map_err(|source| Error::Store {
                 endpoint: self.endpoint.clone(),

@@ -66,23 +66,13 @@ pub async fn run(args: &UploadArgs, now: jiff::Timestamp) -> Result<BackupRecord
                 return Err(read_error(&args.file, source));
             }
         };
-        writer.wait_for_capacity(2).await.map_err(upload_error)?;
+        if let Err(source) = writer.wait_for_capacity(2).await {
+            let _ = writer.abort().await;
+            return Err(upload_error(source));
+        }
         writer.write(&buffer[..read]);
     }
     writer.finish().await.map_err(upload_error)?;
-
-    let keys = store.backups().await?;
-    for old in expired(&keys, args.retention as usize) {
-        store
-            .objects
-            .delete(&ObjectPath::from(old.as_str()))
-            .await
-            .map_err(|source| Error::Prune {
-                key: old.clone(),
-                source,
-            })?;
-        tracing::info!(object = %old, "old backup deleted");
-    }
 
     let record = BackupRecord {
         time: now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
@@ -98,7 +88,29 @@ pub async fn run(args: &UploadArgs, now: jiff::Timestamp) -> Result<BackupRecord
                 source,
             })?;
     }
+    // The backup is safe: a store that keeps the old ones (credentials that may not delete,
+    // an object lock) costs space, not the backup.
+    if let Err(error) = prune(&store, args.retention as usize).await {
+        tracing::warn!(error = %pixel_common::error::ErrorChain(&error), "old backups kept");
+    }
     Ok(record)
+}
+
+/// Deletes the oldest backups beyond `retention`.
+async fn prune(store: &crate::store::Store, retention: usize) -> Result<(), Error> {
+    let keys = store.backups().await?;
+    for old in expired(&keys, retention) {
+        store
+            .objects
+            .delete(&ObjectPath::from(old.as_str()))
+            .await
+            .map_err(|source| Error::Prune {
+                key: old.clone(),
+                source,
+            })?;
+        tracing::info!(object = %old, "old backup deleted");
+    }
+    Ok(())
 }
 
 /// The backups to delete so that `retention` remain: the oldest ones (`keys` oldest first).

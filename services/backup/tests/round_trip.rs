@@ -82,8 +82,8 @@ impl S3Server {
             bucket: BUCKET.to_owned(),
             prefix: prefix.to_owned(),
             region: "us-east-1".to_owned(),
-            access_key_id: ACCESS_KEY.to_owned(),
-            secret_access_key: SECRET_KEY.to_owned(),
+            access_key_id: Some(ACCESS_KEY.to_owned()),
+            secret_access_key: Some(SECRET_KEY.to_owned()),
         }
     }
 }
@@ -169,7 +169,15 @@ async fn redis_on(dir: &Path) -> (Child, redis::aio::MultiplexedConnection) {
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
         .arg(dir)
-        .args(["--appendonly", "yes", "--save", ""])
+        // `always`: the restart below follows a SIGKILL, which may not lose a write.
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
