@@ -12,6 +12,7 @@
 //! the base of Redis's append-only file, so Redis starts from it and appends after it.
 //! A volume that already holds data is never touched.
 
+pub mod http;
 pub mod restore;
 pub mod store;
 pub mod upload;

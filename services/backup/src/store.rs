@@ -60,10 +60,8 @@ impl StoreArgs {
         else {
             return Err(Error::Credentials);
         };
-        // reqwest's rustls takes the process-wide provider; the graph's is ring. Already
-        // installed when a process opens a second store.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let objects = AmazonS3Builder::new()
+            .with_http_connector(crate::http::HyperConnector)
             .with_endpoint(&self.endpoint)
             .with_allow_http(self.endpoint.starts_with("http://"))
             // Path-style (`<endpoint>/<bucket>/<key>`): what self-hosted stores serve
