@@ -1339,7 +1339,20 @@ fn new_tag_rolls_the_app_and_keeps_redis(stage: &Stage) -> Result<()> {
                 .all(|(now, was)| *now > was))
         },
     )?;
-    for (component, replicas) in [("api", 2), ("gateway", 2), ("frontend", 1)] {
+    for component in ["api", "gateway", "frontend"] {
+        // As many as the spec asks now (earlier checks scale some).
+        let replicas: u32 = stage
+            .kubectl(&[
+                "get",
+                &format!("deploy/{CANVAS}-{component}"),
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ])?
+            .trim()
+            .parse()
+            .with_context(|| format!("the {component} Deployment's replicas"))?;
         stage.kubectl(&[
             "rollout",
             "status",

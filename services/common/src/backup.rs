@@ -85,7 +85,17 @@ pub fn dump_script() -> String {
     format!(
         r#"set -eu
 dir="${{{file}%/*}}"
-redis-cli -h "${host}" -p "${port}" --rdb "${file}"
+# A new pod's address reaches the network policy that admits it some time after the pod
+# starts: retry for a minute.
+attempt=1
+until redis-cli -h "${host}" -p "${port}" --rdb "${file}"; do
+  if [ "$attempt" -ge 60 ]; then
+    echo "no RDB file from ${host}:${port} after $attempt attempts" >&2
+    exit 1
+  fi
+  attempt=$((attempt + 1))
+  sleep 1
+done
 # The check server has no password; redis-cli would send this one to it.
 unset REDISCLI_AUTH
 socket="$dir/check.sock"
