@@ -425,24 +425,29 @@ impl Stage<'_> {
             || Ok(generation("api")? > before[0] && generation("gateway")? > before[1]),
         )?;
         for component in ["api", "gateway"] {
-            self.kubectl(&[
-                "rollout",
-                "status",
-                &format!("deploy/{CANVAS}-{component}"),
-                "-n",
-                NAMESPACE,
-                "--timeout=240s",
-            ])?;
-            self.wait_ready_pods(component, 2, Duration::from_secs(180))?;
-            // The old pods serve the old settings through their preStop delay, and the
-            // Ingress may route to them meanwhile: the roll is over once they are gone.
-            process::wait_until(
-                &format!("the old {component} pods to be gone"),
-                Duration::from_secs(60),
-                || Ok(self.serving_pods(component)?.1 == 0),
-            )?;
+            self.wait_rolled(component, 2)?;
         }
         Ok(())
+    }
+
+    /// Waits until the component's Deployment has rolled out with `replicas` ready pods and
+    /// its old pods are gone: they serve the old settings through their preStop delay, and
+    /// the Ingress may route to them meanwhile.
+    fn wait_rolled(&self, component: &str, replicas: u32) -> Result<()> {
+        self.kubectl(&[
+            "rollout",
+            "status",
+            &format!("deploy/{CANVAS}-{component}"),
+            "-n",
+            NAMESPACE,
+            "--timeout=240s",
+        ])?;
+        self.wait_ready_pods(component, replicas, Duration::from_secs(180))?;
+        process::wait_until(
+            &format!("the old {component} pods to be gone"),
+            Duration::from_secs(60),
+            || Ok(self.serving_pods(component)?.1 == 0),
+        )
     }
 
     /// Merges `patch` (JSON) into the canvas's spec.
@@ -506,6 +511,31 @@ impl Stage<'_> {
             .with_context(|| format!("placed without an identity: {summary}"))?
             .to_owned();
         Ok((versions, handle))
+    }
+
+    /// Waits until canvas-api answers through the Ingress controller (which routes to a
+    /// Service once its endpoints are ready, a moment after the canvas reports Ready).
+    fn wait_api_through_the_ingress(&self, what: &str, limit: Duration) -> Result<()> {
+        process::wait_until(what, limit, || {
+            Ok(self
+                .http("GET", ports::API_INFO_PATH, None)
+                .is_ok_and(|(status, _)| status == 200))
+        })
+    }
+
+    /// The UID of `what` (`kind/name`) in the suite's namespace.
+    fn uid(&self, what: &str) -> Result<String> {
+        Ok(self
+            .kubectl(&[
+                "get",
+                what,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ])?
+            .trim()
+            .to_owned())
     }
 
     /// The body of a `GET` through the Ingress controller, as bytes (the binary snapshot).
@@ -627,14 +657,9 @@ fn ready_on_the_real_node(stage: &Stage) -> Result<()> {
 fn page_and_api_through_the_ingress(stage: &Stage) -> Result<()> {
     // The Ingress controller routes to a Service once its endpoints are ready, a moment
     // after the canvas reports Ready.
-    process::wait_until(
+    stage.wait_api_through_the_ingress(
         "the Ingress controller to route the API",
         Duration::from_secs(60),
-        || {
-            Ok(stage
-                .http("GET", ports::API_INFO_PATH, None)
-                .is_ok_and(|(status, _)| status == 200))
-        },
     )?;
     let (status, page) = stage.http("GET", "/", None)?;
     ensure!(status == 200, "GET / answered {status}");
@@ -847,19 +872,7 @@ fn redis_pod_deleted_keeps_every_pixel(stage: &Stage) -> Result<()> {
     let placed: Vec<(u32, u32, u32)> = (0..20).map(|i| (i, 2 * i % 64, 1 + i % 7)).collect();
     stage.place(&placed)?;
     let claim = format!("pvc/data-{CANVAS}-redis-0");
-    let uid = |what: &str| -> Result<String> {
-        Ok(stage
-            .kubectl(&[
-                "get",
-                what,
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ])?
-            .trim()
-            .to_owned())
-    };
+    let uid = |what: &str| stage.uid(what);
     let (claim_before, pod_before) = (uid(&claim)?, uid(&format!("pod/{CANVAS}-redis-0"))?);
     let deleted = Instant::now();
     stage.kubectl(&[
@@ -1303,20 +1316,7 @@ fn new_tag_rolls_the_app_and_keeps_redis(stage: &Stage) -> Result<()> {
         ]),
         Duration::from_secs(60),
     )?;
-    let redis_uid = || -> Result<String> {
-        Ok(stage
-            .kubectl(&[
-                "get",
-                "pod",
-                &format!("{CANVAS}-redis-0"),
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ])?
-            .trim()
-            .to_owned())
-    };
+    let redis_uid = || stage.uid(&format!("pod/{CANVAS}-redis-0"));
     let redis_before = redis_uid()?;
     let before = canvas_state(stage)?;
     let started = Instant::now();
@@ -1353,20 +1353,7 @@ fn new_tag_rolls_the_app_and_keeps_redis(stage: &Stage) -> Result<()> {
             .trim()
             .parse()
             .with_context(|| format!("the {component} Deployment's replicas"))?;
-        stage.kubectl(&[
-            "rollout",
-            "status",
-            &format!("deploy/{CANVAS}-{component}"),
-            "-n",
-            NAMESPACE,
-            "--timeout=240s",
-        ])?;
-        stage.wait_ready_pods(component, replicas, Duration::from_secs(180))?;
-        process::wait_until(
-            &format!("the old {component} pods to be gone"),
-            Duration::from_secs(60),
-            || Ok(stage.serving_pods(component)?.1 == 0),
-        )?;
+        stage.wait_rolled(component, replicas)?;
     }
     stage.wait_canvas_ready()?;
     let canvas = stage.kubectl_json(&[
@@ -1533,15 +1520,7 @@ fn backup_delete_restore_is_equal(stage: &Stage) -> Result<()> {
 
     // The canvas and its volume, gone.
     let claim = format!("data-{CANVAS}-redis-0");
-    let claim_uid = stage.kubectl(&[
-        "get",
-        "pvc",
-        &claim,
-        "-n",
-        NAMESPACE,
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])?;
+    let claim_uid = stage.uid(&format!("pvc/{claim}"))?;
     stage.kubectl(&[
         "delete",
         &format!("pxc/{CANVAS}"),
@@ -1585,27 +1564,14 @@ fn backup_delete_restore_is_equal(stage: &Stage) -> Result<()> {
         canvas_manifest(stage.host_link)
     ))?;
     stage.wait_canvas_ready()?;
-    let new_uid = stage.kubectl(&[
-        "get",
-        "pvc",
-        &claim,
-        "-n",
-        NAMESPACE,
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])?;
+    let new_uid = stage.uid(&format!("pvc/{claim}"))?;
     ensure!(
         new_uid != claim_uid,
         "the canvas came back on its old claim"
     );
-    process::wait_until(
+    stage.wait_api_through_the_ingress(
         "the restored canvas's API through the Ingress",
         Duration::from_secs(90),
-        || {
-            Ok(stage
-                .http("GET", ports::API_INFO_PATH, None)
-                .is_ok_and(|(status, _)| status == 200))
-        },
     )?;
     let after = canvas_state(stage)?;
     ensure!(

@@ -78,7 +78,7 @@ const HOST_PACKAGES: [&str; 6] = [
 /// Host programs in the Redis image, each at `/usr/bin/<name>`: the server, what the
 /// readiness probe runs (`sh -c "redis-cli … ping | grep -q PONG"`), and what the backup
 /// Job's dump script runs besides them (`pixel_common::backup::dump_script`).
-const REDIS_PROGRAMS: [&str; 7] = [
+pub const REDIS_PROGRAMS: [&str; 7] = [
     "redis-server",
     "redis-cli",
     "dash",

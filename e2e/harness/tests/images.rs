@@ -337,18 +337,6 @@ fn unchanged_inputs_keep_the_archive_and_a_rebuild_is_identical() {
     );
 }
 
-/// What the Redis image holds: the server, the probe's `sh`, `redis-cli` and `grep`, and
-/// what the backup Job's dump script runs besides (`sleep`, `cat`, `rm`).
-const REDIS_PROGRAMS: [&str; 7] = [
-    "redis-server",
-    "redis-cli",
-    "dash",
-    "grep",
-    "sleep",
-    "cat",
-    "rm",
-];
-
 #[test]
 fn the_redis_image_runs_redis_server_and_the_readiness_probe_from_its_own_files() {
     let out = tempfile::tempdir().expect("temp dir");
@@ -362,7 +350,7 @@ fn the_redis_image_runs_redis_server_and_the_readiness_probe_from_its_own_files(
         built.reference
     );
     let unpacked = unpack(&built, &image.tag);
-    for program in REDIS_PROGRAMS {
+    for program in images::REDIS_PROGRAMS {
         unpacked.assert_file(&format!("usr/bin/{program}"), 0o755);
     }
     assert_eq!(
@@ -394,7 +382,7 @@ fn the_redis_image_runs_redis_server_and_the_readiness_probe_from_its_own_files(
     );
 
     let mut libraries = Vec::new();
-    for program in REDIS_PROGRAMS {
+    for program in images::REDIS_PROGRAMS {
         let host = images::shared_libraries(&Path::new("/usr/bin").join(program)).expect("ldd");
         for library in &host {
             unpacked.assert_file(
@@ -410,7 +398,7 @@ fn the_redis_image_runs_redis_server_and_the_readiness_probe_from_its_own_files(
     }
     libraries.sort();
     libraries.dedup();
-    for program in REDIS_PROGRAMS {
+    for program in images::REDIS_PROGRAMS {
         unpacked.assert_self_contained(&libraries, &format!("/usr/bin/{program}"));
     }
     let version = run(unpacked
