@@ -523,6 +523,18 @@ impl Stage<'_> {
         })
     }
 
+    /// The suite's PixelCanvas as the API server holds it.
+    fn canvas(&self) -> Result<Value> {
+        self.kubectl_json(&[
+            "get",
+            &format!("pxc/{CANVAS}"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])
+    }
+
     /// The UID of `what` (`kind/name`) in the suite's namespace.
     fn uid(&self, what: &str) -> Result<String> {
         Ok(self
@@ -1356,14 +1368,7 @@ fn new_tag_rolls_the_app_and_keeps_redis(stage: &Stage) -> Result<()> {
         stage.wait_rolled(component, replicas)?;
     }
     stage.wait_canvas_ready()?;
-    let canvas = stage.kubectl_json(&[
-        "get",
-        &format!("pxc/{CANVAS}"),
-        "-n",
-        NAMESPACE,
-        "-o",
-        "json",
-    ])?;
+    let canvas = stage.canvas()?;
     ensure!(
         canvas["status"]["observedGeneration"] == canvas["metadata"]["generation"],
         "the status is not of the new generation: {}",
@@ -1489,17 +1494,7 @@ fn backup_delete_restore_is_equal(stage: &Stage) -> Result<()> {
         bail!("the backup Job did not complete: {error:#}\n{logs}");
     }
     let backed_up = started.elapsed();
-    let last_backup = || -> Result<Value> {
-        Ok(stage.kubectl_json(&[
-            "get",
-            &format!("pxc/{CANVAS}"),
-            "-n",
-            NAMESPACE,
-            "-o",
-            "json",
-        ])?["status"]["lastBackup"]
-            .clone())
-    };
+    let last_backup = || -> Result<Value> { Ok(stage.canvas()?["status"]["lastBackup"].clone()) };
     process::wait_until(
         "status.lastBackup to name the backup",
         Duration::from_secs(60),
