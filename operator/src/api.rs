@@ -219,13 +219,14 @@ pub struct ImageSpec {
     )]
     pub repository: Option<String>,
 
-    /// Image tag. Defaults to the operator's own version.
-    #[serde(default = "default_tag")]
+    /// Image tag. Unset: the operator's own version, so upgrading the operator moves the
+    /// canvas to the new build. Set it to pin the canvas to one build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     )]
-    pub tag: String,
+    pub tag: Option<String>,
 
     /// When the kubelet pulls the image: Always, IfNotPresent or Never.
     #[serde(default)]
@@ -834,9 +835,6 @@ fn default_palette() -> Vec<String> {
 }
 fn default_undo_seconds() -> i32 {
     5
-}
-fn default_tag() -> String {
-    env!("CARGO_PKG_VERSION").to_owned()
 }
 fn default_replicas() -> i32 {
     2

@@ -82,6 +82,7 @@ impl Args {
         children::Defaults {
             redis_image: self.default_redis_image.clone(),
             image_repository: self.image_repository.clone(),
+            ..children::Defaults::default()
         }
     }
 }
@@ -382,6 +383,7 @@ mod tests {
             children::Defaults {
                 redis_image: "registry.local:5000/redis:7.2".to_owned(),
                 image_repository: "registry.local:5000/team/pixel-playground".to_owned(),
+                image_tag: env!("CARGO_PKG_VERSION").to_owned(),
             }
         );
     }

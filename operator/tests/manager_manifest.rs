@@ -1,11 +1,10 @@
 //! The operator's own Deployment (`config/manager`) gives it what its flags read from the
 //! environment: its pod's name and namespace, from the downward API.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Container};
 use serde::Deserialize;
 
-#[test]
-fn the_manager_learns_its_pod_name_and_namespace_from_the_downward_api() {
+fn manager_container() -> Container {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/manager/manager.yaml"
@@ -19,11 +18,27 @@ fn the_manager_learns_its_pod_name_and_namespace_from_the_downward_api() {
         })
         .next()
         .expect("the operator's Deployment");
-    let container = &deployment
+    deployment
         .spec
         .and_then(|spec| spec.template.spec)
         .expect("pod spec")
-        .containers[0];
+        .containers
+        .swap_remove(0)
+}
+
+/// The operator's image is this build: canvases that pin no tag run the operator's version,
+/// so the manifest that installs the operator must name the same one.
+#[test]
+fn the_manager_runs_this_builds_version() {
+    assert_eq!(
+        manager_container().image.as_deref(),
+        Some(concat!("pixel-playground:", env!("CARGO_PKG_VERSION")))
+    );
+}
+
+#[test]
+fn the_manager_learns_its_pod_name_and_namespace_from_the_downward_api() {
+    let container = manager_container();
     let field = |name: &str| {
         container
             .env

@@ -13,9 +13,12 @@ use pixel_common::{
     ports,
 };
 use pixel_harness::{
+    children,
     cluster::{Cluster, OPERATOR_NAMESPACE},
     deps,
     images::{self, BuiltImage},
+    paths,
+    previous_release::{self, PreviousBuild},
     process,
     toolchain::Tools,
 };
@@ -54,12 +57,32 @@ struct Stage<'a> {
     node: String,
     /// The host's end of the node's link: where pods reach a server on the host.
     host_link: std::net::Ipv4Addr,
+    /// The canvas as the previous release's operator left it, before this tree's operator
+    /// was installed over it; why not, when that could not be set up.
+    upgraded_from: Result<BeforeUpgrade>,
+    /// The identity cookie of the suite's regular player, kept as a browser keeps it.
+    player: tempfile::NamedTempFile,
+}
+
+/// The canvas under the previous release's operator, just before the upgrade.
+struct BeforeUpgrade {
+    release: previous_release::Release,
+    state: CanvasState,
+    /// The handle the suite's player placed as.
+    handle: String,
+    /// When this tree's operator was installed.
+    upgraded_at: Instant,
 }
 
 type Check = fn(&Stage) -> Result<()>;
 
 /// The checks, in order; each is reported by name.
-const CHECKS: [(&str, Check); 14] = [
+const CHECKS: [(&str, Check); 15] = [
+    // First: the set-up ends with the upgrade it checks.
+    (
+        "operator-upgrade-moves-every-child-and-keeps-every-pixel",
+        operator_upgrade_moves_every_child_and_keeps_every_pixel,
+    ),
     ("ready-on-the-real-node", ready_on_the_real_node),
     (
         "page-and-api-through-the-ingress",
@@ -151,11 +174,15 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
         .ingress()
         .port()
         .context("the test cluster's Ingress controller is not running")?;
+    // The previous release first: it shares the target directory, and this tree's build
+    // then copies its own binaries out of it anew.
+    let previous = previous_release::build(&images::output_dir());
     let built = images::build_all(&images::output_dir())?;
-    for image in &built {
+    for image in built.iter().chain(previous.as_ref().map(|p| &p.app_image)) {
         cluster.load_image(tools, image)?;
     }
     let redis: &BuiltImage = images::find(&built, images::REDIS_REPOSITORY)?;
+    let app_image = images::find(&built, images::APP_REPOSITORY)?;
     // From nothing, so a second run (`cargo xtask e2e --real-pods`) starts the same way.
     process::output(
         cluster.kubectl(tools).args([
@@ -173,24 +200,84 @@ fn set_up<'a>(tools: &'a Tools, cluster: &'a Cluster) -> Result<Stage<'a>> {
     cluster.place_on_real_node(tools, OPERATOR_NAMESPACE)?;
     cluster.place_on_real_node(tools, NAMESPACE)?;
     cluster.place_on_real_node(tools, EDGE_NAMESPACE)?;
-    cluster.run_operator_in_cluster(
-        tools,
-        &redis.reference,
-        images::find(&built, images::APP_REPOSITORY)?,
-    )?;
-    let stage = Stage {
+    let mut stage = Stage {
         tools,
         cluster,
-        app_image: images::find(&built, images::APP_REPOSITORY)?.clone(),
+        app_image: app_image.clone(),
         ingress_port,
         node: node.name().to_owned(),
         host_link: node.plan().host_link(),
+        upgraded_from: Err(anyhow::anyhow!("not set up")),
+        player: tempfile::NamedTempFile::new()?,
     };
+    let before_upgrade = previous.and_then(|previous| stage.canvas_of(&previous, redis));
+    // Whatever the previous release did, this tree's operator runs the checks.
+    let upgraded_at = Instant::now();
+    cluster.run_operator_in_cluster(
+        tools,
+        &paths::operator_config(),
+        &redis.reference,
+        app_image,
+    )?;
+    stage.upgraded_from = before_upgrade.map(|(release, state, handle)| BeforeUpgrade {
+        release,
+        state,
+        handle,
+        upgraded_at,
+    });
     stage.apply(&canvas_manifest(stage.host_link))?;
     Ok(stage)
 }
 
 impl Stage<'_> {
+    /// The suite's canvas made by `previous`'s operator, from its own `config/default`, and
+    /// played on: the release and what a person saw of the canvas.
+    fn canvas_of(
+        &self,
+        previous: &PreviousBuild,
+        redis: &BuiltImage,
+    ) -> Result<(previous_release::Release, CanvasState, String)> {
+        self.cluster.run_operator_in_cluster(
+            self.tools,
+            &previous.config_default(),
+            &redis.reference,
+            &previous.app_image,
+        )?;
+        self.apply(&canvas_manifest(self.host_link))?;
+        self.wait_canvas_ready()?;
+        let images = self.app_images()?;
+        ensure!(
+            images
+                .iter()
+                .all(|image| tag_of(image) == previous.release.version),
+            "the previous release's canvas runs {images:?}, not its version {}",
+            previous.release.version
+        );
+        let (_, handle) = self.place_as(
+            Some(self.player.path()),
+            &[(1, 62, 2), (2, 62, 3), (3, 62, 4)],
+        )?;
+        Ok((previous.release, canvas_state(self)?, handle))
+    }
+
+    /// The images of the canvas's canvas-api, gateway and frontend pods, terminating or not.
+    fn app_images(&self) -> Result<Vec<String>> {
+        let mut images = Vec::new();
+        for pod in self.pods()? {
+            let component = &pod["metadata"]["labels"]["app.kubernetes.io/component"];
+            if ["api", "gateway", "frontend"]
+                .iter()
+                .any(|c| component == c)
+            {
+                for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
+                    images.push(container["image"].as_str().unwrap_or("?").to_owned());
+                }
+            }
+        }
+        ensure!(!images.is_empty(), "the canvas has no app pods");
+        Ok(images)
+    }
+
     fn kubectl(&self, args: &[&str]) -> Result<String> {
         process::output(
             self.cluster.kubectl(self.tools).args(args),
@@ -471,9 +558,11 @@ impl Stage<'_> {
     }
 
     /// Places `pixels` through the Ingress as the page does (over the gateway's
-    /// WebSocket, `pixel-browser-check place`); returns the versions they produced.
+    /// WebSocket, `pixel-browser-check place`), as the suite's one regular player (the
+    /// gateway gives an address only so many new identities an hour); returns the versions
+    /// they produced.
     fn place(&self, pixels: &[(u32, u32, u32)]) -> Result<Vec<u64>> {
-        Ok(self.place_as(None, pixels)?.0)
+        Ok(self.place_as(Some(self.player.path()), pixels)?.0)
     }
 
     /// [`Self::place`] as the person whose identity cookie `cookie_file` keeps (a browser
@@ -603,6 +692,90 @@ impl Stage<'_> {
         let text = response.into_body().read_to_string()?;
         Ok((status, text))
     }
+}
+
+/// The operator upgraded from the previous release (the set-up's last step) over a canvas
+/// that release made with its default tag: every child moves to this build's version and
+/// its pods run this build's image, the canvas is Ready with its status current, everything
+/// placed before is still there, and the player who placed it is still who they were.
+fn operator_upgrade_moves_every_child_and_keeps_every_pixel(stage: &Stage) -> Result<()> {
+    let before = stage
+        .upgraded_from
+        .as_ref()
+        .map_err(|error| anyhow::anyhow!("{error:#}"))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let stale_children = || -> Result<Vec<String>> {
+        let list = stage.kubectl_json(&children::get_args(children::KINDS, NAMESPACE))?;
+        Ok(children::items(&list)
+            .filter(|child| {
+                let labels = &child["metadata"]["labels"];
+                labels["app.kubernetes.io/instance"] == CANVAS
+                    && labels["app.kubernetes.io/version"] != version
+            })
+            .map(|child| format!("{} {}", child["kind"], child["metadata"]["name"]))
+            .collect())
+    };
+    process::wait_until(
+        &format!("every child of the canvas to be labelled version {version}"),
+        Duration::from_secs(120),
+        || Ok(stale_children()?.is_empty()),
+    )?;
+    for component in ["api", "gateway", "frontend"] {
+        let replicas = if component == "frontend" { 1 } else { 2 };
+        stage.wait_rolled(component, replicas)?;
+    }
+    stage.kubectl(&[
+        "rollout",
+        "status",
+        &format!("statefulset/{CANVAS}-redis"),
+        "-n",
+        NAMESPACE,
+        "--timeout=240s",
+    ])?;
+    stage.wait_canvas_ready()?;
+    let rolled = before.upgraded_at.elapsed();
+    let images = stage.app_images()?;
+    ensure!(
+        images.iter().all(|image| tag_of(image) == version),
+        "after the upgrade the app pods run {images:?}, not version {version}"
+    );
+    let canvas = stage.canvas()?;
+    ensure!(
+        canvas["status"]["observedGeneration"] == canvas["metadata"]["generation"],
+        "the status is not of the current generation: {}",
+        canvas["status"]
+    );
+    let after = canvas_state(stage)?;
+    ensure!(
+        after == before.state,
+        "the canvas changed across the upgrade: version {} -> {}",
+        before.state.0,
+        after.0
+    );
+    let (next, handle) = stage.place_as(Some(stage.player.path()), &[(4, 62, 5)])?;
+    ensure!(
+        handle == before.handle,
+        "the player was {} before the upgrade and {handle} after it",
+        before.handle
+    );
+    println!(
+        "real-pods: the operator upgraded from {} to {version}: every child moved, the pods \
+         rolled and the canvas was Ready within {:.1} s of the install, version {} and every \
+         pixel kept; the player kept their identity, and their next placement was version {}",
+        before.release.version,
+        rolled.as_secs_f64(),
+        before.state.0,
+        next[0]
+    );
+    Ok(())
+}
+
+/// The tag of an image reference (`pixel-playground:0.2.0` → `0.2.0`).
+fn tag_of(image: &str) -> &str {
+    image
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or("", |(_, tag)| tag)
 }
 
 /// Ready only once the real readiness probes pass; every pod on the real node, running
@@ -1414,7 +1587,10 @@ const BACKUP_KEYS: (&str, &str) = ("real-pods-access", "real-pods-secret-key");
 
 /// What a person sees of the canvas through the Ingress: its version, every pixel (the
 /// binary snapshot) and the whole history.
-fn canvas_state(stage: &Stage) -> Result<(Value, Vec<u8>, Value)> {
+type CanvasState = (Value, Vec<u8>, Value);
+
+/// The [`CanvasState`] now.
+fn canvas_state(stage: &Stage) -> Result<CanvasState> {
     let json = |path: &str| -> Result<Value> {
         let (status, body) = stage.http("GET", path, None)?;
         ensure!(status == 200, "GET {path} answered {status}: {body}");

@@ -50,6 +50,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     cluster.place_on_real_node(&tools, DEMO_NAMESPACE)?;
     cluster.run_operator_in_cluster(
         &tools,
+        &paths::operator_config(),
         &redis.reference,
         images::find(&built, images::APP_REPOSITORY)?,
     )?;

@@ -524,13 +524,18 @@ impl Cluster {
     /// Installs the operator's manifests (`config/default`: CRD, RBAC, Deployment) as users do,
     /// and waits until the API serves the CRD.
     pub fn install_operator_config(&self, tools: &Tools) -> Result<()> {
+        self.install_operator_config_from(tools, &paths::operator_config())
+    }
+
+    /// [`Self::install_operator_config`] from another tree's `config/default` (a release's).
+    pub fn install_operator_config_from(&self, tools: &Tools, config: &Path) -> Result<()> {
         process::output(
             self.kubectl(tools)
                 .args(["apply", "--server-side", "--force-conflicts", "-k"])
-                .arg(paths::repo_root().join("config/default")),
+                .arg(config),
             Duration::from_secs(60),
         )
-        .context("installing config/default")?;
+        .with_context(|| format!("installing {}", config.display()))?;
         process::output(
             self.kubectl(tools).args([
                 "wait",
@@ -544,18 +549,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs the operator in the cluster, as users do: `config/default` applied (its
-    /// Deployment, ServiceAccount, RBAC, probes, leader election), pointed at `redis_image`
-    /// as its default Redis image; returns once the rollout is complete.
+    /// Runs the operator in the cluster, as users do: `config` (a `config/default`) applied
+    /// (its Deployment, ServiceAccount, RBAC, probes, leader election), pointed at
+    /// `redis_image` as its default Redis image; returns once the rollout is complete.
     /// `app_image` is the archive the operator's image came from: when it changes (a new
     /// build under the same tag), the operator's pods are replaced so they run it.
     pub fn run_operator_in_cluster(
         &self,
         tools: &Tools,
+        config: &Path,
         redis_image: &str,
         app_image: &images::BuiltImage,
     ) -> Result<()> {
-        self.install_operator_config(tools)?;
+        self.install_operator_config_from(tools, config)?;
         let deployment = format!("deployment/{OPERATOR_DEPLOYMENT}");
         let digest = images::archive_digest(&app_image.archive)?;
         let restart = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {

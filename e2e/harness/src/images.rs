@@ -51,7 +51,7 @@ pub const APP_BINARIES: [&str; 5] = [
     "backup",
 ];
 /// The package whose version tags the app image.
-const VERSION_PACKAGE: &str = "pixel-operator";
+pub const VERSION_PACKAGE: &str = "pixel-operator";
 /// The shared build command, relative to the repository root.
 pub const BUILD_SCRIPT: &str = "config/image/build.sh";
 /// The pause program's source, relative to the repository root.
@@ -758,14 +758,19 @@ fn file_digest(path: &Path) -> Result<Vec<u8>> {
 
 /// The version of the workspace package `package`, from `cargo metadata`.
 pub fn package_version(package: &str) -> Result<String> {
-    version_in_metadata(&workspace_metadata()?, package)
+    package_version_in(&paths::repo_root(), package)
 }
 
-/// `cargo metadata --no-deps` of the workspace (its own packages and their targets).
-fn workspace_metadata() -> Result<String> {
+/// The version of `package` in the workspace at `root`.
+pub fn package_version_in(root: &Path, package: &str) -> Result<String> {
+    version_in_metadata(&workspace_metadata(root)?, package)
+}
+
+/// `cargo metadata --no-deps` of the workspace at `root` (its own packages and targets).
+fn workspace_metadata(root: &Path) -> Result<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     process::output(
-        Command::new(cargo).current_dir(paths::repo_root()).args([
+        Command::new(cargo).current_dir(root).args([
             "metadata",
             "--format-version",
             "1",
@@ -941,7 +946,7 @@ mod tests {
             .and_then(|l| l.strip_suffix('"'))
             .expect("a binaries=\"…\" line");
         assert_eq!(listed.split(' ').collect::<Vec<_>>(), APP_BINARIES);
-        let metadata = workspace_metadata().expect("cargo metadata");
+        let metadata = workspace_metadata(&paths::repo_root()).expect("cargo metadata");
         let metadata: serde_json::Value = serde_json::from_str(&metadata).expect("json");
         for binary in APP_BINARIES {
             let package = metadata["packages"]

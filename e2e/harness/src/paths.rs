@@ -15,6 +15,11 @@ pub fn repo_root() -> PathBuf {
         .map_or(manifest_dir.clone(), PathBuf::from)
 }
 
+/// This tree's operator manifests (`config/default`), as users install them.
+pub fn operator_config() -> PathBuf {
+    repo_root().join("config/default")
+}
+
 /// The machine-wide cache: built tools and the cluster's state. Outside the clone, so a
 /// fresh clone on the same machine (as CI uses) reuses what an earlier one built.
 /// Override with [`ENV_CACHE`].

@@ -4,6 +4,7 @@
 
 mod backup;
 mod config;
+mod image_tag;
 mod ingress;
 pub mod naming;
 mod network;
@@ -34,6 +35,7 @@ pub use self::{
         API_TOKEN_KEY, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
         IDENTITY_KEY_ROTATION_KEY, MODERATOR_TOKEN_KEY, PASSWORD_KEY, consumed_hash,
     },
+    image_tag::image_tag,
     ingress::url,
     naming::Component,
     naming::Names,
@@ -68,6 +70,8 @@ pub struct Defaults {
     pub redis_image: String,
     /// For `spec.image.repository`.
     pub image_repository: String,
+    /// For `spec.image.tag`: the operator's own version.
+    pub image_tag: String,
 }
 
 impl Default for Defaults {
@@ -75,6 +79,7 @@ impl Default for Defaults {
         Self {
             redis_image: DEFAULT_REDIS_IMAGE.to_owned(),
             image_repository: DEFAULT_IMAGE_REPOSITORY.to_owned(),
+            image_tag: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct Inputs<'a> {
     namespace: String,
     owner: OwnerReference,
     pub credentials: Credentials,
+    /// The Pixel Playground image's tag: the spec's, else the default.
+    image_tag: String,
     /// The Pixel Playground image (`repository:tag`): the spec's repository, else the default.
     image: String,
     /// The Redis image: the spec's, else the default.
@@ -198,13 +205,15 @@ impl<'a> Inputs<'a> {
             .repository
             .as_deref()
             .unwrap_or(&defaults.image_repository);
+        let tag = image_tag(canvas, &defaults.image_tag).to_owned();
         Ok(Self {
             names: Names::new(&canvas.name_any()),
             namespace: canvas.namespace().ok_or(DesiredError::NoNamespace)?,
             owner: canvas
                 .controller_owner_ref(&())
                 .ok_or(DesiredError::NoUid)?,
-            image: format!("{repository}:{}", spec.image.tag),
+            image: format!("{repository}:{tag}"),
+            image_tag: tag,
             redis_image: spec
                 .redis
                 .image
@@ -227,7 +236,7 @@ impl<'a> Inputs<'a> {
     }
 
     fn labels(&self, component: Option<Component>) -> BTreeMap<String, String> {
-        self.names.labels(component, &self.canvas.spec.image.tag)
+        self.names.labels(component, &self.image_tag)
     }
 
     /// The spec's scheduling and annotations for a component's pods.

@@ -1084,6 +1084,7 @@ fn local_registry() -> Defaults {
     Defaults {
         redis_image: "registry.local:5000/redis:7.2".to_owned(),
         image_repository: "registry.local:5000/pixel-playground".to_owned(),
+        ..Defaults::default()
     }
 }
 
@@ -1111,6 +1112,33 @@ fn unset_images_come_from_the_operator_defaults() {
         assert_eq!(
             local[name],
             format!("registry.local:5000/pixel-playground:{tag}"),
+            "{name}"
+        );
+    }
+}
+
+/// An unpinned canvas runs the operator's version: a new operator build moves every child
+/// to its tag, and a pinned canvas stays.
+#[test]
+fn an_unpinned_canvas_follows_the_operators_version() {
+    let next = Defaults {
+        image_tag: "9.9.9".to_owned(),
+        ..Defaults::default()
+    };
+    let unpinned = canvas(json!({}));
+    let desired = desired_with(&unpinned, &next);
+    for child in &desired.apply {
+        let labels = child.meta().labels.as_ref().expect("labels");
+        assert_eq!(labels[naming::LABEL_VERSION], "9.9.9", "{}", child.name());
+    }
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert_eq!(images(&desired)[name], "pixel-playground:9.9.9", "{name}");
+    }
+    let pinned = canvas(json!({"image": {"tag": "1.2.3"}}));
+    for name in ["demo-api", "demo-gateway", "demo-frontend"] {
+        assert_eq!(
+            images(&desired_with(&pinned, &next))[name],
+            "pixel-playground:1.2.3",
             "{name}"
         );
     }
@@ -1786,7 +1814,10 @@ fn backups_run_on_the_schedule_read_redis_and_upload_to_the_store() {
 
     let upload = container(pod);
     assert_eq!(upload.name, UPLOAD_CONTAINER);
-    assert_eq!(upload.image.as_deref(), Some("pixel-playground:0.1.0"));
+    assert_eq!(
+        upload.image.as_deref(),
+        Some(concat!("pixel-playground:", env!("CARGO_PKG_VERSION")))
+    );
     assert_eq!(
         upload.command.clone().expect("command"),
         ["backup", "upload"]
@@ -1906,7 +1937,10 @@ fn a_restored_canvas_fills_its_empty_volume_before_redis_starts() {
         restore.command.clone().expect("command"),
         ["backup", "restore"]
     );
-    assert_eq!(restore.image.as_deref(), Some("pixel-playground:0.1.0"));
+    assert_eq!(
+        restore.image.as_deref(),
+        Some(concat!("pixel-playground:", env!("CARGO_PKG_VERSION")))
+    );
     let env = restore.env.clone().expect("env");
     assert_eq!(
         env_source(&env, ports::ENV_RESTORE_FROM).as_deref(),

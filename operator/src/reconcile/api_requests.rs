@@ -435,6 +435,7 @@ async fn new_operator_defaults_apply_exactly_the_workloads_that_use_them() {
     let defaults = Defaults {
         redis_image: "registry.local:5000/redis:7.2".to_owned(),
         image_repository: "registry.local:5000/pixel-playground".to_owned(),
+        ..Defaults::default()
     };
     let (_, converged) = steady_world_with(false, &defaults);
     let (result, sent) =
@@ -684,7 +685,7 @@ async fn a_stuck_pod_that_cannot_be_deleted_fails_the_reconcile_and_says_so() {
 /// change it on day two.
 fn upgraded() -> PixelCanvas {
     let mut canvas = canvas();
-    canvas.spec.image.tag = "9.9.9".to_owned();
+    canvas.spec.image.tag = Some("9.9.9".to_owned());
     canvas.spec.redis.storage.size = Quantity("5Gi".to_owned());
     canvas
 }
