@@ -5,6 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Result, bail};
+use canvas_api::store::{self, Placement, PlacementRate, ScriptCall};
 use pixel_common::redis_schema::{PIXELS_KEY, VERSION_KEY};
 use pixel_harness::process;
 
@@ -13,7 +14,10 @@ use crate::{
     redis_bench::{self, RedisFigures},
     report::BenchResult,
     run::{BenchCtx, value_name},
-    servers::Servers,
+    servers::{
+        CANVAS_SIDE, HISTORY_MAX_LEN, LARGEST_CANVAS_SIDE, PLACEMENT_BURST, PLACEMENT_RATE,
+        Servers, UNDO_SECONDS,
+    },
     stats::{med, per_round},
 };
 
@@ -55,11 +59,12 @@ fn next_requests(last: Option<&RedisFigures>, duration: Duration, first: u64, ma
     })
 }
 
-/// One side-by-side series: ours and the limit, round after round, interleaved so that
-/// noise on the machine hits both.
+/// One side-by-side series: ours and the limits, round after round, interleaved so that
+/// noise on the machine hits every side.
 struct Series {
     ours: Vec<LoadSummary>,
-    peer: Vec<RedisFigures>,
+    /// Per limit command, its figures round after round.
+    peers: Vec<Vec<RedisFigures>>,
 }
 
 fn series(
@@ -67,58 +72,69 @@ fn series(
     servers: &mut Servers,
     label: &str,
     mode: Mode,
-    peer_command: &[&str],
+    peer_commands: &[Vec<String>],
     (first_n, max_n): (u64, u64),
 ) -> Result<Series> {
     let mut series = Series {
         ours: Vec::new(),
-        peer: Vec::new(),
+        peers: vec![Vec::new(); peer_commands.len()],
     };
     for round in 1..=ctx.rounds {
         let ours = run_load(ctx, servers, mode, ctx.duration)?;
-        let n = next_requests(series.peer.last(), ctx.duration, first_n, max_n);
-        let peer = redis_bench::run(
-            &ctx.machine.load_cores,
-            servers.redis_port,
-            ctx.clients,
-            n,
-            peer_command,
-            &ctx.log_dir,
-        )?;
-        servers.check_running()?;
         println!(
             "{label} round {round}/{}: ours {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, \
-             load CPU {:.0}%), redis-benchmark {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+             load CPU {:.0}%)",
             ctx.rounds,
             ours.ok_per_s,
             ours.p50_ms,
             ours.p99_ms,
             ours.errors,
             100.0 * ours.cpu_share,
-            peer.requests_per_s,
-            peer.p50_ms,
-            peer.p99_ms
         );
         series.ours.push(ours);
-        series.peer.push(peer);
+        for (command, figures) in peer_commands.iter().zip(&mut series.peers) {
+            let n = next_requests(figures.last(), ctx.duration, first_n, max_n);
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
+            let peer = redis_bench::run(
+                &ctx.machine.load_cores,
+                servers.redis_port,
+                ctx.clients,
+                n,
+                &command,
+                &ctx.log_dir,
+            )?;
+            servers.check_running()?;
+            println!(
+                "{label} round {round}/{}: redis-benchmark {} {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                ctx.rounds, command[0], peer.requests_per_s, peer.p50_ms, peer.p99_ms
+            );
+            figures.push(peer);
+        }
     }
     Ok(series)
 }
 
+/// A limit command from its words.
+fn command(words: &[&str]) -> Vec<String> {
+    words.iter().map(|word| (*word).to_owned()).collect()
+}
+
 impl Series {
+    /// Ours against the limit `peer` (an index into the commands the series ran).
     fn result(
         &self,
         name: &str,
         metric: &str,
-        peer_name: &str,
+        (peer, peer_name): (usize, &str),
         target: Option<f64>,
     ) -> BenchResult {
+        let figures = &self.peers[peer];
         let mut result = BenchResult::new(
             name,
             metric,
             med(self.ours.iter().map(|s| s.ok_per_s)),
             peer_name,
-            med(self.peer.iter().map(|p| p.requests_per_s)),
+            med(figures.iter().map(|p| p.requests_per_s)),
             target,
             self.ours.len(),
         );
@@ -136,13 +152,13 @@ impl Series {
             ),
             format!(
                 "{peer_name}: p50 {:.2} ms, p99 {:.2} ms",
-                med(self.peer.iter().map(|p| p.p50_ms)),
-                med(self.peer.iter().map(|p| p.p99_ms)),
+                med(figures.iter().map(|p| p.p50_ms)),
+                med(figures.iter().map(|p| p.p99_ms)),
             ),
             format!(
                 "per round, ours: {}; peer: {}",
                 per_round(self.ours.iter().map(|s| s.ok_per_s)),
-                per_round(self.peer.iter().map(|p| p.requests_per_s)),
+                per_round(figures.iter().map(|p| p.requests_per_s)),
             ),
         ];
         result
@@ -155,25 +171,70 @@ impl Series {
 /// existing string costs the same at every offset.
 const LIMIT_PIXEL: &str = "#500500";
 
-pub fn api_placements(ctx: &BenchCtx) -> Result<BenchResult> {
+/// Ours against raw `BITFIELD SET` (the target), and against the placement script alone
+/// (`EVALSHA`, what each placement costs Redis): the second row shows how much of the gap
+/// is the script and how much the HTTP hop.
+pub fn api_placements(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== api-placements");
     let mut servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
     // Warm-up: connections, the script cache, the allocator.
     run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let limits = [
+        command(&["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"]),
+        script_floor_command(&servers)?,
+    ];
     let series = series(
         ctx,
         &mut servers,
         "api-placements",
         Mode::Place,
-        &["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"],
+        &limits,
         (20_000, 5_000_000),
     )?;
-    Ok(series.result(
-        "api-placements",
-        "placements/s",
-        "redis-benchmark BITFIELD SET u8",
-        Some(0.5),
-    ))
+    Ok(vec![
+        series.result(
+            "api-placements",
+            "placements/s",
+            (0, "redis-benchmark BITFIELD SET u8"),
+            Some(0.5),
+        ),
+        series.result(
+            "api-placements-vs-script",
+            "placements/s",
+            (1, "redis-benchmark EVALSHA placement script"),
+            None,
+        ),
+    ])
+}
+
+/// `EVALSHA` of canvas-api's placement script with the call canvas-api makes for one
+/// person placing one pixel, under the benchmark canvas-api's settings.
+fn script_floor_command(servers: &Servers) -> Result<Vec<String>> {
+    let sha = servers.redis_cli(&["SCRIPT", "LOAD", store::PLACE_SCRIPT])?;
+    let side = u16::try_from(CANVAS_SIDE / 2)?;
+    let call = ScriptCall::of_placement(&Placement {
+        index: usize::from(side) * CANVAS_SIDE as usize + usize::from(side),
+        x: side,
+        y: side,
+        color: 5,
+        client_id: "bench-floor",
+        cooldown: Duration::ZERO,
+        undo_window: Duration::from_secs(UNDO_SECONDS.into()),
+        rate: PlacementRate {
+            interval: Duration::from_secs(1) / PLACEMENT_RATE,
+            burst: PLACEMENT_BURST,
+        },
+        history_max_len: HISTORY_MAX_LEN,
+        idempotency_key: None,
+    });
+    let mut words = vec![
+        "EVALSHA".to_owned(),
+        sha.trim().to_owned(),
+        call.keys.len().to_string(),
+    ];
+    words.extend(call.keys);
+    words.extend(call.args);
+    Ok(words)
 }
 
 pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
@@ -186,7 +247,7 @@ pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
         &mut servers,
         "api-snapshot",
         Mode::Snapshot,
-        &["GET", PIXELS_KEY],
+        &[command(&["GET", PIXELS_KEY])],
         (500, 1_000_000),
     )?;
     // What a browser asks for: the same snapshot, compressed once per version by the API.
@@ -195,7 +256,7 @@ pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
         &mut servers,
         "api-snapshot-br",
         Mode::SnapshotBrowser,
-        &["GET", PIXELS_KEY],
+        &[command(&["GET", PIXELS_KEY])],
         (500, 1_000_000),
     )?;
     let not_modified = series(
@@ -203,26 +264,46 @@ pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
         &mut servers,
         "api-snapshot-304",
         Mode::Snapshot304,
-        &["GET", VERSION_KEY],
+        &[command(&["GET", VERSION_KEY])],
         (20_000, 5_000_000),
+    )?;
+    drop(servers);
+    // The largest canvas: 16 MiB a snapshot.
+    let side = LARGEST_CANVAS_SIDE;
+    let mut servers =
+        Servers::start_sized(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir, side)?;
+    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let largest = series(
+        ctx,
+        &mut servers,
+        "api-snapshot-largest",
+        Mode::Snapshot,
+        &[command(&["GET", PIXELS_KEY])],
+        (20, 100_000),
     )?;
     Ok(vec![
         full.result(
             "api-snapshot",
             "snapshots/s (200, 1000x1000)",
-            &format!("redis-benchmark GET {PIXELS_KEY}"),
+            (0, &format!("redis-benchmark GET {PIXELS_KEY}")),
             Some(2.0),
         ),
         browser.result(
             "api-snapshot-br",
             "snapshots/s (200, br, Accept-Encoding of a browser)",
-            &format!("redis-benchmark GET {PIXELS_KEY}"),
+            (0, &format!("redis-benchmark GET {PIXELS_KEY}")),
             None,
         ),
         not_modified.result(
             "api-snapshot-304",
             "304 answers/s (If-None-Match)",
-            &format!("redis-benchmark GET {VERSION_KEY}"),
+            (0, &format!("redis-benchmark GET {VERSION_KEY}")),
+            None,
+        ),
+        largest.result(
+            &format!("api-snapshot {side}x{side}"),
+            &format!("snapshots/s (200, {side}x{side})"),
+            (0, &format!("redis-benchmark GET {PIXELS_KEY}")),
             None,
         ),
     ])

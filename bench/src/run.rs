@@ -124,7 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             cluster = Some(operator::Stage::start(&ctx.log_dir)?);
         }
         match benchmark {
-            Benchmark::ApiPlacements => results.push(api::api_placements(&ctx)?),
+            Benchmark::ApiPlacements => results.extend(api::api_placements(&ctx)?),
             Benchmark::ApiSnapshot => results.extend(api::api_snapshot(&ctx)?),
             Benchmark::GatewayFanout => results.extend(fanout::gateway_fanout(&ctx)?),
             Benchmark::Frontend => results.extend(frontend::frontend(&ctx)?),

@@ -12,8 +12,9 @@ use anyhow::{Context, Result, bail};
 use pixel_common::{
     ports::{
         ENV_API_TOKEN, ENV_API_URL, ENV_CANVAS_COOLDOWN_SECONDS, ENV_CANVAS_HEIGHT,
-        ENV_CANVAS_WIDTH, ENV_IDENTITY_KEY, ENV_LISTEN_ADDR, ENV_PLACEMENT_BURST,
-        ENV_PLACEMENT_RATE, ENV_REDIS_URL, ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
+        ENV_CANVAS_UNDO_SECONDS, ENV_CANVAS_WIDTH, ENV_HISTORY_MAX_LEN, ENV_IDENTITY_KEY,
+        ENV_LISTEN_ADDR, ENV_PLACEMENT_BURST, ENV_PLACEMENT_RATE, ENV_REDIS_URL,
+        ENV_WS_MAX_CONNECTIONS_PER_ADDRESS, READYZ_PATH,
     },
     redis_schema::PIXELS_KEY,
 };
@@ -29,6 +30,16 @@ pub const API_TOKEN: &str = "bench-internal-token-0123456789";
 const IDENTITY_KEY: &str = "the benchmark's identity key, 32+ bytes";
 /// The canvas the benchmarks use: 1000x1000, no cooldown.
 pub const CANVAS_SIDE: u32 = 1000;
+/// The largest canvas the CRD allows (16.7 M pixels), for the rows at that size.
+pub const LARGEST_CANVAS_SIDE: u32 = 4096;
+/// The per-person placement rate and burst of the benchmark's canvas-api: checked on every
+/// placement, as in production, but above what the load's few client ids send.
+pub const PLACEMENT_RATE: u32 = 1_000_000;
+pub const PLACEMENT_BURST: u32 = 1_000_000;
+/// Its undo window and history length: the services' defaults, spelled out so the
+/// placement script's floor runs with the same.
+pub const UNDO_SECONDS: u32 = 5;
+pub const HISTORY_MAX_LEN: u32 = 100_000;
 
 /// Running servers. Dropping stops them (SIGTERM, then SIGKILL) before the data directory
 /// is removed.
@@ -38,15 +49,17 @@ pub struct Servers {
     children: process::Group,
     pub redis_port: u16,
     pub api_url: String,
+    /// The canvas's width and height.
+    pub side: u32,
     _data: tempfile::TempDir,
 }
 
 impl Servers {
     /// A release gateway on `port`, pinned to `cores`, on this Redis and canvas-api, with
-    /// the same canvas settings canvas-api has (1000x1000, the default palette, no
+    /// the same canvas settings canvas-api has (its size, the default palette, no
     /// cooldown). Callers add what their benchmark needs.
     pub fn gateway_command(&self, gateway_bin: &Path, cores: &str, port: u16) -> Command {
-        let side = CANVAS_SIDE.to_string();
+        let side = self.side.to_string();
         let mut gateway = Command::new("taskset");
         gateway
             .args(["-c", cores])
@@ -81,6 +94,11 @@ impl Servers {
     /// fresh temporary directory), fills the pixels key to its full 1,000,000 bytes, then
     /// starts canvas-api; both pinned to `cores`. Logs go to `log_dir`.
     pub fn start(api_bin: &Path, cores: &str, log_dir: &Path) -> Result<Self> {
+        Self::start_sized(api_bin, cores, log_dir, CANVAS_SIDE)
+    }
+
+    /// [`Self::start`] with a canvas of `side` x `side` pixels.
+    pub fn start_sized(api_bin: &Path, cores: &str, log_dir: &Path, side: u32) -> Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("pixel-bench-redis")
             .tempdir()
@@ -91,6 +109,7 @@ impl Servers {
             children: process::Group::new(Duration::from_secs(10)),
             redis_port,
             api_url: format!("http://127.0.0.1:{api_port}"),
+            side,
             _data: data,
         };
         let mut redis = Command::new("taskset");
@@ -105,10 +124,10 @@ impl Servers {
             PIXELS_KEY,
             "SET",
             "u8",
-            &format!("#{}", CANVAS_SIDE * CANVAS_SIDE - 1),
+            &format!("#{}", u64::from(side) * u64::from(side) - 1),
             "0",
         ])?;
-        let side = CANVAS_SIDE.to_string();
+        let side = side.to_string();
         let mut api = Command::new("taskset");
         api.args(["-c", cores])
             .arg(api_bin)
@@ -118,10 +137,10 @@ impl Servers {
             .env(ENV_CANVAS_HEIGHT, &side)
             .env(ENV_CANVAS_COOLDOWN_SECONDS, "0")
             .env(ENV_API_TOKEN, API_TOKEN)
-            // The per-person rate is checked on every placement, as in production, but
-            // set above what the load's few client ids send.
-            .env(ENV_PLACEMENT_RATE, "1000000")
-            .env(ENV_PLACEMENT_BURST, "1000000")
+            .env(ENV_PLACEMENT_RATE, PLACEMENT_RATE.to_string())
+            .env(ENV_PLACEMENT_BURST, PLACEMENT_BURST.to_string())
+            .env(ENV_CANVAS_UNDO_SECONDS, UNDO_SECONDS.to_string())
+            .env(ENV_HISTORY_MAX_LEN, HISTORY_MAX_LEN.to_string())
             .env("RUST_LOG", "warn");
         servers.spawn("canvas-api", &mut api, log_dir)?;
         servers.wait_ready(log_dir)?;

@@ -719,7 +719,8 @@ fn operator_upgrade_moves_every_child_and_keeps_every_pixel(stage: &Stage) -> Re
         &format!("every child of the canvas to be labelled version {version}"),
         Duration::from_secs(120),
         || Ok(stale_children()?.is_empty()),
-    )?;
+    )
+    .with_context(|| format!("still of another version: {:?}", stale_children()))?;
     for component in ["api", "gateway", "frontend"] {
         let replicas = if component == "frontend" { 1 } else { 2 };
         stage.wait_rolled(component, replicas)?;

@@ -51,7 +51,7 @@ pub enum StoreError {
 /// or accepted afresh). Checked after the ban, so a ban in between holds. Returns
 /// `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown), `{2, retry_after_ms}`
 /// (rate) or `{3}` (banned).
-const PLACE_SCRIPT: &str = r"
+pub const PLACE_SCRIPT: &str = r"
 local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local ban = redis.call('HGET', KEYS[8], ARGV[12])
 if ban == 'ban' then return {3} end
@@ -214,6 +214,58 @@ pub struct PlacementRate {
     pub interval: Duration,
     /// Placements at once.
     pub burst: u32,
+}
+
+/// The keys and arguments of a script call, in the script's order, as Redis receives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptCall {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl ScriptCall {
+    /// [`PLACE_SCRIPT`]'s call for `placement`: what [`Store::place`] sends, and what the
+    /// benchmark has `redis-benchmark` send (`EVALSHA`) to measure the script alone.
+    pub fn of_placement(placement: &Placement<'_>) -> Self {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let client = placement.client_id;
+        let keys = vec![
+            PIXELS_KEY.to_owned(),
+            VERSION_KEY.to_owned(),
+            PLACED_KEY.to_owned(),
+            HISTORY_KEY.to_owned(),
+            format!("{COOLDOWN_KEY_PREFIX}{client}"),
+            format!("{UNDO_KEY_PREFIX}{client}"),
+            format!("{RATE_KEY_PREFIX}{client}"),
+            BANS_KEY.to_owned(),
+            match placement.idempotency_key {
+                Some(key) => format!("{PLACEMENT_KEY_PREFIX}{client}:{key}"),
+                // Unused by the script; a key of this canvas all the same (cluster slots).
+                None => PLACEMENT_KEY_PREFIX.to_owned(),
+            },
+        ];
+        let args = vec![
+            placement.index.to_string(),
+            placement.color.to_string(),
+            client.to_owned(),
+            millis(placement.cooldown).to_string(),
+            placement.history_max_len.to_string(),
+            placement.x.to_string(),
+            placement.y.to_string(),
+            UPDATES_CHANNEL.to_owned(),
+            millis(placement.undo_window).to_string(),
+            u64::try_from(placement.rate.interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .to_string(),
+            placement.rate.burst.to_string(),
+            public_name(client),
+            match placement.idempotency_key {
+                Some(_) => millis(PLACEMENT_KEY_TTL).to_string(),
+                None => String::new(),
+            },
+        ];
+        Self { keys, args }
+    }
 }
 
 /// What Redis decided.
@@ -469,38 +521,14 @@ impl Store {
     /// Applies a placement atomically (see [`PLACE_SCRIPT`]).
     pub async fn place(&self, placement: &Placement<'_>) -> Result<Placed, StoreError> {
         let mut conn = self.conn.clone();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let call = ScriptCall::of_placement(placement);
         let mut invocation = self.place.prepare_invoke();
-        invocation
-            .key(PIXELS_KEY)
-            .key(VERSION_KEY)
-            .key(PLACED_KEY)
-            .key(HISTORY_KEY)
-            .key(format!("{COOLDOWN_KEY_PREFIX}{}", placement.client_id))
-            .key(format!("{UNDO_KEY_PREFIX}{}", placement.client_id))
-            .key(format!("{RATE_KEY_PREFIX}{}", placement.client_id))
-            .key(BANS_KEY)
-            .key(match placement.idempotency_key {
-                Some(key) => format!("{PLACEMENT_KEY_PREFIX}{}:{key}", placement.client_id),
-                // Unused by the script; a key of this canvas all the same (cluster slots).
-                None => PLACEMENT_KEY_PREFIX.to_owned(),
-            })
-            .arg(placement.index)
-            .arg(placement.color)
-            .arg(placement.client_id)
-            .arg(millis(placement.cooldown))
-            .arg(placement.history_max_len)
-            .arg(placement.x)
-            .arg(placement.y)
-            .arg(UPDATES_CHANNEL)
-            .arg(millis(placement.undo_window))
-            .arg(u64::try_from(placement.rate.interval.as_micros()).unwrap_or(u64::MAX))
-            .arg(placement.rate.burst)
-            .arg(public_name(placement.client_id))
-            .arg(match placement.idempotency_key {
-                Some(_) => millis(PLACEMENT_KEY_TTL).to_string(),
-                None => String::new(),
-            });
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        for arg in &call.args {
+            invocation.arg(arg);
+        }
         let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
         match reply.as_slice() {
             [1, version, placed_at_ms] => Ok(Placed::Accepted {
@@ -812,6 +840,49 @@ fn parse_entry(entry: &StreamId) -> Result<HistoryEntry, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The highest `KEYS[n]` and `ARGV[n]` a script reads.
+    fn highest_indexes(script: &str) -> (usize, usize) {
+        let highest = |array: &str| {
+            script
+                .match_indices(&format!("{array}["))
+                .filter_map(|(at, found)| {
+                    let rest = &script[at + found.len()..];
+                    rest[..rest.find(']')?].parse::<usize>().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        (highest("KEYS"), highest("ARGV"))
+    }
+
+    #[test]
+    fn the_placement_call_gives_the_script_every_key_and_argument_it_reads() {
+        for idempotency_key in [None, Some("k-1")] {
+            let call = ScriptCall::of_placement(&Placement {
+                index: 7,
+                x: 7,
+                y: 0,
+                color: 3,
+                client_id: "client-1",
+                cooldown: Duration::from_secs(30),
+                undo_window: Duration::from_secs(5),
+                rate: PlacementRate {
+                    interval: Duration::from_millis(200),
+                    burst: 10,
+                },
+                history_max_len: 1000,
+                idempotency_key,
+            });
+            assert_eq!(
+                (call.keys.len(), call.args.len()),
+                highest_indexes(PLACE_SCRIPT)
+            );
+            assert_eq!(call.args[3], "30000", "the cooldown, in ms");
+            assert_eq!(call.args[9], "200000", "the rate's interval, in µs");
+            assert_eq!(call.args[12].is_empty(), idempotency_key.is_none());
+        }
+    }
 
     #[test]
     fn pixel_records_parse() {
