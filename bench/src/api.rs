@@ -50,6 +50,15 @@ fn run_load(
     Ok(summary)
 }
 
+/// Redis and canvas-api with a `side` x `side` canvas, after a second of placements: the
+/// connections, the script cache and the allocator warm, the canvas at a version.
+fn warmed_up(ctx: &BenchCtx, side: u32) -> Result<Servers> {
+    let mut servers =
+        Servers::start_sized(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir, side)?;
+    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    Ok(servers)
+}
+
 /// Picks the next `redis-benchmark -n` so a round lasts about as long as ours.
 fn next_requests(last: Option<&RedisFigures>, duration: Duration, first: u64, max: u64) -> u64 {
     last.map_or(first, |f| {
@@ -176,9 +185,7 @@ const LIMIT_PIXEL: &str = "#500500";
 /// is the script and how much the HTTP hop.
 pub fn api_placements(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== api-placements");
-    let mut servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
-    // Warm-up: connections, the script cache, the allocator.
-    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let mut servers = warmed_up(ctx, CANVAS_SIDE)?;
     let limits = [
         command(&["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"]),
         script_floor_command(&servers)?,
@@ -239,9 +246,7 @@ fn script_floor_command(servers: &Servers) -> Result<Vec<String>> {
 
 pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== api-snapshot");
-    let mut servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
-    // Some placements, so the canvas has a version and its key exists, then quiet.
-    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let mut servers = warmed_up(ctx, CANVAS_SIDE)?;
     let full = series(
         ctx,
         &mut servers,
@@ -270,9 +275,7 @@ pub fn api_snapshot(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     drop(servers);
     // The largest canvas: 16 MiB a snapshot.
     let side = LARGEST_CANVAS_SIDE;
-    let mut servers =
-        Servers::start_sized(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir, side)?;
-    run_load(ctx, &mut servers, Mode::Place, Duration::from_secs(1))?;
+    let mut servers = warmed_up(ctx, side)?;
     let largest = series(
         ctx,
         &mut servers,
