@@ -1,5 +1,6 @@
 //! Wires the reconciler to watches: every PixelCanvas, the children the operator labels as
 //! its own, and their pods, so a change to any triggers a reconcile of the owning canvas.
+//! The children and pods are kept in stores ([`Caches`]), which the reconcile reads.
 
 use std::{
     future::Future,
@@ -8,16 +9,9 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    batch::v1::CronJob,
-    core::v1::{ConfigMap, Pod, Service},
-    networking::v1::{Ingress, NetworkPolicy},
-    policy::v1::PodDisruptionBudget,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
-    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
@@ -32,6 +26,7 @@ use pixel_common::error::ErrorChain;
 
 use crate::{
     api::PixelCanvas,
+    caches::{self, Caches},
     children::{
         Defaults,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
@@ -83,14 +78,37 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         controller: MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let context = Arc::new(Context::new(
-        client.clone(),
-        Recorder::new(client.clone(), reporter),
-        metrics,
-        defaults,
-    ));
     // Only the operator's own children: a cluster's other objects never reach it.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let (stateful_sets, stateful_set_writer) = reflector::store();
+    let (deployments, deployment_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (config_maps, config_map_writer) = reflector::store();
+    let (pod_disruption_budgets, pod_disruption_budget_writer) = reflector::store();
+    let (network_policies, network_policy_writer) = reflector::store();
+    let (ingresses, ingress_writer) = reflector::store();
+    let (cron_jobs, cron_job_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let caches = Caches {
+        stateful_sets,
+        deployments,
+        services,
+        config_maps,
+        pod_disruption_budgets,
+        network_policies,
+        ingresses,
+        cron_jobs,
+        pods,
+    };
+    let context = Arc::new(
+        Context::new(
+            client.clone(),
+            Recorder::new(client.clone(), reporter),
+            metrics,
+            defaults,
+        )
+        .with_caches(caches),
+    );
     let (reader, writer) = reflector::store();
     let controller = Controller::for_stream(
         retried(reflector(
@@ -100,23 +118,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         .applied_objects(),
         reader,
     )
-    .owns_stream(scope.watch_metadata::<StatefulSet>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<Deployment>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<Service>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<ConfigMap>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<PodDisruptionBudget>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<NetworkPolicy>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<Ingress>(owned.clone()))
-    .owns_stream(scope.watch_metadata::<CronJob>(owned.clone()))
+    .owns_stream(scope.reflect(stateful_set_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(deployment_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(service_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(config_map_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(pod_disruption_budget_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(network_policy_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(ingress_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(cron_job_writer, owned.clone(), caches::trim))
     // No Secret is watched: that takes `list` on every Secret in the cluster. The reconcile
     // reads the canvas's Secrets by name, and polls while the canvas names one of the
     // user's (see `reconcile::requeue_after`).
     // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
-    // is part of the canvas's; the reconcile lists the pods it needs, so only metadata here.
+    // is part of the canvas's.
     .watches_stream(
-        scope.watch_metadata::<Pod>(owned),
-        |pod: PartialObjectMeta<Pod>| {
+        scope.reflect(pod_writer, owned, caches::trim_pod),
+        |pod: Pod| {
             let namespace = pod.namespace();
             pod.labels()
                 .get(LABEL_INSTANCE)
@@ -208,21 +226,27 @@ impl Scope {
         }
     }
 
-    /// The metadata of every `K` in scope that `config` selects, as a trigger.
-    fn watch_metadata<K>(
+    /// Every `K` in scope that `config` selects, kept in `writer`'s store as `trim` leaves
+    /// it, and passed on as a trigger.
+    fn reflect<K>(
         &self,
+        writer: reflector::store::Writer<K>,
         config: watcher::Config,
-    ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+        trim: fn(&mut K),
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug
             + Send
             + Sync
             + 'static,
-        K::DynamicType: Default,
     {
-        retried(watcher::watcher(self.api::<PartialObjectMeta<K>>(), config)).touched_objects()
+        retried(reflector(
+            writer,
+            watcher::watcher(self.api::<K>(), config).modify(trim),
+        ))
+        .touched_objects()
     }
 }

@@ -5,6 +5,7 @@
 //! watches.
 
 pub mod api;
+pub mod caches;
 pub mod children;
 pub mod controller;
 pub mod crd;

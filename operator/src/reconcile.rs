@@ -40,6 +40,7 @@ use self::stuck_pods::stuck_pods;
 pub use self::transitions::{Transition, transitions};
 use crate::{
     api::{LastBackup, PixelCanvas, PixelCanvasStatus},
+    caches::{Cached, Caches},
     children::{
         self, API_TOKEN_KEY, CONFIG_HASH_ANNOTATION, Child, ChildKind, Component, Credentials,
         Defaults, DesiredError, IDENTITY_KEY_KEY, IDENTITY_KEY_NEXT_KEY, IDENTITY_KEY_PREVIOUS_KEY,
@@ -72,6 +73,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What the operator fills in where a canvas leaves a field unset.
     pub defaults: Defaults,
+    /// The watches' stores, read instead of the API server once synced.
+    caches: Option<Caches>,
     /// Consecutive failures per canvas, for exponential backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -92,8 +95,16 @@ impl Context {
             recorder,
             metrics,
             defaults,
+            caches: None,
             failures: Default::default(),
         }
+    }
+
+    /// Reads children and pods from `caches` once they have synced.
+    #[must_use]
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = Some(caches);
+        self
     }
 }
 
@@ -510,11 +521,9 @@ async fn credentials(
         Some(keys) if keys.rotating() => {
             let inputs = Inputs::new(canvas, credentials.clone(), &context.defaults)?;
             let name = names.component(Component::Gateway);
-            let live = Api::<Deployment>::namespaced(context.client.clone(), namespace)
-                .get_opt(&name)
-                .await
-                .map_err(kube_error("get", kind_of::<Deployment>(), &name))?;
-            live.is_some_and(|live| gateways_run(&inputs, &live))
+            read::<Deployment>(context, namespace, &name)
+                .await?
+                .is_some_and(|live| gateways_run(&inputs, &live))
         }
         _ => false,
     };
@@ -633,6 +642,7 @@ fn with_applied_hash<K: Resource + Serialize + Clone>(desired: &K) -> serde_json
 trait NamespacedObject:
     k8s_openapi::Resource
     + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Cached
     + Clone
     + Debug
     + DeserializeOwned
@@ -642,6 +652,7 @@ trait NamespacedObject:
 impl<K> NamespacedObject for K where
     K: k8s_openapi::Resource
         + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Cached
         + Clone
         + Debug
         + DeserializeOwned
@@ -824,27 +835,35 @@ async fn list_pods(
     namespace: &str,
     names: &Names,
 ) -> Result<(Vec<PodState>, Option<LastBackup>), ReconcileError> {
-    let selector = pod_selector(names);
-    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_error(
-            "list",
-            kind_of::<Pod>(),
-            &format!("{namespace}/* labelled {selector}"),
-        ))?;
+    let labels = [
+        (LABEL_MANAGED_BY, MANAGER),
+        (LABEL_INSTANCE, names.canvas()),
+    ];
+    let cached = context
+        .caches
+        .as_ref()
+        .and_then(|caches| caches.pods(namespace, &labels));
+    let pods = match cached {
+        Some(pods) => pods,
+        None => {
+            let selector = labels
+                .map(|(key, value)| format!("{key}={value}"))
+                .join(",");
+            Api::<Pod>::namespaced(context.client.clone(), namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(kube_error(
+                    "list",
+                    kind_of::<Pod>(),
+                    &format!("{namespace}/* labelled {selector}"),
+                ))?
+                .items
+        }
+    };
     Ok((
-        pods.items.iter().filter_map(PodState::of_pod).collect(),
-        status::reported_backup(&pods.items),
+        pods.iter().filter_map(PodState::of_pod).collect(),
+        status::reported_backup(&pods),
     ))
-}
-
-/// The label selector of a canvas's pods.
-fn pod_selector(names: &Names) -> String {
-    format!(
-        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_INSTANCE}={}",
-        names.canvas()
-    )
 }
 
 /// Deletes the Redis pods [`stuck_pods`] picks, each only while it is still the pod that
@@ -890,7 +909,8 @@ async fn replace_stuck_pods(
     Ok(replaced)
 }
 
-/// The object named `name`, if it exists.
+/// The object named `name`, if it exists: from its store once synced, else from the API
+/// server.
 async fn read<K>(
     context: &Context,
     namespace: &str,
@@ -899,6 +919,13 @@ async fn read<K>(
 where
     K: NamespacedObject,
 {
+    if let Some(cached) = context
+        .caches
+        .as_ref()
+        .and_then(|caches| caches.get::<K>(namespace, name))
+    {
+        return Ok(cached);
+    }
     Api::<K>::namespaced(context.client.clone(), namespace)
         .get_opt(name)
         .await

@@ -863,3 +863,135 @@ fn canvas_status_path() -> String {
         PixelCanvas::url_path(&(), Some(NAMESPACE))
     )
 }
+
+/// Synced stores holding what the fake API server holds: each child by its kind, and the
+/// pods of the pod list.
+fn caches_of(objects: &BTreeMap<String, Value>) -> Caches {
+    use kube::runtime::{reflector, watcher};
+    fn synced<K>(objects: &[Value]) -> kube::runtime::reflector::Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
+    {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            let typed: K = serde_json::from_value(object.clone()).expect("typed");
+            writer.apply_watcher_event(&watcher::Event::InitApply(typed));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
+    }
+    let of_kind = |kind: &str| -> Vec<Value> {
+        objects
+            .values()
+            .flat_map(|object| match object["kind"].as_str() {
+                Some("PodList") => object["items"].as_array().cloned().unwrap_or_default(),
+                _ => vec![object.clone()],
+            })
+            .filter(|object| object["kind"] == kind)
+            .collect()
+    };
+    Caches {
+        stateful_sets: synced(&of_kind("StatefulSet")),
+        deployments: synced(&of_kind("Deployment")),
+        services: synced(&of_kind("Service")),
+        config_maps: synced(&of_kind("ConfigMap")),
+        pod_disruption_budgets: synced(&of_kind("PodDisruptionBudget")),
+        network_policies: synced(&of_kind("NetworkPolicy")),
+        ingresses: synced(&of_kind("Ingress")),
+        cron_jobs: synced(&of_kind("CronJob")),
+        pods: synced(&of_kind("Pod")),
+    }
+}
+
+/// [`reconcile_against`] by an operator whose stores hold `cached` (what its watches saw).
+async fn reconcile_cached(
+    canvas: PixelCanvas,
+    cached: &BTreeMap<String, Value>,
+    live: BTreeMap<String, Value>,
+    converged: BTreeMap<String, Value>,
+) -> (Result<Action, ReconcileError>, Vec<Sent>) {
+    let (client, sent) = fake_api(live, converged);
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: None,
+    };
+    let context = Arc::new(
+        Context::new(
+            client.clone(),
+            Recorder::new(client, reporter),
+            Metrics::register(&mut Registry::default()),
+            Defaults::default(),
+        )
+        .with_caches(caches_of(cached)),
+    );
+    let result = reconcile(Arc::new(canvas), context).await;
+    let sent = sent.lock().expect("lock").clone();
+    (result, sent)
+}
+
+/// What a reconcile reads from the API server once its stores have synced: the Secrets
+/// (which it does not watch; each read for the credentials, then before its apply) and the
+/// Redis volume's claim (the StatefulSet controller's).
+const CACHED_STEADY_READS: [&str; 7] = [
+    "/api/v1/namespaces/art/secrets/demo-redis-auth",
+    "/api/v1/namespaces/art/secrets/demo-internal",
+    "/api/v1/namespaces/art/secrets/demo-moderator",
+    "/api/v1/namespaces/art/secrets/demo-redis-auth",
+    "/api/v1/namespaces/art/secrets/demo-internal",
+    "/api/v1/namespaces/art/secrets/demo-moderator",
+    CLAIM,
+];
+
+#[tokio::test]
+async fn with_synced_stores_a_steady_reconcile_reads_no_child_and_lists_no_pod() {
+    let (canvas, objects) = steady_world(false);
+    let (result, sent) = reconcile_cached(canvas, &objects.clone(), objects.clone(), objects).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(writes(&sent), [], "{sent:#?}");
+    assert_eq!(reads(&sent), CACHED_STEADY_READS, "{sent:#?}");
+}
+
+/// The stores are what the reconcile believes: a child changed behind the operator's back
+/// (its watch event in the store) is applied again, and only it.
+#[tokio::test]
+async fn with_synced_stores_a_child_changed_by_hand_is_repaired() {
+    let (canvas, converged) = steady_world(false);
+    let gateway = "/apis/apps/v1/namespaces/art/deployments/demo-gateway";
+    let mut changed = converged.clone();
+    changed.get_mut(gateway).expect("gateway Deployment")["spec"]["replicas"] = json!(5);
+    let (result, sent) = reconcile_cached(canvas, &changed.clone(), changed, converged).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(writes(&sent), [(Method::PATCH, gateway)], "{sent:#?}");
+    assert_eq!(reads(&sent), CACHED_STEADY_READS, "{sent:#?}");
+}
+
+/// A new canvas: the synced stores hold none of its children, so each is applied with no
+/// read before it.
+#[tokio::test]
+async fn with_synced_stores_a_new_canvas_reads_no_child_before_applying_it() {
+    let (mut canvas, mut converged) = steady_world(false);
+    canvas.status = None;
+    accept_status_write(&mut converged, &canvas);
+    let (result, sent) =
+        reconcile_cached(canvas, &BTreeMap::new(), BTreeMap::new(), converged.clone()).await;
+    result.expect("reconciled");
+    let children_read: Vec<&str> = reads(&sent)
+        .into_iter()
+        .filter(|path| !path.contains("/secrets/") && *path != CLAIM)
+        .collect();
+    assert_eq!(children_read, Vec::<&str>::new(), "{sent:#?}");
+    let status = canvas_status_path();
+    let mut applied: Vec<&str> = object_writes(&sent)
+        .into_iter()
+        .map(|(_, path)| path)
+        .filter(|path| *path != status)
+        .collect();
+    applied.sort_unstable();
+    let desired: Vec<&str> = converged
+        .keys()
+        .map(String::as_str)
+        .filter(|path| ![PODS, CLAIM, status.as_str()].contains(path))
+        .collect();
+    assert_eq!(applied, desired, "each child applied once");
+}

@@ -1,0 +1,254 @@
+//! The operator's caches of what it watches: one reflector store per kind of child and one
+//! of the canvases' pods, fed by the controller's watches. A reconcile reads a child or
+//! lists pods from here once the store has synced, so it sends no GET for what it already
+//! watches; before that, or for what it does not watch (Secrets, claims), it asks the API
+//! server.
+//!
+//! A store can lag a write by the moment its watch event takes to arrive. That is safe: a
+//! child read stale looks changed, is applied again (a server-side apply of the same fields
+//! changes nothing), and the watch event of the write triggers one more reconcile that sees
+//! it.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    batch::v1::CronJob,
+    core::v1::{ConfigMap, Container, PersistentVolumeClaim, Pod, PodSpec, Secret, Service},
+    networking::v1::{Ingress, NetworkPolicy},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+/// The stores, one per kind the controller watches in full.
+#[derive(Clone)]
+pub struct Caches {
+    pub stateful_sets: Store<StatefulSet>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub ingresses: Store<Ingress>,
+    pub cron_jobs: Store<CronJob>,
+    pub pods: Store<Pod>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").finish_non_exhaustive()
+    }
+}
+
+/// A kind a reconcile reads by name, and its store among the [`Caches`] if it has one.
+pub trait Cached: kube::Resource<DynamicType = ()> + Clone + 'static {
+    fn store(caches: &Caches) -> Option<&Store<Self>>;
+}
+
+macro_rules! cached {
+    ($($kind:ty => $field:ident),* $(,)?) => {$(
+        impl Cached for $kind {
+            fn store(caches: &Caches) -> Option<&Store<Self>> {
+                Some(&caches.$field)
+            }
+        }
+    )*};
+}
+
+cached!(
+    StatefulSet => stateful_sets,
+    Deployment => deployments,
+    Service => services,
+    ConfigMap => config_maps,
+    PodDisruptionBudget => pod_disruption_budgets,
+    NetworkPolicy => network_policies,
+    Ingress => ingresses,
+    CronJob => cron_jobs,
+);
+
+/// Read from the API server: the operator may not watch every Secret of the cluster, and
+/// the claims are the StatefulSet controller's.
+impl Cached for Secret {
+    fn store(_: &Caches) -> Option<&Store<Self>> {
+        None
+    }
+}
+
+impl Cached for PersistentVolumeClaim {
+    fn store(_: &Caches) -> Option<&Store<Self>> {
+        None
+    }
+}
+
+impl Caches {
+    /// The `K` named `name` in `namespace` as the store holds it (`Some(None)`: it does not
+    /// exist), or `None` when `K` has no store or it has not synced yet.
+    pub fn get<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<K>> {
+        let store = K::store(self).filter(|store| synced(store))?;
+        Some(
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(Arc::unwrap_or_clone),
+        )
+    }
+
+    /// The pods in `namespace` whose labels hold every `(key, value)` of `labels`, or
+    /// `None` when the pod store has not synced yet.
+    pub fn pods(&self, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Pod>> {
+        synced(&self.pods).then(|| {
+            self.pods
+                .state_filter(|pod| {
+                    pod.namespace().as_deref() == Some(namespace)
+                        && labels.iter().all(|(key, value)| {
+                            pod.labels().get(*key).map(String::as_str) == Some(value)
+                        })
+                })
+                .into_iter()
+                .map(Arc::unwrap_or_clone)
+                .collect()
+        })
+    }
+}
+
+/// Whether the store has had its first full list (then it stays so).
+fn synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
+}
+
+/// What the stores keep of a child: all but its managed fields, which no reconcile reads
+/// and which are most of a small object's bytes. The reconcile compares the rest with what
+/// it would apply.
+pub fn trim<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// What the pod store keeps of a pod: its metadata and status, and of its spec only the
+/// node and each container's name and image (what the canvas's status reads), since the
+/// operator's pods outnumber its other objects.
+pub fn trim_pod(pod: &mut Pod) {
+    trim(pod);
+    if let Some(spec) = pod.spec.take() {
+        let named = |container: Container| Container {
+            name: container.name,
+            image: container.image,
+            ..Container::default()
+        };
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            containers: spec.containers.into_iter().map(named).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|containers| containers.into_iter().map(named).collect()),
+            ..PodSpec::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment(namespace: &str, name: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "x"}},
+        }))
+        .expect("a deployment")
+    }
+
+    fn caches_with(deployments: Store<Deployment>) -> Caches {
+        Caches {
+            stateful_sets: reflector::store().0,
+            deployments,
+            services: reflector::store().0,
+            config_maps: reflector::store().0,
+            pod_disruption_budgets: reflector::store().0,
+            network_policies: reflector::store().0,
+            ingresses: reflector::store().0,
+            cron_jobs: reflector::store().0,
+            pods: reflector::store().0,
+        }
+    }
+
+    /// The canvas's status reads of a pod what its store keeps.
+    #[test]
+    fn a_trimmed_pod_tells_the_status_what_the_whole_one_does() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "demo-api-0", "namespace": "art", "uid": "u-1",
+                "labels": {"app.kubernetes.io/component": "api", "app.kubernetes.io/instance": "demo"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+            },
+            "spec": {
+                "nodeName": "node-1",
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+                "initContainers": [{"name": "restore", "image": "app:1", "args": ["restore"]}],
+                "containers": [{
+                    "name": "api", "image": "app:2",
+                    "env": [{"name": "A", "value": "b"}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 3001}},
+                }],
+            },
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "api", "image": "app:2", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}},
+                }],
+            },
+        }))
+        .expect("a pod");
+        let mut trimmed = pod.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(trimmed.metadata.managed_fields, None);
+        let spec = trimmed.spec.as_ref().expect("spec");
+        assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
+        assert!(crate::status::PodState::of_pod(&pod).is_some());
+        assert_eq!(
+            crate::status::PodState::of_pod(&trimmed),
+            crate::status::PodState::of_pod(&pod)
+        );
+    }
+
+    #[test]
+    fn an_unsynced_store_answers_nothing_and_a_synced_one_answers_absence_too() {
+        let (store, mut writer) = reflector::store::<Deployment>();
+        let caches = caches_with(store);
+        assert_eq!(caches.get::<Deployment>("art", "demo-api"), None);
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(deployment("art", "demo-api")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(
+            caches
+                .get::<Deployment>("art", "demo-api")
+                .flatten()
+                .map(|d| d.name_any()),
+            Some("demo-api".to_owned())
+        );
+        assert_eq!(caches.get::<Deployment>("art", "demo-gateway"), Some(None));
+        assert_eq!(
+            caches.get::<Deployment>("elsewhere", "demo-api"),
+            Some(None)
+        );
+        assert_eq!(
+            caches.get::<Secret>("art", "demo-redis-auth"),
+            None,
+            "Secrets are read from the API server"
+        );
+    }
+}
