@@ -199,7 +199,7 @@ mod tests {
                 "containers": [{
                     "name": "api", "image": "app:2",
                     "env": [{"name": "A", "value": "b"}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 3001}},
+                    "readinessProbe": {"exec": {"command": ["true"]}},
                 }],
             },
             "status": {
