@@ -1,13 +1,16 @@
 //! The operator benchmarks, on a cluster of their own (`pixel-playground-bench`: 24 KWOK
-//! nodes, 520 volumes) started for the run and removed after it, with a release build of
+//! nodes, 1,040 volumes) started for the run and removed after it, with a release build of
 //! the operator run as the ServiceAccount `config/` installs:
 //!
 //! - `operator-apply`: `kubectl apply` of examples/canvas.yaml until every child is applied,
 //!   against `kubectl apply --server-side` of those same objects into another namespace, the
 //!   floor of API round trips. Both sides start one kubectl.
 //! - `operator-scale`: 500 canvases applied at once until all are Ready, the operator's peak
-//!   RSS and its API requests by verb; then a fresh operator resyncs all 500 and must make
-//!   no mutating request.
+//!   RSS and its API requests (per canvas, and by verb); then a fresh operator resyncs all
+//!   500 and must make no mutating request. Then the control plane's own floor: the
+//!   canvases are deleted, and the same 500 canvases' children, as the operator made them,
+//!   are applied at once with `kubectl apply --server-side` (no operator) into a fresh
+//!   namespace until every workload reports ready.
 //!
 //! The control plane is not pinned: kwokctl starts it, and it is the same for both sides.
 
@@ -40,6 +43,12 @@ use crate::{
 const APPLY_TARGET_RATIO: f64 = 1.5;
 const SCALE_CANVASES: usize = 500;
 const SCALE_LIMIT_S: f64 = 120.0;
+/// At most this many times the control plane's floor for the same children.
+const SCALE_FLOOR_RATIO: f64 = 1.2;
+/// API requests the operator may send per canvas created, every verb counted.
+const REQUESTS_PER_CANVAS_LIMIT: f64 = 20.0;
+/// kubectl processes applying the floor's children side by side ("at once").
+const FLOOR_KUBECTLS: usize = 8;
 const RSS_LIMIT_MIB: f64 = 100.0;
 /// How long the scale run may go on past its limit before it is reported as unfinished.
 const SCALE_GIVE_UP: Duration = Duration::from_secs(420);
@@ -282,6 +291,8 @@ pub fn operator_scale(stage: &Stage) -> Result<Vec<BenchResult>> {
         .sum();
     println!("  resync: {reconciled:.0} reconciles, {mutating:.0} mutating requests");
 
+    let floor = control_plane_floor(stage, NAMESPACE)?;
+
     let finished = ready == SCALE_CANVASES;
     let mut time_row = BenchResult::new(
         "operator-scale-ready",
@@ -328,7 +339,198 @@ pub fn operator_scale(stage: &Stage) -> Result<Vec<BenchResult>> {
             format_verbs(&resync_verbs)
         ),
     ];
-    Ok(vec![time_row, rss_row, resync_row])
+    let ours_seconds = if finished { seconds } else { f64::INFINITY };
+    let mut floor_row = BenchResult::new(
+        "operator-scale-vs-floor",
+        &format!("s from applying {SCALE_CANVASES} canvases at once until all are Ready"),
+        ours_seconds,
+        &format!(
+            "s for `kubectl apply --server-side` of their {} children at once until all {} \
+             workloads are ready",
+            floor.objects, floor.workloads
+        ),
+        floor.seconds,
+        None,
+        1,
+    )
+    .at_most(SCALE_FLOOR_RATIO);
+    floor_row.details = vec![
+        format!(
+            "floor: {} of {} workloads ready after {:.1} s, {FLOOR_KUBECTLS} kubectl side by side",
+            floor.ready, floor.workloads, floor.seconds
+        ),
+        CONTROL_PLANE_SETTINGS.to_owned(),
+    ];
+    let requests: f64 = verbs.iter().map(|(_, n)| n).sum();
+    let mut requests_row = BenchResult::new(
+        "operator-scale-requests",
+        "operator API requests per canvas created (every verb)",
+        requests / SCALE_CANVASES as f64,
+        &format!("limit {REQUESTS_PER_CANVAS_LIMIT:.0}"),
+        REQUESTS_PER_CANVAS_LIMIT,
+        None,
+        1,
+    )
+    .at_most(1.0);
+    requests_row.details = vec![format!(
+        "{requests:.0} requests for {SCALE_CANVASES} canvases: {}",
+        format_verbs(&verbs)
+    )];
+    Ok(vec![time_row, floor_row, requests_row, rss_row, resync_row])
+}
+
+/// What the bench cluster's control plane runs with: kwokctl's and Kubernetes' defaults
+/// but for leader election, so the floor and the operator share these limits.
+const CONTROL_PLANE_SETTINGS: &str = "control plane: kube-controller-manager and \
+     kube-scheduler at Kubernetes' default client rate limits (controller-manager \
+     --kube-api-qps 20, --kube-api-burst 30; scheduler 50/100), one etcd, 24 KWOK nodes";
+
+/// The control plane's floor for `namespace`'s canvases.
+struct Floor {
+    seconds: f64,
+    objects: usize,
+    workloads: usize,
+    ready: usize,
+}
+
+/// Deletes `namespace` (its canvases and, by their owner references, every child), then
+/// applies the children it held, as the operator made them, into a fresh namespace with
+/// [`FLOOR_KUBECTLS`] `kubectl apply --server-side` side by side, and times it until every
+/// Deployment and StatefulSet reports all its replicas ready.
+fn control_plane_floor(stage: &Stage, namespace: &str) -> Result<Floor> {
+    const FLOOR_NAMESPACE: &str = "bench-scale-floor";
+    let objects = children(stage, namespace)?;
+    let workloads = objects.iter().filter(|o| is_workload(o)).count();
+    println!(
+        "  floor: {} children ({workloads} workloads); deleting {namespace} first",
+        objects.len()
+    );
+    stage.kubectl(&["delete", "namespace", namespace, "--wait=false"])?;
+    process::wait_until(
+        &format!("namespace {namespace} to be gone"),
+        Duration::from_secs(900),
+        || {
+            Ok(stage
+                .kubectl(&[
+                    "get",
+                    "namespace",
+                    namespace,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ])?
+                .trim()
+                .is_empty())
+        },
+    )?;
+    stage.fresh_namespace(FLOOR_NAMESPACE)?;
+    let shards = shard_by_canvas(objects.iter().cloned(), FLOOR_KUBECTLS);
+    let files = shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let file = stage.log_dir.join(format!("operator-scale-floor-{i}.json"));
+            std::fs::write(&file, serde_json::to_string(&children_list(shard))?)?;
+            Ok(file)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let applies: Vec<_> = files
+            .iter()
+            .map(|file| {
+                scope.spawn(move || {
+                    stage.kubectl(&[
+                        "apply",
+                        "--server-side",
+                        "--field-manager",
+                        "bench-floor",
+                        "-n",
+                        FLOOR_NAMESPACE,
+                        "-f",
+                        &file.to_string_lossy(),
+                    ])
+                })
+            })
+            .collect();
+        applies
+            .into_iter()
+            .map(|apply| {
+                apply
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a kubectl thread panicked"))?
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut ready = 0;
+    while started.elapsed() < SCALE_GIVE_UP {
+        ready = ready_workloads(stage, FLOOR_NAMESPACE)?;
+        if ready == workloads {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("  floor: {ready} of {workloads} workloads ready after {seconds:.1} s");
+    stage.kubectl(&["delete", "namespace", FLOOR_NAMESPACE, "--wait=false"])?;
+    Ok(Floor {
+        seconds: if ready == workloads {
+            seconds
+        } else {
+            f64::INFINITY
+        },
+        objects: objects.len(),
+        workloads,
+        ready,
+    })
+}
+
+fn is_workload(object: &Value) -> bool {
+    matches!(object["kind"].as_str(), Some("Deployment" | "StatefulSet"))
+}
+
+/// `objects` split into `n` groups, each canvas's children (named `<canvas>-...`) in one
+/// group and in their order, so each kubectl applies a canvas's config before its users.
+fn shard_by_canvas(objects: impl Iterator<Item = Value>, n: usize) -> Vec<Vec<Value>> {
+    let mut canvases: Vec<String> = Vec::new();
+    let mut shards = vec![Vec::new(); n];
+    for object in objects {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let canvas = name.split('-').next().unwrap_or_default().to_owned();
+        let index = match canvases.iter().position(|c| *c == canvas) {
+            Some(index) => index,
+            None => {
+                canvases.push(canvas);
+                canvases.len() - 1
+            }
+        };
+        shards[index % n].push(object);
+    }
+    shards
+}
+
+/// Deployments and StatefulSets in `namespace` whose every replica is ready and updated
+/// for their current generation.
+fn ready_workloads(stage: &Stage, namespace: &str) -> Result<usize> {
+    let list: Value = serde_json::from_str(&stage.kubectl(&[
+        "get",
+        "deployments,statefulsets",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+    ])?)?;
+    Ok(items(&list)
+        .filter(|workload| workload_ready(workload))
+        .count())
+}
+
+fn workload_ready(workload: &Value) -> bool {
+    let status = &workload["status"];
+    let wanted = workload["spec"]["replicas"].as_i64().unwrap_or(1);
+    status["observedGeneration"] == workload["metadata"]["generation"]
+        && status["readyReplicas"].as_i64().unwrap_or(0) == wanted
+        && status["updatedReplicas"].as_i64().unwrap_or(0) == wanted
 }
 
 /// `n` canvases of one replica per component (2,000 pods in all for 500).
@@ -545,6 +747,50 @@ mod tests {
             last_new_child_applied(&log, "a", 3).expect("log read"),
             None
         );
+    }
+
+    #[test]
+    fn the_floor_keeps_each_canvas_in_one_shard_in_order() {
+        let object = |name: &str| serde_json::json!({"metadata": {"name": name}});
+        let objects = [
+            "c000-config",
+            "c001-config",
+            "c000-api",
+            "c002-api",
+            "c001-api",
+        ]
+        .map(object);
+        let shards = shard_by_canvas(objects.into_iter(), 2);
+        let names = |shard: &Vec<Value>| -> Vec<String> {
+            shard
+                .iter()
+                .map(|o| {
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(names(&shards[0]), ["c000-config", "c000-api", "c002-api"]);
+        assert_eq!(names(&shards[1]), ["c001-config", "c001-api"]);
+    }
+
+    #[test]
+    fn a_workload_is_ready_when_every_replica_of_its_generation_is() {
+        let workload = |generation: i64, observed: i64, ready: i64| {
+            serde_json::json!({
+                "metadata": {"generation": generation},
+                "spec": {"replicas": 2},
+                "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": ready},
+            })
+        };
+        assert!(workload_ready(&workload(1, 1, 2)));
+        assert!(!workload_ready(&workload(1, 1, 1)));
+        assert!(!workload_ready(&workload(2, 1, 2)));
+        assert!(!workload_ready(
+            &serde_json::json!({"metadata": {"generation": 1}})
+        ));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! watches; before that, or for what it does not watch (Secrets, claims), it asks the API
 //! server.
 //!
-//! A store can lag a write by the moment its watch event takes to arrive. That is safe: a
-//! child read stale looks changed, is applied again (a server-side apply of the same fields
-//! changes nothing), and the watch event of the write triggers one more reconcile that sees
-//! it.
+//! A store lags a write by the moment its watch event takes to arrive; until then a read
+//! takes the object the write returned ([`RecentWrites`]), so a child just applied is not
+//! applied again.
+
+mod recent_writes;
 
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
+pub use self::recent_writes::RecentWrites;
+
 /// The stores, one per kind the controller watches in full.
 #[derive(Clone)]
 pub struct Caches {
@@ -36,6 +39,8 @@ pub struct Caches {
     pub ingresses: Store<Ingress>,
     pub cron_jobs: Store<CronJob>,
     pub pods: Store<Pod>,
+    /// Writes the child stores have not seen yet.
+    pub recent_writes: Arc<RecentWrites>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -45,7 +50,7 @@ impl std::fmt::Debug for Caches {
 }
 
 /// A kind a reconcile reads by name, and its store among the [`Caches`] if it has one.
-pub trait Cached: kube::Resource<DynamicType = ()> + Clone + 'static {
+pub trait Cached: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     fn store(caches: &Caches) -> Option<&Store<Self>>;
 }
 
@@ -89,11 +94,17 @@ impl Caches {
     /// exist), or `None` when `K` has no store or it has not synced yet.
     pub fn get<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<K>> {
         let store = K::store(self).filter(|store| synced(store))?;
-        Some(
-            store
-                .get(&ObjectRef::new(name).within(namespace))
-                .map(Arc::unwrap_or_clone),
-        )
+        let stored = store.get(&ObjectRef::new(name).within(namespace));
+        Some(self.recent_writes.newest(namespace, name, stored))
+    }
+
+    /// Keeps what an apply of a `K` returned, if `K` has a store, until the store has it.
+    pub fn wrote<K: Cached>(&self, object: &K) {
+        if K::store(self).is_some() {
+            let mut trimmed = object.clone();
+            trim(&mut trimmed);
+            self.recent_writes.record(&trimmed);
+        }
     }
 
     /// The pods in `namespace` whose labels hold every `(key, value)` of `labels`, or
@@ -180,6 +191,7 @@ mod tests {
             ingresses: reflector::store().0,
             cron_jobs: reflector::store().0,
             pods: reflector::store().0,
+            recent_writes: Arc::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
@@ -26,7 +26,7 @@ use pixel_common::error::ErrorChain;
 
 use crate::{
     api::PixelCanvas,
-    caches::{self, Caches},
+    caches::{self, Caches, RecentWrites},
     children::{
         Defaults,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
@@ -89,6 +89,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     let (ingresses, ingress_writer) = reflector::store();
     let (cron_jobs, cron_job_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
+    let recent_writes = Arc::new(RecentWrites::default());
     let caches = Caches {
         stateful_sets,
         deployments,
@@ -99,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         ingresses,
         cron_jobs,
         pods,
+        recent_writes: recent_writes.clone(),
     };
     let context = Arc::new(
         Context::new(
@@ -118,14 +120,39 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         .applied_objects(),
         reader,
     )
-    .owns_stream(scope.reflect(stateful_set_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(deployment_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(service_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(config_map_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(pod_disruption_budget_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(network_policy_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(ingress_writer, owned.clone(), caches::trim))
-    .owns_stream(scope.reflect(cron_job_writer, owned.clone(), caches::trim))
+    .owns_stream(scope.reflect(
+        stateful_set_writer,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        deployment_writer,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(service_writer, owned.clone(), caches::trim, &recent_writes))
+    .owns_stream(scope.reflect(
+        config_map_writer,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        pod_disruption_budget_writer,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        network_policy_writer,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(ingress_writer, owned.clone(), caches::trim, &recent_writes))
+    .owns_stream(scope.reflect(cron_job_writer, owned.clone(), caches::trim, &recent_writes))
     // No Secret is watched: that takes `list` on every Secret in the cluster. The reconcile
     // reads the canvas's Secrets by name, and polls while the canvas names one of the
     // user's (see `reconcile::requeue_after`).
@@ -133,7 +160,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
     // is part of the canvas's.
     .watches_stream(
-        scope.reflect(pod_writer, owned, caches::trim_pod),
+        scope.reflect(pod_writer, owned, caches::trim_pod, &recent_writes),
         |pod: Pod| {
             let namespace = pod.namespace();
             pod.labels()
@@ -227,12 +254,13 @@ impl Scope {
     }
 
     /// Every `K` in scope that `config` selects, kept in `writer`'s store as `trim` leaves
-    /// it, and passed on as a trigger.
+    /// it, and passed on as a trigger. `recent_writes` forgets what the store has seen.
     fn reflect<K>(
         &self,
         writer: reflector::store::Writer<K>,
         config: watcher::Config,
         trim: fn(&mut K),
+        recent_writes: &Arc<RecentWrites>,
     ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -243,10 +271,14 @@ impl Scope {
             + Sync
             + 'static,
     {
-        retried(reflector(
-            writer,
-            watcher::watcher(self.api::<K>(), config).modify(trim),
-        ))
+        let recent_writes = recent_writes.clone();
+        retried(
+            reflector(
+                writer,
+                watcher::watcher(self.api::<K>(), config).modify(trim),
+            )
+            .inspect_ok(move |event| recent_writes.observe(event)),
+        )
         .touched_objects()
     }
 }

@@ -704,6 +704,9 @@ where
         )
         .await
         .map_err(kube_error("apply", kind, &name))?;
+    if let Some(caches) = &context.caches {
+        caches.wrote(&live);
+    }
     context.metrics.wrote(kind, "apply");
     tracing::info!(kind, %namespace, %name, "applied");
     Ok(live)

@@ -85,11 +85,12 @@ impl Cluster {
         ingress_port: None,
     };
     /// The cluster `cargo xtask bench` starts for the operator benchmarks and removes: room
-    /// for 500 canvases (2,000 pods, 500 Redis volumes).
+    /// for 500 canvases (2,000 pods, 500 Redis volumes), and 500 more volumes for the
+    /// control plane's floor after them (a retained volume is not bound again).
     pub const BENCH: Cluster = Cluster {
         name: "pixel-playground-bench",
         nodes: 24,
-        volumes: 520,
+        volumes: 1040,
         plan: AddressPlan::new(2),
         real_node: false,
         ingress_port: None,

@@ -901,7 +901,25 @@ fn caches_of(objects: &BTreeMap<String, Value>) -> Caches {
         ingresses: synced(&of_kind("Ingress")),
         cron_jobs: synced(&of_kind("CronJob")),
         pods: synced(&of_kind("Pod")),
+        recent_writes: Arc::default(),
     }
+}
+
+/// An operator's context on `client` whose stores hold `cached` (what its watches saw).
+fn cached_context(client: Client, cached: &BTreeMap<String, Value>) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: None,
+    };
+    Arc::new(
+        Context::new(
+            client.clone(),
+            Recorder::new(client, reporter),
+            Metrics::register(&mut Registry::default()),
+            Defaults::default(),
+        )
+        .with_caches(caches_of(cached)),
+    )
 }
 
 /// [`reconcile_against`] by an operator whose stores hold `cached` (what its watches saw).
@@ -912,20 +930,7 @@ async fn reconcile_cached(
     converged: BTreeMap<String, Value>,
 ) -> (Result<Action, ReconcileError>, Vec<Sent>) {
     let (client, sent) = fake_api(live, converged);
-    let reporter = Reporter {
-        controller: MANAGER.to_owned(),
-        instance: None,
-    };
-    let context = Arc::new(
-        Context::new(
-            client.clone(),
-            Recorder::new(client, reporter),
-            Metrics::register(&mut Registry::default()),
-            Defaults::default(),
-        )
-        .with_caches(caches_of(cached)),
-    );
-    let result = reconcile(Arc::new(canvas), context).await;
+    let result = reconcile(Arc::new(canvas), cached_context(client, cached)).await;
     let sent = sent.lock().expect("lock").clone();
     (result, sent)
 }
@@ -994,4 +999,46 @@ async fn with_synced_stores_a_new_canvas_reads_no_child_before_applying_it() {
         .filter(|path| ![PODS, CLAIM, status.as_str()].contains(path))
         .collect();
     assert_eq!(applied, desired, "each child applied once");
+}
+
+/// The stores lag the operator's own writes. A reconcile right after the one that created a
+/// canvas's children, before any of their watch events arrived, applies none of them again.
+#[tokio::test]
+async fn with_stores_behind_its_own_writes_a_reconcile_applies_nothing_again() {
+    let (mut canvas, mut converged) = steady_world(false);
+    canvas.status = None;
+    accept_status_write(&mut converged, &canvas);
+    // What the operator does not watch exists already: the Secrets and the claim.
+    let unwatched: BTreeMap<String, Value> = converged
+        .iter()
+        .filter(|(path, _)| path.contains("/secrets/") || *path == CLAIM)
+        .map(|(path, object)| (path.clone(), object.clone()))
+        .collect();
+    let (client, sent) = fake_api(unwatched, converged);
+    let context = cached_context(client, &BTreeMap::new());
+    let status = canvas_status_path();
+    let children_written = |sent: &[Sent]| -> usize {
+        object_writes(sent)
+            .into_iter()
+            .filter(|(_, path)| *path != status)
+            .count()
+    };
+
+    reconcile(Arc::new(canvas.clone()), context.clone())
+        .await
+        .expect("reconciled");
+    let first: Vec<Sent> = sent.lock().expect("lock").drain(..).collect();
+    assert!(children_written(&first) > 10, "{first:#?}");
+
+    reconcile(Arc::new(canvas), context)
+        .await
+        .expect("reconciled");
+    let second = sent.lock().expect("lock").clone();
+    assert_eq!(children_written(&second), 0, "{second:#?}");
+    assert!(
+        reads(&second)
+            .iter()
+            .all(|path| path.contains("/secrets/") || *path == CLAIM),
+        "{second:#?}"
+    );
 }
