@@ -38,6 +38,8 @@ pub struct Caches {
     pub network_policies: Store<NetworkPolicy>,
     pub ingresses: Store<Ingress>,
     pub cron_jobs: Store<CronJob>,
+    pub secrets: Store<Secret>,
+    pub claims: Store<PersistentVolumeClaim>,
     pub pods: Store<Pod>,
     /// Writes the child stores have not seen yet.
     pub recent_writes: Arc<RecentWrites>,
@@ -52,6 +54,12 @@ impl std::fmt::Debug for Caches {
 /// A kind a reconcile reads by name, and its store among the [`Caches`] if it has one.
 pub trait Cached: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     fn store(caches: &Caches) -> Option<&Store<Self>>;
+
+    /// Whether the store's "there is none" must be confirmed by the API server: where
+    /// acting on a wrong absence would lose data (a Secret generated anew replaces the
+    /// password Redis was started with) or miss an object the label selector does not
+    /// see. A synced store that holds the object still answers alone.
+    const CONFIRM_ABSENCE: bool = false;
 }
 
 macro_rules! cached {
@@ -75,27 +83,37 @@ cached!(
     CronJob => cron_jobs,
 );
 
-/// Read from the API server: the operator may not watch every Secret of the cluster, and
-/// the claims are the StatefulSet controller's.
+/// Only the Secrets the operator labels are watched; one it generated but cannot find
+/// there is looked up before a new one is made.
 impl Cached for Secret {
-    fn store(_: &Caches) -> Option<&Store<Self>> {
-        None
+    fn store(caches: &Caches) -> Option<&Store<Self>> {
+        Some(&caches.secrets)
     }
+
+    const CONFIRM_ABSENCE: bool = true;
 }
 
+/// The Redis volume's claim is the StatefulSet controller's, labelled from the claim
+/// template; until it exists, each read asks the API server.
 impl Cached for PersistentVolumeClaim {
-    fn store(_: &Caches) -> Option<&Store<Self>> {
-        None
+    fn store(caches: &Caches) -> Option<&Store<Self>> {
+        Some(&caches.claims)
     }
+
+    const CONFIRM_ABSENCE: bool = true;
 }
 
 impl Caches {
     /// The `K` named `name` in `namespace` as the store holds it (`Some(None)`: it does not
-    /// exist), or `None` when `K` has no store or it has not synced yet.
+    /// exist), or `None` when `K` has no store or it has not synced yet, or it is absent and
+    /// `K` wants absence confirmed ([`Cached::CONFIRM_ABSENCE`]).
     pub fn get<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<K>> {
         let store = K::store(self).filter(|store| synced(store))?;
         let stored = store.get(&ObjectRef::new(name).within(namespace));
-        Some(self.recent_writes.newest(namespace, name, stored))
+        match self.recent_writes.newest(namespace, name, stored) {
+            None if K::CONFIRM_ABSENCE => None,
+            newest => Some(newest),
+        }
     }
 
     /// Keeps what an apply of a `K` returned, if `K` has a store, until the store has it.
@@ -190,6 +208,8 @@ mod tests {
             network_policies: reflector::store().0,
             ingresses: reflector::store().0,
             cron_jobs: reflector::store().0,
+            secrets: reflector::store().0,
+            claims: reflector::store().0,
             pods: reflector::store().0,
             recent_writes: Arc::default(),
         }
@@ -237,6 +257,29 @@ mod tests {
         );
     }
 
+    /// A Secret the store lacks may exist unlabelled (made by hand, or by an older
+    /// release): only the API server may say it does not exist, or a new password would
+    /// replace the one Redis runs with.
+    #[test]
+    fn a_secret_missing_from_its_synced_store_is_asked_of_the_api_server() {
+        let (store, mut writer) = reflector::store::<Secret>();
+        let mut caches = caches_with(reflector::store().0);
+        caches.secrets = store;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "demo-internal", "namespace": "art"},
+            "data": {"api-token": "dG9rZW4="},
+        }))
+        .expect("a secret");
+        writer.apply_watcher_event(&watcher::Event::InitApply(secret.clone()));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(
+            caches.get::<Secret>("art", "demo-internal"),
+            Some(Some(secret))
+        );
+        assert_eq!(caches.get::<Secret>("art", "demo-redis-auth"), None);
+    }
+
     #[test]
     fn an_unsynced_store_answers_nothing_and_a_synced_one_answers_absence_too() {
         let (store, mut writer) = reflector::store::<Deployment>();
@@ -260,7 +303,7 @@ mod tests {
         assert_eq!(
             caches.get::<Secret>("art", "demo-redis-auth"),
             None,
-            "Secrets are read from the API server"
+            "a Secret's store is not synced: read from the API server"
         );
     }
 }

@@ -88,6 +88,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     let (network_policies, network_policy_writer) = reflector::store();
     let (ingresses, ingress_writer) = reflector::store();
     let (cron_jobs, cron_job_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let (claims, claim_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
     let recent_writes = Arc::new(RecentWrites::default());
     let caches = Caches {
@@ -99,6 +101,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         network_policies,
         ingresses,
         cron_jobs,
+        secrets,
+        claims,
         pods,
         recent_writes: recent_writes.clone(),
     };
@@ -153,9 +157,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     ))
     .owns_stream(scope.reflect(ingress_writer, owned.clone(), caches::trim, &recent_writes))
     .owns_stream(scope.reflect(cron_job_writer, owned.clone(), caches::trim, &recent_writes))
-    // No Secret is watched: that takes `list` on every Secret in the cluster. The reconcile
-    // reads the canvas's Secrets by name, and polls while the canvas names one of the
-    // user's (see `reconcile::requeue_after`).
+    // Only the Secrets the operator made (by the label). One the canvas references, the
+    // user's, is read by name, and polled while named (see `reconcile::requeue_after`).
+    .owns_stream(scope.reflect(secret_writer, owned.clone(), caches::trim, &recent_writes))
+    // The Redis claims carry the pod template's labels; the StatefulSet, not the canvas,
+    // owns them, so they trigger nothing: they are kept for the reconcile to read.
+    .owns_stream(scope.reflect(claim_writer, owned.clone(), caches::trim, &recent_writes))
     // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
     // is part of the canvas's.

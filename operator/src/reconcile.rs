@@ -445,13 +445,9 @@ async fn credentials(
     names: &Names,
 ) -> Result<Credentials, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
-    let redis_password = password(canvas, &secrets, namespace, names).await?;
+    let redis_password = password(canvas, context, &secrets, namespace, names).await?;
     let internal = names.internal_secret();
-    let stored = secrets.get_opt(&internal).await.map_err(kube_error(
-        "get",
-        kind_of::<Secret>(),
-        &internal,
-    ))?;
+    let stored = read::<Secret>(context, namespace, &internal).await?;
     let qualified = format!("{namespace}/{internal}");
     let key = |key: &str| -> Result<Option<String>, ReconcileError> {
         match &stored {
@@ -461,10 +457,8 @@ async fn credentials(
     };
     let api_token = key(API_TOKEN_KEY)?.unwrap_or_else(new_password);
     let moderator = names.moderator_secret();
-    let moderator_token = secrets
-        .get_opt(&moderator)
-        .await
-        .map_err(kube_error("get", kind_of::<Secret>(), &moderator))?
+    let moderator_token = read::<Secret>(context, namespace, &moderator)
+        .await?
         .map(|secret| {
             secret_text(
                 secret,
@@ -552,16 +546,12 @@ fn secret_text(
 
 /// What the operator generated earlier under `key` of its Secret `name`, if it did.
 async fn generated_value(
-    secrets: &Api<Secret>,
+    context: &Context,
     namespace: &str,
     name: &str,
     key: &str,
 ) -> Result<Option<String>, ReconcileError> {
-    match secrets
-        .get_opt(name)
-        .await
-        .map_err(kube_error("get", kind_of::<Secret>(), name))?
-    {
+    match read::<Secret>(context, namespace, name).await? {
         Some(secret) => secret_text(secret, key, &format!("{namespace}/{name}")),
         None => Ok(None),
     }
@@ -589,6 +579,7 @@ async fn referenced(
 /// The Redis password: the referenced Secret's, else the generated Secret's, else a new one.
 async fn password(
     canvas: &PixelCanvas,
+    context: &Context,
     secrets: &Api<Secret>,
     namespace: &str,
     names: &Names,
@@ -604,7 +595,7 @@ async fn password(
         .await;
     }
     Ok(
-        generated_value(secrets, namespace, &names.redis_secret(), PASSWORD_KEY)
+        generated_value(context, namespace, &names.redis_secret(), PASSWORD_KEY)
             .await?
             .unwrap_or_else(new_password),
     )
