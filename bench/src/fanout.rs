@@ -1,7 +1,11 @@
 //! `gateway-fanout`: one gateway fanning placements out to N WebSocket clients, against
 //! Centrifugo with its Redis engine, on the same server cores, with the same clients,
 //! placement rate and load generator (`pixel-bench fanout-load`, pinned to the load
-//! cores).
+//! cores). Beside both, the physical floor (`pixel-bench fanout-floor`, [`crate::fanout_floor`]):
+//! the same Redis and canvas-api, and in the gateway's place a writer of the same frames to
+//! the same sockets with no protocol work, so the gateway's efficiency has a limit that does
+//! not collapse as Centrifugo's does above 5,000 clients. Last, `IDLE_CLIENTS` idle
+//! connections on one gateway (and on the floor): memory per connection and accept time.
 //!
 //! Every run starts fresh servers, so the base and peak memory belong to that run alone:
 //! ours is redis-server + canvas-api + gateway, the peer redis-server + Centrifugo. The
@@ -47,6 +51,55 @@ const TARGET_SIZE: (usize, u32) = (10_000, 1_000);
 const TARGET_P99_MS: f64 = 100.0;
 /// Delivered updates per server CPU-second, ours over Centrifugo's.
 const TARGET_EFFICIENCY: f64 = 2.0;
+/// The same, ours over the floor's.
+const TARGET_FLOOR_EFFICIENCY: f64 = 0.5;
+/// Idle connections on one gateway for the memory and accept-time rows.
+pub const IDLE_CLIENTS: usize = 50_000;
+/// RSS per idle connection, KiB, at most.
+const TARGET_IDLE_KIB: f64 = 10.0;
+
+/// Parses a size `CLIENTSxRATE` (`10000x1000`), for `--sizes`.
+pub fn parse_size(text: &str) -> Result<(usize, u32), String> {
+    let (clients, rate) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not CLIENTSxRATE"))?;
+    let clients: usize = clients
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    let rate: u32 = rate.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if clients == 0 || rate == 0 {
+        return Err(format!("{text:?}: clients and rate must be at least 1"));
+    }
+    Ok((clients, rate))
+}
+
+/// Who serves the clients in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Ours,
+    /// The floor writer, on our Redis and canvas-api.
+    Floor,
+    Peer,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Floor => "floor",
+            Self::Peer => "Centrifugo",
+        }
+    }
+
+    /// The protocol the load generator speaks: the floor speaks the gateway's.
+    fn target(self) -> Target {
+        match self {
+            Self::Ours | Self::Floor => Target::Gateway,
+            Self::Peer => Target::Centrifugo,
+        }
+    }
+}
 
 /// The processes of one side, stopped when dropped.
 struct Procs(process::Group);
@@ -130,7 +183,8 @@ struct Side {
     _data: Option<tempfile::TempDir>,
 }
 
-fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side> {
+/// Fresh redis-server and canvas-api, and their pids.
+fn start_servers(ctx: &BenchCtx) -> Result<(Servers, i32, i32)> {
     let before: Vec<i32> = children_named("redis-server")?
         .into_iter()
         .chain(children_named("canvas-api")?)
@@ -138,6 +192,11 @@ fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side
     let servers = Servers::start(&ctx.api_bin, &ctx.machine.server_cores, &ctx.log_dir)?;
     let redis = started_pids(&before, "redis-server")?;
     let api = started_pids(&before, "canvas-api")?;
+    Ok((servers, redis, api))
+}
+
+fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side> {
+    let (servers, redis, api) = start_servers(ctx)?;
     let port = free_port()?;
     let mut procs = Procs::new();
     let gateway = procs.spawn(
@@ -158,6 +217,41 @@ fn start_ours(ctx: &BenchCtx, gateway_bin: &Path, clients: usize) -> Result<Side
         _servers: Some(servers),
         procs,
         pids: vec![gateway, api, redis],
+        ws_url: format!("ws://127.0.0.1:{port}{WS_PATH}"),
+        api_key: String::new(),
+        _data: None,
+    })
+}
+
+fn start_floor(ctx: &BenchCtx) -> Result<Side> {
+    let (servers, redis, api) = start_servers(ctx)?;
+    let port = free_port()?;
+    let mut procs = Procs::new();
+    let floor = procs.spawn(
+        "floor",
+        Command::new("taskset")
+            .args(["-c", &ctx.machine.server_cores])
+            .arg(&ctx.bench_bin)
+            .args(["fanout-floor", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--redis-url",
+                &format!("redis://127.0.0.1:{}", servers.redis_port),
+            ]),
+        &ctx.log_dir,
+    )?;
+    process::wait_until(
+        "the floor writer to listen",
+        Duration::from_secs(30),
+        || {
+            procs.check_running()?;
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        },
+    )?;
+    Ok(Side {
+        publish_url: servers.api_url.clone(),
+        _servers: Some(servers),
+        procs,
+        pids: vec![floor, api, redis],
         ws_url: format!("ws://127.0.0.1:{port}{WS_PATH}"),
         api_key: String::new(),
         _data: None,
@@ -233,6 +327,7 @@ fn run_load(
     side: &mut Side,
     target: Target,
     (clients, rate): (usize, u32),
+    idle: bool,
 ) -> Result<FanoutSummary> {
     let duration_ms = u64::try_from(ctx.duration.as_millis())?;
     let pids = side
@@ -251,6 +346,9 @@ fn run_load(
         .args(["--rate", &rate.to_string()])
         .args(["--duration-ms", &duration_ms.to_string()])
         .args(["--server-pids", &pids]);
+    if idle {
+        cmd.arg("--idle");
+    }
     let out = process::output(&mut cmd, ctx.duration + Duration::from_secs(180))?;
     side.procs.check_running()?;
     FanoutSummary::parse(&out)
@@ -318,47 +416,59 @@ fn side_details(label: &str, runs: &[FanoutSummary]) -> String {
 }
 
 const PEER: &str = "Centrifugo 6.9.1, Redis engine";
+const FLOOR: &str = "floor writer (same frames, no protocol work)";
+
+/// Starts `contender`'s side and runs the load generator on it.
+fn run_side(
+    ctx: &BenchCtx,
+    bins: (&Path, &Path),
+    contender: Contender,
+    size: (usize, u32),
+    idle: bool,
+) -> Result<FanoutSummary> {
+    let (gateway_bin, centrifugo_bin) = bins;
+    let mut side = match contender {
+        Contender::Ours => start_ours(ctx, gateway_bin, size.0)?,
+        Contender::Floor => start_floor(ctx)?,
+        Contender::Peer => start_centrifugo(ctx, centrifugo_bin)?,
+    };
+    run_load(ctx, &mut side, contender.target(), size, idle)
+}
 
 /// `cargo xtask bench gateway-fanout`.
 pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== gateway-fanout");
     let centrifugo_bin = toolchain::ensure_centrifugo()?;
     let gateway_bin = build_gateway()?;
+    let bins = (gateway_bin.as_path(), centrifugo_bin.as_path());
     raise_open_files()?;
     let rounds = ctx.rounds.min(MAX_ROUNDS);
+    let sizes: Vec<(usize, u32)> = if ctx.fanout_sizes.is_empty() {
+        SIZES.to_vec()
+    } else {
+        ctx.fanout_sizes.clone()
+    };
     let mut results = Vec::new();
+    let mut floor_rows = Vec::new();
     let mut target_row = None;
-    for size @ (clients, rate) in SIZES {
-        let mut ours = Vec::new();
-        let mut peer = Vec::new();
+    for size @ (clients, rate) in sizes {
+        let mut runs: [Vec<FanoutSummary>; 3] = Default::default();
+        let contenders = [Contender::Ours, Contender::Floor, Contender::Peer];
         for round in 1..=rounds {
-            // Alternate which side goes first, so drift on the machine hits both.
-            let order = if round % 2 == 1 {
-                [Target::Gateway, Target::Centrifugo]
-            } else {
-                [Target::Centrifugo, Target::Gateway]
-            };
-            for target in order {
-                let mut side = match target {
-                    Target::Gateway => start_ours(ctx, &gateway_bin, clients)?,
-                    Target::Centrifugo => start_centrifugo(ctx, &centrifugo_bin)?,
-                };
-                let summary = run_load(ctx, &mut side, target, size)?;
-                drop(side);
+            // Rotate which side goes first, so drift on the machine hits every side.
+            for turn in 0..contenders.len() {
+                let index = (turn + round - 1) % contenders.len();
+                let contender = contenders[index];
+                let summary = run_side(ctx, bins, contender, size, false)?;
                 println!(
                     "gateway-fanout {clients} clients, {rate}/s, round {round}/{rounds}, {}: {}",
-                    match target {
-                        Target::Gateway => "ours",
-                        Target::Centrifugo => "Centrifugo",
-                    },
+                    contender.label(),
                     describe(&summary)
                 );
-                match target {
-                    Target::Gateway => ours.push(summary),
-                    Target::Centrifugo => peer.push(summary),
-                }
+                runs[index].push(summary);
             }
         }
+        let [ours, floor, peer] = &runs;
         let name = format!("gateway-fanout {clients}x{rate}/s");
         let mut row = BenchResult::new(
             &name,
@@ -370,12 +480,28 @@ pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
             rounds,
         );
         row.details = vec![
-            side_details("ours", &ours),
-            side_details("Centrifugo", &peer),
+            side_details("ours", ours),
+            side_details("Centrifugo", peer),
             format!(
                 "per round, delivered per CPU-s, ours: {}; peer: {}",
                 per_round(ours.iter().map(efficiency)),
                 per_round(peer.iter().map(efficiency))
+            ),
+        ];
+        let mut floor_row = BenchResult::new(
+            &format!("gateway-fanout-floor {clients}x{rate}/s"),
+            &format!("updates delivered per server CPU-s ({clients} clients, {rate} placements/s)"),
+            med(ours.iter().map(efficiency)),
+            FLOOR,
+            med(floor.iter().map(efficiency)),
+            Some(TARGET_FLOOR_EFFICIENCY),
+            rounds,
+        );
+        floor_row.details = vec![
+            side_details("floor", floor),
+            format!(
+                "per round, delivered per CPU-s, floor: {}",
+                per_round(floor.iter().map(efficiency))
             ),
         ];
         if size == TARGET_SIZE {
@@ -390,10 +516,16 @@ pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
                 rounds,
             )
             .at_most(1.0);
-            p99_row.details = vec![format!(
-                "Centrifugo's p99 at the same size: {:.1} ms",
-                med(peer.iter().map(|s| s.p99_ms))
-            )];
+            p99_row.details = vec![
+                format!(
+                    "Centrifugo's p99 at the same size: {:.1} ms",
+                    med(peer.iter().map(|s| s.p99_ms))
+                ),
+                format!(
+                    "the floor's p99 at the same size: {:.1} ms",
+                    med(floor.iter().map(|s| s.p99_ms))
+                ),
+            ];
             let mut idle = BenchResult::new(
                 "gateway-fanout-idle",
                 &format!("KiB RSS per idle connection ({clients} clients, all server processes)"),
@@ -407,9 +539,95 @@ pub fn gateway_fanout(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
             target_row = Some([p99_row, idle]);
         }
         results.push(row);
+        floor_rows.push(floor_row);
     }
+    results.extend(floor_rows);
     results.extend(target_row.into_iter().flatten());
+    if ctx.idle_clients > 0 {
+        results.extend(idle_rows(ctx, bins)?);
+    }
     Ok(results)
+}
+
+/// `ctx.idle_clients` idle connections on one gateway, then on the floor: RSS per
+/// connection against its limit, and the time to accept them all against the floor's.
+fn idle_rows(ctx: &BenchCtx, bins: (&Path, &Path)) -> Result<Vec<BenchResult>> {
+    let clients = idle_clients_allowed(ctx.idle_clients)?;
+    let size = (clients, 1);
+    let ours = run_side(ctx, bins, Contender::Ours, size, true)?;
+    println!(
+        "gateway-fanout {clients} idle clients, ours: {}",
+        describe_idle(&ours)
+    );
+    let floor = run_side(ctx, bins, Contender::Floor, size, true)?;
+    println!(
+        "gateway-fanout {clients} idle clients, floor: {}",
+        describe_idle(&floor)
+    );
+    let mut memory = BenchResult::new(
+        &format!("gateway-fanout-idle-{}k", clients / 1000),
+        &format!(
+            "KiB RSS per idle connection ({clients} clients on one gateway, all server processes)"
+        ),
+        idle_kib(&ours),
+        &format!("limit {TARGET_IDLE_KIB} KiB"),
+        TARGET_IDLE_KIB,
+        None,
+        1,
+    )
+    .at_most(1.0);
+    memory.details = vec![
+        format!(
+            "the floor writer: {:.1} KiB per connection",
+            idle_kib(&floor)
+        ),
+        format!(
+            "ours: {}; floor: {}",
+            describe_idle(&ours),
+            describe_idle(&floor)
+        ),
+    ];
+    let mut accept = BenchResult::new(
+        &format!("gateway-fanout-accept-{}k", clients / 1000),
+        &format!("seconds to connect {clients} clients (handshake and hello, 128 at a time)"),
+        ours.connect_s,
+        FLOOR,
+        floor.connect_s,
+        None,
+        1,
+    );
+    accept.details = vec![
+        "the load generator's clock, from its start to the last hello; lower is better".to_owned(),
+    ];
+    Ok(vec![memory, accept])
+}
+
+/// Raises this process's open-file limit (which the servers and the load generator inherit)
+/// to room for `wanted` sockets when it may (as root); otherwise the hard limit bounds
+/// the clients, and the run says so.
+fn idle_clients_allowed(wanted: usize) -> Result<usize> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed = u64::try_from(wanted)? + 1024;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if hard >= needed || setrlimit(Resource::RLIMIT_NOFILE, needed, needed).is_ok() {
+        return Ok(wanted);
+    }
+    let allowed = usize::try_from(hard.saturating_sub(1024))?.min(wanted);
+    println!(
+        "gateway-fanout: the open-file hard limit ({hard}) allows {allowed} idle clients, not {wanted}"
+    );
+    Ok(allowed)
+}
+
+fn describe_idle(s: &FanoutSummary) -> String {
+    format!(
+        "{} clients connected in {:.1} s, {} lost, RSS {} MiB before, {} MiB with them",
+        s.clients_connected,
+        s.connect_s,
+        s.clients_lost,
+        s.rss_base_kib / 1024,
+        s.rss_idle_kib / 1024
+    )
 }
 
 #[cfg(test)]
@@ -423,6 +641,14 @@ mod tests {
         sizes.dedup();
         assert_eq!(sizes.len(), SIZES.len());
         assert!(SIZES.contains(&TARGET_SIZE));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("10000x1000"), Ok((10_000, 1_000)));
+        assert!(parse_size("10000").is_err());
+        assert!(parse_size("0x5").is_err());
+        assert!(parse_size("ax5").is_err());
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct FanoutLoadArgs {
     /// address runs out of ephemeral ports.
     #[arg(long, default_value_t = 8)]
     pub source_addrs: u8,
+    /// Only connect every client, measure the memory and the time taken, and end: no
+    /// placement.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 /// What one fan-out run measured.
@@ -134,6 +138,30 @@ pub struct FanoutSummary {
 }
 
 impl FanoutSummary {
+    /// What an idle run measured: the connections, their memory `[before, with them]`.
+    fn idle(connected: usize, lost: usize, connect_s: f64, [base, idle]: [u64; 2]) -> Self {
+        Self {
+            clients_connected: connected,
+            clients_lost: lost,
+            unrecognised_messages: 0,
+            connect_s,
+            updates_sent: 0,
+            placement_errors: 0,
+            updates_delivered: 0,
+            updates_expected: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+            delivered_per_s: 0.0,
+            server_cpu_s: 0.0,
+            delivered_during_cpu: 0,
+            rss_base_kib: base,
+            rss_idle_kib: idle,
+            rss_peak_kib: idle,
+            load_cpu_share: 0.0,
+        }
+    }
+
     /// Parses the load generator's stdout.
     pub fn parse(stdout: &str) -> Result<Self> {
         last_json_line(stdout, "the fan-out load generator")
@@ -231,6 +259,16 @@ async fn run(args: &FanoutLoadArgs) -> Result<FanoutSummary> {
     // Let the servers settle (the gateway's online count, allocator) before reading RSS.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle_kib = pids_kib(&args.server_pids, "VmRSS:")?;
+    if args.idle {
+        let lost = shared.lost.load(Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        return Ok(FanoutSummary::idle(
+            connected,
+            lost,
+            connect_s,
+            [rss_base_kib, rss_idle_kib],
+        ));
+    }
 
     let sender = Sender::new(args)?;
     // Warm-up: placements whose deliveries are not counted.

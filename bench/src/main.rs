@@ -1,9 +1,10 @@
 //! `pixel-bench`: the benchmarks (`run`, what `cargo xtask bench` runs) and the load
 //! generators they start as their own processes, pinned to other cores than the servers
-//! (`load`, `fanout-load`: this binary re-executed).
+//! (`load`, `fanout-load`, and the fan-out's floor `fanout-floor`: this binary re-executed).
 
 mod api;
 mod fanout;
+mod fanout_floor;
 mod fanout_load;
 mod frontend;
 mod histogram;
@@ -44,6 +45,9 @@ enum Command {
     /// The WebSocket fan-out load generator `run` starts for `gateway-fanout`; prints one
     /// JSON summary.
     FanoutLoad(fanout_load::FanoutLoadArgs),
+    /// The fan-out's physical floor `run` starts for `gateway-fanout` in place of the gateway:
+    /// the same frames to the same sockets with no protocol work; serves until killed.
+    FanoutFloor(fanout_floor::FanoutFloorArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Load(args) => load::main(&args),
         Command::FanoutLoad(args) => fanout_load::main(&args),
+        Command::FanoutFloor(args) => fanout_floor::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,6 +67,14 @@ pub struct BenchArgs {
     /// Concurrent clients, on both sides.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub clients: u32,
+    /// gateway-fanout only: the sizes to run, as CLIENTSxRATE, comma-separated (e.g.
+    /// `--sizes 1000x1000,10000x1000`); every size the benchmark lists when omitted.
+    #[arg(long, value_delimiter = ',', value_parser = fanout::parse_size)]
+    pub sizes: Vec<(usize, u32)>,
+    /// gateway-fanout only: the idle connections of the memory and accept-time rows
+    /// (0 skips them).
+    #[arg(long, default_value_t = fanout::IDLE_CLIENTS)]
+    pub idle_clients: usize,
 }
 
 /// Everything a benchmark needs to run.
@@ -80,6 +88,10 @@ pub struct BenchCtx {
     pub rounds: usize,
     pub duration: Duration,
     pub clients: usize,
+    /// gateway-fanout's sizes (clients, placements/s); empty for all.
+    pub fanout_sizes: Vec<(usize, u32)>,
+    /// gateway-fanout's idle connections (0: none).
+    pub idle_clients: usize,
 }
 
 fn out_dir() -> PathBuf {
@@ -110,6 +122,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rounds: usize::try_from(args.rounds)?,
         duration: Duration::from_secs(args.seconds),
         clients: usize::try_from(args.clients)?,
+        fanout_sizes: args.sizes.clone(),
+        idle_clients: args.idle_clients,
     };
     println!(
         "Servers on core(s) {}, load generators on core(s) {}; {} rounds of {} s, {} clients.",

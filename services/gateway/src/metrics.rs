@@ -39,6 +39,8 @@ pub struct Metrics {
     disconnects: Family<Reason, Counter>,
     received: Counter,
     sent: Family<Kind, Counter>,
+    /// `sent{kind="frame"}`, resolved once: it is counted for every client on every batch.
+    frames_sent: Counter,
     placements: Family<Outcome, Counter>,
     seats: Family<Outcome, Counter>,
     updates: Counter,
@@ -60,7 +62,8 @@ impl Metrics {
         let refused = Family::default();
         let disconnects = Family::default();
         let received = Counter::default();
-        let sent = Family::default();
+        let sent: Family<Kind, Counter> = Family::default();
+        let frames_sent = sent.get_or_create(&Kind { kind: "frame" }).clone();
         let placements = Family::default();
         let seats = Family::default();
         let updates = Counter::default();
@@ -125,6 +128,7 @@ impl Metrics {
             refused,
             disconnects,
             received,
+            frames_sent,
             sent,
             placements,
             seats,
@@ -153,6 +157,11 @@ impl Metrics {
 
     pub fn sent(&self, kind: &'static str) {
         self.sent.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// Counts `count` update frames sent to one client.
+    pub fn frames_sent(&self, count: u64) {
+        self.frames_sent.inc_by(count);
     }
 
     pub fn placement(&self, result: &'static str) {

@@ -14,7 +14,13 @@ use futures_util::{
 };
 use pixel_common::error::ErrorChain;
 use tokio::{
-    sync::{broadcast::error::RecvError, watch},
+    sync::{
+        broadcast::{
+            self,
+            error::{RecvError, TryRecvError},
+        },
+        watch,
+    },
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -34,6 +40,10 @@ use crate::{
 /// How long a closing connection waits for the client's close reply (so unread client
 /// data does not reset the connection before our close frame arrives).
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The most bytes of update frames a connection gathers into one write: tungstenite keeps
+/// its write buffer at the largest write, so this bounds it per connection.
+const MAX_WRITE_BYTES: usize = 16 * 1024;
 
 /// What the client could not send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,13 +240,16 @@ where
             tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
         let mut answers: FuturesUnordered<Answer> = FuturesUnordered::new();
         let stop = self.shared.stop.clone();
+        // Once, not per turn of the loop: each `cancelled()` joins the token's waiter list.
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let step = tokio::select! {
                 biased;
-                () = stop.cancelled() => Err(self.close(close::GOING_AWAY, "server shutting down", Ended::Shutdown).await),
+                () = &mut cancelled => Err(self.close(close::GOING_AWAY, "server shutting down", Ended::Shutdown).await),
                 incoming = stream.next() => self.incoming(incoming, &mut answers).await,
                 Some(answer) = answers.next(), if !answers.is_empty() => self.send_json(&answer).await,
-                broadcast = updates.recv() => self.broadcast(broadcast).await,
+                broadcast = updates.recv() => self.broadcast(broadcast, &mut updates).await,
                 Ok(()) = online.changed() => {
                     let count = *online.borrow_and_update();
                     self.send_json(&ServerMessage::Online { count }).await
@@ -278,7 +291,20 @@ where
     }
 
     async fn send(&mut self, message: Message) -> Result<(), Ended> {
-        match tokio::time::timeout(self.shared.limits.send_timeout, self.sink.send(message)).await {
+        self.send_all(vec![message]).await
+    }
+
+    /// Writes `messages` with one flush (one write to the socket when they fit its buffer),
+    /// within one send timeout.
+    async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), Ended> {
+        let sink = &mut self.sink;
+        let write = async move {
+            for message in messages {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.shared.limits.send_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
                 tracing::debug!(error = %ErrorChain(&error), client = %self.who, "cannot write to the client");
@@ -343,7 +369,7 @@ where
                 Ok(updates) => {
                     for frame in frames(&updates) {
                         self.send(Message::Binary(frame.encode().into())).await?;
-                        self.shared.metrics.sent("frame");
+                        self.shared.metrics.frames_sent(1);
                     }
                     return Ok(());
                 }
@@ -503,40 +529,81 @@ where
         .await
     }
 
+    /// Sends a broadcast and every one already published after it, in one write: when the
+    /// core is busy a connection's turn comes less often and its write grows, so the writes
+    /// per second stay bounded by the core's speed instead of growing with the batch rate.
+    /// At most [`MAX_WRITE_BYTES`] of frames per write (the rest waits for the next turn),
+    /// so one slow client's write buffer stays bounded.
     async fn broadcast(
         &mut self,
-        broadcast: Result<Arc<Broadcast>, RecvError>,
+        received: Result<Arc<Broadcast>, RecvError>,
+        updates: &mut broadcast::Receiver<Arc<Broadcast>>,
     ) -> Result<(), Ended> {
-        match broadcast.as_deref() {
-            Ok(Broadcast::Frame {
-                bytes, received, ..
-            }) => {
-                self.send(Message::Binary(bytes.clone())).await?;
-                self.shared.metrics.sent("frame");
-                self.shared.metrics.fanout_lag(received.elapsed());
-                Ok(())
+        let mut gathered = Vec::new();
+        let mut bytes = 0;
+        let mut next = received;
+        loop {
+            match next {
+                Ok(broadcast) => {
+                    if let Broadcast::Frame { bytes: frame, .. } = &*broadcast {
+                        bytes += frame.len();
+                    }
+                    gathered.push(broadcast);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(client = %self.who, missed, "client fell behind; closing it");
+                    return Err(self
+                        .close(
+                            close::TOO_SLOW,
+                            "too slow; reconnect with since",
+                            Ended::TooSlow,
+                        )
+                        .await);
+                }
+                Err(RecvError::Closed) => {
+                    return Err(self
+                        .close(close::GOING_AWAY, "server shutting down", Ended::Shutdown)
+                        .await);
+                }
             }
-            Ok(Broadcast::Refetch { version }) => {
-                let refetch = ServerMessage::Refetch {
-                    version: *version,
-                    reason: RefetchReason::Gap,
-                };
-                self.send_json(&refetch).await
+            if bytes >= MAX_WRITE_BYTES {
+                break;
             }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::info!(client = %self.who, missed, "client fell behind; closing it");
-                Err(self
-                    .close(
-                        close::TOO_SLOW,
-                        "too slow; reconnect with since",
-                        Ended::TooSlow,
-                    )
-                    .await)
-            }
-            Err(RecvError::Closed) => Err(self
-                .close(close::GOING_AWAY, "server shutting down", Ended::Shutdown)
-                .await),
+            next = match updates.try_recv() {
+                Ok(broadcast) => Ok(broadcast),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
         }
+        let messages: Vec<Message> = gathered
+            .iter()
+            .map(|broadcast| match &**broadcast {
+                Broadcast::Frame { bytes, .. } => Message::Binary(bytes.clone()),
+                Broadcast::Refetch { version } => Message::Text(
+                    ServerMessage::Refetch {
+                        version: *version,
+                        reason: RefetchReason::Gap,
+                    }
+                    .to_json()
+                    .into(),
+                ),
+            })
+            .collect();
+        self.send_all(messages).await?;
+        let metrics = &self.shared.metrics;
+        let mut frames = 0;
+        for broadcast in &gathered {
+            match &**broadcast {
+                Broadcast::Frame { received, .. } => {
+                    frames += 1;
+                    metrics.fanout_lag(received.elapsed());
+                }
+                Broadcast::Refetch { .. } => metrics.sent("json"),
+            }
+        }
+        metrics.frames_sent(frames);
+        Ok(())
     }
 
     async fn ping(&mut self) -> Result<(), Ended> {
@@ -644,6 +711,11 @@ mod tests {
     use futures_util::stream;
     use pixel_common::wire::UpdateFrame;
     use serde_json::{Value, json};
+    use std::{
+        pin::Pin,
+        sync::atomic::{AtomicUsize, Ordering},
+        task::{Context, Poll},
+    };
     use tokio::{sync::mpsc, task::JoinHandle};
     use tokio_util::sync::PollSender;
 
@@ -670,6 +742,47 @@ mod tests {
         to_server: Option<mpsc::Sender<Result<Message, ReadError>>>,
         from_server: mpsc::Receiver<Message>,
         task: JoinHandle<Ended>,
+        /// How many times the handler flushed its sink: its writes to the socket.
+        flushes: Arc<AtomicUsize>,
+    }
+
+    /// A sink that counts its completed flushes.
+    struct Flushes<S> {
+        inner: S,
+        count: Arc<AtomicUsize>,
+    }
+
+    impl<S: Sink<Message> + Unpin> Sink<Message> for Flushes<S> {
+        type Error = S::Error;
+
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.inner).poll_ready(cx)
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            Pin::new(&mut self.inner).start_send(item)
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+            if flushed.is_ready() {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            flushed
+        }
+
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.inner).poll_close(cx)
+        }
     }
 
     /// A connection at fanout version `version`, whose sink holds `sink_capacity` messages
@@ -713,8 +826,13 @@ mod tests {
         let (sink_tx, from_server) = mpsc::channel(sink_capacity);
         let (to_server, mut incoming) = mpsc::channel(16);
         let stream = stream::poll_fn(move |cx| incoming.poll_recv(cx));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let sink = Flushes {
+            inner: PollSender::new(sink_tx),
+            count: Arc::clone(&flushes),
+        };
         let task = tokio::spawn(serve(
-            PollSender::new(sink_tx),
+            sink,
             stream,
             shared,
             Arrival {
@@ -733,6 +851,7 @@ mod tests {
             to_server: Some(to_server),
             from_server,
             task,
+            flushes,
         }
     }
 
@@ -805,6 +924,31 @@ mod tests {
         );
         h.stop.cancel();
         assert_eq!(h.closed().await, (close::GOING_AWAY, Ended::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn frames_waiting_for_a_busy_connection_go_out_in_order_in_one_write() {
+        let mut h = start(limits(), 0, 8, 8, None);
+        h.json().await;
+        // Published before the handler runs again (one test thread): all three wait.
+        for version in 1..=3 {
+            h.fanout
+                .publish(&updates(version, 1), std::time::Instant::now());
+        }
+        h.fanout.refetch(9);
+        let flushed = h.flushes.load(Ordering::Relaxed);
+        for version in 1..=3 {
+            assert_eq!(frame_versions(h.next().await), (version, version));
+        }
+        assert_eq!(
+            h.json().await,
+            json!({"type": "refetch", "version": 9, "reason": "gap"})
+        );
+        assert_eq!(
+            h.flushes.load(Ordering::Relaxed),
+            flushed + 1,
+            "three frames and a refetch, one write"
+        );
     }
 
     #[tokio::test]

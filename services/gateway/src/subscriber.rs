@@ -4,7 +4,8 @@
 //! resubscription) are dropped, a gap (updates published while the subscription was down)
 //! is filled from canvas-api's history, or, when that is impossible, every connection is
 //! told to refetch the snapshot. Updates are gathered for one batch tick and published to
-//! the [`Fanout`] as frames.
+//! the [`Fanout`] as frames; at the tick, every update already waiting joins the batch, so
+//! batches grow when the core is busy.
 
 use std::{
     sync::{
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use pixel_common::{
     error::ErrorChain, redis_schema::parse_update_message, wire::MAX_FRAME_UPDATES,
     wire::PixelUpdate,
@@ -134,7 +135,13 @@ impl Subscriber {
                         break Ended::Lost;
                     }
                 },
-                _ = tick.tick() => self.flush(&mut pending),
+                _ = tick.tick() => {
+                    if !self.take_arrived(&mut stream, &mut pending).await {
+                        tracing::warn!("Redis subscription lost");
+                        break Ended::Lost;
+                    }
+                    self.flush(&mut pending);
+                }
                 _ = ping.tick() => {
                     if let Err(error) = self.redis.bounded(sink.ping::<redis::Value>()).await {
                         tracing::warn!(error = %ErrorChain(&error), "Redis subscription does not answer PING");
@@ -146,6 +153,25 @@ impl Subscriber {
         self.flush(&mut pending);
         self.set_live(false);
         Ok(ended)
+    }
+
+    /// Takes into `pending` every update that has already arrived. When the core is busy
+    /// this task runs late, with many updates waiting: they belong in this batch, not in
+    /// batches of one or two, each costing a write to every client. False when the
+    /// subscription ended.
+    async fn take_arrived<S>(&self, stream: &mut S, pending: &mut Pending) -> bool
+    where
+        S: futures_util::Stream<Item = redis::Msg> + Unpin,
+    {
+        // Lets the Redis connection's task, woken with this one, read what its socket holds.
+        tokio::task::yield_now().await;
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(message)) => self.receive(message.get_payload_bytes(), pending).await,
+                Some(None) => return false,
+                None => return true,
+            }
+        }
     }
 
     async fn receive(&self, payload: &[u8], pending: &mut Pending) {
