@@ -18,7 +18,12 @@ export function canvasApi(apiBase) {
       // no-store: the snapshot carries its own version, and a cached older one would only
       // make the page catch up through the history for nothing.
       const response = await ok(await fetch(`${apiBase}/canvas`, { cache: "no-store" }), "snapshot");
-      return parseSnapshot(await response.arrayBuffer());
+      const body = await response.arrayBuffer();
+      const parsing = performance.now();
+      const snapshot = parseSnapshot(body);
+      // For benchmarks: where a first paint's time goes (see view.js for the rest).
+      performance.measure("snapshot-parse", { start: parsing });
+      return snapshot;
     },
 
     /** One page of placements after `since`: {updates: [{version, x, y, color}], more}. */
