@@ -144,14 +144,13 @@ fn at_size(
         site.check_running()?;
         println!(
             "frontend {side}x{side} round {round}/{}: first paint {:.0} ms (FCP {:.0} ms, snapshot \
-             requested at {:.0} ms, first byte at {:.0} ms, loaded at {:.0} ms, hello at {:.0} \
+             requested at {:.0} ms, loaded at {:.0} ms, hello at {:.0} \
              ms; page steps, ms: {}), busy {:.1}% at {:.0} placements/s, {:.1}% of them drawn \
              in the window{}",
             ctx.rounds,
             figures.paint_ms,
             figures.fcp_ms,
             figures.snapshot_asked_ms,
-            figures.snapshot_first_byte_ms,
             figures.snapshot_loaded_ms,
             figures.hello_ms,
             stages_text(&figures.stages),
@@ -180,8 +179,6 @@ struct RoundFigures {
     hello_ms: f64,
     /// Navigation start → the snapshot request's start.
     snapshot_asked_ms: f64,
-    /// Navigation start → the snapshot's first byte (canvas-api compressed it by then).
-    snapshot_first_byte_ms: f64,
     /// Navigation start → the snapshot's last byte.
     snapshot_loaded_ms: f64,
     /// The page's `performance.measure` entries up to the paint: (name, ms), in order.
@@ -241,10 +238,9 @@ fn results(rounds: &[RoundFigures], window: Duration, size: CanvasSize) -> Vec<B
         ),
         format!(
             "for context: First Contentful Paint {:.0} ms; snapshot requested at {:.0} ms, \
-             its first byte at {:.0} ms, its last at {:.0} ms; the gateway's hello at {:.0} ms",
+             its last byte at {:.0} ms; the gateway's hello at {:.0} ms",
             med(rounds.iter().map(|r| r.fcp_ms)),
             med(rounds.iter().map(|r| r.snapshot_asked_ms)),
-            med(rounds.iter().map(|r| r.snapshot_first_byte_ms)),
             med(rounds.iter().map(|r| r.snapshot_loaded_ms)),
             med(rounds.iter().map(|r| r.hello_ms)),
         ),
@@ -622,7 +618,6 @@ async fn first_paint_then_busy(
                 fcp: fcp ? fcp.startTime : null,
                 hello: hello ? hello.startTime : null,
                 snapshotStart: snapshot ? snapshot.startTime : null,
-                snapshotFirstByte: snapshot ? snapshot.responseStart : null,
                 snapshotEnd: snapshot ? snapshot.responseEnd : null,
                 stages: performance.getEntriesByType('measure')
                     .filter((m) => m.startTime <= mark.startTime)
@@ -638,11 +633,8 @@ async fn first_paint_then_busy(
             .with_context(|| format!("the page reported no `{key}`: {painted}"))
     };
     let (paint_ms, fcp_ms, hello_ms) = (number("paint")?, number("fcp")?, number("hello")?);
-    let (snapshot_asked_ms, snapshot_first_byte_ms, snapshot_loaded_ms) = (
-        number("snapshotStart")?,
-        number("snapshotFirstByte")?,
-        number("snapshotEnd")?,
-    );
+    let (snapshot_asked_ms, snapshot_loaded_ms) =
+        (number("snapshotStart")?, number("snapshotEnd")?);
     // The page's own timings of the first paint's steps, summed by name.
     let mut stages: Vec<(String, f64)> = Vec::new();
     let measured: Vec<(String, f64)> =
@@ -663,7 +655,6 @@ async fn first_paint_then_busy(
         fcp_ms,
         hello_ms,
         snapshot_asked_ms,
-        snapshot_first_byte_ms,
         snapshot_loaded_ms,
         stages,
         busy_percent,
@@ -912,7 +903,6 @@ mod tests {
             fcp_ms: 50.0,
             hello_ms: 70.0,
             snapshot_asked_ms: 60.0,
-            snapshot_first_byte_ms: 80.0,
             snapshot_loaded_ms: 100.0,
             stages: vec![("board-convert".to_owned(), 5.0)],
             busy_percent,
