@@ -30,7 +30,7 @@ pub enum Benchmark {
     ApiSnapshot,
     /// gateway WebSocket fan-out to 1,000-10,000 clients vs Centrifugo (Redis engine)
     GatewayFanout,
-    /// the page in headless Chromium: first full paint of 1000x1000, busy share at 1,000 updates/s
+    /// the page in headless Chromium at 1000x1000 and 4096x4096: first full paint, busy share at 1,000 updates/s
     Frontend,
     /// kubectl apply of examples/canvas.yaml to every child applied vs server-side apply of them
     OperatorApply,
