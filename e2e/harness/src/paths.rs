@@ -15,6 +15,13 @@ pub fn repo_root() -> PathBuf {
         .map_or(manifest_dir.clone(), PathBuf::from)
 }
 
+/// Cargo's target directory for this workspace (`CARGO_TARGET_DIR`, relative to the root
+/// when it is relative, as cargo takes it).
+pub fn target_dir() -> PathBuf {
+    let root = repo_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
 /// This tree's operator manifests (`config/default`), as users install them.
 pub fn operator_config() -> PathBuf {
     repo_root().join("config/default")

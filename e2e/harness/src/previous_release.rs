@@ -86,7 +86,7 @@ pub fn build(out_dir: &Path) -> Result<PreviousBuild> {
         process::run(
             Command::new(source.join(images::BUILD_SCRIPT))
                 .arg(&binaries)
-                .env("CARGO_TARGET_DIR", target_dir()),
+                .env("CARGO_TARGET_DIR", paths::target_dir()),
             BUILD_TIMEOUT,
         )
         .with_context(|| format!("the release build of {} failed", release.version))?;
@@ -160,10 +160,4 @@ fn extract(release: Release, dir: &Path) -> Result<PathBuf> {
     fs::write(dir.join(EXTRACTED_MARKER), release.commit)
         .with_context(|| format!("cannot write into {}", dir.display()))?;
     Ok(dir.to_owned())
-}
-
-/// Cargo's target directory for this workspace.
-fn target_dir() -> PathBuf {
-    let root = paths::repo_root();
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }

@@ -140,7 +140,7 @@ pub fn cargo_build(release: bool, packages: &[&str]) -> Result<std::path::PathBu
     }
     run(&mut build, Duration::from_secs(1800))?;
     let profile = if release { "release" } else { "debug" };
-    Ok(crate::paths::repo_root().join("target").join(profile))
+    Ok(crate::paths::target_dir().join(profile))
 }
 
 /// Starts `cmd` with its output appended to nothing but the file `log` (created afresh),
