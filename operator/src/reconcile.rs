@@ -413,12 +413,16 @@ async fn apply_stateful_set(
     desired: &StatefulSet,
 ) -> Result<StatefulSet, ReconcileError> {
     let live = read::<StatefulSet>(context, namespace, &desired.name_any()).await?;
+    // The digest is of what the canvas asks for. What is kept from the live object carries
+    // the API server's defaults, and a digest over those would differ from the one the
+    // first apply wrote, so every new StatefulSet would be applied a second time.
+    let hash = content_digest(desired).map_err(serialize_error::<StatefulSet>(desired))?;
     let mut desired = desired.clone();
     if let Some(live) = &live {
         children::keep_claim_templates(&mut desired, live);
         children::keep_restore_container(&mut desired, live);
     }
-    apply_over(context, namespace, &desired, live).await
+    apply_over(context, namespace, &desired, &hash, live).await
 }
 
 /// Which component a live child is the workload of, and what it reports.
@@ -619,14 +623,29 @@ fn new_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
-/// `desired` annotated with the digest of its content ([`APPLIED_HASH_ANNOTATION`]).
-fn with_applied_hash<K: Resource + Serialize + Clone>(desired: &K) -> serde_json::Result<K> {
-    let hash = digest(&serde_json::to_value(desired)?);
+/// The digest of `desired`'s content, as [`APPLIED_HASH_ANNOTATION`] records it.
+fn content_digest<K: Serialize>(desired: &K) -> serde_json::Result<String> {
+    Ok(digest(&serde_json::to_value(desired)?))
+}
+
+/// `desired` annotated with `hash` ([`APPLIED_HASH_ANNOTATION`]).
+fn annotated<K: Resource + Clone>(desired: &K, hash: String) -> K {
     let mut annotated = desired.clone();
     annotated
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
-    Ok(annotated)
+    annotated
+}
+
+/// The error of an object that does not serialize.
+fn serialize_error<K: k8s_openapi::Resource + Resource>(
+    object: &K,
+) -> impl FnOnce(serde_json::Error) -> ReconcileError + '_ {
+    move |source| ReconcileError::Serialize {
+        kind: kind_of::<K>(),
+        name: object.name_any(),
+        source,
+    }
 }
 
 /// What reconcile reads, applies and deletes: a namespaced Kubernetes object of a known kind.
@@ -657,14 +676,17 @@ where
     K: NamespacedObject + Serialize,
 {
     let live = read::<K>(context, namespace, &desired.name_any()).await?;
-    apply_over(context, namespace, desired, live).await
+    let hash = content_digest(desired).map_err(serialize_error(desired))?;
+    apply_over(context, namespace, desired, &hash, live).await
 }
 
-/// [`apply`] with the live object already read (`None`: there is none).
+/// [`apply`] with the live object already read (`None`: there is none) and the digest to
+/// record.
 async fn apply_over<K>(
     context: &Context,
     namespace: &str,
     desired: &K,
+    hash: &str,
     live: Option<K>,
 ) -> Result<K, ReconcileError>
 where
@@ -672,18 +694,13 @@ where
 {
     let kind = kind_of::<K>();
     let name = desired.name_any();
-    let serialize = |source| ReconcileError::Serialize {
-        kind,
-        name: name.clone(),
-        source,
-    };
-    let desired = with_applied_hash(desired).map_err(serialize)?;
-    let hash = desired.annotations().get(APPLIED_HASH_ANNOTATION);
+    let desired = annotated(desired, hash.to_owned());
 
     if let Some(live) = live {
-        let want = serde_json::to_value(&desired).map_err(serialize)?;
-        let have = serde_json::to_value(&live).map_err(serialize)?;
-        if live.annotations().get(APPLIED_HASH_ANNOTATION) == hash && is_subset(&want, &have) {
+        let want = serde_json::to_value(&desired).map_err(serialize_error(&desired))?;
+        let have = serde_json::to_value(&live).map_err(serialize_error(&desired))?;
+        let recorded = live.annotations().get(APPLIED_HASH_ANNOTATION);
+        if recorded.map(String::as_str) == Some(hash) && is_subset(&want, &have) {
             return Ok(live);
         }
     }

@@ -120,7 +120,9 @@ where
         K::url_path(&(), Some(NAMESPACE)),
         desired.name_any()
     );
-    let mut object = serde_json::to_value(with_applied_hash(desired).expect("hash")).expect("json");
+    let mut object =
+        serde_json::to_value(annotated(desired, content_digest(desired).expect("hash")))
+            .expect("json");
     let metadata = object["metadata"].as_object_mut().expect("metadata");
     metadata.insert(
         "uid".to_owned(),
@@ -1029,4 +1031,23 @@ async fn with_stores_behind_its_own_writes_a_reconcile_applies_nothing_again() {
             .all(|path| path.contains("/secrets/") || *path == CLAIM),
         "{second:#?}"
     );
+}
+
+/// The API server fills in defaults in a new StatefulSet's claim templates, which the
+/// reconcile keeps (they are immutable). Those defaults must not look like a change: the
+/// StatefulSet is not applied a second time.
+#[tokio::test]
+async fn a_claim_template_the_server_defaulted_is_not_a_change() {
+    let (canvas, objects) = world(false, &Defaults::default(), |objects| {
+        let templates = &mut objects.get_mut(REDIS_SET).expect("the Redis StatefulSet")["spec"]["volumeClaimTemplates"];
+        for template in templates.as_array_mut().expect("claim templates") {
+            template["apiVersion"] = json!("v1");
+            template["kind"] = json!("PersistentVolumeClaim");
+            template["spec"]["volumeMode"] = json!("Filesystem");
+            template["status"] = json!({"phase": "Pending"});
+        }
+    });
+    let (result, sent) = reconcile_against(canvas, objects.clone(), objects).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(writes(&sent), [], "{sent:#?}");
 }

@@ -176,7 +176,8 @@ fn compress(data: &[u8], encoding: Encoding) -> Result<Bytes, EncodeError> {
         Encoding::Brotli => {
             let mut out = Vec::with_capacity(data.len() / 8);
             {
-                let mut writer = brotli::CompressorWriter::new(&mut out, 64 << 10, BROTLI_QUALITY, 22);
+                let mut writer =
+                    brotli::CompressorWriter::new(&mut out, 64 << 10, BROTLI_QUALITY, 22);
                 writer.write_all(data)?;
                 writer.flush()?;
             }
