@@ -245,9 +245,10 @@ impl Job {
                 tally.errors += self.requested() - placed;
                 // Each placement of a batch waited as long as its request.
                 let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-                tally
-                    .latencies_us
-                    .extend(std::iter::repeat_n(us, usize::try_from(placed).unwrap_or(0)));
+                tally.latencies_us.extend(std::iter::repeat_n(
+                    us,
+                    usize::try_from(placed).unwrap_or(0),
+                ));
             } else {
                 tally.errors += 1;
                 if status.is_none() {
@@ -340,9 +341,9 @@ impl Job {
         let Ok(answer) = response.json::<serde_json::Value>().await else {
             return (None, 0);
         };
-        let placed = answer["results"]
-            .as_array()
-            .map_or(0, |results| results.iter().filter(|r| r["status"] == 200).count());
+        let placed = answer["results"].as_array().map_or(0, |results| {
+            results.iter().filter(|r| r["status"] == 200).count()
+        });
         (Some(status), placed as u64)
     }
 }

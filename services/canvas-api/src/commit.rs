@@ -21,7 +21,7 @@ pub const MAX_BATCH: usize = pixel_common::ports::PLACEMENT_BATCH_MAX;
 /// on the HTTP connections rather than memory without bound).
 const QUEUE: usize = 4 * MAX_BATCH;
 
-type Answer = oneshot::Sender<Result<Placed, StoreError>>;
+type Answer = pixel_common::batch::Answer<Placed, StoreError>;
 
 /// The sending side of the queue; cheap to clone. The task stops when every clone is gone.
 #[derive(Debug, Clone)]
@@ -83,19 +83,7 @@ async fn run(
     let mut taken = Vec::with_capacity(MAX_BATCH);
     while waiting.recv_many(&mut taken, MAX_BATCH).await > 0 {
         let (batch, answers): (Vec<Placement>, Vec<Answer>) = taken.drain(..).unzip();
-        match store.place_batch(&rules, &batch).await {
-            Ok(results) => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    // A caller that has gone (its request dropped) needs no answer.
-                    let _ = answer.send(result);
-                }
-            }
-            Err(error) => {
-                let error = Arc::new(error);
-                for answer in answers {
-                    let _ = answer.send(Err(StoreError::Batch(Arc::clone(&error))));
-                }
-            }
-        }
+        let results = store.place_batch(&rules, &batch).await;
+        pixel_common::batch::answer_each(answers, results, StoreError::Batch);
     }
 }

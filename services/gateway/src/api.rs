@@ -170,7 +170,7 @@ struct BatchPlacement {
 /// A placement waiting for its batch, and where its answer goes.
 type Queued = (
     BatchPlacement,
-    oneshot::Sender<Result<Outcome<Placed>, ApiError>>,
+    pixel_common::batch::Answer<Outcome<Placed>, ApiError>,
 );
 
 #[derive(Debug, Serialize)]
@@ -549,20 +549,8 @@ async fn send_batches(api: ApiClient, mut waiting: mpsc::Receiver<Queued>) {
         let (placements, answers): (Vec<BatchPlacement>, Vec<_>) = taken.drain(..).unzip();
         let api = api.clone();
         tokio::spawn(async move {
-            match api.place_batch(&placements).await {
-                Ok(results) => {
-                    for (answer, result) in answers.into_iter().zip(results) {
-                        // A client gone meanwhile needs no answer.
-                        let _ = answer.send(result);
-                    }
-                }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for answer in answers {
-                        let _ = answer.send(Err(ApiError::Batch(Arc::clone(&error))));
-                    }
-                }
-            }
+            let results = api.place_batch(&placements).await;
+            pixel_common::batch::answer_each(answers, results, ApiError::Batch);
             drop(slot);
         });
     }
