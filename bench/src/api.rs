@@ -1,11 +1,11 @@
-//! `api-placements` and `api-snapshot`: canvas-api under our HTTP load generator (`pixel-bench
+//! `api-placements` (and its batch-hop row) and `api-snapshot`: canvas-api under our HTTP load generator (`pixel-bench
 //! load`, its own process on the load cores) beside `redis-benchmark` running the Redis
 //! command each request comes down to, round after round.
 
 use std::{process::Command, time::Duration};
 
 use anyhow::{Result, bail};
-use canvas_api::store::{self, Placement, PlacementRate, ScriptCall};
+use canvas_api::store::{self, Placement, PlacementRate, PlacementRules, ScriptCall};
 use pixel_common::redis_schema::{PIXELS_KEY, VERSION_KEY};
 use pixel_harness::process;
 
@@ -21,6 +21,12 @@ use crate::{
     stats::{med, per_round},
 };
 
+/// Batch requests in flight in `api-placements-batch`: two gateways' worth (each sends up
+/// to four at once).
+const BATCH_CLIENTS: usize = 8;
+/// Placements per batch request there: 256 in flight in all, one full script call's worth.
+const BATCH_PLACEMENTS: u16 = 32;
+
 /// Runs our load generator as its own process, pinned to the load cores.
 fn run_load(
     ctx: &BenchCtx,
@@ -29,12 +35,18 @@ fn run_load(
     duration: Duration,
 ) -> Result<LoadSummary> {
     let duration_ms = u64::try_from(duration.as_millis())?;
+    let clients = if mode == Mode::PlaceBatch {
+        BATCH_CLIENTS
+    } else {
+        ctx.clients
+    };
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &ctx.machine.load_cores])
         .arg(&ctx.bench_bin)
         .args(["load", "--url", &servers.api_url])
         .args(["--mode", &value_name(mode)?])
-        .args(["--clients", &ctx.clients.to_string()])
+        .args(["--clients", &clients.to_string()])
+        .args(["--batch", &BATCH_PLACEMENTS.to_string()])
         .args(["--duration-ms", &duration_ms.to_string()]);
     let out = process::output(&mut cmd, duration + Duration::from_secs(120))?;
     servers.check_running()?;
@@ -181,16 +193,15 @@ impl Series {
 const LIMIT_PIXEL: &str = "#500500";
 
 /// Ours against raw `BITFIELD SET` (the target), and against the placement script alone
-/// (`EVALSHA`, what each placement costs Redis): the second row shows how much of the gap
-/// is the script and how much the HTTP hop.
+/// (`EVALSHA` of a batch of one, what a placement arriving alone costs Redis): the second
+/// row shows how much of the gap is the script and how much the HTTP hop. Then placements
+/// through the gateway's hop (`POST /api/v1/pixels/batch`) against `BITFIELD SET` again.
 pub fn api_placements(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
     println!("\n== api-placements");
     let mut servers = warmed_up(ctx, CANVAS_SIDE)?;
-    let limits = [
-        command(&["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"]),
-        script_floor_command(&servers)?,
-    ];
-    let series = series(
+    let bitfield = command(&["BITFIELD", PIXELS_KEY, "SET", "u8", LIMIT_PIXEL, "5"]);
+    let limits = [bitfield.clone(), script_floor_command(&servers)?];
+    let series_single = series(
         ctx,
         &mut servers,
         "api-placements",
@@ -198,33 +209,45 @@ pub fn api_placements(ctx: &BenchCtx) -> Result<Vec<BenchResult>> {
         &limits,
         (20_000, 5_000_000),
     )?;
+    let series_batch = series(
+        ctx,
+        &mut servers,
+        "api-placements-batch",
+        Mode::PlaceBatch,
+        &[bitfield],
+        (20_000, 5_000_000),
+    )?;
     Ok(vec![
-        series.result(
+        series_single.result(
             "api-placements",
             "placements/s",
             (0, "redis-benchmark BITFIELD SET u8"),
             Some(0.5),
         ),
-        series.result(
+        series_single.result(
             "api-placements-vs-script",
             "placements/s",
-            (1, "redis-benchmark EVALSHA placement script"),
+            (1, "redis-benchmark EVALSHA placement script, batch of one"),
             None,
+        ),
+        series_batch.result(
+            "api-placements-batch",
+            &format!(
+                "placements/s ({BATCH_CLIENTS} connections x {BATCH_PLACEMENTS} placements a batch request)"
+            ),
+            (0, "redis-benchmark BITFIELD SET u8"),
+            Some(0.5),
         ),
     ])
 }
 
 /// `EVALSHA` of canvas-api's placement script with the call canvas-api makes for one
-/// person placing one pixel, under the benchmark canvas-api's settings.
+/// person placing one pixel alone (a batch of one), under the benchmark canvas-api's
+/// settings.
 fn script_floor_command(servers: &Servers) -> Result<Vec<String>> {
     let sha = servers.redis_cli(&["SCRIPT", "LOAD", store::PLACE_SCRIPT])?;
     let side = u16::try_from(CANVAS_SIDE / 2)?;
-    let call = ScriptCall::of_placement(&Placement {
-        index: usize::from(side) * CANVAS_SIDE as usize + usize::from(side),
-        x: side,
-        y: side,
-        color: 5,
-        client_id: "bench-floor",
+    let rules = PlacementRules {
         cooldown: Duration::ZERO,
         undo_window: Duration::from_secs(UNDO_SECONDS.into()),
         rate: PlacementRate {
@@ -232,8 +255,18 @@ fn script_floor_command(servers: &Servers) -> Result<Vec<String>> {
             burst: PLACEMENT_BURST,
         },
         history_max_len: HISTORY_MAX_LEN,
-        idempotency_key: None,
-    });
+    };
+    let call = ScriptCall::of_batch(
+        &rules,
+        &[Placement {
+            index: usize::from(side) * CANVAS_SIDE as usize + usize::from(side),
+            x: side,
+            y: side,
+            color: 5,
+            client_id: "bench-floor".to_owned(),
+            idempotency_key: None,
+        }],
+    );
     let mut words = vec![
         "EVALSHA".to_owned(),
         sha.trim().to_owned(),

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use pixel_common::ports::{API_CANVAS_PATH, API_INFO_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER};
+use pixel_common::ports::{
+    API_CANVAS_PATH, API_INFO_PATH, API_PIXELS_BATCH_PATH, API_PIXELS_PATH, CLIENT_ID_HEADER,
+};
 
 use crate::{
     procfs::own_cpu_seconds,
@@ -24,6 +26,9 @@ use crate::{
 pub enum Mode {
     /// `POST /api/v1/pixels` with random valid pixels.
     Place,
+    /// `POST /api/v1/pixels/batch` (the gateway's hop) with `--batch` random valid pixels
+    /// a request, each by a client id of its own; counts accepted placements.
+    PlaceBatch,
     /// `GET /api/v1/canvas`, reading the whole body.
     Snapshot,
     /// `GET /api/v1/canvas` with a browser's `Accept-Encoding` (gzip, deflate, br), reading
@@ -47,12 +52,16 @@ pub struct LoadArgs {
     /// Bound on one request.
     #[arg(long, default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Placements per request, with `--mode place-batch`.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
 }
 
 /// What one load run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadSummary {
-    /// Answers with the expected status (200 for place and snapshot, 304 for snapshot-304).
+    /// Answers with the expected status (200 for place and snapshot, 304 for snapshot-304);
+    /// for place-batch, placements answered 200 in a 200 answer.
     pub ok: u64,
     /// Everything else: other statuses, transport errors, timeouts.
     pub errors: u64,
@@ -150,6 +159,7 @@ async fn run(args: &LoadArgs) -> Result<LoadSummary> {
             mode: args.mode,
             etag: etag.clone(),
             client_id: format!("bench-{index}"),
+            batch: usize::from(args.batch),
             width: info.width,
             height: info.height,
             colors: info.palette.len() as u64,
@@ -208,6 +218,7 @@ struct Job {
     mode: Mode,
     etag: Option<String>,
     client_id: String,
+    batch: usize,
     width: u64,
     height: u64,
     colors: u64,
@@ -218,20 +229,26 @@ impl Job {
     async fn run(mut self, deadline: tokio::time::Instant) -> ClientTally {
         let mut tally = ClientTally::default();
         let expected = match self.mode {
-            Mode::Place | Mode::Snapshot | Mode::SnapshotBrowser => reqwest::StatusCode::OK,
+            Mode::Place | Mode::PlaceBatch | Mode::Snapshot | Mode::SnapshotBrowser => {
+                reqwest::StatusCode::OK
+            }
             Mode::Snapshot304 => reqwest::StatusCode::NOT_MODIFIED,
         };
         while tokio::time::Instant::now() < deadline {
             let sent = Instant::now();
-            let status = self.request().await;
+            let (status, placed) = self.request().await;
             let took = sent.elapsed();
             let key = status.map_or_else(|| "error".to_owned(), |s| s.as_u16().to_string());
             *tally.statuses.entry(key).or_default() += 1;
             if status == Some(expected) {
-                tally.ok += 1;
-                tally
-                    .latencies_us
-                    .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+                tally.ok += placed;
+                tally.errors += self.requested() - placed;
+                // Each placement of a batch waited as long as its request.
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                tally.latencies_us.extend(std::iter::repeat_n(
+                    us,
+                    usize::try_from(placed).unwrap_or(0),
+                ));
             } else {
                 tally.errors += 1;
                 if status.is_none() {
@@ -243,15 +260,33 @@ impl Job {
         tally
     }
 
-    /// Sends one request and reads the whole answer; `None` when none came.
-    async fn request(&mut self) -> Option<reqwest::StatusCode> {
+    /// What one request asks for: placements, or one read.
+    fn requested(&self) -> u64 {
+        match self.mode {
+            Mode::PlaceBatch => self.batch as u64,
+            _ => 1,
+        }
+    }
+
+    /// A random valid placement.
+    fn pixel(&mut self) -> (u64, u64, u64) {
+        (
+            self.rng.u64(..self.width),
+            self.rng.u64(..self.height),
+            self.rng.u64(..self.colors),
+        )
+    }
+
+    /// Sends one request and reads the whole answer: its status (`None` when none came)
+    /// and what it did ([`Self::requested`], or the placements of a batch answered 200).
+    async fn request(&mut self) -> (Option<reqwest::StatusCode>, u64) {
+        if self.mode == Mode::PlaceBatch {
+            return self.place_batch().await;
+        }
         let request = match self.mode {
-            Mode::Place => {
-                let body = serde_json::json!({
-                    "x": self.rng.u64(..self.width),
-                    "y": self.rng.u64(..self.height),
-                    "color": self.rng.u64(..self.colors),
-                });
+            Mode::Place | Mode::PlaceBatch => {
+                let (x, y, color) = self.pixel();
+                let body = serde_json::json!({"x": x, "y": y, "color": color});
                 self.client
                     .post(format!("{}{API_PIXELS_PATH}", self.base))
                     .header(CLIENT_ID_HEADER, &self.client_id)
@@ -271,11 +306,45 @@ impl Job {
                 }
             }
         };
-        let response = request.send().await.ok()?;
+        let Ok(response) = request.send().await else {
+            return (None, 0);
+        };
         let status = response.status();
         // Read to the end so the connection is reused.
-        response.bytes().await.ok()?;
-        Some(status)
+        if response.bytes().await.is_err() {
+            return (None, 0);
+        }
+        (Some(status), 1)
+    }
+
+    /// `POST /api/v1/pixels/batch` of [`Self::batch`] placements, each by a client of its
+    /// own (`bench-<n>-<k>`), as a gateway sends its clients' placements.
+    async fn place_batch(&mut self) -> (Option<reqwest::StatusCode>, u64) {
+        let placements: Vec<serde_json::Value> = (0..self.batch)
+            .map(|k| {
+                let (x, y, color) = self.pixel();
+                serde_json::json!({
+                    "clientId": format!("{}-{k}", self.client_id),
+                    "x": x, "y": y, "color": color,
+                })
+            })
+            .collect();
+        let request = self
+            .client
+            .post(format!("{}{API_PIXELS_BATCH_PATH}", self.base))
+            .bearer_auth(crate::servers::API_TOKEN)
+            .json(&serde_json::json!({ "placements": placements }));
+        let Ok(response) = request.send().await else {
+            return (None, 0);
+        };
+        let status = response.status();
+        let Ok(answer) = response.json::<serde_json::Value>().await else {
+            return (None, 0);
+        };
+        let placed = answer["results"].as_array().map_or(0, |results| {
+            results.iter().filter(|r| r["status"] == 200).count()
+        });
+        (Some(status), placed as u64)
     }
 }
 

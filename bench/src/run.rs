@@ -24,7 +24,7 @@ use crate::{
 /// The benchmarks, by the name `pixel-bench run NAME` (and `cargo xtask bench NAME`) takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Benchmark {
-    /// canvas-api POST /api/v1/pixels vs redis-benchmark BITFIELD SET
+    /// canvas-api POST /api/v1/pixels (and /pixels/batch, the gateway's hop) vs redis-benchmark BITFIELD SET
     ApiPlacements,
     /// canvas-api GET /api/v1/canvas (200 and 304) vs redis-benchmark GET
     ApiSnapshot,

@@ -19,11 +19,10 @@ use bytes::Bytes;
 use pixel_common::{
     canvas::Point,
     identity::{is_signed_in, public_name},
-    ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER},
+    ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER, PLACEMENT_BATCH_MAX},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
@@ -390,15 +389,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             value
                 .to_str()
                 .ok()
-                .filter(|key| {
-                    (1..=64).contains(&key.len())
-                        && key
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-                })
+                .filter(|key| is_idempotency_key(key))
                 .ok_or(ApiError::IdempotencyKey)
         })
         .transpose()
+}
+
+/// An idempotency key: 1 to 64 of `A-Z a-z 0-9 _ -`.
+fn is_idempotency_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// The client a placement or an undo is for, while the canvas takes them.
@@ -433,16 +435,20 @@ pub async fn place(
     body: Result<Json<PlaceRequest>, JsonRejection>,
 ) -> Result<Json<PlaceResponse>, ApiError> {
     let result = place_checked(&state, &headers, body).await;
-    let outcome = match &result {
+    state.metrics.placed(outcome_label(&result));
+    result.map(Json)
+}
+
+/// A placement's result, as the metrics count it.
+fn outcome_label<T>(result: &Result<T, ApiError>) -> &'static str {
+    match result {
         Ok(_) => "accepted",
         Err(ApiError::Cooldown { .. }) => "cooldown",
         Err(ApiError::RateLimited { .. }) => "rate_limited",
         Err(ApiError::Store(_)) => "unavailable",
         Err(ApiError::Unauthorized) => "unauthorized",
         Err(_) => "rejected",
-    };
-    state.metrics.placed(outcome);
-    result.map(Json)
+    }
 }
 
 async fn place_checked(
@@ -457,25 +463,41 @@ async fn place_checked(
     let Json(request) = body.map_err(ApiError::Body)?;
     let client_id = open_for(state, headers)?;
     let idempotency_key = idempotency_key(headers)?;
+    let placement = checked_placement(
+        state,
+        client_id,
+        idempotency_key,
+        (request.x, request.y, request.color),
+    )?;
+    decided(state, state.placements.place(placement).await)
+}
+
+/// A placement on this canvas's grid and palette.
+fn checked_placement(
+    state: &AppState,
+    client_id: &str,
+    idempotency_key: Option<&str>,
+    (x, y, color): (i64, i64, i64),
+) -> Result<Placement, ApiError> {
     let settings = &state.settings;
-    let point = settings.size.point(request.x, request.y)?;
-    let color = settings.palette.index(request.color)?;
-    let placed = state
-        .store
-        .place(&Placement {
-            index: settings.size.index(point),
-            x: point.x,
-            y: point.y,
-            color,
-            client_id,
-            cooldown: settings.cooldown,
-            undo_window: Duration::from_secs(settings.undo_seconds.into()),
-            rate: settings.rate,
-            history_max_len: settings.history_max_len,
-            idempotency_key,
-        })
-        .await?;
-    match placed {
+    let point = settings.size.point(x, y)?;
+    let color = settings.palette.index(color)?;
+    Ok(Placement {
+        index: settings.size.index(point),
+        x: point.x,
+        y: point.y,
+        color,
+        client_id: client_id.to_owned(),
+        idempotency_key: idempotency_key.map(str::to_owned),
+    })
+}
+
+/// The client's answer to what Redis decided about its placement.
+fn decided(
+    state: &AppState,
+    placed: Result<Placed, crate::store::StoreError>,
+) -> Result<PlaceResponse, ApiError> {
+    match placed? {
         Placed::Accepted {
             version,
             placed_at_ms,
@@ -491,6 +513,147 @@ async fn place_checked(
         Placed::RateLimited { retry_after_ms } => Err(ApiError::RateLimited { retry_after_ms }),
         Placed::Banned => Err(ApiError::Banned),
     }
+}
+
+/// One placement of a batch: the client it is for, and what `POST /api/v1/pixels` takes in
+/// its headers and body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchPlacement {
+    /// The placing client, as `X-Client-Id`: 1 to 64 of A-Z a-z 0-9 . _ -
+    pub client_id: String,
+    #[serde(deserialize_with = "json_integer")]
+    pub x: i64,
+    #[serde(deserialize_with = "json_integer")]
+    pub y: i64,
+    /// Palette index.
+    #[serde(deserialize_with = "json_integer")]
+    pub color: i64,
+    /// As `Idempotency-Key`: 1 to 64 of A-Z a-z 0-9 _ -
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Placements the gateway's clients made together.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// At most 256, applied in this order.
+    pub placements: Vec<BatchPlacement>,
+}
+
+/// One placement's answer in a batch: `status` is what `POST /api/v1/pixels` would have
+/// answered it with; `200` with `version` and `placedAtMs`, else `error` as that endpoint's
+/// error body has it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAnswer {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorDetail>,
+}
+
+/// The batch's answers, one per placement, in the request's order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchAnswer>,
+}
+
+/// The largest batch request body read: [`PLACEMENT_BATCH_MAX`] placements of the longest
+/// client id and key, with room for spacing.
+pub const BATCH_BODY_MAX_BYTES: usize = PLACEMENT_BATCH_MAX * 256;
+
+#[utoipa::path(post, path = "/api/v1/pixels/batch", tag = "canvas",
+    security(("internalToken" = [])),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One answer per placement, in order, each with the status and body POST /api/v1/pixels would have answered it with (a placement refused or failed fails alone)", body = BatchResponse),
+        (status = 400, description = "invalid_body (not the documented shape, or more than 256 placements) or body_too_large", body = ErrorBody),
+        (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+    ))]
+pub async fn place_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if !state.settings.api_token.admits(&headers) {
+        state.metrics.placed("unauthorized");
+        return Err(ApiError::Unauthorized);
+    }
+    let Json(request) = body.map_err(ApiError::Body)?;
+    if request.placements.len() > PLACEMENT_BATCH_MAX {
+        return Err(ApiError::BodyValue(format!(
+            "a batch carries at most {PLACEMENT_BATCH_MAX} placements"
+        )));
+    }
+    let closed = state.settings.opening.closed_now();
+    let mut answers: Vec<Option<Result<PlaceResponse, ApiError>>> =
+        Vec::with_capacity(request.placements.len());
+    let (mut valid, mut slots) = (Vec::new(), Vec::new());
+    for (slot, item) in request.placements.iter().enumerate() {
+        let checked = if !is_client_name(&item.client_id) {
+            Err(ApiError::ClientId)
+        } else if let Some(closed) = closed {
+            Err(ApiError::Closed(closed))
+        } else if !item
+            .idempotency_key
+            .as_deref()
+            .is_none_or(is_idempotency_key)
+        {
+            Err(ApiError::IdempotencyKey)
+        } else {
+            checked_placement(
+                &state,
+                &item.client_id,
+                item.idempotency_key.as_deref(),
+                (item.x, item.y, item.color),
+            )
+        };
+        match checked {
+            Ok(placement) => {
+                valid.push(placement);
+                slots.push(slot);
+                answers.push(None);
+            }
+            Err(error) => answers.push(Some(Err(error))),
+        }
+    }
+    for (slot, placed) in slots
+        .into_iter()
+        .zip(state.placements.place_all(valid).await)
+    {
+        answers[slot] = Some(decided(&state, placed));
+    }
+    let results = answers
+        .into_iter()
+        .flatten()
+        .map(|answer| {
+            state.metrics.placed(outcome_label(&answer));
+            match answer {
+                Ok(placed) => BatchAnswer {
+                    status: StatusCode::OK.as_u16(),
+                    version: Some(placed.version),
+                    placed_at_ms: Some(placed.placed_at_ms),
+                    error: None,
+                },
+                Err(error) => {
+                    let (status, detail) = error.detail();
+                    BatchAnswer {
+                        status: status.as_u16(),
+                        version: None,
+                        placed_at_ms: None,
+                        error: Some(detail),
+                    }
+                }
+            }
+        })
+        .collect();
+    Ok(Json(BatchResponse { results }))
 }
 
 #[utoipa::path(post, path = "/api/v1/pixels/undo", tag = "canvas",

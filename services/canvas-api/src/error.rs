@@ -157,27 +157,35 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and what the client reads: the whole answer's, or one placement's in a
+    /// batch answer. Logs it (server errors as warnings, with their whole chain).
+    pub fn detail(&self) -> (StatusCode, ErrorDetail) {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
-            tracing::warn!(error = %ErrorChain(&self), code, "request failed");
+            tracing::warn!(error = %ErrorChain(self), code, "request failed");
         } else {
-            tracing::debug!(error = %ErrorChain(&self), code, "request rejected");
+            tracing::debug!(error = %ErrorChain(self), code, "request rejected");
         }
         let retry_after_ms = match self {
             Self::Cooldown { retry_after_ms } | Self::RateLimited { retry_after_ms } => {
-                Some(retry_after_ms)
+                Some(*retry_after_ms)
             }
             _ => None,
         };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: self.public_message(),
-                retry_after_ms,
-            },
+        let detail = ErrorDetail {
+            code,
+            message: self.public_message(),
+            retry_after_ms,
         };
+        (status, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = self.detail();
+        let body = ErrorBody { error };
         let mut response = (status, Json(body)).into_response();
         match self {
             Self::Cooldown { retry_after_ms } | Self::RateLimited { retry_after_ms } => {

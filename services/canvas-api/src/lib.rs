@@ -1,13 +1,14 @@
 //! canvas-api: the canvas REST API, on Redis.
 //!
 //! Reads are served from an in-process snapshot cache that follows the update channel
-//! ([`cache`]); every placement is one
-//! atomic Lua script in Redis ([`store`]); handlers and the OpenAPI document come from one
+//! ([`cache`]); placements are applied by one atomic Lua script in Redis ([`store`]), the
+//! placements that arrive together in one call of it ([`commit`]); handlers and the OpenAPI document come from one
 //! source ([`api`], through `utoipa-axum`).
 
 pub mod api;
 pub mod cache;
 pub mod caller;
+pub mod commit;
 pub mod error;
 pub mod moderation;
 pub mod rollback;
@@ -47,7 +48,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     cache::SnapshotCache,
-    store::{PlacementRate, RedisConfig, Store, StoreError},
+    commit::GroupCommit,
+    store::{PlacementRate, PlacementRules, RedisConfig, Store, StoreError},
 };
 
 /// Configuration, from flags or the environment the operator sets on the pod.
@@ -224,7 +226,21 @@ pub struct AppState {
     /// configuration.
     pub store: Arc<Store>,
     pub cache: Arc<SnapshotCache>,
+    /// Where placements go: batched into one script call (see [`commit`]).
+    pub placements: GroupCommit,
     pub metrics: Metrics,
+}
+
+impl Settings {
+    /// The rules the placement script holds every placement to.
+    pub fn placement_rules(&self) -> PlacementRules {
+        PlacementRules {
+            cooldown: self.cooldown,
+            undo_window: Duration::from_secs(self.undo_seconds.into()),
+            rate: self.rate,
+            history_max_len: self.history_max_len,
+        }
+    }
 }
 
 impl AppState {
@@ -274,10 +290,13 @@ impl AppState {
             store.clone(),
             ping_every,
         ));
+        let store = Arc::new(store);
+        let placements = GroupCommit::start(Arc::clone(&store), settings.placement_rules());
         Ok(Self {
             settings: Arc::new(settings),
-            store: Arc::new(store),
+            store,
             cache,
+            placements,
             metrics: Metrics::new(),
         })
     }
@@ -336,6 +355,12 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::canvas))
         .routes(routes!(api::canvas_png))
         .routes(routes!(api::place))
+        .merge(
+            // Many placements a body: a limit of its own, whatever PIXEL_MAX_BODY_BYTES says.
+            OpenApiRouter::new()
+                .routes(routes!(api::place_batch))
+                .layer(DefaultBodyLimit::max(api::BATCH_BODY_MAX_BYTES)),
+        )
         .routes(routes!(api::undo))
         .routes(routes!(moderation::bans))
         .routes(routes!(moderation::ban, moderation::unban))

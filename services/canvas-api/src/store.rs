@@ -29,6 +29,13 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("Redis holds unexpected data: {0}")]
     Corrupt(String),
+    #[error("Redis failed the placement: {0}")]
+    Script(String),
+    /// The batch a placement went in failed as a whole; every placement in it sees this.
+    #[error("the placement's batch failed")]
+    Batch(#[source] std::sync::Arc<StoreError>),
+    #[error("the placement queue is closed")]
+    QueueClosed,
 }
 
 /// Each script trims the history stream to its length approximately (`MAXLEN ~`: whole
@@ -36,78 +43,104 @@ pub enum StoreError {
 /// trimming one entry per placement was a large share of the script's time. A shorter
 /// history is trimmed exactly, so it never keeps a node's worth (100) more than asked.
 ///
-/// Sets the pixel, bumps the version, records who placed it, appends to the history stream
-/// (with the colour it replaced, for rollbacks) and publishes the update. First refuses a
-/// banned client (by its public name), then enforces its placement rate (GCRA: the key
-/// holds the theoretical arrival time, in µs, of its placements; `burst` placements at
-/// once, then one per `interval`), then its cooldown with `SET NX PX`; a refused placement
-/// consumes neither. A shadow-banned client is answered as if placed (the current version,
-/// its rate and cooldown consumed) and nothing is written but an undo record of version 0,
-/// so that its undo is answered like anyone's. With an undo window, keeps what
-/// the placement replaced (colour and record) under the client's undo key for
-/// [`UNDO_SCRIPT`]. With an idempotency key (`ARGV[13]`, its time to live), an accepted
-/// placement's answer is kept under it and a placement naming it again, while it lives, is
-/// given that answer and changes nothing; a refused one keeps nothing (a retry is refused
-/// or accepted afresh). Checked after the ban, so a ban in between holds. Returns
-/// `{1, version, placed_at_ms}`, `{0, retry_after_ms}` (cooldown), `{2, retry_after_ms}`
-/// (rate) or `{3}` (banned).
+/// Applies a batch of placements (group commit: one script call for the placements that
+/// reached one API replica together), one after the other, each exactly as if it came
+/// alone: a placement sees the cooldown, rate, undo record and idempotency answer of those
+/// before it in the batch. For each one: sets the pixel, bumps the version, records who
+/// placed it, appends to the history stream (with the colour it replaced, for rollbacks)
+/// and publishes the update (one message per placement, as the subscribers read it). First
+/// refuses a banned client (by its public name), then enforces its placement rate (GCRA:
+/// the key holds the theoretical arrival time, in µs, of its placements; `burst`
+/// placements at once, then one per `interval`), then its cooldown with `SET NX PX`; a
+/// refused placement consumes neither. A shadow-banned client is answered as if placed
+/// (the current version, its rate and cooldown consumed) and nothing is written but an
+/// undo record of version 0, so that its undo is answered like anyone's. With an undo
+/// window, keeps what the placement replaced (colour and record) under the client's undo
+/// key for [`UNDO_SCRIPT`]. With an idempotency key, an accepted placement's answer is kept
+/// under it for `ARGV[7]` ms and a placement naming it again, while it lives, is given that
+/// answer and changes nothing; a refused one keeps nothing (a retry is refused or accepted
+/// afresh). Checked after the ban, so a ban in between holds.
+///
+/// `KEYS`: pixels, version, records, history, bans, then per placement its cooldown, undo,
+/// rate and idempotency keys. `ARGV`: cooldown (ms), history length, channel, undo window
+/// (ms), rate interval (µs), burst, idempotency TTL (ms), then per placement its index,
+/// colour, client id, x, y, public name and `1` when it has an idempotency key (else
+/// empty). Answers one reply per placement, in order: `{1, version, placed_at_ms}`,
+/// `{0, retry_after_ms}` (cooldown), `{2, retry_after_ms}` (rate), `{3}` (banned), or
+/// `{4, error}` when Redis failed that placement alone (the others still apply).
 pub const PLACE_SCRIPT: &str = r"
 local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
-local ban = redis.call('HGET', KEYS[8], ARGV[12])
-if ban == 'ban' then return {3} end
-if ARGV[13] ~= '' then
-  local answered = redis.call('GET', KEYS[9])
-  if answered then
-    local version, ms = string.match(answered, '^(%d+) (%d+)$')
-    return {1, tonumber(version), tonumber(ms)}
-  end
-end
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local ms = string.format('%d', math.floor(now_us / 1000))
-local interval = tonumber(ARGV[10])
-local next_arrival
-if interval > 0 then
-  local arrival = tonumber(redis.call('GET', KEYS[7]) or now_us)
-  if arrival < now_us then arrival = now_us end
-  next_arrival = arrival + interval
-  local early = next_arrival - now_us - tonumber(ARGV[11]) * interval
-  if early > 0 then return {2, math.ceil(early / 1000)} end
-end
-local cooldown = tonumber(ARGV[4])
-if cooldown > 0 and not redis.call('SET', KEYS[5], '1', 'NX', 'PX', cooldown) then
-  local left = redis.call('PTTL', KEYS[5])
-  if left < 1 then left = 1 end
-  return {0, left}
-end
-if next_arrival then
-  redis.call('SET', KEYS[7], string.format('%d', next_arrival), 'PX',
-    math.ceil((next_arrival - now_us) / 1000))
-end
-if ban == 'shadow' then
-  if tonumber(ARGV[9]) > 0 then
-    local shown = redis.call('BITFIELD', KEYS[1], 'GET', 'u8', '#' .. ARGV[1])[1]
-    redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' 0 ' .. shown ..
-      ' ', 'PX', ARGV[9])
+local cooldown, history, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local undo = tonumber(ARGV[4])
+local interval, burst, answer_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local trimming = trim(history)
+local function place(cooldown_key, undo_key, rate_key, answer_key, index, colour, client, x, y,
+    name, keyed)
+  local ban = redis.call('HGET', KEYS[5], name)
+  if ban == 'ban' then return {3} end
+  if keyed ~= '' then
+    local answered = redis.call('GET', answer_key)
+    if answered then
+      local version, at = string.match(answered, '^(%d+) (%d+)$')
+      return {1, tonumber(version), tonumber(at)}
+    end
   end
-  return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms)}
+  local next_arrival
+  if interval > 0 then
+    local arrival = tonumber(redis.call('GET', rate_key) or now_us)
+    if arrival < now_us then arrival = now_us end
+    next_arrival = arrival + interval
+    local early = next_arrival - now_us - burst * interval
+    if early > 0 then return {2, math.ceil(early / 1000)} end
+  end
+  if cooldown > 0 and not redis.call('SET', cooldown_key, '1', 'NX', 'PX', cooldown) then
+    local left = redis.call('PTTL', cooldown_key)
+    if left < 1 then left = 1 end
+    return {0, left}
+  end
+  if next_arrival then
+    redis.call('SET', rate_key, string.format('%d', next_arrival), 'PX',
+      math.ceil((next_arrival - now_us) / 1000))
+  end
+  if ban == 'shadow' then
+    if undo > 0 then
+      local shown = redis.call('BITFIELD', KEYS[1], 'GET', 'u8', '#' .. index)[1]
+      redis.call('SET', undo_key, index .. ' ' .. x .. ' ' .. y .. ' 0 ' .. shown .. ' ', 'PX',
+        undo)
+    end
+    return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms)}
+  end
+  local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. index, colour)[1]
+  local version = string.format('%d', redis.call('INCR', KEYS[2]))
+  local record = undo > 0 and redis.call('HGET', KEYS[3], index)
+  redis.call('HSET', KEYS[3], index, version .. ' ' .. ms .. ' ' .. client)
+  redis.call('XADD', KEYS[4], 'MAXLEN', trimming, history, version .. '-0',
+    'x', x, 'y', y, 'c', colour, 'id', client, 't', ms, 'p', previous)
+  redis.call('PUBLISH', channel, version .. ' ' .. x .. ' ' .. y .. ' ' .. colour)
+  if undo > 0 then
+    redis.call('SET', undo_key, index .. ' ' .. x .. ' ' .. y .. ' ' .. version .. ' ' ..
+      previous .. ' ' .. (record or ''), 'PX', undo)
+  end
+  if keyed ~= '' then
+    redis.call('SET', answer_key, version .. ' ' .. ms, 'PX', answer_ttl)
+  end
+  return {1, tonumber(version), tonumber(ms)}
 end
-local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. ARGV[1], ARGV[2])[1]
-local version = string.format('%d', redis.call('INCR', KEYS[2]))
-local undo = tonumber(ARGV[9])
-local record = undo > 0 and redis.call('HGET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], version .. ' ' .. ms .. ' ' .. ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', trim(ARGV[5]), ARGV[5], version .. '-0',
-  'x', ARGV[6], 'y', ARGV[7], 'c', ARGV[2], 'id', ARGV[3], 't', ms, 'p', previous)
-redis.call('PUBLISH', ARGV[8], version .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2])
-if undo > 0 then
-  redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. version ..
-    ' ' .. previous .. ' ' .. (record or ''), 'PX', undo)
+local replies = {}
+for i = 0, (#KEYS - 5) / 4 - 1 do
+  local k, a = 5 + 4 * i, 7 + 7 * i
+  local ok, reply = pcall(place, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+  if not ok then
+    if type(reply) == 'table' then reply = reply.err end
+    reply = {4, tostring(reply)}
+  end
+  replies[i + 1] = reply
 end
-if ARGV[13] ~= '' then
-  redis.call('SET', KEYS[9], version .. ' ' .. ms, 'PX', ARGV[13])
-end
-return {1, tonumber(version), tonumber(ms)}
+return replies
 ";
 
 /// Undoes the client's last placement if it is still within the window and still the
@@ -189,22 +222,27 @@ pub struct RedisConfig {
 }
 
 /// A placement to apply: already checked against the canvas and palette.
-#[derive(Debug, Clone)]
-pub struct Placement<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
     pub index: usize,
     pub x: u16,
     pub y: u16,
     pub color: u8,
-    pub client_id: &'a str,
+    pub client_id: String,
+    /// Names the placement: a second one with the same key from the same client, within
+    /// [`PLACEMENT_KEY_TTL`], is answered as the first was and places nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// The canvas's rules every placement of a batch is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementRules {
     pub cooldown: Duration,
     /// How long the client may undo it; zero keeps no undo record.
     pub undo_window: Duration,
     /// The client's placement rate: one per `interval` (zero: unlimited), `burst` at once.
     pub rate: PlacementRate,
     pub history_max_len: u32,
-    /// Names the placement: a second one with the same key from the same client, within
-    /// [`PLACEMENT_KEY_TTL`], is answered as the first was and places nothing.
-    pub idempotency_key: Option<&'a str>,
 }
 
 /// How fast one client may place, across every connection and replica.
@@ -224,46 +262,52 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
-    /// [`PLACE_SCRIPT`]'s call for `placement`: what [`Store::place`] sends, and what the
-    /// benchmark has `redis-benchmark` send (`EVALSHA`) to measure the script alone.
-    pub fn of_placement(placement: &Placement<'_>) -> Self {
+    /// [`PLACE_SCRIPT`]'s call for `batch`, in order: what [`Store::place_batch`] sends, and
+    /// what the benchmark has `redis-benchmark` send (`EVALSHA`) to measure the script alone.
+    pub fn of_batch(rules: &PlacementRules, batch: &[Placement]) -> Self {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let client = placement.client_id;
-        let keys = vec![
-            PIXELS_KEY.to_owned(),
-            VERSION_KEY.to_owned(),
-            PLACED_KEY.to_owned(),
-            HISTORY_KEY.to_owned(),
-            format!("{COOLDOWN_KEY_PREFIX}{client}"),
-            format!("{UNDO_KEY_PREFIX}{client}"),
-            format!("{RATE_KEY_PREFIX}{client}"),
-            BANS_KEY.to_owned(),
-            match placement.idempotency_key {
-                Some(key) => format!("{PLACEMENT_KEY_PREFIX}{client}:{key}"),
-                // Unused by the script; a key of this canvas all the same (cluster slots).
-                None => PLACEMENT_KEY_PREFIX.to_owned(),
-            },
-        ];
-        let args = vec![
-            placement.index.to_string(),
-            placement.color.to_string(),
-            client.to_owned(),
-            millis(placement.cooldown).to_string(),
-            placement.history_max_len.to_string(),
-            placement.x.to_string(),
-            placement.y.to_string(),
+        let mut keys = Vec::with_capacity(5 + 4 * batch.len());
+        keys.extend(
+            [PIXELS_KEY, VERSION_KEY, PLACED_KEY, HISTORY_KEY, BANS_KEY].map(str::to_owned),
+        );
+        let mut args = Vec::with_capacity(7 + 7 * batch.len());
+        args.extend([
+            millis(rules.cooldown).to_string(),
+            rules.history_max_len.to_string(),
             UPDATES_CHANNEL.to_owned(),
-            millis(placement.undo_window).to_string(),
-            u64::try_from(placement.rate.interval.as_micros())
+            millis(rules.undo_window).to_string(),
+            u64::try_from(rules.rate.interval.as_micros())
                 .unwrap_or(u64::MAX)
                 .to_string(),
-            placement.rate.burst.to_string(),
-            public_name(client),
-            match placement.idempotency_key {
-                Some(_) => millis(PLACEMENT_KEY_TTL).to_string(),
-                None => String::new(),
-            },
-        ];
+            rules.rate.burst.to_string(),
+            millis(PLACEMENT_KEY_TTL).to_string(),
+        ]);
+        for placement in batch {
+            let client = placement.client_id.as_str();
+            keys.extend([
+                format!("{COOLDOWN_KEY_PREFIX}{client}"),
+                format!("{UNDO_KEY_PREFIX}{client}"),
+                format!("{RATE_KEY_PREFIX}{client}"),
+                match &placement.idempotency_key {
+                    Some(key) => format!("{PLACEMENT_KEY_PREFIX}{client}:{key}"),
+                    // Unused by the script; a key of this canvas all the same (cluster slots).
+                    None => PLACEMENT_KEY_PREFIX.to_owned(),
+                },
+            ]);
+            args.extend([
+                placement.index.to_string(),
+                placement.color.to_string(),
+                client.to_owned(),
+                placement.x.to_string(),
+                placement.y.to_string(),
+                public_name(client),
+                if placement.idempotency_key.is_some() {
+                    "1".to_owned()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
         Self { keys, args }
     }
 }
@@ -518,10 +562,20 @@ impl Store {
         Ok((version.unwrap_or(0), pixels.unwrap_or_default()))
     }
 
-    /// Applies a placement atomically (see [`PLACE_SCRIPT`]).
-    pub async fn place(&self, placement: &Placement<'_>) -> Result<Placed, StoreError> {
+    /// Applies `batch` in order in one atomic script call (see [`PLACE_SCRIPT`]): one answer
+    /// per placement, in order. `Err` when Redis failed the call as a whole (nothing of it
+    /// was applied, or its answer was lost); an inner `Err` when Redis failed that placement
+    /// alone.
+    pub async fn place_batch(
+        &self,
+        rules: &PlacementRules,
+        batch: &[Placement],
+    ) -> Result<Vec<Result<Placed, StoreError>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
-        let call = ScriptCall::of_placement(placement);
+        let call = ScriptCall::of_batch(rules, batch);
         let mut invocation = self.place.prepare_invoke();
         for key in &call.keys {
             invocation.key(key);
@@ -529,23 +583,16 @@ impl Store {
         for arg in &call.args {
             invocation.arg(arg);
         }
-        let reply: Vec<u64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
-        match reply.as_slice() {
-            [1, version, placed_at_ms] => Ok(Placed::Accepted {
-                version: *version,
-                placed_at_ms: *placed_at_ms,
-            }),
-            [0, retry_after_ms] => Ok(Placed::InCooldown {
-                retry_after_ms: *retry_after_ms,
-            }),
-            [2, retry_after_ms] => Ok(Placed::RateLimited {
-                retry_after_ms: *retry_after_ms,
-            }),
-            [3] => Ok(Placed::Banned),
-            other => Err(StoreError::Corrupt(format!(
-                "placement script answered {other:?}"
-            ))),
+        let replies: Vec<Vec<redis::Value>> =
+            self.bounded(invocation.invoke_async(&mut conn)).await?;
+        if replies.len() != batch.len() {
+            return Err(StoreError::Corrupt(format!(
+                "placement script answered {} replies for {} placements",
+                replies.len(),
+                batch.len()
+            )));
         }
+        Ok(replies.iter().map(|reply| placed(reply)).collect())
     }
 
     /// Undoes `client_id`'s last placement (see [`UNDO_SCRIPT`]).
@@ -802,6 +849,36 @@ impl Store {
     }
 }
 
+/// One placement's reply from [`PLACE_SCRIPT`].
+fn placed(reply: &[redis::Value]) -> Result<Placed, StoreError> {
+    let number = |value: &redis::Value| match value {
+        redis::Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let numbers: Option<Vec<u64>> = reply.iter().map(number).collect();
+    match numbers.as_deref() {
+        Some([1, version, placed_at_ms]) => Ok(Placed::Accepted {
+            version: *version,
+            placed_at_ms: *placed_at_ms,
+        }),
+        Some([0, retry_after_ms]) => Ok(Placed::InCooldown {
+            retry_after_ms: *retry_after_ms,
+        }),
+        Some([2, retry_after_ms]) => Ok(Placed::RateLimited {
+            retry_after_ms: *retry_after_ms,
+        }),
+        Some([3]) => Ok(Placed::Banned),
+        _ => match reply {
+            [redis::Value::Int(4), redis::Value::BulkString(error)] => Err(StoreError::Script(
+                String::from_utf8_lossy(error).into_owned(),
+            )),
+            other => Err(StoreError::Corrupt(format!(
+                "placement script answered {other:?}"
+            ))),
+        },
+    }
+}
+
 fn parse_record(record: &str) -> Result<PlacedRecord, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("pixel record {record:?}"));
     let mut parts = record.splitn(3, ' ');
@@ -857,31 +934,40 @@ mod tests {
     }
 
     #[test]
-    fn the_placement_call_gives_the_script_every_key_and_argument_it_reads() {
-        for idempotency_key in [None, Some("k-1")] {
-            let call = ScriptCall::of_placement(&Placement {
-                index: 7,
-                x: 7,
-                y: 0,
-                color: 3,
-                client_id: "client-1",
-                cooldown: Duration::from_secs(30),
-                undo_window: Duration::from_secs(5),
-                rate: PlacementRate {
-                    interval: Duration::from_millis(200),
-                    burst: 10,
-                },
-                history_max_len: 1000,
-                idempotency_key,
-            });
-            assert_eq!(
-                (call.keys.len(), call.args.len()),
-                highest_indexes(PLACE_SCRIPT)
-            );
-            assert_eq!(call.args[3], "30000", "the cooldown, in ms");
-            assert_eq!(call.args[9], "200000", "the rate's interval, in µs");
-            assert_eq!(call.args[12].is_empty(), idempotency_key.is_none());
-        }
+    fn the_batch_call_gives_the_script_every_key_and_argument_it_reads() {
+        let rules = PlacementRules {
+            cooldown: Duration::from_secs(30),
+            undo_window: Duration::from_secs(5),
+            rate: PlacementRate {
+                interval: Duration::from_millis(200),
+                burst: 10,
+            },
+            history_max_len: 1000,
+        };
+        let placement = |idempotency_key: Option<&str>| Placement {
+            index: 7,
+            x: 7,
+            y: 0,
+            color: 3,
+            client_id: "client-1".to_owned(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+        };
+        // The shared part, then four keys and seven arguments per placement.
+        assert_eq!(highest_indexes(PLACE_SCRIPT), (5, 7));
+        assert!(PLACE_SCRIPT.contains("local k, a = 5 + 4 * i, 7 + 7 * i"));
+        assert!(PLACE_SCRIPT.contains("KEYS[k + 4]") && PLACE_SCRIPT.contains("ARGV[a + 7]"));
+        assert!(!PLACE_SCRIPT.contains("KEYS[k + 5]") && !PLACE_SCRIPT.contains("ARGV[a + 8]"));
+        let batch = [placement(None), placement(Some("k-1"))];
+        let call = ScriptCall::of_batch(&rules, &batch);
+        assert_eq!((call.keys.len(), call.args.len()), (5 + 4 * 2, 7 + 7 * 2));
+        assert_eq!(call.args[0], "30000", "the cooldown, in ms");
+        assert_eq!(call.args[4], "200000", "the rate's interval, in µs");
+        assert_eq!(call.args[7 + 6], "", "no idempotency key");
+        assert_eq!(call.args[7 + 7 + 6], "1", "an idempotency key");
+        assert_eq!(
+            call.keys[5 + 4 + 3],
+            format!("{PLACEMENT_KEY_PREFIX}client-1:k-1")
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use canvas_api::{AppState, Args, app};
 use clap::Parser;
 use futures_util::StreamExt;
 use pixel_common::{
-    ports::{CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER},
-    redis_schema::{UPDATES_CHANNEL, parse_update_message},
+    ports::{API_PIXELS_BATCH_PATH, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER, PLACEMENT_BATCH_MAX},
+    redis_schema::{RATE_KEY_PREFIX, UPDATES_CHANNEL, parse_update_message},
     testing::{API_TOKEN, RedisServer},
     wire::{PixelUpdate, Snapshot},
 };
@@ -1547,5 +1547,335 @@ async fn metrics_count_requests_and_placements() {
         r#"http_request_duration_seconds_count{method="POST",route="/api/v1/pixels"} 3"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+// Group commit: placements that arrive together go to Redis in one script call, each
+// answered as if it had come alone.
+
+impl Api {
+    /// `POST /api/v1/pixels/batch` as the gateway.
+    async fn place_batch(&self, placements: &[Value]) -> Answer {
+        self.send(
+            Request::post(API_PIXELS_BATCH_PATH)
+                .header(header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({ "placements": placements }).to_string()))
+                .expect("request"),
+        )
+        .await
+    }
+}
+
+/// The placement script's runs so far, by either command.
+async fn script_runs(redis: &RedisServer) -> u64 {
+    redis_calls(redis, "evalsha").await + redis_calls(redis, "eval").await
+}
+
+#[tokio::test]
+async fn one_identity_racing_many_placements_on_two_replicas_is_admitted_once() {
+    let redis = RedisServer::start().await;
+    let flags = ["--canvas-cooldown-seconds", "60"];
+    let (one, two) = (api(&redis, &flags), api(&redis, &flags));
+    // Warm: the script is loaded, so each batch is one EVALSHA.
+    one.placed("warm-1", 0, 0, 1).await;
+    two.placed("warm-2", 0, 0, 1).await;
+    let runs_before = script_runs(&redis).await;
+    for round in 0..5 {
+        let client = format!("racer-{round}");
+        let singles = (0..40).map(|k| {
+            let api = if k % 2 == 0 { &one } else { &two };
+            api.place(&client, k % 16, k % 8, 1)
+        });
+        let batch: Vec<Value> = (0..10)
+            .map(|k| json!({"clientId": client, "x": k, "y": 7, "color": 2}))
+            .collect();
+        let (singles, batched) = tokio::join!(
+            futures_util::future::join_all(singles),
+            two.place_batch(&batch)
+        );
+        assert_eq!(batched.status, StatusCode::OK);
+        let mut statuses: Vec<u16> = singles.iter().map(|a| a.status.as_u16()).collect();
+        statuses.extend(
+            batched.json()["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .map(|r| u16::try_from(r["status"].as_u64().expect("status")).expect("u16")),
+        );
+        assert_eq!(statuses.len(), 50);
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 429).count(),
+            49,
+            "round {round}: {statuses:?}"
+        );
+    }
+    assert_eq!(one.get("/api/v1/info").await.json()["version"], 2 + 5);
+    // The placements went in batches: fewer script runs than placements.
+    let runs = script_runs(&redis).await - runs_before;
+    assert!(runs < 5 * 50, "{runs} script runs for 250 placements");
+}
+
+#[tokio::test]
+async fn concurrent_placements_get_gap_free_versions_matching_history_and_snapshot() {
+    let redis = RedisServer::start().await;
+    let (one, two) = (api(&redis, &[]), api(&redis, &[]));
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(UPDATES_CHANNEL).await.expect("subscribe");
+    let before = one.placed("first", 0, 0, 1).await;
+    // 300 placements by 50 people, all over a 16x8 canvas (many on the same pixels), through
+    // both replicas, alone and in batches.
+    let placement = |k: i64| {
+        (
+            format!("person-{}", k % 50),
+            (k * 7) % 16,
+            (k * 3) % 8,
+            k % 4,
+        )
+    };
+    let singles = (0..200).map(|k| {
+        let (who, x, y, color) = placement(k);
+        let api = if k % 3 == 0 { &one } else { &two };
+        async move { (k, api.place(&who, x, y, color).await) }
+    });
+    let batches = (0..4).map(|b| {
+        let ks: Vec<i64> = (200 + b * 25..200 + (b + 1) * 25).collect();
+        let items: Vec<Value> = ks
+            .iter()
+            .map(|k| {
+                let (who, x, y, color) = placement(*k);
+                json!({"clientId": who, "x": x, "y": y, "color": color})
+            })
+            .collect();
+        let api = if b % 2 == 0 { &one } else { &two };
+        async move { (ks, api.place_batch(&items).await) }
+    });
+    let (singles, batches) = tokio::join!(
+        futures_util::future::join_all(singles),
+        futures_util::future::join_all(batches)
+    );
+    let mut accepted: Vec<(u64, i64)> = Vec::new();
+    for (k, answer) in singles {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json());
+        accepted.push((answer.json()["version"].as_u64().expect("version"), k));
+    }
+    for (ks, answer) in batches {
+        assert_eq!(answer.status, StatusCode::OK);
+        let results = answer.json()["results"]
+            .as_array()
+            .expect("results")
+            .clone();
+        assert_eq!(results.len(), ks.len());
+        for (k, result) in ks.into_iter().zip(results) {
+            assert_eq!(result["status"], 200, "{result}");
+            accepted.push((result["version"].as_u64().expect("version"), k));
+        }
+    }
+    accepted.sort_unstable();
+    let versions: Vec<u64> = accepted.iter().map(|(v, _)| *v).collect();
+    let expected: Vec<u64> = (before + 1..=before + 300).collect();
+    assert_eq!(versions, expected, "gap-free, each version once");
+
+    // The history has exactly these placements under these versions.
+    let mut history = Vec::new();
+    let mut since = before;
+    while since < before + 300 {
+        let page = one
+            .get(&format!("/api/v1/history?since={since}"))
+            .await
+            .json();
+        let updates = page["updates"].as_array().expect("updates").clone();
+        assert!(!updates.is_empty(), "{page}");
+        since = updates.last().expect("one")["version"].as_u64().expect("v");
+        history.extend(updates);
+    }
+    assert_eq!(history.len(), 300);
+    let mut last_colour = std::collections::BTreeMap::new();
+    for ((version, k), entry) in accepted.iter().zip(&history) {
+        let (who, x, y, color) = placement(*k);
+        assert_eq!(entry["version"], *version);
+        assert_eq!(
+            (entry["x"].as_i64(), entry["y"].as_i64()),
+            (Some(x), Some(y))
+        );
+        assert_eq!(entry["color"], color, "{entry}");
+        assert_eq!(entry["placedBy"], who);
+        last_colour.insert((x, y), color);
+    }
+
+    // The snapshot shows each pixel's last colour.
+    let snapshot = eventually_version(&one, before + 300).await;
+    for ((x, y), color) in &last_colour {
+        let at = usize::try_from(y * 16 + x).expect("index");
+        assert_eq!(i64::from(snapshot.pixels()[at]), *color, "pixel ({x}, {y})");
+    }
+
+    // And every placement was published once, in the shared format, versions in order.
+    let mut messages = pubsub.on_message();
+    let mut published = Vec::new();
+    while published.len() < 301 {
+        let message = tokio::time::timeout(HANG, messages.next())
+            .await
+            .expect("a message arrives")
+            .expect("the subscription stays open");
+        let payload: Vec<u8> = message.get_payload().expect("payload");
+        published.push(parse_update_message(&payload).expect("the shared format"));
+    }
+    let published_versions: Vec<u64> = published.iter().map(|u| u.version).collect();
+    let all: Vec<u64> = (before..=before + 300).collect();
+    assert_eq!(published_versions, all);
+}
+
+#[tokio::test]
+async fn each_placement_of_a_batch_is_answered_alone() {
+    let (redis, api) = started(&[
+        "--moderator-token",
+        MODERATOR_TOKEN,
+        "--canvas-cooldown-seconds",
+        "60",
+        "--placement-rate",
+        "1000",
+        "--placement-burst",
+        "1000",
+    ])
+    .await;
+    let banned = "anon.0123456789abcdef0123456789abcdef";
+    let handle = pixel_common::identity::handle_of(banned);
+    api.moderate(
+        "PUT",
+        &format!("/api/v1/moderation/bans/{handle}"),
+        MODERATOR_TOKEN,
+        Some(json!({})),
+    )
+    .await;
+    let before = api.placed("cooled", 0, 0, 1).await;
+    // A rate record Redis cannot read: the script fails for this client's placement alone.
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("SET")
+        .arg(format!("{RATE_KEY_PREFIX}corrupt"))
+        .arg("not a number")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+
+    let item = |who: &str, x: i64, y: i64, color: i64| json!({"clientId": who, "x": x, "y": y, "color": color});
+    let answer = api
+        .place_batch(&[
+            item("a", 1, 1, 1),
+            item("b", 99, 0, 1),
+            item(banned, 2, 2, 1),
+            item("cooled", 3, 3, 1),
+            item("c", 4, 4, 9),
+            item("not valid", 5, 5, 1),
+            item("corrupt", 6, 6, 1),
+            json!({"clientId": "d", "x": 7, "y": 7, "color": 2, "idempotencyKey": "bad key"}),
+            item("e", 7, 7, 2),
+            // The same identity again: it sees the cooldown its first placement just began.
+            item("a", 8, 1, 1),
+        ])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let results = answer.json()["results"]
+        .as_array()
+        .expect("results")
+        .clone();
+    let summary: Vec<(u64, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_u64().expect("status"),
+                r["error"]["code"].as_str().unwrap_or("placed"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (200, "placed"),
+            (400, "out_of_bounds"),
+            (403, "banned"),
+            (429, "cooldown"),
+            (400, "unknown_color"),
+            (400, "invalid_client_id"),
+            (503, "unavailable"),
+            (400, "invalid_idempotency_key"),
+            (200, "placed"),
+            (429, "cooldown"),
+        ]
+    );
+    assert_eq!(results[0]["version"], before + 1);
+    assert_eq!(
+        results[8]["version"],
+        before + 2,
+        "versions stay contiguous"
+    );
+    assert!(
+        results[3]["error"]["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    assert!(
+        results[9]["error"]["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    // Only the accepted ones changed the canvas.
+    for (x, y, color) in [
+        (1, 1, 1),
+        (2, 2, 0),
+        (3, 3, 0),
+        (6, 6, 0),
+        (7, 7, 2),
+        (8, 1, 0),
+    ] {
+        assert_eq!(
+            api.get(&format!("/api/v1/pixels/{x}/{y}")).await.json()["color"],
+            color,
+            "({x}, {y})"
+        );
+    }
+    assert_eq!(api.get("/api/v1/info").await.json()["version"], before + 2);
+}
+
+#[tokio::test]
+async fn a_batch_is_refused_whole_only_for_its_caller_or_shape_and_fails_whole_without_redis() {
+    let (mut redis, api) = started(&[]).await;
+    let items = [json!({"clientId": "a", "x": 1, "y": 1, "color": 1})];
+    let unauthorized = api
+        .send(
+            Request::post(API_PIXELS_BATCH_PATH)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({ "placements": items }).to_string()))
+                .expect("request"),
+        )
+        .await;
+    unauthorized.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let too_many: Vec<Value> = (0..=PLACEMENT_BATCH_MAX)
+        .map(|_| json!({"clientId": "a", "x": 1, "y": 1, "color": 1}))
+        .collect();
+    api.place_batch(&too_many)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    api.place_batch(&[json!([1, 1, 1])])
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    assert_eq!(api.place_batch(&[]).await.json(), json!({"results": []}));
+
+    redis.kill().await;
+    let answer = api.place_batch(&[items[0].clone(), items[0].clone()]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    for result in answer.json()["results"].as_array().expect("results") {
+        assert_eq!(result["status"], 503, "{result}");
+        assert_eq!(result["error"]["code"], "unavailable");
     }
 }

@@ -91,6 +91,11 @@ async fn every_documented_route_is_served_and_the_served_document_is_this_one() 
                 "{}"
             };
             (MODERATOR_TOKEN, body)
+        } else if path == ports::API_PIXELS_BATCH_PATH {
+            (
+                API_TOKEN,
+                r#"{"placements":[{"clientId":"openapi-test","x":0,"y":0,"color":0}]}"#,
+            )
         } else {
             (API_TOKEN, r#"{"x":0,"y":0,"color":0}"#)
         };

@@ -16,6 +16,8 @@ pub mod redis_schema;
 pub mod wire;
 
 #[cfg(feature = "runtime")]
+pub mod batch;
+#[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod health;

@@ -102,6 +102,11 @@ pub const CANVAS_VERSION_HEADER: &str = "x-canvas-version";
 pub const API_PIXELS_PATH: &str = "/api/v1/pixels";
 /// canvas-api's undo endpoint (`POST`): the caller's last placement, within the window.
 pub const API_UNDO_PATH: &str = "/api/v1/pixels/undo";
+/// canvas-api's batch placement endpoint (`POST`), the gateway's: the placements its
+/// clients made together, one answer each.
+pub const API_PIXELS_BATCH_PATH: &str = "/api/v1/pixels/batch";
+/// The most placements one batch request carries (and one placement script call applies).
+pub const PLACEMENT_BATCH_MAX: usize = 256;
 /// canvas-api's history endpoint (`GET ?since=<version>`), which the gateway calls to resync.
 pub const API_HISTORY_PATH: &str = "/api/v1/history";
 /// canvas-api's info endpoint (`GET`).

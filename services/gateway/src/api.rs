@@ -1,17 +1,24 @@
 //! canvas-api as the gateway calls it: placements, undos and history, over one keep-alive HTTP
-//! connection pool, every call bounded by a timeout.
+//! connection pool, every call bounded by a timeout. Placements go in batches: the ones this
+//! gateway's clients make together are sent as one `POST /api/v1/pixels/batch` (each with its
+//! own idempotency key and its own answer), which canvas-api applies in one script call.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use pixel_common::{
     ports::{
-        API_HISTORY_PATH, API_MODERATION_PATH, API_PIXELS_PATH, API_UNDO_PATH, CLIENT_ID_HEADER,
-        IDEMPOTENCY_KEY_HEADER, MODERATOR_HEADER,
+        API_HISTORY_PATH, API_MODERATION_PATH, API_PIXELS_BATCH_PATH, API_PIXELS_PATH,
+        API_UNDO_PATH, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER, MODERATOR_HEADER,
+        PLACEMENT_BATCH_MAX,
     },
     wire::PixelUpdate,
 };
 use reqwest::{StatusCode, header::RETRY_AFTER};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Why canvas-api gave no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,11 @@ pub enum ApiError {
         #[source]
         source: Option<reqwest::Error>,
     },
+    /// The batch request this placement went in failed as a whole.
+    #[error("the placement's batch failed")]
+    Batch(#[source] Arc<ApiError>),
+    #[error("the gateway's placement queue is closed")]
+    QueueClosed,
 }
 
 /// Why missed updates cannot be read from the history.
@@ -135,12 +147,57 @@ fn worth_retrying(error: &reqwest::Error) -> bool {
     false
 }
 
-/// A handle on canvas-api; cheap to clone (the pool is shared).
+/// A handle on canvas-api; cheap to clone (the pool and the placement queue are shared).
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// The batching task's queue, started with the first placement (so on a runtime).
+    batches: Arc<OnceLock<mpsc::Sender<Queued>>>,
 }
+
+/// One placement of a batch request, as canvas-api reads it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchPlacement {
+    client_id: String,
+    x: i64,
+    y: i64,
+    color: i64,
+    idempotency_key: String,
+}
+
+/// A placement waiting for its batch, and where its answer goes.
+type Queued = (
+    BatchPlacement,
+    pixel_common::batch::Answer<Outcome<Placed>, ApiError>,
+);
+
+#[derive(Debug, Serialize)]
+struct BatchRequest<'a> {
+    placements: &'a [BatchPlacement],
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+/// One placement's answer: the status `POST /api/v1/pixels` would have given it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchResult {
+    status: u16,
+    version: Option<u64>,
+    placed_at_ms: Option<u64>,
+    error: Option<ErrorDetail>,
+}
+
+/// Placements waiting for a batch at most; past it, placing waits for room.
+const QUEUE: usize = 4 * PLACEMENT_BATCH_MAX;
+/// Batch requests in flight at once; placements made meanwhile wait for the next batch,
+/// so batches grow with the load and the requests per second stay bounded.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 impl ApiClient {
     /// `base` is `http://host:port`; `token` is the internal credential placements carry;
@@ -164,13 +221,17 @@ impl ApiClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            batches: Arc::new(OnceLock::new()),
         })
     }
 
-    /// `POST /api/v1/pixels` on behalf of `client_id`, sent once more if the connection was
-    /// refused or lost before an answer (a canvas-api pod stopping mid-rollout). The
-    /// placement's idempotency key makes the second send answer as the first did when that
-    /// one was placed, so a placement is never applied twice.
+    /// A placement on behalf of `client_id`, in the next batch request (`POST
+    /// /api/v1/pixels/batch`) with the placements other clients make meanwhile; its own
+    /// answer. A batch is sent once more if the connection was refused or lost before an
+    /// answer (a canvas-api pod stopping mid-rollout): each placement's idempotency key makes
+    /// the second send answer as the first did when that one was placed, so a placement is
+    /// never applied twice. A canvas-api without the batch endpoint (an older one, mid-
+    /// upgrade) gets the batch's placements one by one (`POST /api/v1/pixels`).
     pub async fn place(
         &self,
         client_id: &str,
@@ -178,17 +239,94 @@ impl ApiClient {
         y: i64,
         color: i64,
     ) -> Result<Outcome<Placed>, ApiError> {
-        let body = serde_json::json!({"x": x, "y": y, "color": color});
-        let key = format!("{:032x}", rand::random::<u128>());
-        let send = || self.post(API_PIXELS_PATH, client_id, Some(&body), Some(&key));
-        match send().await {
-            Err(ApiError::Request(error)) if worth_retrying(&error) => {
-                tracing::debug!(error = %pixel_common::error::ErrorChain(&error), "placement sent again");
-                tokio::time::sleep(RETRY_DELAY).await;
-                send().await
-            }
-            outcome => outcome,
+        let placement = BatchPlacement {
+            client_id: client_id.to_owned(),
+            x,
+            y,
+            color,
+            idempotency_key: format!("{:032x}", rand::random::<u128>()),
+        };
+        let queue = self.batches.get_or_init(|| {
+            let (queue, waiting) = mpsc::channel(QUEUE);
+            tokio::spawn(send_batches(self.without_queue(), waiting));
+            queue
+        });
+        let (answer, answered) = oneshot::channel();
+        queue
+            .send((placement, answer))
+            .await
+            .map_err(|_| ApiError::QueueClosed)?;
+        answered.await.map_err(|_| ApiError::QueueClosed)?
+    }
+
+    /// This client for the batching task: without the queue, so that the task ends when
+    /// the last handle holding it is dropped.
+    fn without_queue(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            batches: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// One placement alone (`POST /api/v1/pixels`), sent once more like a batch.
+    async fn place_one(&self, placement: &BatchPlacement) -> Result<Outcome<Placed>, ApiError> {
+        let body =
+            serde_json::json!({"x": placement.x, "y": placement.y, "color": placement.color});
+        let send = || {
+            self.post(
+                API_PIXELS_PATH,
+                &placement.client_id,
+                Some(&body),
+                Some(&placement.idempotency_key),
+            )
+        };
+        retried(send).await
+    }
+
+    /// One batch request: each placement's answer, in order, or why there is none.
+    async fn place_batch(
+        &self,
+        placements: &[BatchPlacement],
+    ) -> Result<Vec<Result<Outcome<Placed>, ApiError>>, ApiError> {
+        let send = || async {
+            let response = self
+                .http
+                .post(format!("{}{API_PIXELS_BATCH_PATH}", self.base))
+                .json(&BatchRequest { placements })
+                .send()
+                .await
+                .map_err(ApiError::Request)?;
+            let status = response.status();
+            Ok((status, response))
+        };
+        let (status, response) = retried(send).await?;
+        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            // An older canvas-api: its placements one by one, concurrently.
+            let answers =
+                futures_util::future::join_all(placements.iter().map(|p| self.place_one(p)));
+            return Ok(answers.await);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ApiError::Unauthorized);
+        }
+        if !status.is_success() {
+            return Err(ApiError::Unexpected {
+                status,
+                source: None,
+            });
+        }
+        let answer: BatchAnswer = response
+            .json()
+            .await
+            .map_err(|source| unexpected(status, source))?;
+        if answer.results.len() != placements.len() {
+            return Err(ApiError::Unexpected {
+                status,
+                source: None,
+            });
+        }
+        Ok(answer.results.into_iter().map(batch_outcome).collect())
     }
 
     /// `POST /api/v1/pixels/undo` on behalf of `client_id`.
@@ -346,6 +484,78 @@ fn unexpected(status: StatusCode, source: reqwest::Error) -> ApiError {
     }
 }
 
+/// `send`, and once more after [`RETRY_DELAY`] when its connection was refused or lost
+/// before an answer.
+async fn retried<T, F>(send: impl Fn() -> F) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    match send().await {
+        Err(ApiError::Request(error)) if worth_retrying(&error) => {
+            tracing::debug!(error = %pixel_common::error::ErrorChain(&error), "placements sent again");
+            tokio::time::sleep(RETRY_DELAY).await;
+            send().await
+        }
+        outcome => outcome,
+    }
+}
+
+/// One placement's answer in a batch, as the same answer alone would have been read.
+fn batch_outcome(result: BatchResult) -> Result<Outcome<Placed>, ApiError> {
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    match (status, result) {
+        (
+            StatusCode::OK,
+            BatchResult {
+                version: Some(version),
+                placed_at_ms: Some(placed_at_ms),
+                ..
+            },
+        ) => Ok(Outcome::Done(Placed {
+            version,
+            placed_at_ms,
+        })),
+        (StatusCode::UNAUTHORIZED, _) => Err(ApiError::Unauthorized),
+        (
+            status,
+            BatchResult {
+                error: Some(error), ..
+            },
+        ) if status.is_client_error() => Ok(Outcome::Refused {
+            code: error.code,
+            message: error.message,
+            retry_after_ms: error.retry_after_ms,
+        }),
+        (status, _) => Err(ApiError::Unexpected {
+            status,
+            source: None,
+        }),
+    }
+}
+
+/// The batching task: waits for a placement, then sends every placement waiting (up to
+/// [`PLACEMENT_BATCH_MAX`]) as one request, up to [`BATCHES_IN_FLIGHT`] at once. No batch
+/// waits to fill: an idle gateway sends a placement at once.
+async fn send_batches(api: ApiClient, mut waiting: mpsc::Receiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut taken = Vec::with_capacity(PLACEMENT_BATCH_MAX);
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        if waiting.recv_many(&mut taken, PLACEMENT_BATCH_MAX).await == 0 {
+            return;
+        }
+        let (placements, answers): (Vec<BatchPlacement>, Vec<_>) = taken.drain(..).unzip();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let results = api.place_batch(&placements).await;
+            pixel_common::batch::answer_each(answers, results, ApiError::Batch);
+            drop(slot);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -357,51 +567,87 @@ mod tests {
 
     use super::*;
 
-    /// One HTTP/1.1 request read off `stream`: its head, as text, and nothing else (the
-    /// body is small and arrives with it).
-    async fn request_head(stream: &mut TcpStream) -> String {
+    /// One HTTP/1.1 request read off `stream`: its head, lowercased, and its body.
+    async fn request(stream: &mut TcpStream) -> (String, String) {
         let mut read = Vec::new();
         let mut buffer = [0u8; 4096];
-        while !String::from_utf8_lossy(&read).contains("\r\n\r\n") {
+        let end = loop {
+            if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
             let n = stream.read(&mut buffer).await.expect("read");
             assert!(n > 0, "the request ended early");
             read.extend_from_slice(&buffer[..n]);
+        };
+        let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().expect("length"));
+        while read.len() < end + length {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "the body ended early");
+            read.extend_from_slice(&buffer[..n]);
         }
-        String::from_utf8_lossy(&read).to_lowercase()
+        (
+            head,
+            String::from_utf8_lossy(&read[end..end + length]).into_owned(),
+        )
     }
 
-    fn key_of(head: &str) -> Option<String> {
-        head.lines()
+    /// The request's path and the idempotency key of its (first) placement, from the
+    /// header of a single placement or the body of a batch.
+    fn path_and_key(head: &str, body: &str) -> (String, String) {
+        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+        let header = head
+            .lines()
             .find_map(|line| line.strip_prefix(&format!("{IDEMPOTENCY_KEY_HEADER}: ")))
-            .map(str::to_owned)
+            .map(str::to_owned);
+        let key = header.unwrap_or_else(|| {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|b| {
+                    b["placements"][0]["idempotencyKey"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default()
+        });
+        (path, key)
     }
 
     /// A canvas-api stand-in whose connections do `script[n]` in turn: `None` closes the
-    /// connection once the request is read, `Some(answer)` sends it. The keys it saw.
-    async fn canvas_api(script: Vec<Option<&'static str>>) -> (String, Arc<Mutex<Vec<String>>>) {
+    /// connection once the request is read, `Some(answer)` sends it. The paths and keys it
+    /// saw.
+    async fn canvas_api(
+        script: Vec<Option<&'static str>>,
+    ) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
-        let keys = Arc::new(Mutex::new(Vec::new()));
-        let seen = keys.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         tokio::spawn(async move {
             for step in script {
                 let (mut stream, _) = listener.accept().await.expect("accept");
-                let head = request_head(&mut stream).await;
-                seen.lock()
-                    .expect("lock")
-                    .push(key_of(&head).unwrap_or_default());
+                let (head, body) = request(&mut stream).await;
+                log.lock().expect("lock").push(path_and_key(&head, &body));
                 if let Some(answer) = step {
                     stream.write_all(answer.as_bytes()).await.expect("write");
                 }
             }
         });
-        (base, keys)
+        (base, seen)
     }
 
     const PLACED: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                           content-length: 29\r\nconnection: close\r\n\r\n\
                           {\"version\":7,\"placedAtMs\":12}";
+    const PLACED_BATCH: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                          content-length: 56\r\nconnection: close\r\n\r\n\
+                          {\"results\":[{\"status\":200,\"version\":7,\"placedAtMs\":12}]}";
     const UNAVAILABLE: &str = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\
+                               connection: close\r\n\r\n";
+    const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\
                                connection: close\r\n\r\n";
 
     fn client(base: &str) -> ApiClient {
@@ -413,55 +659,102 @@ mod tests {
         .expect("client")
     }
 
+    const SEVEN: Outcome<Placed> = Outcome::Done(Placed {
+        version: 7,
+        placed_at_ms: 12,
+    });
+
     /// The first connection is lost after the request was sent, as when a canvas-api pod
-    /// stops: the placement is sent once more with the same key, and its answer is the
+    /// stops: the batch is sent once more with the same keys, and its answer is the
     /// player's.
     #[tokio::test]
     async fn a_placement_lost_with_its_connection_is_sent_again_with_the_same_key() {
-        let (base, keys) = canvas_api(vec![None, Some(PLACED)]).await;
+        let (base, seen) = canvas_api(vec![None, Some(PLACED_BATCH)]).await;
         let outcome = client(&base).place("a", 1, 2, 3).await.expect("placed");
-        assert_eq!(
-            outcome,
-            Outcome::Done(Placed {
-                version: 7,
-                placed_at_ms: 12
-            })
-        );
-        let keys = keys.lock().expect("lock").clone();
-        assert_eq!(keys.len(), 2, "{keys:?}");
-        assert_eq!(keys[0].len(), 32, "{keys:?}");
-        assert_eq!(keys[0], keys[1], "the retry names the same placement");
+        assert_eq!(outcome, SEVEN);
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].0, API_PIXELS_BATCH_PATH);
+        assert_eq!(seen[0].1.len(), 32, "{seen:?}");
+        assert_eq!(seen[0], seen[1], "the retry names the same placement");
     }
 
     /// Once only: a second loss is the player's error to see.
     #[tokio::test]
     async fn a_placement_is_sent_again_once_at_most() {
-        let (base, keys) = canvas_api(vec![None, None, Some(PLACED)]).await;
+        let (base, seen) = canvas_api(vec![None, None, Some(PLACED_BATCH)]).await;
         let outcome = client(&base).place("a", 1, 2, 3).await;
-        assert!(matches!(outcome, Err(ApiError::Request(_))), "{outcome:?}");
-        assert_eq!(keys.lock().expect("lock").len(), 2);
+        assert!(
+            matches!(&outcome, Err(ApiError::Batch(error)) if matches!(**error, ApiError::Request(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(seen.lock().expect("lock").len(), 2);
     }
 
     /// An answer, even a failing one, means canvas-api decided: nothing is sent again.
     #[tokio::test]
     async fn an_answered_placement_is_never_sent_again() {
-        let (base, keys) = canvas_api(vec![Some(UNAVAILABLE), Some(PLACED)]).await;
+        let (base, seen) = canvas_api(vec![Some(UNAVAILABLE), Some(PLACED_BATCH)]).await;
         let outcome = client(&base).place("a", 1, 2, 3).await;
         assert!(
-            matches!(outcome, Err(ApiError::Unexpected { .. })),
+            matches!(&outcome, Err(ApiError::Batch(error)) if matches!(**error, ApiError::Unexpected { .. })),
             "{outcome:?}"
         );
-        assert_eq!(keys.lock().expect("lock").len(), 1);
+        assert_eq!(seen.lock().expect("lock").len(), 1);
     }
 
     /// Every placement has a key of its own.
     #[tokio::test]
     async fn each_placement_has_its_own_key() {
-        let (base, keys) = canvas_api(vec![Some(PLACED), Some(PLACED)]).await;
+        let (base, seen) = canvas_api(vec![Some(PLACED_BATCH), Some(PLACED_BATCH)]).await;
         let api = client(&base);
         api.place("a", 1, 2, 3).await.expect("placed");
         api.place("a", 1, 2, 3).await.expect("placed");
-        let keys = keys.lock().expect("lock").clone();
-        assert_ne!(keys[0], keys[1], "{keys:?}");
+        let seen = seen.lock().expect("lock").clone();
+        assert_ne!(seen[0].1, seen[1].1, "{seen:?}");
+    }
+
+    /// A canvas-api from before the batch endpoint (mid-upgrade) gets the placement alone,
+    /// with the same key.
+    #[tokio::test]
+    async fn an_older_canvas_api_gets_placements_one_by_one() {
+        let (base, seen) = canvas_api(vec![Some(NOT_FOUND), Some(PLACED)]).await;
+        let outcome = client(&base).place("a", 1, 2, 3).await.expect("placed");
+        assert_eq!(outcome, SEVEN);
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen[0].0, API_PIXELS_BATCH_PATH);
+        assert_eq!(seen[1].0, API_PIXELS_PATH);
+        assert_eq!(seen[0].1, seen[1].1, "the same placement");
+    }
+
+    /// Each placement's answer in a batch is read as the same answer alone would be.
+    #[test]
+    fn batch_answers_map_like_single_ones() {
+        let result = |json: &str| batch_outcome(serde_json::from_str(json).expect("json"));
+        assert_eq!(
+            result(r#"{"status":200,"version":7,"placedAtMs":12}"#).expect("done"),
+            SEVEN
+        );
+        let refused = result(
+            r#"{"status":429,"error":{"code":"cooldown","message":"wait","retryAfterMs":900}}"#,
+        );
+        assert_eq!(
+            refused.expect("refused"),
+            Outcome::Refused {
+                code: "cooldown".to_owned(),
+                message: "wait".to_owned(),
+                retry_after_ms: Some(900)
+            }
+        );
+        let unavailable =
+            result(r#"{"status":503,"error":{"code":"unavailable","message":"later"}}"#);
+        assert!(
+            matches!(unavailable, Err(ApiError::Unexpected { status, .. }) if status == StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert!(matches!(
+            result(r#"{"status":401,"error":{"code":"unauthorized","message":"no"}}"#),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(result(r#"{"status":200}"#).is_err(), "no version");
     }
 }
