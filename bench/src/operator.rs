@@ -92,10 +92,11 @@ impl Stage {
     }
 
     fn kubectl(&self, args: &[&str]) -> Result<String> {
-        process::output(
-            self.cluster.kubectl(&self.tools).args(args),
-            Duration::from_secs(300),
-        )
+        self.kubectl_within(args, Duration::from_secs(300))
+    }
+
+    fn kubectl_within(&self, args: &[&str], limit: Duration) -> Result<String> {
+        process::output(self.cluster.kubectl(&self.tools).args(args), limit)
     }
 
     fn operator(&self, log_name: &str) -> Result<Operator> {
@@ -440,16 +441,19 @@ fn control_plane_floor(stage: &Stage, namespace: &str) -> Result<Floor> {
             .iter()
             .map(|file| {
                 scope.spawn(move || {
-                    stage.kubectl(&[
-                        "apply",
-                        "--server-side",
-                        "--field-manager",
-                        "bench-floor",
-                        "-n",
-                        FLOOR_NAMESPACE,
-                        "-f",
-                        &file.to_string_lossy(),
-                    ])
+                    stage.kubectl_within(
+                        &[
+                            "apply",
+                            "--server-side",
+                            "--field-manager",
+                            "bench-floor",
+                            "-n",
+                            FLOOR_NAMESPACE,
+                            "-f",
+                            &file.to_string_lossy(),
+                        ],
+                        SCALE_GIVE_UP,
+                    )
                 })
             })
             .collect();
