@@ -120,6 +120,28 @@ fn json_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
     }
 }
 
+/// [`json_integer`] within `i64`, as a batch's schema (`int64`) has it: a batch answers its
+/// placements one by one only once its body has the documented shape, so a number beyond
+/// it refuses the whole body rather than saturating.
+fn json_int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(value) = number.as_i64() {
+        return Ok(value);
+    }
+    match number.as_f64() {
+        // `i64::MAX as f64` is 2^63, itself out of range; `i64::MIN as f64` is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        Some(value)
+            if value.fract() == 0.0 && value >= i64::MIN as f64 && value < i64::MAX as f64 =>
+        {
+            Ok(value as i64)
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not an integer of 64 bits"
+        ))),
+    }
+}
+
 /// An accepted placement.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -522,12 +544,12 @@ fn decided(
 pub struct BatchPlacement {
     /// The placing client, as `X-Client-Id`: 1 to 64 of A-Z a-z 0-9 . _ -
     pub client_id: String,
-    #[serde(deserialize_with = "json_integer")]
+    #[serde(deserialize_with = "json_int64")]
     pub x: i64,
-    #[serde(deserialize_with = "json_integer")]
+    #[serde(deserialize_with = "json_int64")]
     pub y: i64,
     /// Palette index.
-    #[serde(deserialize_with = "json_integer")]
+    #[serde(deserialize_with = "json_int64")]
     pub color: i64,
     /// As `Idempotency-Key`: 1 to 64 of A-Z a-z 0-9 _ -
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -755,6 +755,15 @@ async fn requests_the_openapi_document_allows_or_refuses_are_answered_so() {
             .await
             .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
     }
+    // An integer written as a float of 52 bits is that integer (not one unit in the last
+    // place off, which would make it a fraction): out of the canvas, not a parse error.
+    api.post_raw(
+        Some("f"),
+        "application/json",
+        br#"{"x": 1, "y": 2251799813685247.0, "color": 0}"#.to_vec(),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "out_of_bounds");
     // Integers past i64 are out of the canvas, not a parse error.
     api.post_raw(
         Some("f"),
@@ -1869,6 +1878,15 @@ async fn a_batch_is_refused_whole_only_for_its_caller_or_shape_and_fails_whole_w
     api.place_batch(&[json!([1, 1, 1])])
         .await
         .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    // Beyond the schema's int64, or not an integer: the body is not the documented shape.
+    for beyond in [json!(9_223_372_036_854_775_808_u64), json!(1.5)] {
+        api.place_batch(&[
+            items[0].clone(),
+            json!({"clientId": "a", "x": 1, "y": beyond, "color": 1}),
+        ])
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    }
     assert_eq!(api.place_batch(&[]).await.json(), json!({"results": []}));
 
     redis.kill().await;
