@@ -129,10 +129,11 @@ fn json_int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, 
         return Ok(value);
     }
     match number.as_f64() {
-        // `i64::MAX as f64` is 2^63, itself out of range; `i64::MIN as f64` is exact.
+        // Past ±2^63 an integer that is not an `i64` parses as a float rounded to ±2^63,
+        // so both bounds are exclusive (a float-written integer this close is no pixel).
         #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
         Some(value)
-            if value.fract() == 0.0 && value >= i64::MIN as f64 && value < i64::MAX as f64 =>
+            if value.fract() == 0.0 && value > i64::MIN as f64 && value < i64::MAX as f64 =>
         {
             Ok(value as i64)
         }

@@ -1879,7 +1879,8 @@ async fn a_batch_is_refused_whole_only_for_its_caller_or_shape_and_fails_whole_w
         .await
         .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
     // Beyond the schema's int64, or not an integer: the body is not the documented shape.
-    for beyond in [json!(9_223_372_036_854_775_808_u64), json!(1.5)] {
+    let below: Value = serde_json::from_str("-9223372036854775809").expect("a JSON number");
+    for beyond in [json!(9_223_372_036_854_775_808_u64), below, json!(1.5)] {
         api.place_batch(&[
             items[0].clone(),
             json!({"clientId": "a", "x": 1, "y": beyond, "color": 1}),
