@@ -1,8 +1,8 @@
 //! The operator's caches of what it watches: one reflector store per kind of child and one
 //! of the canvases' pods, fed by the controller's watches. A reconcile reads a child or
 //! lists pods from here once the store has synced, so it sends no GET for what it already
-//! watches; before that, or for what it does not watch (Secrets, claims), it asks the API
-//! server.
+//! watches; before that, or when a Secret or claim is absent from its store (the watches
+//! select by label, so one may be there unseen), it asks the API server.
 //!
 //! A store lags a write by the moment its watch event takes to arrive; until then a read
 //! takes the object the write returned ([`RecentWrites`]), so a child just applied is not
@@ -22,7 +22,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
+    runtime::reflector::{self, ObjectRef, Store, store::Writer},
 };
 
 pub use self::recent_writes::RecentWrites;
@@ -43,6 +43,27 @@ pub struct Caches {
     pub pods: Store<Pod>,
     /// Writes the child stores have not seen yet.
     pub recent_writes: Arc<RecentWrites>,
+}
+
+/// The writing ends of the [`Caches`]' stores, for the watches that fill them.
+pub struct Writers {
+    pub stateful_sets: Writer<StatefulSet>,
+    pub deployments: Writer<Deployment>,
+    pub services: Writer<Service>,
+    pub config_maps: Writer<ConfigMap>,
+    pub pod_disruption_budgets: Writer<PodDisruptionBudget>,
+    pub network_policies: Writer<NetworkPolicy>,
+    pub ingresses: Writer<Ingress>,
+    pub cron_jobs: Writer<CronJob>,
+    pub secrets: Writer<Secret>,
+    pub claims: Writer<PersistentVolumeClaim>,
+    pub pods: Writer<Pod>,
+}
+
+impl std::fmt::Debug for Writers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writers").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Caches {
@@ -104,6 +125,49 @@ impl Cached for PersistentVolumeClaim {
 }
 
 impl Caches {
+    /// Empty stores, not synced until their writers have had a first full list.
+    pub fn new() -> (Self, Writers) {
+        let (stateful_sets, stateful_sets_writer) = reflector::store();
+        let (deployments, deployments_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        let (config_maps, config_maps_writer) = reflector::store();
+        let (pod_disruption_budgets, pod_disruption_budgets_writer) = reflector::store();
+        let (network_policies, network_policies_writer) = reflector::store();
+        let (ingresses, ingresses_writer) = reflector::store();
+        let (cron_jobs, cron_jobs_writer) = reflector::store();
+        let (secrets, secrets_writer) = reflector::store();
+        let (claims, claims_writer) = reflector::store();
+        let (pods, pods_writer) = reflector::store();
+        let caches = Self {
+            stateful_sets,
+            deployments,
+            services,
+            config_maps,
+            pod_disruption_budgets,
+            network_policies,
+            ingresses,
+            cron_jobs,
+            secrets,
+            claims,
+            pods,
+            recent_writes: Arc::default(),
+        };
+        let writers = Writers {
+            stateful_sets: stateful_sets_writer,
+            deployments: deployments_writer,
+            services: services_writer,
+            config_maps: config_maps_writer,
+            pod_disruption_budgets: pod_disruption_budgets_writer,
+            network_policies: network_policies_writer,
+            ingresses: ingresses_writer,
+            cron_jobs: cron_jobs_writer,
+            secrets: secrets_writer,
+            claims: claims_writer,
+            pods: pods_writer,
+        };
+        (caches, writers)
+    }
+
     /// The `K` named `name` in `namespace` as the store holds it (`Some(None)`: it does not
     /// exist), or `None` when `K` has no store or it has not synced yet, or it is absent and
     /// `K` wants absence confirmed ([`Cached::CONFIRM_ABSENCE`]).
@@ -199,19 +263,10 @@ mod tests {
     }
 
     fn caches_with(deployments: Store<Deployment>) -> Caches {
+        let (caches, _) = Caches::new();
         Caches {
-            stateful_sets: reflector::store().0,
             deployments,
-            services: reflector::store().0,
-            config_maps: reflector::store().0,
-            pod_disruption_budgets: reflector::store().0,
-            network_policies: reflector::store().0,
-            ingresses: reflector::store().0,
-            cron_jobs: reflector::store().0,
-            secrets: reflector::store().0,
-            claims: reflector::store().0,
-            pods: reflector::store().0,
-            recent_writes: Arc::default(),
+            ..caches
         }
     }
 

@@ -80,32 +80,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     };
     // Only the operator's own children: a cluster's other objects never reach it.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    let (stateful_sets, stateful_set_writer) = reflector::store();
-    let (deployments, deployment_writer) = reflector::store();
-    let (services, service_writer) = reflector::store();
-    let (config_maps, config_map_writer) = reflector::store();
-    let (pod_disruption_budgets, pod_disruption_budget_writer) = reflector::store();
-    let (network_policies, network_policy_writer) = reflector::store();
-    let (ingresses, ingress_writer) = reflector::store();
-    let (cron_jobs, cron_job_writer) = reflector::store();
-    let (secrets, secret_writer) = reflector::store();
-    let (claims, claim_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let recent_writes = Arc::new(RecentWrites::default());
-    let caches = Caches {
-        stateful_sets,
-        deployments,
-        services,
-        config_maps,
-        pod_disruption_budgets,
-        network_policies,
-        ingresses,
-        cron_jobs,
-        secrets,
-        claims,
-        pods,
-        recent_writes: recent_writes.clone(),
-    };
+    let (caches, writers) = Caches::new();
+    let recent_writes = caches.recent_writes.clone();
     let context = Arc::new(
         Context::new(
             client.clone(),
@@ -125,49 +101,64 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         reader,
     )
     .owns_stream(scope.reflect(
-        stateful_set_writer,
+        writers.stateful_sets,
         owned.clone(),
         caches::trim,
         &recent_writes,
     ))
     .owns_stream(scope.reflect(
-        deployment_writer,
-        owned.clone(),
-        caches::trim,
-        &recent_writes,
-    ))
-    .owns_stream(scope.reflect(service_writer, owned.clone(), caches::trim, &recent_writes))
-    .owns_stream(scope.reflect(
-        config_map_writer,
+        writers.deployments,
         owned.clone(),
         caches::trim,
         &recent_writes,
     ))
     .owns_stream(scope.reflect(
-        pod_disruption_budget_writer,
+        writers.services,
         owned.clone(),
         caches::trim,
         &recent_writes,
     ))
     .owns_stream(scope.reflect(
-        network_policy_writer,
+        writers.config_maps,
         owned.clone(),
         caches::trim,
         &recent_writes,
     ))
-    .owns_stream(scope.reflect(ingress_writer, owned.clone(), caches::trim, &recent_writes))
-    .owns_stream(scope.reflect(cron_job_writer, owned.clone(), caches::trim, &recent_writes))
+    .owns_stream(scope.reflect(
+        writers.pod_disruption_budgets,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        writers.network_policies,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        writers.ingresses,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
+    .owns_stream(scope.reflect(
+        writers.cron_jobs,
+        owned.clone(),
+        caches::trim,
+        &recent_writes,
+    ))
     // Only the Secrets the operator made (by the label). One the canvas references, the
     // user's, is read by name, and polled while named (see `reconcile::requeue_after`).
-    .owns_stream(scope.reflect(secret_writer, owned.clone(), caches::trim, &recent_writes))
+    .owns_stream(scope.reflect(writers.secrets, owned.clone(), caches::trim, &recent_writes))
     // The Redis claims carry the pod template's labels; the StatefulSet, not the canvas,
     // owns them, so they trigger nothing: they are kept for the reconcile to read.
-    .owns_stream(scope.reflect(claim_writer, owned.clone(), caches::trim, &recent_writes))
+    .owns_stream(scope.reflect(writers.claims, owned.clone(), caches::trim, &recent_writes))
     // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
     // is part of the canvas's.
     .watches_stream(
-        scope.reflect(pod_writer, owned, caches::trim_pod, &recent_writes),
+        scope.reflect(writers.pods, owned, caches::trim_pod, &recent_writes),
         |pod: Pod| {
             let namespace = pod.namespace();
             pod.labels()

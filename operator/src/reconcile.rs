@@ -737,13 +737,19 @@ where
     if !live.owner_references().iter().any(|o| o.uid == owner_uid) {
         return Ok(());
     }
-    Api::<K>::namespaced(context.client.clone(), namespace)
+    match Api::<K>::namespaced(context.client.clone(), namespace)
         .delete(name, &DeleteParams::background())
         .await
-        .map_err(kube_error("delete", kind, name))?;
-    context.metrics.wrote(kind, "delete");
-    tracing::info!(kind, %namespace, %name, "deleted");
-    Ok(())
+    {
+        Ok(_) => {
+            context.metrics.wrote(kind, "delete");
+            tracing::info!(kind, %namespace, %name, "deleted");
+            Ok(())
+        }
+        // Gone already: the store read it before its watch event of the deletion arrived.
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(()),
+        Err(source) => Err(kube_error("delete", kind, name)(source)),
+    }
 }
 
 /// Every field of `want` holds the same value in `have` (lists must match element-wise).
@@ -827,7 +833,7 @@ async fn grow_storage(
     let plan = storage::plan(&name, wanted, claim.as_ref(), class.as_ref());
     if let Some(size) = &plan.expand_to {
         let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
-        Api::<PersistentVolumeClaim>::namespaced(context.client.clone(), namespace)
+        let patched = Api::<PersistentVolumeClaim>::namespaced(context.client.clone(), namespace)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(kube_error(
@@ -835,6 +841,10 @@ async fn grow_storage(
                 kind_of::<PersistentVolumeClaim>(),
                 &name,
             ))?;
+        if let Some(caches) = &context.caches {
+            // Until the claim store sees it, the next reconcile would patch it again.
+            caches.wrote(&patched);
+        }
         tracing::info!(claim = %name, size = %size.0, "volume claim expanded");
     }
     Ok(plan.state)

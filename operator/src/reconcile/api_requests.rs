@@ -38,8 +38,8 @@ struct Sent {
 
 /// A fake API server. GET answers from `live` by path (a list too), else 404; PATCH and
 /// DELETE answer with the object at that path in `converged`, as it reads once the write
-/// has taken effect. Anything else answers 405, so an unexpected write fails the reconcile
-/// as well as the assertion.
+/// has taken effect (a `Status` there is the failure answered instead). Anything else
+/// answers 405, so an unexpected write fails the reconcile as well as the assertion.
 fn fake_api(
     live: BTreeMap<String, Value>,
     converged: BTreeMap<String, Value>,
@@ -70,6 +70,11 @@ fn fake_api(
                     _ => None,
                 };
                 let (status, body) = match (found, &request.method) {
+                    (Some(object), _) if object["kind"] == "Status" => (
+                        StatusCode::from_u16(object["code"].as_u64().map_or(500, |c| c as u16))
+                            .expect("status code"),
+                        object.clone(),
+                    ),
                     (Some(object), _) => (StatusCode::OK, object.clone()),
                     (None, &Method::GET) => (StatusCode::NOT_FOUND, failure(404, "NotFound")),
                     (None, _) => (
@@ -726,6 +731,32 @@ async fn a_larger_volume_is_asked_of_the_claim_when_its_class_allows() {
     );
 }
 
+/// The claim store lags the operator's own patch: the reconcile after the one that raised
+/// the claim's request, before the claim's watch event arrived, does not raise it again.
+#[tokio::test]
+async fn with_synced_stores_a_volume_is_grown_once_though_its_store_lags() {
+    let (_, mut live) = steady_world(false);
+    live.insert(STANDARD_CLASS.to_owned(), storage_class(true));
+    live.get_mut(CLAIM).expect("claim")["metadata"]["resourceVersion"] = json!("1");
+    let (canvas, mut converged) = world_of(upgraded(), &Defaults::default(), |objects| {
+        objects.get_mut(CLAIM).expect("claim")["metadata"]["resourceVersion"] = json!("2");
+    });
+    accept_status_write(&mut converged, &canvas);
+    let (client, sent) = fake_api(live.clone(), converged);
+    let context = cached_context(client, &live);
+    for _ in 0..2 {
+        reconcile(Arc::new(canvas.clone()), context.clone())
+            .await
+            .expect("reconciled");
+    }
+    let sent = sent.lock().expect("lock").clone();
+    let claim_patches = writes(&sent)
+        .into_iter()
+        .filter(|(_, path)| *path == CLAIM)
+        .count();
+    assert_eq!(claim_patches, 1, "{sent:#?}");
+}
+
 /// A class that does not allow expansion: nothing is written to the claim, StorageReady
 /// says why, and every other child is still applied (the new tag reaches the Deployments).
 #[tokio::test]
@@ -869,19 +900,17 @@ fn canvas_status_path() -> String {
 /// Synced stores holding what the fake API server holds: each child by its kind, and the
 /// pods of the pod list.
 fn caches_of(objects: &BTreeMap<String, Value>) -> Caches {
-    use kube::runtime::{reflector, watcher};
-    fn synced<K>(objects: &[Value]) -> kube::runtime::reflector::Store<K>
+    use kube::runtime::watcher;
+    fn sync<K>(writer: &mut kube::runtime::reflector::store::Writer<K>, objects: &[Value])
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
     {
-        let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Init);
         for object in objects {
             let typed: K = serde_json::from_value(object.clone()).expect("typed");
             writer.apply_watcher_event(&watcher::Event::InitApply(typed));
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
-        store
     }
     let of_kind = |kind: &str| -> Vec<Value> {
         objects
@@ -893,20 +922,22 @@ fn caches_of(objects: &BTreeMap<String, Value>) -> Caches {
             .filter(|object| object["kind"] == kind)
             .collect()
     };
-    Caches {
-        stateful_sets: synced(&of_kind("StatefulSet")),
-        deployments: synced(&of_kind("Deployment")),
-        services: synced(&of_kind("Service")),
-        config_maps: synced(&of_kind("ConfigMap")),
-        pod_disruption_budgets: synced(&of_kind("PodDisruptionBudget")),
-        network_policies: synced(&of_kind("NetworkPolicy")),
-        ingresses: synced(&of_kind("Ingress")),
-        cron_jobs: synced(&of_kind("CronJob")),
-        secrets: synced(&of_kind("Secret")),
-        claims: synced(&of_kind("PersistentVolumeClaim")),
-        pods: synced(&of_kind("Pod")),
-        recent_writes: Arc::default(),
-    }
+    let (caches, mut writers) = Caches::new();
+    sync(&mut writers.stateful_sets, &of_kind("StatefulSet"));
+    sync(&mut writers.deployments, &of_kind("Deployment"));
+    sync(&mut writers.services, &of_kind("Service"));
+    sync(&mut writers.config_maps, &of_kind("ConfigMap"));
+    sync(
+        &mut writers.pod_disruption_budgets,
+        &of_kind("PodDisruptionBudget"),
+    );
+    sync(&mut writers.network_policies, &of_kind("NetworkPolicy"));
+    sync(&mut writers.ingresses, &of_kind("Ingress"));
+    sync(&mut writers.cron_jobs, &of_kind("CronJob"));
+    sync(&mut writers.secrets, &of_kind("Secret"));
+    sync(&mut writers.claims, &of_kind("PersistentVolumeClaim"));
+    sync(&mut writers.pods, &of_kind("Pod"));
+    caches
 }
 
 /// An operator's context on `client` whose stores hold `cached` (what its watches saw).
@@ -959,6 +990,39 @@ async fn with_synced_stores_a_child_changed_by_hand_is_repaired() {
     assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
     assert_eq!(writes(&sent), [(Method::PATCH, gateway)], "{sent:#?}");
     assert_eq!(reads(&sent), Vec::<&str>::new(), "{sent:#?}");
+}
+
+/// A store lags a deletion: a child no longer wanted that the store still holds but the
+/// API server has deleted already (its watch event not yet in) is gone, not an error.
+#[tokio::test]
+async fn with_synced_stores_a_child_deleted_before_its_watch_event_is_not_an_error() {
+    let (canvas, converged) = steady_world(false);
+    let name = Names::new("demo").backup();
+    let path = format!("/apis/batch/v1/namespaces/{NAMESPACE}/cronjobs/{name}");
+    let mut cached = converged.clone();
+    cached.insert(
+        path.clone(),
+        json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {
+                "name": name, "namespace": NAMESPACE, "resourceVersion": "7",
+                "ownerReferences": [{
+                    "apiVersion": "pixel-playground.dev/v1alpha1", "kind": "PixelCanvas",
+                    "name": "demo", "uid": "0000-uid", "controller": true,
+                }],
+            },
+            "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}},
+        }),
+    );
+    let mut deleted = converged.clone();
+    deleted.insert(path.clone(), failure(404, "NotFound"));
+    let (result, sent) = reconcile_cached(canvas, &cached, converged, deleted).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    assert_eq!(
+        writes(&sent),
+        [(Method::DELETE, path.as_str())],
+        "{sent:#?}"
+    );
 }
 
 /// A new canvas: the synced stores hold none of its children, so each is applied with no

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use pixel_common::{
     canvas::Point,
     identity::{is_signed_in, public_name},
+    opening::Closed,
     ports::{CANVAS_VERSION_HEADER, CLIENT_ID_HEADER, IDEMPOTENCY_KEY_HEADER, PLACEMENT_BATCH_MAX},
     wire::SNAPSHOT_CONTENT_TYPE,
 };
@@ -403,21 +404,6 @@ fn client_id(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or(ApiError::ClientId)
 }
 
-/// The placement's idempotency key, if it has one; a malformed one is refused rather than
-/// ignored, since a retry without it could place twice.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    headers
-        .get(IDEMPOTENCY_KEY_HEADER)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .filter(|key| is_idempotency_key(key))
-                .ok_or(ApiError::IdempotencyKey)
-        })
-        .transpose()
-}
-
 /// An idempotency key: 1 to 64 of `A-Z a-z 0-9 _ -`.
 fn is_idempotency_key(key: &str) -> bool {
     (1..=64).contains(&key.len())
@@ -484,24 +470,42 @@ async fn place_checked(
         return Err(ApiError::Unauthorized);
     }
     let Json(request) = body.map_err(ApiError::Body)?;
-    let client_id = open_for(state, headers)?;
-    let idempotency_key = idempotency_key(headers)?;
+    // A header that is not text is as malformed as one of the wrong characters.
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().unwrap_or_default())
+    };
     let placement = checked_placement(
         state,
-        client_id,
-        idempotency_key,
+        header(CLIENT_ID_HEADER).unwrap_or_default(),
+        state.settings.opening.closed_now(),
+        header(IDEMPOTENCY_KEY_HEADER),
         (request.x, request.y, request.color),
     )?;
     decided(state, state.placements.place(placement).await)
 }
 
-/// A placement on this canvas's grid and palette.
+/// A placement by a valid client id, while the canvas is open (`closed` is why it is not),
+/// with a valid key if any, on this canvas's grid and palette: checked in that order, alike
+/// for a placement alone and one of a batch.
 fn checked_placement(
     state: &AppState,
     client_id: &str,
+    closed: Option<Closed>,
     idempotency_key: Option<&str>,
     (x, y, color): (i64, i64, i64),
 ) -> Result<Placement, ApiError> {
+    if !is_client_name(client_id) {
+        return Err(ApiError::ClientId);
+    }
+    if let Some(closed) = closed {
+        return Err(ApiError::Closed(closed));
+    }
+    // A malformed key is refused rather than ignored: a retry without it could place twice.
+    if !idempotency_key.is_none_or(is_idempotency_key) {
+        return Err(ApiError::IdempotencyKey);
+    }
     let settings = &state.settings;
     let point = settings.size.point(x, y)?;
     let color = settings.palette.index(color)?;
@@ -594,7 +598,7 @@ pub const BATCH_BODY_MAX_BYTES: usize = PLACEMENT_BATCH_MAX * 256;
     security(("internalToken" = [])),
     request_body = BatchRequest,
     responses(
-        (status = 200, description = "One answer per placement, in order, each with the status and body POST /api/v1/pixels would have answered it with (a placement refused or failed fails alone)", body = BatchResponse),
+        (status = 200, description = "One answer per placement, in order, each with the status and body POST /api/v1/pixels would have answered it with (a refused placement fails alone; one Redis failed after its first write fails the rest of the batch with it)", body = BatchResponse),
         (status = 400, description = "invalid_body (not the documented shape, or more than 256 placements) or body_too_large", body = ErrorBody),
         (status = 401, description = "unauthorized: the caller is not the canvas's gateway (no or another internal token)", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -619,24 +623,13 @@ pub async fn place_batch(
         Vec::with_capacity(request.placements.len());
     let (mut valid, mut slots) = (Vec::new(), Vec::new());
     for (slot, item) in request.placements.iter().enumerate() {
-        let checked = if !is_client_name(&item.client_id) {
-            Err(ApiError::ClientId)
-        } else if let Some(closed) = closed {
-            Err(ApiError::Closed(closed))
-        } else if !item
-            .idempotency_key
-            .as_deref()
-            .is_none_or(is_idempotency_key)
-        {
-            Err(ApiError::IdempotencyKey)
-        } else {
-            checked_placement(
-                &state,
-                &item.client_id,
-                item.idempotency_key.as_deref(),
-                (item.x, item.y, item.color),
-            )
-        };
+        let checked = checked_placement(
+            &state,
+            &item.client_id,
+            closed,
+            item.idempotency_key.as_deref(),
+            (item.x, item.y, item.color),
+        );
         match checked {
             Ok(placement) => {
                 valid.push(placement);

@@ -6,7 +6,8 @@
 //! already waiting (up to [`MAX_BATCH`]) and runs them as one batch; placements arriving
 //! meanwhile wait in a bounded queue for the next. When idle, a placement goes at once: no
 //! batch waits to fill. Each placement gets its own answer; a Redis error fails the batch's
-//! placements (each caller answers 503), a placement Redis failed alone fails alone.
+//! placements (each caller answers 503); a placement Redis failed fails alone, or with the
+//! rest of its batch when it failed part-written (see the script).
 
 use std::sync::Arc;
 

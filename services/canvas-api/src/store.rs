@@ -67,7 +67,12 @@ pub enum StoreError {
 /// colour, client id, x, y, public name and `1` when it has an idempotency key (else
 /// empty). Answers one reply per placement, in order: `{1, version, placed_at_ms}`,
 /// `{0, retry_after_ms}` (cooldown), `{2, retry_after_ms}` (rate), `{3}` (banned), or
-/// `{4, error}` when Redis failed that placement alone (the others still apply).
+/// `{4, error}` when Redis failed the placement. A failure before the placement's first
+/// write (the pixel) fails it alone and the others still apply; one after it (the history
+/// or records key of the wrong type, a stream ahead of the version) has written part of it,
+/// which Redis does not undo, so every placement after it in the batch gets the same `{4,
+/// error}` unattempted: each would otherwise take a version and fail the same way, one gap
+/// in the versions instead of one per placement.
 pub const PLACE_SCRIPT: &str = r"
 local function trim(kept) if tonumber(kept) >= 1000 then return '~' end return '=' end
 local now = redis.call('TIME')
@@ -77,6 +82,7 @@ local cooldown, history, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local undo = tonumber(ARGV[4])
 local interval, burst, answer_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local trimming = trim(history)
+local writing = false
 local function place(cooldown_key, undo_key, rate_key, answer_key, index, colour, client, x, y,
     name, keyed)
   local ban = redis.call('HGET', KEYS[5], name)
@@ -113,6 +119,7 @@ local function place(cooldown_key, undo_key, rate_key, answer_key, index, colour
     end
     return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ms)}
   end
+  writing = true
   local previous = redis.call('BITFIELD', KEYS[1], 'SET', 'u8', '#' .. index, colour)[1]
   local version = string.format('%d', redis.call('INCR', KEYS[2]))
   local record = undo > 0 and redis.call('HGET', KEYS[3], index)
@@ -129,14 +136,20 @@ local function place(cooldown_key, undo_key, rate_key, answer_key, index, colour
   end
   return {1, tonumber(version), tonumber(ms)}
 end
-local replies = {}
+local replies, failed = {}, nil
 for i = 0, (#KEYS - 5) / 4 - 1 do
   local k, a = 5 + 4 * i, 7 + 7 * i
-  local ok, reply = pcall(place, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
-    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
-  if not ok then
-    if type(reply) == 'table' then reply = reply.err end
-    reply = {4, tostring(reply)}
+  local reply = failed
+  if not reply then
+    writing = false
+    local ok
+    ok, reply = pcall(place, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+      ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+    if not ok then
+      if type(reply) == 'table' then reply = reply.err end
+      reply = {4, tostring(reply)}
+      if writing then failed = reply end
+    end
   end
   replies[i + 1] = reply
 end

@@ -44,6 +44,9 @@ pub enum ApiError {
     Batch(#[source] Arc<ApiError>),
     #[error("the gateway's placement queue is closed")]
     QueueClosed,
+    /// Waiting for a batch and its answer took longer than the calls' bound.
+    #[error("the placement got no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// Why missed updates cannot be read from the history.
@@ -152,6 +155,8 @@ fn worth_retrying(error: &reqwest::Error) -> bool {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// The bound on each call, a placement's wait for its batch included.
+    timeout: Duration,
     /// The batching task's queue, started with the first placement (so on a runtime).
     batches: Arc<OnceLock<mpsc::Sender<Queued>>>,
 }
@@ -221,6 +226,7 @@ impl ApiClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            timeout,
             batches: Arc::new(OnceLock::new()),
         })
     }
@@ -251,12 +257,20 @@ impl ApiClient {
             tokio::spawn(send_batches(self.without_queue(), waiting));
             queue
         });
-        let (answer, answered) = oneshot::channel();
-        queue
-            .send((placement, answer))
+        // Bounded as a whole: behind a full queue and busy batches a placement could wait
+        // for several requests' timeouts. One that times out may still be placed, as with
+        // a request's timeout; its key keeps it from being placed twice.
+        let queued = async {
+            let (answer, answered) = oneshot::channel();
+            queue
+                .send((placement, answer))
+                .await
+                .map_err(|_| ApiError::QueueClosed)?;
+            answered.await.map_err(|_| ApiError::QueueClosed)?
+        };
+        tokio::time::timeout(self.timeout, queued)
             .await
-            .map_err(|_| ApiError::QueueClosed)?;
-        answered.await.map_err(|_| ApiError::QueueClosed)?
+            .map_err(|_| ApiError::TimedOut(self.timeout))?
     }
 
     /// This client for the batching task: without the queue, so that the task ends when
@@ -265,6 +279,7 @@ impl ApiClient {
         Self {
             http: self.http.clone(),
             base: self.base.clone(),
+            timeout: self.timeout,
             batches: Arc::new(OnceLock::new()),
         }
     }
@@ -550,6 +565,13 @@ async fn send_batches(api: ApiClient, mut waiting: mpsc::Receiver<Queued>) {
         let api = api.clone();
         tokio::spawn(async move {
             let results = api.place_batch(&placements).await;
+            if let Err(error) = &results {
+                tracing::warn!(
+                    error = %pixel_common::error::ErrorChain(error),
+                    placements = placements.len(),
+                    "cannot forward a batch of placements"
+                );
+            }
             pixel_common::batch::answer_each(answers, results, ApiError::Batch);
             drop(slot);
         });
@@ -677,6 +699,39 @@ mod tests {
         assert_eq!(seen[0].0, API_PIXELS_BATCH_PATH);
         assert_eq!(seen[0].1.len(), 32, "{seen:?}");
         assert_eq!(seen[0], seen[1], "the retry names the same placement");
+    }
+
+    /// A canvas-api that takes requests and never answers: every batch slot is taken by a
+    /// batch waiting for its timeout, so the next placement waits for a slot, then for its
+    /// own batch. The bound covers that whole wait, not each request alone.
+    #[tokio::test]
+    async fn a_placement_queued_behind_stuck_batches_is_answered_within_its_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let bound = Duration::from_millis(300);
+        let api = ApiClient::new(&base, "a-token-long-enough-for-tests", bound).expect("client");
+        let mut stuck = Vec::new();
+        for _ in 0..BATCHES_IN_FLIGHT {
+            let api = api.clone();
+            stuck.push(tokio::spawn(async move { api.place("a", 1, 2, 3).await }));
+            // Each is sent in a batch of its own before the next is made.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let queued = api.place("b", 1, 2, 3).await;
+        assert!(
+            matches!(queued, Err(ApiError::TimedOut(after)) if after == bound),
+            "{queued:?}"
+        );
+        for placement in stuck {
+            let answer = placement.await.expect("task");
+            assert!(answer.is_err(), "{answer:?}");
+        }
     }
 
     /// Once only: a second loss is the player's error to see.

@@ -41,8 +41,9 @@ use crate::{
 /// data does not reset the connection before our close frame arrives).
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// The most bytes of update frames a connection gathers into one write: tungstenite keeps
-/// its write buffer at the largest write, so this bounds it per connection.
+/// The bytes of update frames after which a connection stops gathering more into one write
+/// (a write is at most this plus one frame): tungstenite keeps its write buffer at the
+/// largest write, so this bounds it per connection.
 const MAX_WRITE_BYTES: usize = 16 * 1024;
 
 /// What the client could not send.
@@ -532,8 +533,8 @@ where
     /// Sends a broadcast and every one already published after it, in one write: when the
     /// core is busy a connection's turn comes less often and its write grows, so the writes
     /// per second stay bounded by the core's speed instead of growing with the batch rate.
-    /// At most [`MAX_WRITE_BYTES`] of frames per write (the rest waits for the next turn),
-    /// so one slow client's write buffer stays bounded.
+    /// It stops gathering at [`MAX_WRITE_BYTES`] (the rest waits for the next turn), so one
+    /// slow client's write buffer stays bounded.
     async fn broadcast(
         &mut self,
         received: Result<Arc<Broadcast>, RecvError>,
@@ -694,7 +695,12 @@ fn answer<T>(
         }
         Err(error) => {
             metrics.placement("unavailable");
-            tracing::warn!(error = %ErrorChain(&error), "cannot forward a placement");
+            if matches!(error, ApiError::Batch(_)) {
+                // Its batch's failure is logged once, where the batch failed.
+                tracing::debug!(error = %ErrorChain(&error), "cannot forward a placement");
+            } else {
+                tracing::warn!(error = %ErrorChain(&error), "cannot forward a placement");
+            }
             ServerMessage::error(
                 id,
                 code::UNAVAILABLE,
