@@ -172,12 +172,17 @@ impl Caches {
     /// exist), or `None` when `K` has no store or it has not synced yet, or it is absent and
     /// `K` wants absence confirmed ([`Cached::CONFIRM_ABSENCE`]).
     pub fn get<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<K>> {
+        self.get_labelled(namespace, name)
+            .filter(|newest| newest.is_some() || !K::CONFIRM_ABSENCE)
+    }
+
+    /// As [`Caches::get`], but the store's "there is none" is the answer for every `K`: for
+    /// a caller that knows the object, if it existed, would carry the label the watch
+    /// selects.
+    pub fn get_labelled<K: Cached>(&self, namespace: &str, name: &str) -> Option<Option<K>> {
         let store = K::store(self).filter(|store| synced(store))?;
         let stored = store.get(&ObjectRef::new(name).within(namespace));
-        match self.recent_writes.newest(namespace, name, stored) {
-            None if K::CONFIRM_ABSENCE => None,
-            newest => Some(newest),
-        }
+        Some(self.recent_writes.newest(namespace, name, stored))
     }
 
     /// Keeps what an apply of a `K` returned, if `K` has a store, until the store has it.

@@ -285,7 +285,7 @@ async fn reconcile_canvas(
     let storage = if canvas.spec.paused {
         Ok(None)
     } else {
-        grow_storage(canvas, context, &namespace, &names)
+        grow_storage(canvas, context, &namespace, &names, live.redis.as_ref())
             .await
             .map(Some)
     };
@@ -675,7 +675,19 @@ async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, 
 where
     K: NamespacedObject + Serialize,
 {
-    let live = read::<K>(context, namespace, &desired.name_any()).await?;
+    let name = desired.name_any();
+    // What is applied carries the operator's label, so its store holds it once it exists:
+    // absence there is absence. At worst an object the store cannot see (made unlabelled
+    // by an older version) is applied once more, which labels it. The credentials' reads
+    // still confirm a Secret's absence before generating a value.
+    let cached = context
+        .caches
+        .as_ref()
+        .and_then(|caches| caches.get_labelled::<K>(namespace, &name));
+    let live = match cached {
+        Some(live) => live,
+        None => read::<K>(context, namespace, &name).await?,
+    };
     let hash = content_digest(desired).map_err(serialize_error(desired))?;
     apply_over(context, namespace, desired, &hash, live).await
 }
@@ -810,10 +822,23 @@ async fn grow_storage(
     context: &Context,
     namespace: &str,
     names: &Names,
+    redis: Option<&StatefulSet>,
 ) -> Result<StorageState, ReconcileError> {
     let name = names.redis_claim();
     let wanted = &canvas.spec.redis.storage.size;
-    let claim = read::<PersistentVolumeClaim>(context, namespace, &name).await?;
+    // A claim made from a template with the operator's label is in the claim store once it
+    // exists, so its absence there needs no GET: the StatefulSet controller may take
+    // minutes to make it while a new canvas is reconciled again and again.
+    let labelled = redis.is_some_and(claims_are_labelled);
+    let cached = context
+        .caches
+        .as_ref()
+        .filter(|_| labelled)
+        .and_then(|caches| caches.get_labelled::<PersistentVolumeClaim>(namespace, &name));
+    let claim = match cached {
+        Some(claim) => claim,
+        None => read::<PersistentVolumeClaim>(context, namespace, &name).await?,
+    };
     let class = match claim.as_ref() {
         Some(claim) if storage::needs_more(wanted, claim) => {
             match claim
@@ -848,6 +873,21 @@ async fn grow_storage(
         tracing::info!(claim = %name, size = %size.0, "volume claim expanded");
     }
     Ok(plan.state)
+}
+
+/// Whether the claims `set` makes carry the label the operator's claim watch selects.
+fn claims_are_labelled(set: &StatefulSet) -> bool {
+    set.spec
+        .as_ref()
+        .and_then(|spec| spec.volume_claim_templates.as_ref())
+        .is_some_and(|templates| {
+            !templates.is_empty()
+                && templates.iter().all(|template| {
+                    template.metadata.labels.as_ref().is_some_and(|labels| {
+                        labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+                    })
+                })
+        })
 }
 
 /// The canvas's pods (those carrying the operator's label and the canvas's instance).

@@ -118,6 +118,8 @@ impl RecentWrites {
                 self.entries().remove(&key::<K>(object));
             }
             watcher::Event::InitDone => {
+                // A relist replaced the store: it is the truth again. A write newer than
+                // the list is forgotten too, at the cost of at most one apply repeated.
                 let kind = TypeId::of::<K>();
                 self.entries().retain(|(of, _, _), _| *of != kind);
             }
