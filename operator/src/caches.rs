@@ -1,8 +1,10 @@
 //! The operator's caches of what it watches: one reflector store per kind of child and one
 //! of the canvases' pods, fed by the controller's watches. A reconcile reads a child or
 //! lists pods from here once the store has synced, so it sends no GET for what it already
-//! watches; before that, or when a Secret or claim is absent from its store (the watches
-//! select by label, so one may be there unseen), it asks the API server.
+//! watches; before that, or when a Secret or claim it reads for what it holds is absent
+//! from its store (the watches select by label, so one may be there unseen), it asks the
+//! API server. What it is about to apply carries the label, so there its absence is taken
+//! from the store ([`Caches::get_labelled`]).
 //!
 //! A store lags a write by the moment its watch event takes to arrive; until then a read
 //! takes the object the write returned ([`RecentWrites`]), so a child just applied is not
