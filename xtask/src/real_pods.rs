@@ -372,8 +372,15 @@ impl Stage<'_> {
             "-n",
             NAMESPACE,
             "--timeout=240s",
-        ])
-        .map(drop)
+        ])?;
+        // Ready means the pods are; Traefik routes a path only once it has seen the
+        // Service's endpoints (its configuration is throttled), and until then `/api`
+        // falls through to the frontend's `/`. A route that never comes fails here.
+        process::wait_until(
+            "the Ingress to route the API to canvas-api",
+            Duration::from_secs(60),
+            || Ok(self.http("GET", ports::API_INFO_PATH, None)?.0 == 200),
+        )
     }
 
     /// `pixel-browser-check <subcommand>` for this canvas, once both gateway pods are
