@@ -675,19 +675,10 @@ async fn apply<K>(context: &Context, namespace: &str, desired: &K) -> Result<K, 
 where
     K: NamespacedObject + Serialize,
 {
-    let name = desired.name_any();
-    // What is applied carries the operator's label, so its store holds it once it exists:
-    // absence there is absence. At worst an object the store cannot see (made unlabelled
-    // by an older version) is applied once more, which labels it. The credentials' reads
-    // still confirm a Secret's absence before generating a value.
-    let cached = context
-        .caches
-        .as_ref()
-        .and_then(|caches| caches.get_labelled::<K>(namespace, &name));
-    let live = match cached {
-        Some(live) => live,
-        None => read::<K>(context, namespace, &name).await?,
-    };
+    // What is applied carries the operator's label. At worst an object the store cannot
+    // see (made unlabelled by an older version) is applied once more, which labels it. The
+    // credentials' reads still confirm a Secret's absence before generating a value.
+    let live = read_labelled::<K>(context, namespace, &desired.name_any()).await?;
     let hash = content_digest(desired).map_err(serialize_error(desired))?;
     apply_over(context, namespace, desired, &hash, live).await
 }
@@ -829,15 +820,10 @@ async fn grow_storage(
     // A claim made from a template with the operator's label is in the claim store once it
     // exists, so its absence there needs no GET: the StatefulSet controller may take
     // minutes to make it while a new canvas is reconciled again and again.
-    let labelled = redis.is_some_and(claims_are_labelled);
-    let cached = context
-        .caches
-        .as_ref()
-        .filter(|_| labelled)
-        .and_then(|caches| caches.get_labelled::<PersistentVolumeClaim>(namespace, &name));
-    let claim = match cached {
-        Some(claim) => claim,
-        None => read::<PersistentVolumeClaim>(context, namespace, &name).await?,
+    let claim = if redis.is_some_and(claims_are_labelled) {
+        read_labelled::<PersistentVolumeClaim>(context, namespace, &name).await?
+    } else {
+        read::<PersistentVolumeClaim>(context, namespace, &name).await?
     };
     let class = match claim.as_ref() {
         Some(claim) if storage::needs_more(wanted, claim) => {
@@ -991,6 +977,26 @@ where
         .get_opt(name)
         .await
         .map_err(kube_error("get", kind_of::<K>(), name))
+}
+
+/// [`read`] of an object that, if it exists, carries the label its watch selects: a
+/// synced store's "there is none" is the answer, with no GET.
+async fn read_labelled<K>(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, ReconcileError>
+where
+    K: NamespacedObject,
+{
+    if let Some(cached) = context
+        .caches
+        .as_ref()
+        .and_then(|caches| caches.get_labelled::<K>(namespace, name))
+    {
+        return Ok(cached);
+    }
+    read::<K>(context, namespace, name).await
 }
 
 async fn write_status(
