@@ -181,19 +181,29 @@ pub struct Arrival {
     pub since: Option<u64>,
 }
 
-/// Serves one client until it leaves, breaks a limit, or the gateway stops; returns why
-/// it ended.
-pub async fn serve<S, R>(sink: S, mut stream: R, shared: Shared, arrival: Arrival) -> Ended
+/// Serves one client until it leaves, breaks a limit, or the gateway stops; answers why
+/// it ended, and gives the socket's halves back so the caller decides when it closes.
+///
+/// Everything is set up before the returned future: it carries only the connection
+/// itself, and it is most of an idle connection's memory.
+pub fn serve<S, R>(
+    sink: S,
+    mut stream: R,
+    shared: Shared,
+    arrival: Arrival,
+) -> impl Future<Output = (Ended, S, R)> + Send
 where
-    S: Sink<Message> + Unpin,
+    S: Sink<Message> + Unpin + Send,
     S::Error: std::error::Error + Send + Sync + 'static,
-    R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let limits = Arc::clone(&shared.limits);
+    let limits = &shared.limits;
     let who = match &arrival.seat {
         Seat::Player(player) => player.handle.clone(),
         Seat::Watcher(_) => "watcher".to_owned(),
     };
+    tracing::debug!(client = %who, since = ?arrival.since, "client connected");
+    let since = arrival.since;
     let mut connection = Connection {
         sink,
         bucket: Bucket::new(limits.placement_rate, limits.placement_burst),
@@ -204,14 +214,17 @@ where
         strikes: 0,
         last_heard: Instant::now(),
     };
-    let ended = connection.run(&mut stream, arrival.since).await;
-    connection.linger(&mut stream).await;
-    ended
+    async move {
+        let ended = connection.run(&mut stream, since).await;
+        connection.linger(&mut stream).await;
+        tracing::debug!(client = %connection.who, reason = ended.label(), "client disconnected");
+        (ended, connection.sink, stream)
+    }
 }
 
 impl<S> Connection<S>
 where
-    S: Sink<Message> + Unpin,
+    S: Sink<Message> + Unpin + Send,
     S::Error: std::error::Error + Send + Sync + 'static,
 {
     async fn run<R>(&mut self, stream: &mut R, since: Option<u64>) -> Ended
@@ -228,12 +241,10 @@ where
                 .await;
         };
         let mut online = self.shared.online.clone();
-        let hello = self.hello(version, *online.borrow_and_update());
-        let started = match self.send_json(&hello).await {
-            Ok(()) => self.resync(since, version).await,
-            Err(ended) => Err(ended),
-        };
-        if let Err(ended) = started {
+        let count = *online.borrow_and_update();
+        // Boxed, like `incoming` below: an awaited call's state is part of the connection's
+        // task for its whole life, and the task is most of an idle connection's memory.
+        if let Err(ended) = Box::pin(self.start(version, count, since)).await {
             return ended;
         }
         let limits = Arc::clone(&self.shared.limits);
@@ -248,7 +259,7 @@ where
             let step = tokio::select! {
                 biased;
                 () = &mut cancelled => Err(self.close(close::GOING_AWAY, "server shutting down", Ended::Shutdown).await),
-                incoming = stream.next() => self.incoming(incoming, &mut answers).await,
+                incoming = stream.next() => Box::pin(self.incoming(incoming, &mut answers)).await,
                 Some(answer) = answers.next(), if !answers.is_empty() => self.send_json(&answer).await,
                 broadcast = updates.recv() => self.broadcast(broadcast, &mut updates).await,
                 Ok(()) = online.changed() => {
@@ -261,6 +272,13 @@ where
                 return ended;
             }
         }
+    }
+
+    /// The hello, then what a reconnecting client missed.
+    async fn start(&mut self, version: u64, online: u64, since: Option<u64>) -> Result<(), Ended> {
+        let hello = self.hello(version, online);
+        self.send_json(&hello).await?;
+        self.resync(since, version).await
     }
 
     fn hello(&self, version: u64, online: u64) -> ServerMessage {
@@ -324,15 +342,18 @@ where
         Ok(())
     }
 
-    /// Sends a close frame (best effort) and returns why the connection ends.
-    async fn close(&mut self, code: u16, reason: &'static str, ended: Ended) -> Ended {
-        tracing::debug!(client = %self.who, code, reason, "closing the connection");
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = self.send(Message::Close(Some(frame))).await;
-        ended
+    /// Sends a close frame (best effort) and returns why the connection ends. Boxed: it
+    /// runs once, and its state would otherwise be carried by every idle connection.
+    fn close(&mut self, code: u16, reason: &'static str, ended: Ended) -> BoxFuture<'_, Ended> {
+        Box::pin(async move {
+            tracing::debug!(client = %self.who, code, reason, "closing the connection");
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = self.send(Message::Close(Some(frame))).await;
+            ended
+        })
     }
 
     /// After a close: reads until the client's close reply or the end, within a bound.
@@ -837,7 +858,7 @@ mod tests {
             inner: PollSender::new(sink_tx),
             count: Arc::clone(&flushes),
         };
-        let task = tokio::spawn(serve(
+        let served = serve(
             sink,
             stream,
             shared,
@@ -849,7 +870,8 @@ mod tests {
                 },
                 since,
             },
-        ));
+        );
+        let task = tokio::spawn(async move { served.await.0 });
         Harness {
             fanout,
             online: online_tx,

@@ -35,7 +35,7 @@ use crate::{
     identity::{Seat, WatchReason},
     protocol::close,
     redis_link::Timers,
-    socket::{self, Arrival, ReadError},
+    socket::{self, Arrival, ReadError, Shared},
 };
 
 /// Each connection's read buffer: a few client messages (a placement is about 60 bytes;
@@ -243,14 +243,17 @@ pub async fn upgrade(
             "this canvas is for signed-in people: sign in first",
         );
     }
+    // Read here, in the short-lived handshake, so the connection's task never holds a Redis
+    // call's state: that task is most of an idle connection's memory.
+    let timers = timers(&gateway, &seat).await;
+    let arrival = Arrival {
+        seat,
+        timers,
+        since: query.since,
+    };
+    let shared = gateway.shared.clone();
     let mut response = ws.on_upgrade(move |socket| {
-        tracker.track_future(connection(
-            socket,
-            gateway,
-            (slot, address_slot),
-            seat,
-            query.since,
-        ))
+        tracker.track_future(connection(socket, shared, (slot, address_slot), arrival))
     });
     if let Some(cookie) = cookie {
         // Browsers keep cookies set on a WebSocket handshake's answer.
@@ -278,24 +281,10 @@ async fn at_capacity(mut socket: WebSocket, gateway: Gateway) {
     .await;
 }
 
-async fn connection(
-    socket: WebSocket,
-    gateway: Gateway,
-    slot: (Slot, Option<AddressSlot>),
-    seat: Seat,
-    since: Option<u64>,
-) {
-    let metrics = gateway.shared.metrics.clone();
-    metrics.connected();
-    let who = match &seat {
-        Seat::Player(player) => player.handle.clone(),
-        Seat::Watcher(_) => "watcher".to_owned(),
-    };
-    tracing::debug!(client = %who, ?since, "client connected");
-    // The hello tells a player how long its cooldown and its undo still run (after a
-    // reload, say).
+/// How long a player's cooldown and undo still run, for the hello (after a reload, say).
+async fn timers(gateway: &Gateway, seat: &Seat) -> Timers {
     let canvas = &gateway.shared.canvas;
-    let timers = match &seat {
+    match seat {
         Seat::Player(player) if canvas.cooldown_seconds > 0 || canvas.undo_seconds > 0 => gateway
             .redis
             .timers(&player.id)
@@ -305,28 +294,40 @@ async fn connection(
                 Timers::default()
             }),
         _ => Timers::default(),
-    };
-    let (mut sink, stream) = socket.split();
-    let mut stream = stream.map(|read| read.map_err(read_error));
-    let shared = gateway.shared.clone();
-    let arrival = Arrival {
-        seat,
-        timers,
-        since,
-    };
-    let ended = socket::serve(&mut sink, &mut stream, shared, arrival).await;
-    // The slots are free before the socket is dropped: a client that sees the end may
-    // reconnect at once.
-    drop(slot);
-    tracing::debug!(client = %who, reason = ended.label(), "client disconnected");
-    metrics.disconnected(ended.label());
+    }
 }
 
-fn read_error(error: axum::Error) -> ReadError {
-    match error.into_inner().downcast::<tungstenite::Error>() {
-        Ok(error) if matches!(*error, tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
-        _ => ReadError::Broken,
+/// A connection's task. Built before it runs, so the task carries no copy of what it was
+/// built from: the task is most of an idle connection's memory.
+fn connection(
+    socket: WebSocket,
+    shared: Shared,
+    slot: (Slot, Option<AddressSlot>),
+    arrival: Arrival,
+) -> impl Future<Output = ()> + Send {
+    let metrics = shared.metrics.clone();
+    metrics.connected();
+    let (sink, stream) = socket.split();
+    let stream = stream.map(read_error);
+    // Boxed: awaiting a captured future would copy it into the task a second time.
+    let served = Box::pin(socket::serve(sink, stream, shared, arrival));
+    async move {
+        let (ended, sink, stream) = served.await;
+        // The slots are free before the socket is dropped: a client that sees the end may
+        // reconnect at once.
+        drop(slot);
+        drop((sink, stream));
+        metrics.disconnected(ended.label());
     }
+}
+
+fn read_error(read: Result<Message, axum::Error>) -> Result<Message, ReadError> {
+    read.map_err(
+        |error| match error.into_inner().downcast::<tungstenite::Error>() {
+            Ok(error) if matches!(*error, tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
+            _ => ReadError::Broken,
+        },
+    )
 }
 
 #[cfg(test)]
