@@ -10,6 +10,7 @@ use pixel_common::redis_schema::{PIXELS_KEY, VERSION_KEY};
 use pixel_harness::process;
 
 use crate::{
+    commandstats::ScriptTime,
     load::{LoadSummary, Mode},
     redis_bench::{self, RedisFigures},
     report::BenchResult,
@@ -86,6 +87,8 @@ struct Series {
     ours: Vec<LoadSummary>,
     /// Per limit command, its figures round after round.
     peers: Vec<Vec<RedisFigures>>,
+    /// For placements: where Redis spent ours in the last round.
+    script_time: Option<ScriptTime>,
 }
 
 fn series(
@@ -99,9 +102,18 @@ fn series(
     let mut series = Series {
         ours: Vec::new(),
         peers: vec![Vec::new(); peer_commands.len()],
+        script_time: None,
     };
+    let placing = matches!(mode, Mode::Place | Mode::PlaceBatch);
     for round in 1..=ctx.rounds {
+        if placing {
+            servers.redis_cli(&["CONFIG", "RESETSTAT"])?;
+        }
         let ours = run_load(ctx, servers, mode, ctx.duration)?;
+        if placing {
+            let info = servers.redis_cli(&["INFO", "commandstats"])?;
+            series.script_time = ScriptTime::of(&info, ours.ok);
+        }
         println!(
             "{label} round {round}/{}: ours {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, \
              load CPU {:.0}%)",
@@ -182,6 +194,9 @@ impl Series {
                 per_round(figures.iter().map(|p| p.requests_per_s)),
             ),
         ];
+        result
+            .details
+            .extend(self.script_time.as_ref().map(ScriptTime::describe));
         result
     }
 }

@@ -3,6 +3,7 @@
 //! (`load`, `fanout-load`, and the fan-out's floor `fanout-floor`: this binary re-executed).
 
 mod api;
+mod commandstats;
 mod fanout;
 mod fanout_floor;
 mod fanout_load;

@@ -18,7 +18,10 @@ use futures::FutureExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     batch::v1::CronJob,
-    core::v1::{ConfigMap, Container, PersistentVolumeClaim, Pod, PodSpec, Secret, Service},
+    core::v1::{
+        ConfigMap, Container, ContainerState, ContainerStatus, PersistentVolumeClaim, Pod,
+        PodCondition, PodSpec, PodStatus, Secret, Service,
+    },
     networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
 };
@@ -28,6 +31,7 @@ use kube::{
 };
 
 pub use self::recent_writes::RecentWrites;
+use crate::status::ImageFailure;
 
 /// The stores, one per kind the controller watches in full.
 #[derive(Clone)]
@@ -233,26 +237,98 @@ pub fn trim<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// What the pod store keeps of a pod: its metadata and status, and of its spec only the
-/// node and each container's name and image (what the canvas's status reads), since the
-/// operator's pods outnumber its other objects.
+/// What the pod store keeps of a pod, the operator's most numerous object: what the
+/// canvas's status reads ([`crate::status::PodState::of_pod`],
+/// [`crate::status::reported_backup`]) and no more. Its metadata but the annotations; its
+/// Ready condition; the statuses of the containers that wait for an image they cannot get
+/// or have ended (a backup's upload reports there), each with its name, image and state;
+/// and of the spec only those waiting containers' names and images.
 pub fn trim_pod(pod: &mut Pod) {
     trim(pod);
-    if let Some(spec) = pod.spec.take() {
-        let named = |container: Container| Container {
-            name: container.name,
-            image: container.image,
-            ..Container::default()
+    pod.metadata.annotations = None;
+    let Some(status) = pod.status.take() else {
+        pod.spec = None;
+        return;
+    };
+    let waiting_on_image = |state: &ContainerState| {
+        state
+            .waiting
+            .as_ref()
+            .and_then(|waiting| waiting.reason.as_deref())
+            .and_then(ImageFailure::of_waiting_reason)
+            .is_some()
+    };
+    let kept = |statuses: Option<Vec<ContainerStatus>>| {
+        let kept: Vec<ContainerStatus> = statuses
+            .into_iter()
+            .flatten()
+            .filter_map(|status| {
+                let state = status
+                    .state
+                    .filter(|state| waiting_on_image(state) || state.terminated.is_some())?;
+                Some(ContainerStatus {
+                    name: status.name,
+                    image: status.image,
+                    state: Some(ContainerState {
+                        running: None,
+                        ..state
+                    }),
+                    ..ContainerStatus::default()
+                })
+            })
+            .collect();
+        (!kept.is_empty()).then_some(kept)
+    };
+    let init_container_statuses = kept(status.init_container_statuses);
+    let container_statuses = kept(status.container_statuses);
+    pod.status = Some(PodStatus {
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|condition| condition.type_ == "Ready")
+                .map(|condition| PodCondition {
+                    type_: condition.type_,
+                    status: condition.status,
+                    ..PodCondition::default()
+                })
+                .collect()
+        }),
+        init_container_statuses,
+        container_statuses,
+        ..PodStatus::default()
+    });
+    let waiting: Vec<&str> = pod
+        .status
+        .iter()
+        .flat_map(|status| {
+            let statuses = [&status.init_container_statuses, &status.container_statuses];
+            statuses.into_iter().flatten().flatten()
+        })
+        .filter(|status| status.state.as_ref().is_some_and(waiting_on_image))
+        .map(|status| status.name.as_str())
+        .collect();
+    let spec = pod.spec.take().filter(|_| !waiting.is_empty());
+    pod.spec = spec.map(|spec| {
+        let named = |containers: Vec<Container>| {
+            containers
+                .into_iter()
+                .filter(|container| waiting.contains(&container.name.as_str()))
+                .map(|container| Container {
+                    name: container.name,
+                    image: container.image,
+                    ..Container::default()
+                })
+                .collect::<Vec<_>>()
         };
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            containers: spec.containers.into_iter().map(named).collect(),
+        PodSpec {
+            containers: named(spec.containers),
             init_containers: spec
                 .init_containers
-                .map(|containers| containers.into_iter().map(named).collect()),
+                .map(named)
+                .filter(|containers| !containers.is_empty()),
             ..PodSpec::default()
-        });
-    }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -280,43 +356,129 @@ mod tests {
     /// The canvas's status reads of a pod what its store keeps.
     #[test]
     fn a_trimmed_pod_tells_the_status_what_the_whole_one_does() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {
-                "name": "demo-api-0", "namespace": "art", "uid": "u-1",
-                "labels": {"app.kubernetes.io/component": "api", "app.kubernetes.io/instance": "demo"},
-                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
-            },
-            "spec": {
-                "nodeName": "node-1",
-                "volumes": [{"name": "tmp", "emptyDir": {}}],
-                "initContainers": [{"name": "restore", "image": "app:1", "args": ["restore"]}],
-                "containers": [{
-                    "name": "api", "image": "app:2",
-                    "env": [{"name": "A", "value": "b"}],
-                    "readinessProbe": {"exec": {"command": ["true"]}},
-                }],
-            },
-            "status": {
-                "phase": "Pending",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [{
-                    "name": "api", "image": "app:2", "imageID": "", "ready": false,
-                    "restartCount": 0,
-                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}},
-                }],
-            },
-        }))
-        .expect("a pod");
-        let mut trimmed = pod.clone();
-        trim_pod(&mut trimmed);
-        assert_eq!(trimmed.metadata.managed_fields, None);
-        let spec = trimmed.spec.as_ref().expect("spec");
-        assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
-        assert!(crate::status::PodState::of_pod(&pod).is_some());
+        let pod = |component: &str, spec: serde_json::Value, status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("demo-{component}-0"), "namespace": "art", "uid": "u-1",
+                    "labels": {
+                        "app.kubernetes.io/component": component,
+                        "app.kubernetes.io/instance": "demo",
+                        "controller-revision-hash": "demo-redis-1",
+                    },
+                    "annotations": {"note": "x"},
+                    "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                },
+                "spec": spec,
+                "status": status,
+            }))
+            .expect("a pod")
+        };
+        let spec = json!({
+            "nodeName": "node-1",
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+            "initContainers": [{"name": "restore", "image": "app:1", "args": ["restore"]}],
+            "containers": [{
+                "name": "api", "image": "app:2",
+                "env": [{"name": "A", "value": "b"}],
+                "readinessProbe": {"exec": {"command": ["true"]}},
+            }],
+        });
+        let container = |name: &str, image: &str, state: serde_json::Value| {
+            json!({
+                "name": name, "image": image, "imageID": "sha256:1", "ready": false,
+                "restartCount": 2, "containerID": "containerd://1", "state": state,
+                "lastState": {"terminated": {"exitCode": 1}},
+            })
+        };
+        let running = json!({"running": {"startedAt": "2026-12-07T10:00:00Z"}});
+        let pull = json!({"waiting": {"reason": "ImagePullBackOff", "message": "no"}});
+        let record = r#"{"time":"2026-12-07T10:00:00Z","object":"art/demo/1.rdb","version":3}"#;
+        let pods = [
+            // Waiting for its image: the spec's name for it (the status's differs) is kept.
+            pod(
+                "api",
+                spec.clone(),
+                json!({
+                    "phase": "Pending",
+                    "conditions": [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [container("api", "docker.io/library/app:2", pull.clone())],
+                }),
+            ),
+            // An init container waiting for its image.
+            pod(
+                "redis",
+                spec.clone(),
+                json!({
+                    "initContainerStatuses": [container("restore", "docker.io/library/app:1", pull)],
+                    "containerStatuses": [container("api", "app:2", json!({"waiting": {"reason": "PodInitializing"}}))],
+                }),
+            ),
+            // Ready and running.
+            pod(
+                "frontend",
+                spec.clone(),
+                json!({
+                    "phase": "Running", "podIP": "198.18.0.9",
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-07T10:00:00Z"}],
+                    "containerStatuses": [container("api", "app:2", running)],
+                }),
+            ),
+            // A backup's upload, ended with its record.
+            pod(
+                "backup",
+                spec,
+                json!({
+                    "containerStatuses": [container("upload", "app:2", json!({"terminated": {"exitCode": 0, "message": record}}))],
+                }),
+            ),
+        ];
+        for pod in &pods {
+            let mut trimmed = pod.clone();
+            trim_pod(&mut trimmed);
+            assert_eq!(trimmed.metadata.managed_fields, None);
+            assert_eq!(trimmed.metadata.annotations, None);
+            if let Some(spec) = &trimmed.spec {
+                assert!(spec.volumes.is_none() && spec.node_name.is_none());
+                assert!(spec.containers.iter().all(|c| c.env.is_none()));
+            }
+            assert_eq!(
+                crate::status::PodState::of_pod(&trimmed),
+                crate::status::PodState::of_pod(pod),
+                "{:?}",
+                pod.metadata.name
+            );
+            assert_eq!(
+                crate::status::reported_backup(std::slice::from_ref(&trimmed)),
+                crate::status::reported_backup(std::slice::from_ref(pod)),
+            );
+        }
+        let problems = |pod: &Pod| {
+            let mut trimmed = pod.clone();
+            trim_pod(&mut trimmed);
+            crate::status::PodState::of_pod(&trimmed)
+                .expect("a pod")
+                .image_problems
+        };
         assert_eq!(
-            crate::status::PodState::of_pod(&trimmed),
-            crate::status::PodState::of_pod(&pod)
+            problems(&pods[0])
+                .into_iter()
+                .map(|p| p.image)
+                .collect::<Vec<_>>(),
+            ["app:2"]
         );
+        assert_eq!(
+            problems(&pods[1])
+                .into_iter()
+                .map(|p| p.image)
+                .collect::<Vec<_>>(),
+            ["app:1"]
+        );
+        assert!(crate::status::reported_backup(&pods[3..]).is_some());
+        let mut healthy = pods[2].clone();
+        trim_pod(&mut healthy);
+        assert!(crate::status::PodState::of_pod(&healthy).expect("a pod").ready);
+        let status = healthy.status.expect("status");
+        assert_eq!((healthy.spec, status.container_statuses), (None, None));
     }
 
     /// A Secret the store lacks may exist unlabelled (made by hand, or by an older

@@ -28,7 +28,7 @@ use crate::{
     api::PixelCanvas,
     caches::{self, Caches, RecentWrites},
     children::{
-        Defaults,
+        Defaults, image_tag,
         naming::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER},
     },
     metrics::Metrics,
@@ -95,7 +95,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     let controller = Controller::for_stream(
         retried(reflector(
             writer,
-            watcher::watcher(scope.api::<PixelCanvas>(), watcher::Config::default()),
+            watcher::watcher(scope.api::<PixelCanvas>(), watcher::Config::default())
+                .modify(image_tag::trim_managed_fields),
         ))
         .applied_objects(),
         reader,

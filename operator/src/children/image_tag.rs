@@ -9,9 +9,9 @@
 //! (`kubectl create`, an API client's POST) stays pinned: its creator owns the field, as if
 //! written, and nothing tells the two apart.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::ResourceExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::api::PixelCanvas;
 
@@ -46,6 +46,17 @@ fn is_stored_default(canvas: &PixelCanvas) -> bool {
         entry.manager.as_deref() == Some(CLIENT_SIDE_APPLY_MANAGER)
             && !last_applied_sets_tag(canvas)
     })
+}
+
+/// What the operator's canvas cache keeps of the managed fields: every entry, but of its
+/// fields only whether it owns the tag, which is all [`image_tag`] reads. The status's
+/// entries alone (conditions, components) were most of a cached canvas's bytes.
+pub fn trim_managed_fields(canvas: &mut PixelCanvas) {
+    for entry in canvas.metadata.managed_fields.iter_mut().flatten() {
+        let tag_only =
+            owns_tag(entry).then(|| FieldsV1(json!({"f:spec": {"f:image": {"f:tag": {}}}})));
+        entry.fields_v1 = tag_only;
+    }
 }
 
 fn owns_tag(entry: &ManagedFieldsEntry) -> bool {
@@ -117,10 +128,51 @@ mod tests {
         )
     }
 
+    /// [`image_tag`] of `canvas`, checked to be the same on the canvas as the cache keeps it.
+    fn image_tag_cached(canvas: &PixelCanvas) -> String {
+        let mut trimmed = canvas.clone();
+        trim_managed_fields(&mut trimmed);
+        assert_eq!(image_tag(&trimmed, OPERATOR), image_tag(canvas, OPERATOR));
+        image_tag(canvas, OPERATOR).to_owned()
+    }
+
+    #[test]
+    fn the_cache_keeps_only_who_owns_the_tag() {
+        let mut status_entry = entry(
+            "pixel-operator",
+            "Apply",
+            json!({"f:status": {"f:url": {}}}),
+        );
+        status_entry["subresource"] = json!("status");
+        let mut canvas = canvas(
+            Some("0.1.0"),
+            json!([
+                owning_tag("kubectl", "Apply"),
+                owning_size("kubectl", "Apply"),
+                status_entry
+            ]),
+            json!({}),
+        );
+        trim_managed_fields(&mut canvas);
+        let fields: Vec<Option<Value>> = canvas
+            .managed_fields()
+            .iter()
+            .map(|entry| entry.fields_v1.as_ref().map(|fields| fields.0.clone()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                Some(json!({"f:spec": {"f:image": {"f:tag": {}}}})),
+                None,
+                None
+            ]
+        );
+    }
+
     #[test]
     fn an_unset_tag_is_the_operators_version() {
         let unset = canvas(None, json!([owning_size("kubectl", "Apply")]), json!({}));
-        assert_eq!(image_tag(&unset, OPERATOR), OPERATOR);
+        assert_eq!(image_tag_cached(&unset), OPERATOR);
     }
 
     #[test]
@@ -131,7 +183,7 @@ mod tests {
             owning_tag("kubectl-patch", "Update"),
         ] {
             let pinned = canvas(Some("0.1.0"), json!([owner]), json!({}));
-            assert_eq!(image_tag(&pinned, OPERATOR), "0.1.0");
+            assert_eq!(image_tag_cached(&pinned), "0.1.0");
         }
     }
 
@@ -149,7 +201,7 @@ mod tests {
             json!([owning_size("kubectl", "Apply"), status_entry,]),
             json!({}),
         );
-        assert_eq!(image_tag(&defaulted, OPERATOR), OPERATOR);
+        assert_eq!(image_tag_cached(&defaulted), OPERATOR);
     }
 
     #[test]
@@ -162,31 +214,31 @@ mod tests {
             owner.clone(),
             applied(json!({"canvas": {"width": 64}})),
         );
-        assert_eq!(image_tag(&defaulted, OPERATOR), OPERATOR);
+        assert_eq!(image_tag_cached(&defaulted), OPERATOR);
         let written = canvas(
             Some("0.1.0"),
             owner.clone(),
             applied(json!({"image": {"tag": "0.1.0"}})),
         );
-        assert_eq!(image_tag(&written, OPERATOR), "0.1.0");
+        assert_eq!(image_tag_cached(&written), "0.1.0");
         let unreadable = canvas(
             Some("0.1.0"),
             owner.clone(),
             json!({LAST_APPLIED_ANNOTATION: "{"}),
         );
-        assert_eq!(image_tag(&unreadable, OPERATOR), "0.1.0");
+        assert_eq!(image_tag_cached(&unreadable), "0.1.0");
         // A later patch of the tag is somebody's choice, whatever kubectl last applied.
         let patched = canvas(
             Some("0.1.1"),
             json!([owner[0].clone(), owning_tag("kubectl-patch", "Update")]),
             applied(json!({"canvas": {"width": 64}})),
         );
-        assert_eq!(image_tag(&patched, OPERATOR), "0.1.1");
+        assert_eq!(image_tag_cached(&patched), "0.1.1");
     }
 
     #[test]
     fn without_managed_fields_a_tag_counts_as_written() {
         let bare = canvas(Some("0.1.0"), json!([]), json!({}));
-        assert_eq!(image_tag(&bare, OPERATOR), "0.1.0");
+        assert_eq!(image_tag_cached(&bare), "0.1.0");
     }
 }

@@ -4,7 +4,7 @@
 
 mod backup;
 mod config;
-mod image_tag;
+pub mod image_tag;
 mod ingress;
 pub mod naming;
 mod network;
