@@ -12,26 +12,26 @@
 
 mod recent_writes;
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use futures::FutureExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     batch::v1::CronJob,
-    core::v1::{
-        ConfigMap, Container, ContainerState, ContainerStatus, PersistentVolumeClaim, Pod,
-        PodCondition, PodSpec, PodStatus, Secret, Service,
-    },
+    core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service},
     networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
     ResourceExt,
-    runtime::reflector::{self, ObjectRef, Store, store::Writer},
+    runtime::{
+        reflector::{self, Lookup, ObjectRef, Store, store::Writer},
+        watcher,
+    },
 };
 
 pub use self::recent_writes::RecentWrites;
-use crate::status::ImageFailure;
+use crate::{api::LastBackup, children::naming::LABEL_INSTANCE, status::PodState};
 
 /// The stores, one per kind the controller watches in full.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub struct Caches {
     pub cron_jobs: Store<CronJob>,
     pub secrets: Store<Secret>,
     pub claims: Store<PersistentVolumeClaim>,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Writes the child stores have not seen yet.
     pub recent_writes: Arc<RecentWrites>,
 }
@@ -63,7 +63,7 @@ pub struct Writers {
     pub cron_jobs: Writer<CronJob>,
     pub secrets: Writer<Secret>,
     pub claims: Writer<PersistentVolumeClaim>,
-    pub pods: Writer<Pod>,
+    pub pods: Writer<CachedPod>,
 }
 
 impl std::fmt::Debug for Writers {
@@ -200,20 +200,13 @@ impl Caches {
         }
     }
 
-    /// The pods in `namespace` whose labels hold every `(key, value)` of `labels`, or
-    /// `None` when the pod store has not synced yet.
-    pub fn pods(&self, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Pod>> {
+    /// The pods of canvas `canvas` in `namespace`, or `None` when the pod store has not
+    /// synced yet.
+    pub fn pods(&self, namespace: &str, canvas: &str) -> Option<Vec<Arc<CachedPod>>> {
         synced(&self.pods).then(|| {
-            self.pods
-                .state_filter(|pod| {
-                    pod.namespace().as_deref() == Some(namespace)
-                        && labels.iter().all(|(key, value)| {
-                            pod.labels().get(*key).map(String::as_str) == Some(value)
-                        })
-                })
-                .into_iter()
-                .map(Arc::unwrap_or_clone)
-                .collect()
+            self.pods.state_filter(|pod| {
+                pod.namespace == namespace && pod.canvas.as_deref() == Some(canvas)
+            })
         })
     }
 }
@@ -221,7 +214,7 @@ impl Caches {
 /// Whether the store has had its first full list (then it stays so).
 fn synced<K>(store: &Store<K>) -> bool
 where
-    K: kube::Resource + Clone + 'static,
+    K: Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store
@@ -237,98 +230,82 @@ pub fn trim<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// What the pod store keeps of a pod, the operator's most numerous object: what the
-/// canvas's status reads ([`crate::status::PodState::of_pod`],
-/// [`crate::status::reported_backup`]) and no more. Its metadata but the annotations; its
-/// Ready condition; the statuses of the containers that wait for an image they cannot get
-/// or have ended (a backup's upload reports there), each with its name, image and state;
-/// and of the spec only those waiting containers' names and images.
-pub fn trim_pod(pod: &mut Pod) {
-    trim(pod);
-    pod.metadata.annotations = None;
-    let Some(status) = pod.status.take() else {
-        pod.spec = None;
-        return;
-    };
-    let waiting_on_image = |state: &ContainerState| {
-        state
-            .waiting
-            .as_ref()
-            .and_then(|waiting| waiting.reason.as_deref())
-            .and_then(ImageFailure::of_waiting_reason)
-            .is_some()
-    };
-    let kept = |statuses: Option<Vec<ContainerStatus>>| {
-        let kept: Vec<ContainerStatus> = statuses
-            .into_iter()
-            .flatten()
-            .filter_map(|status| {
-                let state = status
-                    .state
-                    .filter(|state| waiting_on_image(state) || state.terminated.is_some())?;
-                Some(ContainerStatus {
-                    name: status.name,
-                    image: status.image,
-                    state: Some(ContainerState {
-                        running: None,
-                        ..state
-                    }),
-                    ..ContainerStatus::default()
-                })
-            })
-            .collect();
-        (!kept.is_empty()).then_some(kept)
-    };
-    let init_container_statuses = kept(status.init_container_statuses);
-    let container_statuses = kept(status.container_statuses);
-    pod.status = Some(PodStatus {
-        conditions: status.conditions.map(|conditions| {
-            conditions
-                .into_iter()
-                .filter(|condition| condition.type_ == "Ready")
-                .map(|condition| PodCondition {
-                    type_: condition.type_,
-                    status: condition.status,
-                    ..PodCondition::default()
-                })
-                .collect()
-        }),
-        init_container_statuses,
-        container_statuses,
-        ..PodStatus::default()
-    });
-    let waiting: Vec<&str> = pod
-        .status
-        .iter()
-        .flat_map(|status| {
-            let statuses = [&status.init_container_statuses, &status.container_statuses];
-            statuses.into_iter().flatten().flatten()
-        })
-        .filter(|status| status.state.as_ref().is_some_and(waiting_on_image))
-        .map(|status| status.name.as_str())
-        .collect();
-    let spec = pod.spec.take().filter(|_| !waiting.is_empty());
-    pod.spec = spec.map(|spec| {
-        let named = |containers: Vec<Container>| {
-            containers
-                .into_iter()
-                .filter(|container| waiting.contains(&container.name.as_str()))
-                .map(|container| Container {
-                    name: container.name,
-                    image: container.image,
-                    ..Container::default()
-                })
-                .collect::<Vec<_>>()
-        };
-        PodSpec {
-            containers: named(spec.containers),
-            init_containers: spec
-                .init_containers
-                .map(named)
-                .filter(|containers| !containers.is_empty()),
-            ..PodSpec::default()
+/// What the pod cache keeps of a pod, the operator's most numerous object: what the canvas's
+/// status reads of it, worked out when its watch event arrives. A whole pod, even trimmed,
+/// is kilobytes (k8s-openapi's `Pod` alone is 2.4 KiB before any string).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedPod {
+    name: String,
+    namespace: String,
+    resource_version: Option<String>,
+    uid: Option<String>,
+    /// Its canvas: the instance label.
+    canvas: Option<String>,
+    /// `None` for a pod of no component, or one on its way out ([`PodState::of_pod`]).
+    pub state: Option<PodState>,
+    /// What it reports if it is a finished backup pod ([`crate::status::backup_of`]).
+    pub backup: Option<LastBackup>,
+}
+
+impl CachedPod {
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            name: pod.name_any(),
+            namespace: ResourceExt::namespace(pod).unwrap_or_default(),
+            resource_version: ResourceExt::resource_version(pod),
+            uid: ResourceExt::uid(pod),
+            canvas: pod.labels().get(LABEL_INSTANCE).cloned(),
+            state: PodState::of_pod(pod),
+            backup: crate::status::backup_of(pod),
         }
-    });
+    }
+
+    /// A watch event of pods as the cache keeps them.
+    pub fn event(event: &watcher::Event<Pod>) -> watcher::Event<Self> {
+        match event {
+            watcher::Event::Apply(pod) => watcher::Event::Apply(Self::of(pod)),
+            watcher::Event::Delete(pod) => watcher::Event::Delete(Self::of(pod)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(pod) => watcher::Event::InitApply(Self::of(pod)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        }
+    }
+}
+
+impl Lookup for CachedPod {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::KIND.into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::GROUP.into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::VERSION.into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(self.name.as_str().into())
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(self.namespace.as_str().into())
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::from)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        self.uid.as_deref().map(Cow::from)
+    }
 }
 
 #[cfg(test)]
@@ -353,132 +330,64 @@ mod tests {
         }
     }
 
-    /// The canvas's status reads of a pod what its store keeps.
+    /// The pod cache answers, for one canvas, what the status reads of each of its pods,
+    /// and follows the pods' watch events.
     #[test]
-    fn a_trimmed_pod_tells_the_status_what_the_whole_one_does() {
-        let pod = |component: &str, spec: serde_json::Value, status: serde_json::Value| -> Pod {
+    fn the_pod_cache_keeps_what_the_status_reads_of_a_canvas_s_pods() {
+        let pod = |namespace: &str, name: &str, canvas: &str, status: serde_json::Value| -> Pod {
             serde_json::from_value(json!({
                 "metadata": {
-                    "name": format!("demo-{component}-0"), "namespace": "art", "uid": "u-1",
+                    "name": name, "namespace": namespace, "uid": name, "resourceVersion": "1",
                     "labels": {
-                        "app.kubernetes.io/component": component,
-                        "app.kubernetes.io/instance": "demo",
-                        "controller-revision-hash": "demo-redis-1",
+                        "app.kubernetes.io/component": "api",
+                        "app.kubernetes.io/instance": canvas,
                     },
-                    "annotations": {"note": "x"},
-                    "managedFields": [{"manager": "kubelet", "operation": "Update"}],
                 },
-                "spec": spec,
+                "spec": {"containers": [{"name": "api", "image": "app:2"}]},
                 "status": status,
             }))
             .expect("a pod")
         };
-        let spec = json!({
-            "nodeName": "node-1",
-            "volumes": [{"name": "tmp", "emptyDir": {}}],
-            "initContainers": [{"name": "restore", "image": "app:1", "args": ["restore"]}],
-            "containers": [{
-                "name": "api", "image": "app:2",
-                "env": [{"name": "A", "value": "b"}],
-                "readinessProbe": {"exec": {"command": ["true"]}},
-            }],
-        });
-        let container = |name: &str, image: &str, state: serde_json::Value| {
-            json!({
-                "name": name, "image": image, "imageID": "sha256:1", "ready": false,
-                "restartCount": 2, "containerID": "containerd://1", "state": state,
-                "lastState": {"terminated": {"exitCode": 1}},
-            })
-        };
-        let running = json!({"running": {"startedAt": "2026-12-07T10:00:00Z"}});
-        let pull = json!({"waiting": {"reason": "ImagePullBackOff", "message": "no"}});
-        let record = r#"{"time":"2026-12-07T10:00:00Z","object":"art/demo/1.rdb","version":3}"#;
-        let pods = [
-            // Waiting for its image: the spec's name for it (the status's differs) is kept.
-            pod(
-                "api",
-                spec.clone(),
-                json!({
-                    "phase": "Pending",
-                    "conditions": [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}],
-                    "containerStatuses": [container("api", "docker.io/library/app:2", pull.clone())],
-                }),
-            ),
-            // An init container waiting for its image.
-            pod(
-                "redis",
-                spec.clone(),
-                json!({
-                    "initContainerStatuses": [container("restore", "docker.io/library/app:1", pull)],
-                    "containerStatuses": [container("api", "app:2", json!({"waiting": {"reason": "PodInitializing"}}))],
-                }),
-            ),
-            // Ready and running.
-            pod(
-                "frontend",
-                spec.clone(),
-                json!({
-                    "phase": "Running", "podIP": "198.18.0.9",
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-07T10:00:00Z"}],
-                    "containerStatuses": [container("api", "app:2", running)],
-                }),
-            ),
-            // A backup's upload, ended with its record.
-            pod(
-                "backup",
-                spec,
-                json!({
-                    "containerStatuses": [container("upload", "app:2", json!({"terminated": {"exitCode": 0, "message": record}}))],
-                }),
-            ),
-        ];
-        for pod in &pods {
-            let mut trimmed = pod.clone();
-            trim_pod(&mut trimmed);
-            assert_eq!(trimmed.metadata.managed_fields, None);
-            assert_eq!(trimmed.metadata.annotations, None);
-            if let Some(spec) = &trimmed.spec {
-                assert!(spec.volumes.is_none() && spec.node_name.is_none());
-                assert!(spec.containers.iter().all(|c| c.env.is_none()));
-            }
-            assert_eq!(
-                crate::status::PodState::of_pod(&trimmed),
-                crate::status::PodState::of_pod(pod),
-                "{:?}",
-                pod.metadata.name
-            );
-            assert_eq!(
-                crate::status::reported_backup(std::slice::from_ref(&trimmed)),
-                crate::status::reported_backup(std::slice::from_ref(pod)),
-            );
+        let ready = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        let pulling = json!({"containerStatuses": [{
+            "name": "api", "image": "docker.io/library/app:2", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff"}},
+        }]});
+        let ours = pod("art", "demo-api-1", "demo", ready.clone());
+        let stuck = pod("art", "demo-api-2", "demo", pulling);
+        let other_canvas = pod("art", "mural-api-1", "mural", ready.clone());
+        let other_namespace = pod("lab", "demo-api-1", "demo", ready);
+
+        let (caches, mut writers) = Caches::new();
+        assert_eq!(caches.pods("art", "demo"), None, "not synced yet");
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(ours.clone()),
+            watcher::Event::InitApply(other_canvas),
+            watcher::Event::InitApply(other_namespace),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(stuck.clone()),
+        ] {
+            writers.pods.apply_watcher_event(&CachedPod::event(&event));
         }
-        let problems = |pod: &Pod| {
-            let mut trimmed = pod.clone();
-            trim_pod(&mut trimmed);
-            crate::status::PodState::of_pod(&trimmed)
-                .expect("a pod")
-                .image_problems
+        let states = |caches: &Caches| {
+            let mut states: Vec<PodState> = caches
+                .pods("art", "demo")
+                .expect("synced")
+                .iter()
+                .map(|pod| pod.state.clone().expect("a component's pod"))
+                .collect();
+            states.sort_by(|a, b| a.name.cmp(&b.name));
+            states
         };
-        assert_eq!(
-            problems(&pods[0])
-                .into_iter()
-                .map(|p| p.image)
-                .collect::<Vec<_>>(),
-            ["app:2"]
-        );
-        assert_eq!(
-            problems(&pods[1])
-                .into_iter()
-                .map(|p| p.image)
-                .collect::<Vec<_>>(),
-            ["app:1"]
-        );
-        assert!(crate::status::reported_backup(&pods[3..]).is_some());
-        let mut healthy = pods[2].clone();
-        trim_pod(&mut healthy);
-        assert!(crate::status::PodState::of_pod(&healthy).expect("a pod").ready);
-        let status = healthy.status.expect("status");
-        assert_eq!((healthy.spec, status.container_statuses), (None, None));
+        let whole = [&ours, &stuck].map(|pod| PodState::of_pod(pod).expect("a pod"));
+        assert_eq!(states(&caches), whole);
+        assert!(whole[0].ready && whole[1].image_problems.len() == 1);
+
+        writers
+            .pods
+            .apply_watcher_event(&CachedPod::event(&watcher::Event::Delete(stuck)));
+        assert_eq!(states(&caches), whole[..1]);
     }
 
     /// A Secret the store lacks may exist unlabelled (made by hand, or by an older

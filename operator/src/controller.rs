@@ -158,16 +158,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     // The pods carry the operator's label too, but belong to a StatefulSet or a ReplicaSet:
     // their instance label names the canvas. A pod's status (an image it cannot pull, say)
     // is part of the canvas's.
-    .watches_stream(
-        scope.reflect(writers.pods, owned, caches::trim_pod, &recent_writes),
-        |pod: Pod| {
-            let namespace = pod.namespace();
-            pod.labels()
-                .get(LABEL_INSTANCE)
-                .zip(namespace)
-                .map(|(canvas, namespace)| ObjectRef::new(canvas).within(&namespace))
-        },
-    );
+    .watches_stream(scope.reflect_pods(writers.pods, owned), |pod: Pod| {
+        let namespace = pod.namespace();
+        pod.labels()
+            .get(LABEL_INSTANCE)
+            .zip(namespace)
+            .map(|(canvas, namespace)| ObjectRef::new(canvas).within(&namespace))
+    });
 
     let store = controller.store();
     tokio::spawn(async move {
@@ -250,6 +247,21 @@ impl Scope {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
             None => Api::all(self.client.clone()),
         }
+    }
+
+    /// Every pod in scope that `config` selects, kept in `writer`'s store as what the
+    /// status reads of it ([`caches::CachedPod`]), and passed on whole as a trigger.
+    fn reflect_pods(
+        &self,
+        mut writer: reflector::store::Writer<caches::CachedPod>,
+        config: watcher::Config,
+    ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+        retried(
+            watcher::watcher(self.api::<Pod>(), config).inspect_ok(move |event| {
+                writer.apply_watcher_event(&caches::CachedPod::event(event))
+            }),
+        )
+        .touched_objects()
     }
 
     /// Every `K` in scope that `config` selects, kept in `writer`'s store as `trim` leaves

@@ -889,24 +889,25 @@ async fn list_pods(
     let cached = context
         .caches
         .as_ref()
-        .and_then(|caches| caches.pods(namespace, &labels));
-    let pods = match cached {
-        Some(pods) => pods,
-        None => {
-            let selector = labels
-                .map(|(key, value)| format!("{key}={value}"))
-                .join(",");
-            Api::<Pod>::namespaced(context.client.clone(), namespace)
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(kube_error(
-                    "list",
-                    kind_of::<Pod>(),
-                    &format!("{namespace}/* labelled {selector}"),
-                ))?
-                .items
-        }
-    };
+        .and_then(|caches| caches.pods(namespace, names.canvas()));
+    if let Some(pods) = cached {
+        return Ok((
+            pods.iter().filter_map(|pod| pod.state.clone()).collect(),
+            status::newest_backup(pods.iter().filter_map(|pod| pod.backup.clone())),
+        ));
+    }
+    let selector = labels
+        .map(|(key, value)| format!("{key}={value}"))
+        .join(",");
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(
+            "list",
+            kind_of::<Pod>(),
+            &format!("{namespace}/* labelled {selector}"),
+        ))?
+        .items;
     Ok((
         pods.iter().filter_map(PodState::of_pod).collect(),
         status::reported_backup(&pods),

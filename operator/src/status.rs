@@ -243,12 +243,19 @@ pub struct Observed {
 /// container left as its termination message (`pixel_common::backup::BackupRecord`). A
 /// pod that failed, or whose message is no record, reports nothing.
 pub fn reported_backup(pods: &[Pod]) -> Option<LastBackup> {
-    pods.iter()
-        .filter(|pod| {
-            pod.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(BACKUP_COMPONENT)
-        })
-        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
-        .flatten()
+    newest_backup(pods.iter().filter_map(backup_of))
+}
+
+/// The backup a finished backup pod reports, if it is one.
+pub fn backup_of(pod: &Pod) -> Option<LastBackup> {
+    if pod.labels().get(LABEL_COMPONENT).map(String::as_str) != Some(BACKUP_COMPONENT) {
+        return None;
+    }
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
         .filter(|container| container.name == UPLOAD_CONTAINER)
         .filter_map(|container| {
             let terminated = container.state.as_ref()?.terminated.as_ref()?;
@@ -262,6 +269,11 @@ pub fn reported_backup(pods: &[Pod]) -> Option<LastBackup> {
             })
         })
         .max_by(|a, b| a.time.0.cmp(&b.time.0))
+}
+
+/// The newest of `backups`.
+pub fn newest_backup(backups: impl IntoIterator<Item = LastBackup>) -> Option<LastBackup> {
+    backups.into_iter().max_by(|a, b| a.time.0.cmp(&b.time.0))
 }
 
 /// The newer of two backups: the one the status holds and one a pod reports (the pods of

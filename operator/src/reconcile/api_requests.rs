@@ -936,7 +936,16 @@ fn caches_of(objects: &BTreeMap<String, Value>) -> Caches {
     sync(&mut writers.cron_jobs, &of_kind("CronJob"));
     sync(&mut writers.secrets, &of_kind("Secret"));
     sync(&mut writers.claims, &of_kind("PersistentVolumeClaim"));
-    sync(&mut writers.pods, &of_kind("Pod"));
+    writers.pods.apply_watcher_event(&watcher::Event::Init);
+    for pod in of_kind("Pod") {
+        let pod: Pod = serde_json::from_value(pod).expect("a pod");
+        writers
+            .pods
+            .apply_watcher_event(&crate::caches::CachedPod::event(
+                &watcher::Event::InitApply(pod),
+            ));
+    }
+    writers.pods.apply_watcher_event(&watcher::Event::InitDone);
     caches
 }
 
