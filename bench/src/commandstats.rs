@@ -27,8 +27,9 @@ impl ScriptTime {
         for (name, usec) in usec_by_command(info) {
             match name.as_str() {
                 "evalsha" | "eval" => *script_us.get_or_insert(0.0) += per_placement(usec),
-                // The benchmark's own calls around the round.
-                "info" | "config|resetstat" => {}
+                // Not the script's: the benchmark's own calls around the round, and
+                // canvas-api's health checks.
+                "info" | "config|resetstat" | "ping" => {}
                 _ => commands.push((name, per_placement(usec))),
             }
         }
@@ -85,7 +86,8 @@ mod tests {
         cmdstat_set:calls=200,usec=400,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\
         cmdstat_xadd:calls=100,usec=150,usec_per_call=1.50,rejected_calls=0,failed_calls=0\r\n\
         cmdstat_config|resetstat:calls=1,usec=30,usec_per_call=30.00\r\n\
-        cmdstat_info:calls=1,usec=70,usec_per_call=70.00\r\n";
+        cmdstat_info:calls=1,usec=70,usec_per_call=70.00\r\n\
+        cmdstat_ping:calls=3,usec=2,usec_per_call=0.67\r\n";
 
     #[test]
     fn splits_the_script_from_its_commands_per_placement() {
