@@ -251,10 +251,8 @@ pub fn backup_of(pod: &Pod) -> Option<LastBackup> {
     if pod.labels().get(LABEL_COMPONENT).map(String::as_str) != Some(BACKUP_COMPONENT) {
         return None;
     }
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
+    let containers = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let records = containers
         .iter()
         .filter(|container| container.name == UPLOAD_CONTAINER)
         .filter_map(|container| {
@@ -267,8 +265,8 @@ pub fn backup_of(pod: &Pod) -> Option<LastBackup> {
                 object: record.object,
                 version: i64::try_from(record.version).ok()?,
             })
-        })
-        .max_by(|a, b| a.time.0.cmp(&b.time.0))
+        });
+    newest_backup(records)
 }
 
 /// The newest of `backups`.
