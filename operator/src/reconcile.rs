@@ -967,17 +967,11 @@ async fn read<K>(
 where
     K: NamespacedObject,
 {
-    if let Some(cached) = context
+    let cached = context
         .caches
         .as_ref()
-        .and_then(|caches| caches.get::<K>(namespace, name))
-    {
-        return Ok(cached);
-    }
-    Api::<K>::namespaced(context.client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(kube_error("get", kind_of::<K>(), name))
+        .and_then(|caches| caches.get::<K>(namespace, name));
+    cached_or_get(context, namespace, name, cached).await
 }
 
 /// [`read`] of an object that, if it exists, carries the label its watch selects: a
@@ -990,14 +984,30 @@ async fn read_labelled<K>(
 where
     K: NamespacedObject,
 {
-    if let Some(cached) = context
+    let cached = context
         .caches
         .as_ref()
-        .and_then(|caches| caches.get_labelled::<K>(namespace, name))
-    {
-        return Ok(cached);
+        .and_then(|caches| caches.get_labelled::<K>(namespace, name));
+    cached_or_get(context, namespace, name, cached).await
+}
+
+/// `cached`, the store's answer, or else the API server's.
+async fn cached_or_get<K>(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+    cached: Option<Option<K>>,
+) -> Result<Option<K>, ReconcileError>
+where
+    K: NamespacedObject,
+{
+    match cached {
+        Some(cached) => Ok(cached),
+        None => Api::<K>::namespaced(context.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(kube_error("get", kind_of::<K>(), name)),
     }
-    read::<K>(context, namespace, name).await
 }
 
 async fn write_status(
